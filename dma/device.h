@@ -1,0 +1,91 @@
+// File: dma/device.h
+//
+// The DMA-API facade: a simulated device bound to an IOMMU domain (or in passthrough), with the calls a
+// driver makes (dma_map_page, dma_unmap_page, dma_sync_single_for_device/cpu) and driver unbind.
+//
+// After Unbind() every DMA-API call is refused with FAILED_PRECONDITION and counted by the mapping
+// checker as call_after_unbind: this is how the model shows seed 002's "IOMMU crash" (a page_pool that
+// unmaps pages after the driver has gone). Unbind() also counts each mapping still live as
+// live_at_unbind, then tears those mappings down so the domain is left empty.
+//
+// Thread safety: every method may be called from any thread concurrently. Callers never map or unmap
+// the same DMA address concurrently (the DMA API's rule); the checker still counts it if they do.
+#ifndef PAGEPOOL_DMA_DEVICE_H_
+#define PAGEPOOL_DMA_DEVICE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "dma/types.h"
+
+namespace pagepool::dma {
+
+class IommuDomain;
+class MappingChecker;
+
+struct DeviceConfig {
+  std::string name;
+  IommuMode mode = IommuMode::kStrict;
+  bool free_empty_tables = true;  // seed 000's policy, per domain
+  unsigned address_width = 48;    // 39, 48 or 57 bits: 3, 4 or 5 page-table levels
+};
+
+class Device {
+ public:
+  // Creates a device with a domain of its own. INVALID_ARGUMENT for an unsupported address width.
+  static absl::StatusOr<std::unique_ptr<Device>> Create(const DeviceConfig& config);
+  ~Device();
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+
+  // dma_map_page: allocates an IOVA of `size` (rounded up to 4 KiB, size-aligned) and maps it to
+  // `phys`. Passthrough returns `phys`. RESOURCE_EXHAUSTED when IOVA space runs out,
+  // FAILED_PRECONDITION after Unbind (counted), INVALID_ARGUMENT for size 0 or unaligned phys.
+  // Context: any thread.
+  absl::StatusOr<DmaAddr> MapPage(PhysAddr phys, uint64_t size, DmaDirection dir);
+
+  // dma_unmap_page: the checker validates address, size and direction (counting any mismatch, and
+  // refusing the call with FAILED_PRECONDITION or INVALID_ARGUMENT), then unmaps and, per the domain's
+  // mode, invalidates the IOTLB now (strict) or queues the invalidation (lazy).
+  // Context: any thread.
+  absl::Status UnmapPage(DmaAddr addr, uint64_t size, DmaDirection dir);
+
+  // dma_sync_single_for_device / _for_cpu over [addr + offset, addr + offset + size) of a live
+  // mapping. Counted and refused after Unbind or for an unknown address.
+  // Context: any thread.
+  absl::Status SyncForDevice(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir);
+  absl::Status SyncForCpu(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir);
+
+  // Driver unbind. Counts every mapping still live (live_at_unbind), unmaps them, flushes the IOTLB
+  // and marks the device unbound. A second Unbind is FAILED_PRECONDITION (and counted).
+  // Context: any thread; callers should have destroyed their pools first.
+  absl::Status Unbind();
+
+  bool bound() const;
+  const std::string& name() const;
+  IommuMode mode() const;
+  // The device's domain; nullptr in passthrough.
+  IommuDomain* domain() const;
+  const MappingChecker& checker() const;
+  CheckerCounters violations() const;
+  // Live mappings right now, as the checker knows them.
+  uint64_t live_mappings() const;
+  // Totals of DMA-API calls that succeeded (map, unmap, sync).
+  uint64_t map_calls() const;
+  uint64_t unmap_calls() const;
+  uint64_t sync_calls() const;
+  // Domain figures; a passthrough device reports zeros except its call counts.
+  DomainStats domain_stats() const;
+
+ private:
+  Device();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pagepool::dma
+
+#endif  // PAGEPOOL_DMA_DEVICE_H_

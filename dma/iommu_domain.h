@@ -1,0 +1,127 @@
+// File: dma/iommu_domain.h
+//
+// An IOMMU domain: the I/O page table of one device (VT-d second stage / io-pgtable-arm shaped), its
+// IOTLB model, its flush queue (lazy mode) and its IOVA allocator (the kernel's iommu_dma_cookie).
+//
+// Page table: 4 KiB granule, 512 entries per table, 3/4/5 levels for 39/48/57-bit IOVA, leaves of
+// 4 KiB, 2 MiB and 1 GiB. Every table keeps its count of present entries in a field of its own (not a
+// refcount others may touch: seed 000). With free_empty_tables (on by default) an unmap that leaves a
+// table empty unlinks it, cascading upward; the three live-free cases of seed 001 are handled whatever
+// the policy. Unlinked tables go on a freelist, are invalidated from the IOTLB, and are released only
+// after an RCU grace period, so lockless walkers (Translate, DumpPageTable, SweepDirty) never read
+// freed memory.
+//
+// Thread safety: Map/Unmap of disjoint IOVA ranges may run concurrently even when the ranges share
+// tables. Translate, ForEachPresent and SweepDirty are lockless and may run concurrently with
+// anything. Callers never map or unmap overlapping ranges at the same time (the DMA API's rule).
+#ifndef PAGEPOOL_DMA_IOMMU_DOMAIN_H_
+#define PAGEPOOL_DMA_IOMMU_DOMAIN_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "dma/types.h"
+
+namespace pagepool::dma {
+
+class IovaAllocator;
+
+// A monotonic clock in nanoseconds; tests inject a fake one (lazy-mode 10 ms flush deadline).
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual uint64_t NowNanos() const = 0;
+  static Clock* Real();  // process-wide steady clock
+};
+
+struct DomainConfig {
+  IommuMode mode = IommuMode::kStrict;
+  bool free_empty_tables = true;
+  unsigned address_width = 48;   // 39, 48 or 57
+  Clock* clock = nullptr;        // nullptr: Clock::Real()
+  unsigned fq_size = 256;        // lazy mode: entries per flush queue before a flush
+  uint64_t fq_timeout_ns = 10'000'000;  // lazy mode: oldest entry flushed after 10 ms
+};
+
+// One present entry as a walker sees it.
+struct PresentEntry {
+  DmaAddr iova;
+  PhysAddr phys;
+  uint64_t size;     // 4 KiB, 2 MiB or 1 GiB
+  uint32_t prot;     // Prot bits
+  bool dirty;
+  bool accessed;
+};
+
+class IommuDomain {
+ public:
+  // INVALID_ARGUMENT for an address width other than 39/48/57. A passthrough domain has no table.
+  static absl::StatusOr<std::unique_ptr<IommuDomain>> Create(const DomainConfig& config);
+  ~IommuDomain();  // waits for an RCU grace period, releases every table
+  IommuDomain(const IommuDomain&) = delete;
+  IommuDomain& operator=(const IommuDomain&) = delete;
+
+  // Maps [iova, iova + size) to [phys, phys + size). size a multiple of 4 KiB; iova and phys 4 KiB
+  // aligned. Uses 2 MiB / 1 GiB leaves where both addresses and the remaining size allow (and, per
+  // seed 001 case 2, frees an empty table that such a block replaces). ALREADY_EXISTS if any page is
+  // already mapped (nothing is left half mapped), INVALID_ARGUMENT for misalignment or an IOVA beyond
+  // the address width, RESOURCE_EXHAUSTED if table memory cannot be had.
+  // Context: any thread; the caller owns [iova, iova + size).
+  absl::Status Map(DmaAddr iova, PhysAddr phys, uint64_t size, uint32_t prot);
+
+  // Unmaps [iova, iova + size). Strict: the IOTLB is invalidated before return and unlinked tables
+  // are handed to RCU. Lazy: the invalidation (and the freeing of tables, and of the IOVA range when
+  // release_iova) waits in a flush queue. With release_iova the range goes back to iova() after the
+  // invalidation. NOT_FOUND if nothing in the range is mapped; INVALID_ARGUMENT if the range cuts a
+  // block leaf in part.
+  // Context: any thread; the caller owns [iova, iova + size).
+  absl::Status Unmap(DmaAddr iova, uint64_t size, bool release_iova = false);
+
+  // The device's view: a lockless walk. A write sets the leaf's dirty bit; any access sets accessed.
+  // NOT_FOUND for an unmapped IOVA (a DMA fault, counted in faults()).
+  // Context: any thread.
+  absl::StatusOr<PhysAddr> Translate(DmaAddr iova, bool write);
+
+  // Lockless walk of present leaves in [start, end), in IOVA order (the VT-d debugfs dump).
+  // The callback runs under the RCU read lock and must not block. Returning false stops the walk.
+  // Context: any thread.
+  void ForEachPresent(DmaAddr start, DmaAddr end,
+                      absl::FunctionRef<bool(const PresentEntry&)> fn) const;
+
+  // Reads and clears the dirty bits of present leaves in [start, end); calls `fn` once per dirty
+  // leaf. Races with Map/Unmap never lose or double-report a write (test-and-clear).
+  // Returns the number of dirty leaves reported. Context: any thread.
+  uint64_t SweepDirty(DmaAddr start, DmaAddr end,
+                      absl::FunctionRef<void(DmaAddr iova, uint64_t size)> fn);
+
+  // Lazy mode: drains every flush queue now (invalidate, release IOVAs and tables). Strict: no-op.
+  // Also called internally when a queue is full or its oldest entry is older than fq_timeout_ns.
+  // Context: any thread.
+  void FlushQueues();
+
+  // Waits until every table unlinked so far has been released (an RCU barrier). For tests and for
+  // teardown. Context: any thread not holding the RCU read lock.
+  void Quiesce();
+
+  DomainStats stats() const;
+  uint64_t faults() const;
+  IommuMode mode() const;
+  bool free_empty_tables() const;
+  unsigned address_width() const;
+  unsigned levels() const;
+  // The domain's IOVA allocator (nullptr in passthrough).
+  IovaAllocator* iova() const;
+
+ private:
+  IommuDomain();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pagepool::dma
+
+#endif  // PAGEPOOL_DMA_IOMMU_DOMAIN_H_

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds pagepoold three ways and runs its tests:
+#   1. Release (gcc): every test (ctest), benchmarks built but not run.
+#   2. AddressSanitizer + UndefinedBehaviorSanitizer (clang): unit and concurrency tests of dma/ and pool/.
+#   3. ThreadSanitizer (clang): concurrency tests.
+# Usage: bash tests/run_all.sh [release|asan|tsan]...   (default: all three)
+# Build trees go to build/, build-asan/, build-tsan/. JOBS overrides the parallelism.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS=${JOBS:-$(nproc)}
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(release asan tsan)
+
+configure() {  # dir, extra cmake args...
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja "$@" >"$dir.configure.log" 2>&1 || { cat "$dir.configure.log"; exit 1; }
+}
+
+for stage in "${stages[@]}"; do
+  start=$(date +%s)
+  case $stage in
+    release)
+      mkdir -p build
+      configure build -DCMAKE_BUILD_TYPE=Release
+      cmake --build build -j "$JOBS"
+      ctest --test-dir build --output-on-failure -j 1
+      ;;
+    asan)
+      mkdir -p build-asan
+      configure build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
+        -DCMAKE_CXX_COMPILER=clang++ -DPAGEPOOL_SANITIZE=address -DPAGEPOOL_BUILD_SERVER=OFF \
+        -DPAGEPOOL_BUILD_BENCHMARKS=OFF
+      cmake --build build-asan -j "$JOBS"
+      ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        ctest --test-dir build-asan --output-on-failure -L 'unit|concurrency' -j 1
+      ;;
+    tsan)
+      mkdir -p build-tsan
+      configure build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
+        -DCMAKE_CXX_COMPILER=clang++ -DPAGEPOOL_SANITIZE=thread -DPAGEPOOL_BUILD_SERVER=OFF \
+        -DPAGEPOOL_BUILD_BENCHMARKS=OFF
+      cmake --build build-tsan -j "$JOBS"
+      TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+        ctest --test-dir build-tsan --output-on-failure -L concurrency -j 1
+      ;;
+    *) echo "unknown stage '$stage' (release, asan, tsan)" >&2; exit 2 ;;
+  esac
+  echo "run_all: stage $stage passed in $(( $(date +%s) - start )) s"
+done
