@@ -5,7 +5,28 @@
 // limit, with per-thread magazine caches for small orders (orders 0-5, 127 entries a magazine, a loaded
 // and a previous magazine per thread, and a shared depot) in front of the shared range allocator.
 //
-// Thread safety: all methods may be called concurrently from any thread.
+// Structure (see iova_allocator.cc):
+//   * The shared allocator is a buddy system over [start_pfn, limit_pfn]: one ordered set of free
+//     blocks per order behind one absl::Mutex. Size-aligned power-of-two ranges are exactly buddy
+//     blocks, so "the highest free size-aligned range" is the top sub-block of the highest free block
+//     of a sufficient order: O(orders + log n) per allocation, no scan of allocated ranges. Frees
+//     coalesce with their buddy. A hash map of the blocks handed out lets Free reject a range that was
+//     never allocated (or was already freed) without corrupting the free sets.
+//   * The range caches (the kernel's iova_rcache) sit in front, for orders 0-5: per-thread-ish shards
+//     (cache-line aligned, indexed by a per-thread slot number, each with its own small lock) each hold
+//     a loaded and a previous magazine of 127 entries per order; a per-order depot holds up to 32 full
+//     magazines. A magazine hit touches only the thread's shard.
+//   * On RESOURCE_EXHAUSTED the allocator flushes every cache and retries once, as the kernel does.
+//
+// Free() checks cheaply what it can: a range out of bounds or not aligned to its rounded size is
+// dropped and counted in invalid_frees. A range that goes to the shared allocator (large orders, a
+// magazine overflow, FlushCaches) is also checked against the set of blocks handed out, so a double
+// free or a free of a never-allocated range is dropped and counted there. A double free of a small
+// range that lands in a magazine is only caught when that magazine reaches the shared allocator (as
+// in the kernel, the magazine path trusts its caller).
+//
+// Thread safety: all methods may be called concurrently from any thread. stats() sums per-shard
+// counters without stopping the world: exact when the allocator is quiescent.
 #ifndef PAGEPOOL_DMA_IOVA_ALLOCATOR_H_
 #define PAGEPOOL_DMA_IOVA_ALLOCATOR_H_
 
@@ -23,6 +44,7 @@ struct IovaStats {
   uint64_t rcache_hits = 0;
   uint64_t rcache_misses = 0;
   uint64_t alloc_failures = 0;
+  uint64_t invalid_frees = 0;     // Free() calls dropped: out of range, misaligned, never allocated
 };
 
 class IovaAllocator {
@@ -45,6 +67,21 @@ class IovaAllocator {
   void FlushCaches();
 
   IovaStats stats() const;
+
+  uint64_t start_pfn() const;
+  uint64_t limit_pfn() const;
+
+  // The order (log2 of the rounded page count) a request of `pages` pages uses. REQUIRES: pages > 0.
+  static unsigned OrderOf(uint64_t pages);
+
+  // Orders below this are served by the per-thread magazine caches (the kernel's
+  // IOVA_RANGE_CACHE_MAX_SIZE).
+  static constexpr unsigned kRangeCacheMaxOrder = 6;
+  // Entries per magazine (the kernel's IOVA_MAG_SIZE).
+  static constexpr unsigned kMagazineSize = 127;
+  // Full magazines kept in each order's depot (the kernel's MAX_GLOBAL_MAGS); beyond that a full
+  // magazine is emptied into the shared allocator.
+  static constexpr unsigned kMaxDepotMagazines = 32;
 
  private:
   struct Impl;
