@@ -4,6 +4,24 @@
 // size, direction, phys) and counts every misuse of the DMA API. Tests and load runs assert on its
 // counters; the Device facade consults it on every call.
 //
+// Structure: a hash table of mappings keyed by DMA address, split in kShards shards (each an
+// absl::Mutex and an absl::flat_hash_map), so map/unmap of different addresses rarely share a lock.
+// The same address may be live more than once (passthrough: two dma_map_page calls on one page give
+// the same bus address, which dma-debug allows); each such mapping is counted.
+//
+// Double unmap vs unknown unmap: an unmapped entry is not erased at once but kept as a tombstone
+// (the address, size, direction and phys it had), and its address goes into a per-shard FIFO of the
+// last kRecentUnmapsPerShard unmaps; when the FIFO wraps, the oldest tombstone is erased (unless the
+// address was mapped again since). An unmap that finds a tombstone is a double unmap; one that finds
+// nothing is an unknown unmap. So memory stays bounded (live mappings + kShards * FIFO size), and a
+// double unmap is recognised as such as long as it comes within the last ~kShards *
+// kRecentUnmapsPerShard unmaps; an older one is reported as an unknown unmap (still counted and
+// refused, only under the other name).
+//
+// Rules follow the kernel's dma-debug (kernel/dma/debug.c): an unmap must give the mapping's exact
+// size and direction; a sync must stay within the mapping and, unless the mapping is bidirectional,
+// use its direction. A sync outside the mapping counts as size_mismatch.
+//
 // Thread safety: all methods may be called concurrently from any thread.
 #ifndef PAGEPOOL_DMA_MAPPING_CHECKER_H_
 #define PAGEPOOL_DMA_MAPPING_CHECKER_H_
@@ -21,6 +39,8 @@ class MappingChecker {
  public:
   MappingChecker();
   ~MappingChecker();
+  MappingChecker(const MappingChecker&) = delete;
+  MappingChecker& operator=(const MappingChecker&) = delete;
 
   // Records a new live mapping. Context: any thread.
   void OnMap(DmaAddr addr, PhysAddr phys, uint64_t size, DmaDirection dir);
@@ -37,6 +57,11 @@ class MappingChecker {
 
   CheckerCounters counters() const;
   uint64_t live_mappings() const;
+  // True if `addr` has a live mapping. Context: any thread (for tests and debugging).
+  bool IsLive(DmaAddr addr) const;
+
+  static constexpr unsigned kShards = 16;
+  static constexpr unsigned kRecentUnmapsPerShard = 1024;
 
  private:
   struct Impl;

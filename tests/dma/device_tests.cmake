@@ -4,3 +4,5 @@ pagepool_add_test(NAME iova_allocator_test SOURCES iova_allocator_test.cc
   LIBS pagepool_dma LABELS unit)
 pagepool_add_test(NAME iova_allocator_stress_test SOURCES iova_allocator_stress_test.cc
   LIBS pagepool_dma LABELS concurrency)
+pagepool_add_test(NAME mapping_checker_test SOURCES mapping_checker_test.cc
+  LIBS pagepool_dma LABELS unit)

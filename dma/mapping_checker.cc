@@ -1,0 +1,231 @@
+// File: dma/mapping_checker.cc
+//
+// The mapping checker (dma-debug model): sharded hash table of mappings with bounded tombstones.
+#include "dma/mapping_checker.h"
+
+#include <array>
+#include <atomic>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+
+namespace pagepool::dma {
+namespace {
+
+struct Entry {
+  PhysAddr phys;
+  uint64_t size;
+  DmaDirection dir;
+  uint32_t live;  // number of live mappings at this address; 0: a tombstone (recently unmapped)
+};
+
+struct alignas(64) Shard {
+  absl::Mutex mu;
+  absl::flat_hash_map<DmaAddr, Entry> entries ABSL_GUARDED_BY(mu);
+  // FIFO of the addresses tombstoned last: a ring once it reaches kRecentUnmapsPerShard.
+  std::vector<DmaAddr> recent ABSL_GUARDED_BY(mu);
+  size_t recent_head ABSL_GUARDED_BY(mu) = 0;
+  uint64_t live ABSL_GUARDED_BY(mu) = 0;
+
+  // Records that `addr` became a tombstone; forgets the oldest tombstone when the FIFO is full.
+  void RecordUnmapLocked(DmaAddr addr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (recent.size() < MappingChecker::kRecentUnmapsPerShard) {
+      recent.push_back(addr);
+      return;
+    }
+    const DmaAddr oldest = recent[recent_head];
+    recent[recent_head] = addr;
+    recent_head = (recent_head + 1) % recent.size();
+    if (oldest == addr) return;
+    auto it = entries.find(oldest);
+    if (it != entries.end() && it->second.live == 0) entries.erase(it);
+  }
+};
+
+// Debian's abseil has its own absl::string_view, which StrCat wants.
+absl::string_view DirName(DmaDirection dir) {
+  const std::string_view name = DmaDirectionName(dir);
+  return absl::string_view(name.data(), name.size());
+}
+
+std::string Hex(uint64_t v) { return absl::StrCat("0x", absl::Hex(v)); }
+
+std::string Describe(uint64_t size, DmaDirection dir) {
+  return absl::StrCat(size, " bytes, ", DirName(dir));
+}
+
+}  // namespace
+
+struct MappingChecker::Impl {
+  Shard& ShardFor(DmaAddr addr) {
+    // IOVAs and physical addresses are page-granular and often consecutive: mix the page number.
+    const uint64_t h = (addr >> kPageShift) * 0x9E3779B97F4A7C15ull;
+    return shards[h >> 60 & (kShards - 1)];
+  }
+
+  std::array<Shard, kShards> shards;
+  std::atomic<uint64_t> double_unmap{0};
+  std::atomic<uint64_t> unknown_unmap{0};
+  std::atomic<uint64_t> size_mismatch{0};
+  std::atomic<uint64_t> direction_mismatch{0};
+  std::atomic<uint64_t> live_at_unbind{0};
+  std::atomic<uint64_t> call_after_unbind{0};
+  std::atomic<uint64_t> sync_unknown{0};
+};
+
+static_assert((MappingChecker::kShards & (MappingChecker::kShards - 1)) == 0 &&
+                  MappingChecker::kShards <= 16,
+              "ShardFor takes the top 4 bits of the hash");
+
+MappingChecker::MappingChecker() : impl_(std::make_unique<Impl>()) {}
+MappingChecker::~MappingChecker() = default;
+
+void MappingChecker::OnMap(DmaAddr addr, PhysAddr phys, uint64_t size, DmaDirection dir) {
+  Shard& s = impl_->ShardFor(addr);
+  absl::MutexLock l(&s.mu);
+  auto [it, inserted] = s.entries.try_emplace(addr, Entry{phys, size, dir, 1});
+  if (!inserted) {
+    Entry& e = it->second;
+    if (e.live == 0) {
+      e = Entry{phys, size, dir, 1};  // reuse of a recently unmapped address
+    } else {
+      ++e.live;  // the same bus address mapped again (passthrough); the first mapping's figures stay
+    }
+  }
+  ++s.live;
+}
+
+absl::Status MappingChecker::OnUnmap(DmaAddr addr, uint64_t size, DmaDirection dir) {
+  Shard& s = impl_->ShardFor(addr);
+  absl::MutexLock l(&s.mu);
+  auto it = s.entries.find(addr);
+  if (it == s.entries.end()) {
+    impl_->unknown_unmap.fetch_add(1, std::memory_order_relaxed);
+    return absl::FailedPreconditionError(
+        absl::StrCat("DMA-API: device driver tries to free DMA memory it has not allocated: unmap of ",
+                     Hex(addr), " (", Describe(size, dir), ")"));
+  }
+  Entry& e = it->second;
+  if (e.live == 0) {
+    impl_->double_unmap.fetch_add(1, std::memory_order_relaxed);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "DMA-API: double unmap of ", Hex(addr), " (", Describe(size, dir),
+        "): already unmapped (was phys ", Hex(e.phys), ", ", Describe(e.size, e.dir), ")"));
+  }
+  const bool size_bad = size != e.size;
+  const bool dir_bad = dir != e.dir;
+  if (size_bad || dir_bad) {
+    std::string msg = absl::StrCat("DMA-API: device driver frees DMA memory with different ");
+    if (size_bad) {
+      impl_->size_mismatch.fetch_add(1, std::memory_order_relaxed);
+      absl::StrAppend(&msg, "size [device address=", Hex(addr), "] [map size=", e.size,
+                      " bytes] [unmap size=", size, " bytes]");
+    }
+    if (dir_bad) {
+      impl_->direction_mismatch.fetch_add(1, std::memory_order_relaxed);
+      absl::StrAppend(&msg, size_bad ? " and " : "", "direction [device address=", Hex(addr),
+                      "] [mapped as ", DirName(e.dir), "] [unmapped as ",
+                      DirName(dir), "]");
+    }
+    absl::StrAppend(&msg, "; the mapping stays live");
+    return absl::InvalidArgumentError(msg);
+  }
+  --s.live;
+  if (--e.live == 0) s.RecordUnmapLocked(addr);
+  return absl::OkStatus();
+}
+
+absl::Status MappingChecker::OnSync(DmaAddr addr, uint64_t offset, uint64_t size,
+                                    DmaDirection dir) {
+  Shard& s = impl_->ShardFor(addr);
+  absl::MutexLock l(&s.mu);
+  auto it = s.entries.find(addr);
+  if (it == s.entries.end() || it->second.live == 0) {
+    impl_->sync_unknown.fetch_add(1, std::memory_order_relaxed);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "DMA-API: device driver tries to sync DMA memory it has not allocated [device address=",
+        Hex(addr), "] [offset=", offset, "] [", Describe(size, dir), "]",
+        it == s.entries.end() ? "" : " (recently unmapped)"));
+  }
+  const Entry& e = it->second;
+  if (offset > e.size || size > e.size - offset) {
+    impl_->size_mismatch.fetch_add(1, std::memory_order_relaxed);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DMA-API: device driver syncs DMA memory outside allocated boundaries [device address=",
+        Hex(addr), "] [map size=", e.size, " bytes] [sync offset=", offset, "] [sync size=", size,
+        " bytes]"));
+  }
+  if (e.dir != DmaDirection::kBidirectional && dir != e.dir) {
+    impl_->direction_mismatch.fetch_add(1, std::memory_order_relaxed);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DMA-API: device driver syncs DMA memory with different direction [device address=",
+        Hex(addr), "] [size=", e.size, " bytes] [mapped as ", DirName(e.dir),
+        "] [synced as ", DirName(dir), "]"));
+  }
+  return absl::OkStatus();
+}
+
+void MappingChecker::OnCallAfterUnbind() {
+  impl_->call_after_unbind.fetch_add(1, std::memory_order_relaxed);
+}
+
+void MappingChecker::OnUnbind(
+    absl::FunctionRef<void(DmaAddr addr, uint64_t size, DmaDirection dir)> fn) {
+  for (Shard& s : impl_->shards) {
+    std::vector<std::tuple<DmaAddr, uint64_t, DmaDirection>> live;
+    {
+      absl::MutexLock l(&s.mu);
+      if (s.live == 0) continue;
+      std::vector<DmaAddr> tombstoned;
+      for (auto& [addr, e] : s.entries) {
+        if (e.live == 0) continue;
+        for (uint32_t i = 0; i < e.live; ++i) live.emplace_back(addr, e.size, e.dir);
+        e.live = 0;
+        tombstoned.push_back(addr);
+      }
+      // Recorded after the walk: recording may erase an older tombstone.
+      for (DmaAddr addr : tombstoned) s.RecordUnmapLocked(addr);
+      s.live = 0;
+    }
+    impl_->live_at_unbind.fetch_add(live.size(), std::memory_order_relaxed);
+    for (const auto& [addr, size, dir] : live) fn(addr, size, dir);
+  }
+}
+
+CheckerCounters MappingChecker::counters() const {
+  CheckerCounters c;
+  c.double_unmap = impl_->double_unmap.load(std::memory_order_relaxed);
+  c.unknown_unmap = impl_->unknown_unmap.load(std::memory_order_relaxed);
+  c.size_mismatch = impl_->size_mismatch.load(std::memory_order_relaxed);
+  c.direction_mismatch = impl_->direction_mismatch.load(std::memory_order_relaxed);
+  c.live_at_unbind = impl_->live_at_unbind.load(std::memory_order_relaxed);
+  c.call_after_unbind = impl_->call_after_unbind.load(std::memory_order_relaxed);
+  c.sync_unknown = impl_->sync_unknown.load(std::memory_order_relaxed);
+  return c;
+}
+
+uint64_t MappingChecker::live_mappings() const {
+  uint64_t n = 0;
+  for (Shard& s : impl_->shards) {
+    absl::MutexLock l(&s.mu);
+    n += s.live;
+  }
+  return n;
+}
+
+bool MappingChecker::IsLive(DmaAddr addr) const {
+  Shard& s = impl_->ShardFor(addr);
+  absl::MutexLock l(&s.mu);
+  auto it = s.entries.find(addr);
+  return it != s.entries.end() && it->second.live > 0;
+}
+
+}  // namespace pagepool::dma
