@@ -1,0 +1,336 @@
+#include "server/service.h"
+
+#include <algorithm>
+#include <deque>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "server/status_convert.h"
+
+namespace pagepool::server {
+namespace v1 = ::pagepool::v1;
+namespace {
+
+constexpr size_t kStreamBatch = 256;
+
+// Writes a snapshot `items` in messages of kStreamBatch entries, then finishes with OK. A failed
+// lookup finishes at once with its status.
+template <typename Response, typename Item, typename AddFn>
+class SnapshotWriter final : public grpc::ServerWriteReactor<Response> {
+ public:
+  SnapshotWriter(RpcStats* stats, RpcMethod method, absl::Status status, std::vector<Item> items,
+                 AddFn add)
+      : stats_(stats), method_(method), items_(std::move(items)), add_(add) {
+    if (!status.ok()) {
+      Done(status);
+      return;
+    }
+    Next();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Done(absl::CancelledError("client went away"));
+      return;
+    }
+    Next();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Next() {
+    if (pos_ >= items_.size()) {  // all sent (or nothing to send: an empty stream)
+      Done(absl::OkStatus());
+      return;
+    }
+    resp_.Clear();
+    size_t end = std::min(items_.size(), pos_ + kStreamBatch);
+    for (; pos_ < end; ++pos_) add_(&resp_, std::move(items_[pos_]));
+    this->StartWrite(&resp_);
+  }
+  void Done(const absl::Status& status) {
+    stats_->OnFinished(method_, status.code());
+    this->Finish(ToGrpcStatus(status));
+  }
+
+  RpcStats* const stats_;
+  const RpcMethod method_;
+  std::vector<Item> items_;
+  AddFn add_;
+  size_t pos_ = 0;
+  Response resp_;
+};
+
+template <typename Response, typename Item, typename AddFn>
+SnapshotWriter<Response, Item, AddFn>* MakeSnapshotWriter(RpcStats* stats, RpcMethod method,
+                                                          absl::Status status,
+                                                          std::vector<Item> items, AddFn add) {
+  return new SnapshotWriter<Response, Item, AddFn>(stats, method, std::move(status),
+                                                   std::move(items), add);
+}
+
+// Traffic: read a batch, run it, answer it, read the next. Messages are reused across batches so
+// that repeated fields keep their allocations.
+class TrafficReactor final
+    : public grpc::ServerBidiReactor<v1::TrafficRequest, v1::TrafficResponse> {
+ public:
+  TrafficReactor(Runtime* runtime, RpcStats* stats) : runtime_(runtime), stats_(stats) {
+    StartRead(&req_);
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // client half-closed (or went away): the call is complete
+      Done(grpc::Status::OK, absl::StatusCode::kOk);
+      return;
+    }
+    resp_.Clear();
+    uint64_t ops = runtime_->Traffic(req_, &resp_);
+    stats_->OnTrafficBatch(ops, resp_.errors());
+    StartWrite(&resp_);
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Done(grpc::Status(grpc::StatusCode::CANCELLED, "Traffic: client went away"),
+           absl::StatusCode::kCancelled);
+      return;
+    }
+    req_.Clear();
+    StartRead(&req_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Done(const grpc::Status& status, absl::StatusCode code) {
+    stats_->OnFinished(RpcMethod::kTraffic, code);
+    Finish(status);
+  }
+  Runtime* const runtime_;
+  RpcStats* const stats_;
+  v1::TrafficRequest req_;
+  v1::TrafficResponse resp_;
+};
+
+// WatchEvents: queues events from the hub and writes them one at a time.
+class WatchReactor final : public grpc::ServerWriteReactor<v1::Event>, public EventSink {
+ public:
+  static constexpr size_t kMaxQueued = 65536;
+
+  WatchReactor(Runtime* runtime, RpcStats* stats, const v1::WatchEventsRequest& req)
+      : runtime_(runtime), stats_(stats) {
+    for (int t : req.types()) {
+      if (!v1::EventType_IsValid(t) || t == v1::EVENT_TYPE_UNSPECIFIED) {
+        stats_->OnFinished(RpcMethod::kWatchEvents, absl::StatusCode::kInvalidArgument);
+        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            absl::StrCat("WatchEvents: types: ", t,
+                                         " is not a valid EventType (1..6)")));
+        return;
+      }
+      types_.push_back(t);
+    }
+    // Subscribe last: events may arrive (on another thread) as soon as it returns.
+    if (!runtime_->Subscribe(this, req.include_existing())) {
+      stats_->OnFinished(RpcMethod::kWatchEvents, absl::StatusCode::kUnavailable);
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "WatchEvents: the daemon is shutting down"));
+      return;
+    }
+    subscribed_ = true;
+  }
+
+  void OnEvent(const v1::Event& event) override {
+    if (!types_.empty() &&
+        std::find(types_.begin(), types_.end(), static_cast<int>(event.type())) == types_.end()) {
+      return;
+    }
+    absl::MutexLock l(&mu_);
+    if (finishing_) return;
+    if (queue_.size() >= kMaxQueued) {
+      ++dropped_;
+      return;
+    }
+    queue_.push_back(event);
+    if (!writing_) WriteNextLocked();
+  }
+  void OnClose() override {
+    absl::MutexLock l(&mu_);
+    closed_ = true;
+    if (!writing_) FinishLocked(grpc::Status::OK, absl::StatusCode::kOk);
+  }
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock l(&mu_);
+    writing_ = false;
+    if (!ok) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "WatchEvents: client went away"),
+                   absl::StatusCode::kCancelled);
+      return;
+    }
+    if (!queue_.empty()) {
+      WriteNextLocked();
+    } else if (closed_) {
+      FinishLocked(grpc::Status::OK, absl::StatusCode::kOk);
+    }
+  }
+  void OnCancel() override {
+    absl::MutexLock l(&mu_);
+    if (!writing_) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "WatchEvents: cancelled"),
+                   absl::StatusCode::kCancelled);
+    }
+  }
+  void OnDone() override {
+    if (subscribed_) runtime_->Unsubscribe(this);  // after this the hub never calls us
+    delete this;
+  }
+
+ private:
+  void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    current_ = std::move(queue_.front());
+    queue_.pop_front();
+    writing_ = true;
+    StartWrite(&current_);
+  }
+  void FinishLocked(const grpc::Status& status, absl::StatusCode code)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finishing_) return;
+    finishing_ = true;
+    queue_.clear();
+    stats_->OnFinished(RpcMethod::kWatchEvents, code);
+    Finish(status);
+  }
+
+  Runtime* const runtime_;
+  RpcStats* const stats_;
+  std::vector<int> types_;
+  bool subscribed_ = false;
+  absl::Mutex mu_;
+  std::deque<v1::Event> queue_ ABSL_GUARDED_BY(mu_);
+  v1::Event current_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::FinishUnary(grpc::CallbackServerContext* ctx,
+                                                           RpcMethod method,
+                                                           const absl::Status& status) {
+  stats_->OnFinished(method, status.code());
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::CreateDevice(grpc::CallbackServerContext* ctx,
+                                                            const v1::CreateDeviceRequest* req,
+                                                            v1::CreateDeviceResponse* resp) {
+  return FinishUnary(ctx, RpcMethod::kCreateDevice,
+                     runtime_->CreateDevice(*req, resp->mutable_device()));
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::GetDevice(grpc::CallbackServerContext* ctx,
+                                                         const v1::GetDeviceRequest* req,
+                                                         v1::GetDeviceResponse* resp) {
+  return FinishUnary(ctx, RpcMethod::kGetDevice,
+                     runtime_->GetDevice(req->device_id(), resp->mutable_device()));
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::ListDevices(grpc::CallbackServerContext* ctx,
+                                                           const v1::ListDevicesRequest* req,
+                                                           v1::ListDevicesResponse* resp) {
+  runtime_->ListDevices(resp);
+  return FinishUnary(ctx, RpcMethod::kListDevices, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::UnbindDevice(grpc::CallbackServerContext* ctx,
+                                                            const v1::UnbindDeviceRequest* req,
+                                                            v1::UnbindDeviceResponse* resp) {
+  return FinishUnary(ctx, RpcMethod::kUnbindDevice, runtime_->UnbindDevice(req->device_id(), resp));
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::CreatePool(grpc::CallbackServerContext* ctx,
+                                                          const v1::CreatePoolRequest* req,
+                                                          v1::CreatePoolResponse* resp) {
+  return FinishUnary(ctx, RpcMethod::kCreatePool, runtime_->CreatePool(*req, resp->mutable_pool()));
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::GetPool(grpc::CallbackServerContext* ctx,
+                                                       const v1::GetPoolRequest* req,
+                                                       v1::GetPoolResponse* resp) {
+  return FinishUnary(ctx, RpcMethod::kGetPool,
+                     runtime_->GetPool(req->pool_id(), resp->mutable_pool()));
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::ListPools(grpc::CallbackServerContext* ctx,
+                                                         const v1::ListPoolsRequest* req,
+                                                         v1::ListPoolsResponse* resp) {
+  runtime_->ListPools(req->device_id(), resp);
+  return FinishUnary(ctx, RpcMethod::kListPools, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::DestroyPool(grpc::CallbackServerContext* ctx,
+                                                           const v1::DestroyPoolRequest* req,
+                                                           v1::DestroyPoolResponse* resp) {
+  return FinishUnary(ctx, RpcMethod::kDestroyPool, runtime_->DestroyPool(req->pool_id(), resp));
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::Allocate(grpc::CallbackServerContext* ctx,
+                                                        const v1::AllocateRequest* req,
+                                                        v1::AllocateResponse* resp) {
+  return FinishUnary(ctx, RpcMethod::kAllocate,
+                     runtime_->Allocate(req->pool_id(), req->count(), resp->mutable_pages()));
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::Recycle(grpc::CallbackServerContext* ctx,
+                                                       const v1::RecycleRequest* req,
+                                                       v1::RecycleResponse* resp) {
+  return FinishUnary(ctx, RpcMethod::kRecycle,
+                     runtime_->Recycle(req->pool_id(), req->pages(), req->napi_local(), resp));
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::Return(grpc::CallbackServerContext* ctx,
+                                                      const v1::ReturnRequest* req,
+                                                      v1::ReturnResponse* resp) {
+  return FinishUnary(ctx, RpcMethod::kReturn, runtime_->Return(req->pool_id(), req->pages(), resp));
+}
+
+grpc::ServerBidiReactor<v1::TrafficRequest, v1::TrafficResponse>* PagePoolServiceImpl::Traffic(
+    grpc::CallbackServerContext* ctx) {
+  return new TrafficReactor(runtime_, stats_);
+}
+
+grpc::ServerWriteReactor<v1::ListInflightResponse>* PagePoolServiceImpl::ListInflight(
+    grpc::CallbackServerContext* ctx, const v1::ListInflightRequest* req) {
+  std::vector<v1::InflightPage> pages;
+  absl::Status status = runtime_->ListInflight(req->pool_id(), req->limit(), &pages);
+  return MakeSnapshotWriter<v1::ListInflightResponse>(
+      stats_, RpcMethod::kListInflight, status, std::move(pages),
+      [](v1::ListInflightResponse* r, v1::InflightPage&& p) { *r->add_pages() = std::move(p); });
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::GetDomain(grpc::CallbackServerContext* ctx,
+                                                         const v1::GetDomainRequest* req,
+                                                         v1::GetDomainResponse* resp) {
+  return FinishUnary(ctx, RpcMethod::kGetDomain,
+                     runtime_->GetDomain(req->device_id(), resp->mutable_domain()));
+}
+
+grpc::ServerWriteReactor<v1::DumpPageTableResponse>* PagePoolServiceImpl::DumpPageTable(
+    grpc::CallbackServerContext* ctx, const v1::DumpPageTableRequest* req) {
+  std::vector<v1::PageTableEntry> entries;
+  absl::Status status =
+      runtime_->DumpPageTable(req->device_id(), req->start(), req->end(), req->limit(), &entries);
+  return MakeSnapshotWriter<v1::DumpPageTableResponse>(
+      stats_, RpcMethod::kDumpPageTable, status, std::move(entries),
+      [](v1::DumpPageTableResponse* r, v1::PageTableEntry&& e) {
+        *r->add_entries() = std::move(e);
+      });
+}
+
+grpc::ServerWriteReactor<v1::Event>* PagePoolServiceImpl::WatchEvents(
+    grpc::CallbackServerContext* ctx, const v1::WatchEventsRequest* req) {
+  return new WatchReactor(runtime_, stats_, *req);
+}
+
+}  // namespace pagepool::server

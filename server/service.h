@@ -1,0 +1,86 @@
+// File: server/service.h
+//
+// PagePoolServiceImpl: the gRPC callback-API service of pagepoold. Each call validates nothing
+// itself and decides nothing: it hands the request to the Runtime, converts the absl::Status to a
+// grpc::Status (a cast) and counts the call in RpcStats. Streams:
+//   Traffic        a ServerBidiReactor that answers each batch before reading the next one;
+//   ListInflight,  ServerWriteReactors over a snapshot taken when the call starts (an RCU walk of the
+//   DumpPageTable  index / a lockless walk of the page table), 256 entries per message;
+//   WatchEvents    a ServerWriteReactor subscribed to the Runtime's event hub until the client
+//                  cancels or the daemon shuts down (it then finishes with OK).
+//
+// Thread safety: gRPC calls the methods from its callback threads concurrently; the class holds only
+// pointers to thread-safe objects, which must outlive the grpc::Server.
+#ifndef PAGEPOOL_SERVER_SERVICE_H_
+#define PAGEPOOL_SERVER_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include "pagepool/v1/pagepool.grpc.pb.h"
+#include "server/rpc_stats.h"
+#include "server/runtime.h"
+
+namespace pagepool::server {
+
+class PagePoolServiceImpl final : public pagepool::v1::PagePoolService::CallbackService {
+ public:
+  // `runtime` and `stats` must outlive the service and the grpc::Server it is registered with.
+  PagePoolServiceImpl(Runtime* runtime, RpcStats* stats) : runtime_(runtime), stats_(stats) {}
+
+  grpc::ServerUnaryReactor* CreateDevice(grpc::CallbackServerContext* ctx,
+                                         const pagepool::v1::CreateDeviceRequest* req,
+                                         pagepool::v1::CreateDeviceResponse* resp) override;
+  grpc::ServerUnaryReactor* GetDevice(grpc::CallbackServerContext* ctx,
+                                      const pagepool::v1::GetDeviceRequest* req,
+                                      pagepool::v1::GetDeviceResponse* resp) override;
+  grpc::ServerUnaryReactor* ListDevices(grpc::CallbackServerContext* ctx,
+                                        const pagepool::v1::ListDevicesRequest* req,
+                                        pagepool::v1::ListDevicesResponse* resp) override;
+  grpc::ServerUnaryReactor* UnbindDevice(grpc::CallbackServerContext* ctx,
+                                         const pagepool::v1::UnbindDeviceRequest* req,
+                                         pagepool::v1::UnbindDeviceResponse* resp) override;
+  grpc::ServerUnaryReactor* CreatePool(grpc::CallbackServerContext* ctx,
+                                       const pagepool::v1::CreatePoolRequest* req,
+                                       pagepool::v1::CreatePoolResponse* resp) override;
+  grpc::ServerUnaryReactor* GetPool(grpc::CallbackServerContext* ctx,
+                                    const pagepool::v1::GetPoolRequest* req,
+                                    pagepool::v1::GetPoolResponse* resp) override;
+  grpc::ServerUnaryReactor* ListPools(grpc::CallbackServerContext* ctx,
+                                      const pagepool::v1::ListPoolsRequest* req,
+                                      pagepool::v1::ListPoolsResponse* resp) override;
+  grpc::ServerUnaryReactor* DestroyPool(grpc::CallbackServerContext* ctx,
+                                        const pagepool::v1::DestroyPoolRequest* req,
+                                        pagepool::v1::DestroyPoolResponse* resp) override;
+  grpc::ServerUnaryReactor* Allocate(grpc::CallbackServerContext* ctx,
+                                     const pagepool::v1::AllocateRequest* req,
+                                     pagepool::v1::AllocateResponse* resp) override;
+  grpc::ServerUnaryReactor* Recycle(grpc::CallbackServerContext* ctx,
+                                    const pagepool::v1::RecycleRequest* req,
+                                    pagepool::v1::RecycleResponse* resp) override;
+  grpc::ServerUnaryReactor* Return(grpc::CallbackServerContext* ctx,
+                                   const pagepool::v1::ReturnRequest* req,
+                                   pagepool::v1::ReturnResponse* resp) override;
+  grpc::ServerBidiReactor<pagepool::v1::TrafficRequest, pagepool::v1::TrafficResponse>* Traffic(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerWriteReactor<pagepool::v1::ListInflightResponse>* ListInflight(
+      grpc::CallbackServerContext* ctx, const pagepool::v1::ListInflightRequest* req) override;
+  grpc::ServerUnaryReactor* GetDomain(grpc::CallbackServerContext* ctx,
+                                      const pagepool::v1::GetDomainRequest* req,
+                                      pagepool::v1::GetDomainResponse* resp) override;
+  grpc::ServerWriteReactor<pagepool::v1::DumpPageTableResponse>* DumpPageTable(
+      grpc::CallbackServerContext* ctx, const pagepool::v1::DumpPageTableRequest* req) override;
+  grpc::ServerWriteReactor<pagepool::v1::Event>* WatchEvents(
+      grpc::CallbackServerContext* ctx, const pagepool::v1::WatchEventsRequest* req) override;
+
+ private:
+  // Finishes a unary call with `status`, counting it.
+  grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* ctx, RpcMethod method,
+                                        const absl::Status& status);
+
+  Runtime* const runtime_;
+  RpcStats* const stats_;
+};
+
+}  // namespace pagepool::server
+
+#endif  // PAGEPOOL_SERVER_SERVICE_H_
