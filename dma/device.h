@@ -10,6 +10,18 @@
 //
 // Thread safety: every method may be called from any thread concurrently. Callers never map or unmap
 // the same DMA address concurrently (the DMA API's rule); the checker still counts it if they do.
+//
+// Unbind vs concurrent calls: every DMA-API call first reads `bound` (one acquire load: an unbound
+// device refuses without touching anything shared), then registers itself in a per-thread-slot
+// in-flight counter (a cache-line-aligned atomic, like a per-CPU percpu_ref) and reads `bound` again.
+// Unbind clears `bound` and then waits for every in-flight counter to drain before it tears the
+// mappings down. Both sides use sequentially consistent operations (store then load: the Dekker
+// pattern), so either the call sees the device unbound and refuses, or Unbind sees the call in flight
+// and waits for it; a MapPage that passed the check has recorded its mapping in the checker before
+// Unbind's teardown walks it. Calls never wait on Unbind and never take a shared lock for this.
+//
+// Sync calls are checked and counted; they do not walk the page table (a Translate would set the
+// leaf's accessed/dirty bits and disturb dirty tracking).
 #ifndef PAGEPOOL_DMA_DEVICE_H_
 #define PAGEPOOL_DMA_DEVICE_H_
 
@@ -79,6 +91,8 @@ class Device {
   uint64_t sync_calls() const;
   // Domain figures; a passthrough device reports zeros except its call counts.
   DomainStats domain_stats() const;
+  // Configured DMA address width in bits (a passthrough device refuses to map beyond it).
+  unsigned address_width() const;
 
  private:
   Device();

@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "dma/internal/iova_thread_slot.h"
 
 namespace pagepool::dma {
 namespace {
@@ -48,14 +49,6 @@ struct alignas(64) Depot {
   absl::Mutex mu;
   std::vector<std::unique_ptr<Magazine>> mags ABSL_GUARDED_BY(mu);
 };
-
-// Each thread gets a slot number once; shards are picked by slot modulo the shard count, so threads
-// spread evenly over the shards (better than hashing std::thread::id).
-uint32_t ThreadSlot() {
-  static std::atomic<uint32_t> next_slot{0};
-  thread_local const uint32_t slot = next_slot.fetch_add(1, std::memory_order_relaxed);
-  return slot;
-}
 
 unsigned ShardCount() {
   unsigned n = std::thread::hardware_concurrency();
@@ -163,7 +156,9 @@ struct IovaAllocator::Impl {
 
   // Range caches (iova_rcache) ---------------------------------------------------------------------
 
-  Shard& ThisShard() { return shards[ThreadSlot() & (num_shards - 1)]; }
+  // Shards are picked by thread slot modulo the shard count, so threads spread evenly over them
+  // (better than hashing std::thread::id).
+  Shard& ThisShard() { return shards[internal::ThreadSlot() & (num_shards - 1)]; }
 
   // __iova_rcache_get: loaded, then prev, then a full magazine from the depot.
   bool RcacheGet(unsigned order, uint64_t* out) {

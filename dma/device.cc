@@ -1,0 +1,287 @@
+// File: dma/device.cc
+//
+// The DMA-API facade over an IommuDomain (or passthrough) and the mapping checker.
+#include "dma/device.h"
+
+#include <array>
+#include <atomic>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "dma/internal/iova_thread_slot.h"
+#include "dma/iommu_domain.h"
+#include "dma/iova_allocator.h"
+#include "dma/mapping_checker.h"
+
+namespace pagepool::dma {
+namespace {
+
+constexpr unsigned kSlots = 16;  // in-flight counters; a power of two
+
+// One thread slot's in-flight call count and its share of the call totals (kept per slot so the hot
+// path never writes a cache line that every thread writes).
+struct alignas(64) Slot {
+  std::atomic<int64_t> inflight{0};
+  std::atomic<uint64_t> map_calls{0};
+  std::atomic<uint64_t> unmap_calls{0};
+  std::atomic<uint64_t> sync_calls{0};
+};
+
+std::string Hex(uint64_t v) { return absl::StrCat("0x", absl::Hex(v)); }
+
+absl::string_view AbslView(std::string_view v) { return absl::string_view(v.data(), v.size()); }
+
+bool ValidDirection(DmaDirection dir) {
+  return dir == DmaDirection::kBidirectional || dir == DmaDirection::kToDevice ||
+         dir == DmaDirection::kFromDevice;
+}
+
+// The device reads memory for kToDevice, writes it for kFromDevice.
+uint32_t ProtFor(DmaDirection dir) {
+  switch (dir) {
+    case DmaDirection::kToDevice: return kProtRead;
+    case DmaDirection::kFromDevice: return kProtWrite;
+    case DmaDirection::kBidirectional: break;
+  }
+  return kProtRead | kProtWrite;
+}
+
+// Rounds a byte size up to whole 4 KiB pages. REQUIRES: size > 0 and no overflow (checked by callers).
+uint64_t PagesOf(uint64_t size) { return (size + kPageSize - 1) >> kPageShift; }
+
+absl::Status Annotate(const absl::Status& s, std::string_view what) {
+  return absl::Status(s.code(), absl::StrCat(AbslView(what), ": ", s.message()));
+}
+
+}  // namespace
+
+struct Device::Impl {
+  // Registers a call in flight on this thread's slot; ok() is false if the device is (being)
+  // unbound, in which case the call must refuse. See "Unbind vs concurrent calls" in device.h.
+  class CallGuard {
+   public:
+    explicit CallGuard(Impl& d) : slot_(d.slots[internal::ThreadSlot() & (kSlots - 1)]) {
+      slot_.inflight.fetch_add(1, std::memory_order_seq_cst);
+      ok_ = d.bound.load(std::memory_order_seq_cst);
+    }
+    ~CallGuard() { slot_.inflight.fetch_sub(1, std::memory_order_release); }
+    CallGuard(const CallGuard&) = delete;
+    CallGuard& operator=(const CallGuard&) = delete;
+    bool ok() const { return ok_; }
+    Slot& slot() { return slot_; }
+
+   private:
+    Slot& slot_;
+    bool ok_;
+  };
+
+  absl::Status RefuseUnbound(std::string_view call) {
+    checker.OnCallAfterUnbind();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "DMA-API call ", AbslView(call), " on unbound device ", config.name));
+  }
+
+  template <typename Member>
+  uint64_t SumSlots(Member member) const {
+    uint64_t n = 0;
+    for (const Slot& s : slots) n += (s.*member).load(std::memory_order_relaxed);
+    return n;
+  }
+
+  DeviceConfig config;
+  std::unique_ptr<IommuDomain> domain;  // nullptr in passthrough
+  MappingChecker checker;
+  std::atomic<bool> bound{true};
+  std::array<Slot, kSlots> slots;
+  absl::Mutex unbind_mu;  // serialises Unbind calls
+};
+
+Device::Device() : impl_(std::make_unique<Impl>()) {}
+Device::~Device() = default;
+
+absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceConfig& config) {
+  if (config.address_width != 39 && config.address_width != 48 && config.address_width != 57) {
+    return absl::InvalidArgumentError(absl::StrCat("device ", config.name, ": address width ",
+                                                   config.address_width,
+                                                   " bits is not supported (39, 48 or 57)"));
+  }
+  if (config.mode != IommuMode::kStrict && config.mode != IommuMode::kLazy &&
+      config.mode != IommuMode::kPassthrough) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device ", config.name, ": unknown IOMMU mode ",
+                     static_cast<int>(config.mode)));
+  }
+  std::unique_ptr<Device> dev(new Device());
+  dev->impl_->config = config;
+  if (config.mode != IommuMode::kPassthrough) {
+    DomainConfig dc;
+    dc.mode = config.mode;
+    dc.free_empty_tables = config.free_empty_tables;
+    dc.address_width = config.address_width;
+    auto domain = IommuDomain::Create(dc);
+    if (!domain.ok()) return Annotate(domain.status(), absl::StrCat("device ", config.name));
+    dev->impl_->domain = *std::move(domain);
+    if (dev->impl_->domain->iova() == nullptr) {
+      return absl::InternalError(
+          absl::StrCat("device ", config.name, ": domain has no IOVA allocator"));
+    }
+  }
+  return dev;
+}
+
+absl::StatusOr<DmaAddr> Device::MapPage(PhysAddr phys, uint64_t size, DmaDirection dir) {
+  Impl& d = *impl_;
+  if (!d.bound.load(std::memory_order_acquire)) return d.RefuseUnbound("map_page");
+  Impl::CallGuard guard(d);
+  if (!guard.ok()) return d.RefuseUnbound("map_page");
+
+  if (size == 0 || size > ~uint64_t{0} - kPageSize || (phys & (kPageSize - 1)) != 0 ||
+      !ValidDirection(dir) || phys > ~uint64_t{0} - size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "map_page on device ", d.config.name, ": invalid arguments (phys ", Hex(phys), ", size ",
+        size, ", direction ", static_cast<int>(dir),
+        "): size must be > 0, phys 4 KiB aligned, direction 0-2"));
+  }
+  const uint64_t pages = PagesOf(size);
+
+  if (d.domain == nullptr) {  // passthrough: the bus address is the physical address
+    const unsigned width = d.config.address_width;
+    if (width < 64 && phys + size > (uint64_t{1} << width)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "map_page on device ", d.config.name, ": [", Hex(phys), ", +", size,
+          ") is beyond the device's ", width, "-bit DMA mask"));
+    }
+    d.checker.OnMap(phys, phys, size, dir);
+    guard.slot().map_calls.fetch_add(1, std::memory_order_relaxed);
+    return phys;
+  }
+
+  IovaAllocator* iova = d.domain->iova();
+  absl::StatusOr<uint64_t> pfn = iova->Alloc(pages);
+  if (!pfn.ok()) {
+    return Annotate(pfn.status(), absl::StrCat("map_page on device ", d.config.name, " (",
+                                               size, " bytes)"));
+  }
+  const DmaAddr addr = *pfn << kPageShift;
+  absl::Status st = d.domain->Map(addr, phys, pages << kPageShift, ProtFor(dir));
+  if (!st.ok()) {
+    iova->Free(*pfn, pages);  // unwind: nothing was mapped
+    return Annotate(st, absl::StrCat("map_page on device ", d.config.name, " (iova ", Hex(addr),
+                                     ", phys ", Hex(phys), ", ", size, " bytes)"));
+  }
+  d.checker.OnMap(addr, phys, size, dir);
+  guard.slot().map_calls.fetch_add(1, std::memory_order_relaxed);
+  return addr;
+}
+
+absl::Status Device::UnmapPage(DmaAddr addr, uint64_t size, DmaDirection dir) {
+  Impl& d = *impl_;
+  if (!d.bound.load(std::memory_order_acquire)) return d.RefuseUnbound("unmap_page");
+  Impl::CallGuard guard(d);
+  if (!guard.ok()) return d.RefuseUnbound("unmap_page");
+  if (!ValidDirection(dir)) {
+    return absl::InvalidArgumentError(absl::StrCat("unmap_page on device ", d.config.name,
+                                                   ": invalid direction ", static_cast<int>(dir)));
+  }
+  // The checker accepts only the exact size and direction of a live mapping (so size > 0 here).
+  if (absl::Status st = d.checker.OnUnmap(addr, size, dir); !st.ok()) {
+    return Annotate(st, absl::StrCat("unmap_page on device ", d.config.name));
+  }
+  if (d.domain != nullptr) {
+    // Releases the IOVA range after the invalidation (now in strict mode, at the flush in lazy).
+    absl::Status st = d.domain->Unmap(addr, PagesOf(size) << kPageShift, /*release_iova=*/true);
+    if (!st.ok()) {
+      return absl::InternalError(absl::StrCat("unmap_page on device ", d.config.name, " (iova ",
+                                              Hex(addr), ", ", size, " bytes): the checker knew the "
+                                              "mapping but the domain refused: ", st.ToString()));
+    }
+  }
+  guard.slot().unmap_calls.fetch_add(1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+absl::Status Device::SyncForDevice(DmaAddr addr, uint64_t offset, uint64_t size,
+                                   DmaDirection dir) {
+  Impl& d = *impl_;
+  if (!d.bound.load(std::memory_order_acquire)) return d.RefuseUnbound("sync_single_for_device");
+  Impl::CallGuard guard(d);
+  if (!guard.ok()) return d.RefuseUnbound("sync_single_for_device");
+  if (absl::Status st = d.checker.OnSync(addr, offset, size, dir); !st.ok()) {
+    return Annotate(st, absl::StrCat("sync_single_for_device on device ", d.config.name));
+  }
+  guard.slot().sync_calls.fetch_add(1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+absl::Status Device::SyncForCpu(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir) {
+  Impl& d = *impl_;
+  if (!d.bound.load(std::memory_order_acquire)) return d.RefuseUnbound("sync_single_for_cpu");
+  Impl::CallGuard guard(d);
+  if (!guard.ok()) return d.RefuseUnbound("sync_single_for_cpu");
+  if (absl::Status st = d.checker.OnSync(addr, offset, size, dir); !st.ok()) {
+    return Annotate(st, absl::StrCat("sync_single_for_cpu on device ", d.config.name));
+  }
+  guard.slot().sync_calls.fetch_add(1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+absl::Status Device::Unbind() {
+  Impl& d = *impl_;
+  absl::MutexLock l(&d.unbind_mu);
+  if (!d.bound.load(std::memory_order_relaxed)) {
+    d.checker.OnCallAfterUnbind();
+    return absl::FailedPreconditionError(
+        absl::StrCat("unbind of device ", d.config.name, ": already unbound"));
+  }
+  d.bound.store(false, std::memory_order_seq_cst);
+  // Wait for calls that registered before they could see `bound` cleared.
+  for (Slot& s : d.slots) {
+    while (s.inflight.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  }
+  absl::Status first_error;
+  d.checker.OnUnbind([&](DmaAddr addr, uint64_t size, DmaDirection) {
+    if (d.domain == nullptr) return;
+    absl::Status st = d.domain->Unmap(addr, PagesOf(size) << kPageShift, /*release_iova=*/true);
+    if (!st.ok() && first_error.ok()) first_error = st;
+  });
+  if (d.domain != nullptr) d.domain->FlushQueues();
+  if (!first_error.ok()) {
+    return absl::InternalError(absl::StrCat("unbind of device ", d.config.name,
+                                            ": tearing down a live mapping failed: ",
+                                            first_error.ToString()));
+  }
+  return absl::OkStatus();
+}
+
+bool Device::bound() const { return impl_->bound.load(std::memory_order_acquire); }
+const std::string& Device::name() const { return impl_->config.name; }
+IommuMode Device::mode() const { return impl_->config.mode; }
+unsigned Device::address_width() const { return impl_->config.address_width; }
+IommuDomain* Device::domain() const { return impl_->domain.get(); }
+const MappingChecker& Device::checker() const { return impl_->checker; }
+CheckerCounters Device::violations() const { return impl_->checker.counters(); }
+uint64_t Device::live_mappings() const { return impl_->checker.live_mappings(); }
+uint64_t Device::map_calls() const { return impl_->SumSlots(&Slot::map_calls); }
+uint64_t Device::unmap_calls() const { return impl_->SumSlots(&Slot::unmap_calls); }
+uint64_t Device::sync_calls() const { return impl_->SumSlots(&Slot::sync_calls); }
+
+DomainStats Device::domain_stats() const {
+  if (impl_->domain == nullptr) {
+    DomainStats st;
+    st.maps = map_calls();
+    st.unmaps = unmap_calls();
+    return st;
+  }
+  DomainStats st = impl_->domain->stats();
+  st.iova_allocated_pages = impl_->domain->iova()->stats().allocated_pages;
+  return st;
+}
+
+}  // namespace pagepool::dma
