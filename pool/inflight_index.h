@@ -1,0 +1,119 @@
+// File: pool/inflight_index.h
+//
+// InflightIndex: the per-pool index of DMA-mapped pages, an RCU radix tree shaped like the kernel's
+// xarray (include/linux/xarray.h, lib/xarray.c) as used by the merged upstream page_pool fix
+// (page_pool_register_dma_index / page_pool_release_dma_index):
+//
+//   * 64-slot nodes (XA_CHUNK_SHIFT = 6); the tree grows upward as ids grow and shrinks back; a node
+//     whose last entry goes away is unlinked and freed after an RCU grace period.
+//   * Alloc() hands out the lowest free id in [1, limit] (xa_alloc with XA_FLAGS_ALLOC1), in
+//     O(height): every node keeps a free-slot bitmap (XA_FREE_MARK) whose bit i is set when slot i,
+//     or the subtree under it, has room.
+//   * Load() and ForEach() are lock-free and run under the RCU read lock (they take it themselves,
+//     like xa_load and xa_for_each).
+//   * Writers (Alloc, CompareExchange, Erase) are serialised by one lock per index (xa_lock).
+//   * CompareExchange(id, page, nullptr) returns whether this caller removed the entry, so exactly one
+//     of the return path and the destroy path ever unmaps a page (xa_cmpxchg).
+//
+// Memory: nodes * sizeof(node) (about 576 bytes, as xa_node); about 9 bytes per tracked page when ids
+// are dense.
+//
+// Thread safety: all methods may be called from any thread concurrently. Entries are PageRecord
+// pointers; records live in PhysMemory for its whole life, so a pointer read under RCU stays valid
+// memory after the read lock is dropped (its contents may have changed).
+#ifndef PAGEPOOL_POOL_INFLIGHT_INDEX_H_
+#define PAGEPOOL_POOL_INFLIGHT_INDEX_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "pool/internal/spinlock.h"
+#include "pool/phys_memory.h"
+
+namespace pagepool::pool {
+
+namespace internal {
+struct IndexNode;
+}  // namespace internal
+
+struct InflightIndexStats {
+  uint64_t entries = 0;           // ids in use
+  uint64_t nodes = 0;             // nodes linked in the tree
+  uint64_t node_bytes = 0;        // nodes * InflightIndex::NodeSize()
+  uint64_t height = 0;            // levels (0: empty tree)
+  uint64_t nodes_allocated = 0;   // total ever
+  uint64_t nodes_freed = 0;       // total handed to RCU for freeing
+  uint64_t alloc_failures = 0;    // Alloc() answers RESOURCE_EXHAUSTED (ID space full)
+  double bytes_per_entry = 0;     // node_bytes / entries (0 when empty)
+};
+
+class InflightIndex {
+ public:
+  // x86_64's PP_DMA_INDEX_BITS = 32: ids 1 .. 2^32 - 1.
+  static constexpr uint32_t kDefaultLimit = 0xffffffffu;
+
+  // `limit` is the highest id handed out (>= 1).
+  explicit InflightIndex(uint32_t limit = kDefaultLimit);
+  // Frees every node at once. REQUIRES: no concurrent callers.
+  ~InflightIndex();
+  InflightIndex(const InflightIndex&) = delete;
+  InflightIndex& operator=(const InflightIndex&) = delete;
+
+  // xa_alloc: stores `page` (non-null) at the lowest free id in [1, limit] and returns the id.
+  // RESOURCE_EXHAUSTED when every id up to the limit is in use (or a node cannot be allocated).
+  // Context: any thread; takes the index lock.
+  absl::StatusOr<uint32_t> Alloc(PageRecord* page);
+
+  // xa_load: the entry at `id`, or nullptr.
+  // Context: any thread; lock-free (takes the RCU read lock itself; may nest in one).
+  PageRecord* Load(uint32_t id) const;
+
+  // xa_cmpxchg(id, expected, desired) for desired == nullptr (the only use the pool has): if the
+  // entry at `id` is `expected`, removes it and returns true; otherwise changes nothing and returns
+  // false. Of any number of concurrent callers with the same (id, expected), exactly one gets true.
+  // REQUIRES: desired == nullptr (anything else is a programming error and returns false).
+  // Context: any thread; takes the index lock.
+  bool CompareExchange(uint32_t id, PageRecord* expected, PageRecord* desired = nullptr);
+
+  // xa_erase: removes and returns the entry at `id` (nullptr if none).
+  // Context: any thread; takes the index lock.
+  PageRecord* Erase(uint32_t id);
+
+  // xa_for_each: calls fn(id, page) for every entry in increasing id order, lock-free under the RCU
+  // read lock (taken here). Entries added or removed during the walk may or may not be seen; every
+  // entry present for the whole walk is seen once. fn must not block for long and must not call
+  // synchronize; it may call CompareExchange/Erase. Returning false stops the walk.
+  // Context: any thread.
+  void ForEach(absl::FunctionRef<bool(uint32_t id, PageRecord* page)> fn) const;
+
+  bool empty() const { return entries_.load(std::memory_order_relaxed) == 0; }
+  uint64_t size() const { return entries_.load(std::memory_order_relaxed); }
+  uint32_t limit() const { return limit_; }
+  // Bytes of nodes linked in the tree now (nodes * NodeSize()).
+  uint64_t memory_bytes() const;
+  InflightIndexStats stats() const;
+  static size_t NodeSize();
+
+ private:
+  void DeleteNodeLocked(internal::IndexNode* node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  void RemoveLocked(internal::IndexNode* leaf, unsigned offset) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  internal::IndexNode* LeafForLocked(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  void ShrinkLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+
+  const uint32_t limit_;
+  mutable internal::SpinLock lock_;
+  std::atomic<internal::IndexNode*> root_{nullptr};
+  std::atomic<uint64_t> entries_{0};
+  std::atomic<uint64_t> nodes_{0};
+  std::atomic<uint64_t> nodes_allocated_{0};
+  std::atomic<uint64_t> nodes_freed_{0};
+  std::atomic<uint64_t> alloc_failures_{0};
+};
+
+}  // namespace pagepool::pool
+
+#endif  // PAGEPOOL_POOL_INFLIGHT_INDEX_H_

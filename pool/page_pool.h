@@ -1,0 +1,355 @@
+// File: pool/page_pool.h
+//
+// PagePool: the kernel's page_pool (net/core/page_pool.c) over simulated physical memory and the
+// dma/ Device facade, with the three destroy strategies this project compares.
+//
+// Faithful to the kernel:
+//   * an alloc cache of 128 pages (PP_ALLOC_CACHE_SIZE) refilled 64 at a time (PP_ALLOC_CACHE_REFILL)
+//     from a ptr_ring (1024 entries, or min(pool_size, 16384) when pool_size is set);
+//   * the slow path allocates a bulk of 64 order-0 pages (one page for order > 0), DMA-maps each
+//     (PP_FLAG_DMA_MAP), tracks it in the in-flight index (XARRAY strategy) and syncs max_len for the
+//     device;
+//   * PP_FLAG_DMA_SYNC_DEV syncs min(size, max_len) bytes at `offset` on recycle;
+//   * direct recycling into the cache only from the pool's NAPI context (allow_direct / napi_local),
+//     otherwise into the ring; a full ring, or a page whose refcount is not 1, releases the page
+//     (DMA unmap unless someone else already did, then free to PhysMemory);
+//   * inflight = hold_cnt - release_cnt in u32 serial-number arithmetic;
+//   * stats with the kernel's names (PagePoolStats), each moving when, and only when, the kernel's
+//     would.
+//
+// Destroy strategies (DestroyStrategy, chosen at creation):
+//   kXarray (upstream since 2025): scrub the cache, stop DMA sync and wait an RCU grace period, walk
+//     the in-flight index and CompareExchange+unmap every tracked page, wait a grace period so no
+//     return path is still inside its unmap, empty the ring; the pool is detached. Later returns
+//     free pages without any DMA-API call.
+//   kScan (seed 002's RFC v4): the same, but instead of an index, every frame of PhysMemory is walked
+//     and pages this pool owns are unmapped; returns racing the scan serialise on the pool's destroy
+//     lock (taken only while a destroy runs).
+//   kNone (before the fix): nothing is unmapped at destroy; ReleaseRetry() (every 1 s) warns every
+//     60 s "stalled pool shutdown: id N, M inflight S sec"; a late return DMA-unmaps on a device that
+//     may be unbound, which the Device refuses and counts as a violation.
+// Exactly-once teardown: the party that unmaps a page claims it first (index CompareExchange for
+// kXarray, dma_addr exchange under the destroy lock for kScan), so a page is never unmapped twice
+// and, with kXarray/kScan, no DMA-API call happens after Destroy() returns.
+//
+// Deliberate difference from the kernel: after Destroy() the ptr_ring is closed, so a page recycled
+// to a destroyed pool is released at once (no stat moves for it; the kernel parks it in the ring
+// until the release worker's next pass). The pool object lives as long as any shared_ptr to it (the
+// owner, typically Nic, keeps it until inflight reaches 0).
+//
+// Pages given to users carry a PageHandle (frame, generation). The generation is bumped on every
+// hand-out and every give-back; a give-back claims the handle with one CAS on (owner pool,
+// generation), so a double return, a stale handle or a handle of another pool is refused with
+// FAILED_PRECONDITION exactly once, even when callers race.
+//
+// Thread safety ("Context:" on each method):
+//   * Allocate*, AllocPage, direct recycling (napi_local / allow_direct = true) and SetNid: the pool's
+//     NAPI context only, one thread at a time (the server runs it on a strand).
+//   * Recycle/PutFullPage with napi_local = false, Return, ReleasePage, GetPage, info(), stats(),
+//     ForEachInflight: any thread.
+//   * Destroy: any thread, may race with returns and ring recycles on other threads.
+//     REQUIRES: the NAPI context no longer allocates or recycles directly (the driver stops NAPI
+//     before page_pool_destroy()).
+#ifndef PAGEPOOL_POOL_PAGE_POOL_H_
+#define PAGEPOOL_POOL_PAGE_POOL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "dma/device.h"
+#include "dma/iommu_domain.h"
+#include "dma/types.h"
+#include "pool/inflight_index.h"
+#include "pool/internal/spinlock.h"
+#include "pool/phys_memory.h"
+
+namespace pagepool::pool {
+
+namespace internal {
+class PtrRing;
+}  // namespace internal
+
+enum class DestroyStrategy : uint8_t { kXarray = 0, kScan = 1, kNone = 2 };
+std::string_view DestroyStrategyName(DestroyStrategy strategy);  // "xarray", "scan", "none"
+
+// PP_FLAG_*.
+inline constexpr uint32_t kPpFlagDmaMap = 1u << 0;      // PP_FLAG_DMA_MAP
+inline constexpr uint32_t kPpFlagDmaSyncDev = 1u << 1;  // PP_FLAG_DMA_SYNC_DEV (needs kPpFlagDmaMap)
+
+inline constexpr unsigned kPpAllocCacheSize = 128;   // PP_ALLOC_CACHE_SIZE
+inline constexpr unsigned kPpAllocCacheRefill = 64;  // PP_ALLOC_CACHE_REFILL
+inline constexpr uint32_t kPpDefaultRingSize = 1024;
+inline constexpr uint32_t kPpMaxRingSize = 16384;
+inline constexpr uint64_t kDeferTimeNs = 1'000'000'000ull;            // DEFER_TIME = HZ
+inline constexpr uint64_t kDeferWarnIntervalNs = 60'000'000'000ull;   // DEFER_WARN_INTERVAL = 60 * HZ
+
+// Receives warnings such as "stalled pool shutdown: ...". Empty: write the line to stderr.
+using WarnSink = std::function<void(std::string_view line)>;
+
+// struct page_pool_params, plus this model's choices.
+struct PagePoolParams {
+  uint32_t flags = kPpFlagDmaMap;
+  unsigned order = 0;                 // 0 .. PhysMemory::kMaxOrder
+  uint32_t pool_size = 0;             // ptr_ring size; 0: 1024; capped at 16384
+  int nid = 0;                        // NUMA node; -1 (NUMA_NO_NODE) means 0
+  uint32_t max_len = 0;               // bytes synced for the device; 0: PAGE_SIZE << order
+  uint32_t offset = 0;                // where the device writes in the page
+  dma::DmaDirection dma_dir = dma::DmaDirection::kFromDevice;
+  uint32_t napi_id = 0;
+  uint32_t ifindex = 0;
+  DestroyStrategy strategy = DestroyStrategy::kXarray;
+  uint32_t dma_index_limit = InflightIndex::kDefaultLimit;  // highest in-flight index id (kXarray)
+  dma::Clock* clock = nullptr;        // nullptr: dma::Clock::Real(); detach_time, ReleaseRetry
+  WarnSink warn;                      // empty: stderr
+};
+
+// A page as a user holds it: frame and generation at hand-out.
+struct PageHandle {
+  FrameNumber frame = 0;
+  uint32_t generation = 0;
+  friend bool operator==(const PageHandle&, const PageHandle&) = default;
+};
+
+// A page handed out by Allocate.
+struct PoolPage {
+  PageHandle handle;
+  dma::DmaAddr dma_addr = 0;  // 0 when the pool does not DMA-map
+  dma::PhysAddr phys = 0;
+};
+
+// struct page_pool_alloc_stats + struct page_pool_recycle_stats.
+struct PagePoolStats {
+  uint64_t alloc_fast = 0;
+  uint64_t alloc_slow = 0;
+  uint64_t alloc_slow_high_order = 0;
+  uint64_t alloc_empty = 0;
+  uint64_t alloc_refill = 0;
+  uint64_t alloc_waive = 0;
+  uint64_t recycle_cached = 0;
+  uint64_t recycle_cache_full = 0;
+  uint64_t recycle_ring = 0;
+  uint64_t recycle_ring_full = 0;
+  uint64_t recycle_released_refcnt = 0;
+};
+
+// The netlink page-pool fields and this model's extras.
+struct PagePoolInfo {
+  uint64_t id = 0;
+  uint32_t ifindex = 0;
+  uint32_t napi_id = 0;
+  int64_t inflight = 0;            // (s32)(hold_cnt - release_cnt)
+  uint64_t inflight_mem = 0;       // inflight * (PAGE_SIZE << order), 0 if inflight <= 0
+  uint64_t detach_time_ns = 0;     // injected clock at destroy; 0 while live
+  int64_t detach_time = 0;         // Unix seconds at destroy (the netlink field); 0 while live
+  bool destroyed = false;
+  bool released = false;           // destroyed and inflight reached 0 (the kernel frees the pool)
+  uint64_t dma_mapped = 0;         // pages of this pool currently DMA-mapped by it
+  uint32_t hold_cnt = 0;           // pages_state_hold_cnt
+  uint32_t release_cnt = 0;        // pages_state_release_cnt
+  uint64_t unmapped_at_destroy = 0;
+  uint64_t index_exhausted = 0;    // slow-path pages dropped because the in-flight index was full
+  uint64_t map_failures = 0;       // slow-path pages dropped because dma_map failed
+  uint64_t alloc_cache_count = 0;  // pages in the alloc cache now
+  uint64_t ring_count = 0;         // pages in the ptr_ring now
+  uint32_t ring_size = 0;
+  DestroyStrategy strategy = DestroyStrategy::kXarray;
+  InflightIndexStats index;        // all zero unless kXarray with DMA mapping
+  PagePoolStats stats;
+};
+
+// Where Recycle put a page.
+enum class RecycleResult : uint8_t {
+  kCached = 0,    // into the alloc cache (direct recycling)
+  kRing = 1,      // into the ptr_ring
+  kReleased = 2,  // released: ring full, refcount not 1, or destroyed pool
+};
+
+struct DestroyResult {
+  uint64_t pool_id = 0;
+  int64_t inflight_at_destroy = 0;  // user-held pages when the destroy finished its scrub
+  uint64_t pages_unmapped = 0;      // in-flight pages the destroy path unmapped (0 for kNone)
+  uint64_t duration_ns = 0;         // wall time of Destroy() (steady clock)
+  uint64_t frames_scanned = 0;      // kScan only
+  bool released = false;            // inflight was 0: the pool is released at once
+  DestroyStrategy strategy = DestroyStrategy::kXarray;
+};
+
+class PagePool {
+ public:
+  // page_pool_create. INVALID_ARGUMENT for an order above PhysMemory::kMaxOrder, DMA_SYNC_DEV
+  // without DMA_MAP, offset + max_len beyond the page, or kPpFlagDmaMap without a device;
+  // FAILED_PRECONDITION if the device is unbound. `device` may be null when flags lack DMA_MAP.
+  static absl::StatusOr<std::shared_ptr<PagePool>> Create(std::shared_ptr<PhysMemory> memory,
+                                                          std::shared_ptr<dma::Device> device,
+                                                          const PagePoolParams& params);
+  // Releases whatever the pool still holds in its cache and ring (as Destroy would). Pages still
+  // held by users keep their owner id and can no longer be given back.
+  ~PagePool();
+  PagePool(const PagePool&) = delete;
+  PagePool& operator=(const PagePool&) = delete;
+
+  // ---- Handle API (the server's) ----
+
+  // page_pool_alloc_pages, handing the page to a user (generation bumped). RESOURCE_EXHAUSTED when
+  // memory, IOVA space or the in-flight index ID space is exhausted (the message says which);
+  // FAILED_PRECONDITION after Destroy.
+  // Context: NAPI context of the pool only.
+  absl::StatusOr<PoolPage> Allocate();
+
+  // `count` pages appended to *out, all or nothing: on error no page is handed out (those already
+  // taken go back to the alloc cache or are released) and *out is unchanged.
+  // Context: NAPI context of the pool only.
+  absl::Status AllocateBulk(size_t count, std::vector<PoolPage>* out);
+
+  // page_pool_put_full_page of a user's page: claims the handle, then recycles directly into the
+  // alloc cache when napi_local, else into the ptr_ring; a full ring or page_ref != 1 releases it.
+  // FAILED_PRECONDITION (with a message) for a stale handle, a double give-back, or a page of
+  // another pool; INVALID_ARGUMENT for a frame beyond memory.
+  // Context: napi_local: NAPI context of the pool only; otherwise any thread.
+  absl::StatusOr<RecycleResult> Recycle(PageHandle handle, bool napi_local);
+
+  // page_pool_return_page of a user's page: claims the handle, unmaps the page unless it was
+  // already unmapped (by the destroy path, or never mapped), frees it. Returns true when this call
+  // DMA-unmapped the page (or tried to: with kNone on an unbound device the call is refused and
+  // counted as a violation, and true is still returned). Errors as Recycle.
+  // Context: any thread.
+  absl::StatusOr<bool> Return(PageHandle handle);
+
+  // get_page on a user's page (as an skb clone would): the next Recycle of it releases it
+  // (recycle_released_refcnt) and leaves the frame allocated until PhysMemory::PutPage drops this
+  // extra reference. The handle stays valid. Errors as Recycle.
+  // Context: any thread.
+  absl::Status GetPage(PageHandle handle);
+
+  // ---- Kernel-level API (benchmarks and in-process users; no handle bookkeeping) ----
+
+  // page_pool_alloc_pages: nullptr when nothing can be allocated (or after Destroy).
+  // Context: NAPI context of the pool only.
+  PageRecord* AllocPage();
+  // page_pool_put_full_page(pool, page, allow_direct).
+  // REQUIRES: the caller owns `page` (a page of this pool, from AllocPage).
+  // Context: allow_direct: NAPI context of the pool only; otherwise any thread.
+  RecycleResult PutFullPage(PageRecord* page, bool allow_direct);
+  // page_pool_return_page: unmap (if this call wins the claim) and free. Returns true if it unmapped.
+  // REQUIRES: as PutFullPage. Context: any thread.
+  bool ReleasePage(PageRecord* page);
+  dma::DmaAddr DmaAddrOf(const PageRecord* page) const {
+    return page->dma_addr.load(std::memory_order_relaxed);
+  }
+
+  // ---- Destroy ----
+
+  // page_pool_destroy with the pool's strategy. FAILED_PRECONDITION if already destroyed.
+  // Context: any thread not holding an RCU read lock; may block for RCU grace periods.
+  // REQUIRES: the NAPI context no longer allocates or recycles directly.
+  absl::StatusOr<DestroyResult> Destroy();
+
+  // page_pool_release_retry, driven by the caller every kDeferTimeNs (an Asio timer in the server):
+  // after Destroy, rechecks inflight and, at most every kDeferWarnIntervalNs since Destroy, writes
+  // "stalled pool shutdown: id N, M inflight S sec" to the warn sink. Returns true while the pool
+  // still waits for pages (destroyed and inflight > 0); false when there is nothing to wait for.
+  // Context: any thread.
+  bool ReleaseRetry(uint64_t now_ns);
+
+  // page_pool_nid_changed: pages of another node found in the ring at refill are waived.
+  // Context: NAPI context of the pool only.
+  void SetNid(int nid);
+
+  // The pool's tracked pages (kXarray with DMA mapping): an RCU walk of the in-flight index in id
+  // order; fn(index id, handle of the page as it is now, dma_addr). Returning false stops the walk.
+  // Other strategies track nothing and call fn never.
+  // Context: any thread; fn runs under the RCU read lock and must not block.
+  void ForEachInflight(
+      absl::FunctionRef<bool(uint32_t id, PageHandle handle, dma::DmaAddr dma_addr)> fn) const;
+
+  // ---- Queries ----
+  uint64_t id() const { return id_; }
+  const PagePoolParams& params() const { return params_; }
+  DestroyStrategy strategy() const { return params_.strategy; }
+  uint64_t page_bytes() const { return dma::kPageSize << params_.order; }
+  bool destroyed() const { return destroyed_.load(std::memory_order_acquire); }
+  int64_t inflight() const;  // page_pool_inflight()
+  PagePoolStats stats() const;
+  PagePoolInfo info() const;
+  const InflightIndex* index() const { return index_.get(); }  // null unless tracking
+  PhysMemory& memory() const { return *memory_; }
+  dma::Device* device() const { return device_.get(); }
+
+ private:
+  struct Counter;  // defined in page_pool.cc
+  PagePool(std::shared_ptr<PhysMemory> memory, std::shared_ptr<dma::Device> device,
+           const PagePoolParams& params, uint32_t id);
+
+  PageRecord* GetCached();
+  PageRecord* RefillAllocCache();
+  PageRecord* AllocSlow();
+  PageRecord* AllocPageOrder();
+  bool DmaMap(PageRecord* page);
+  void SetPpInfo(PageRecord* page);
+  void DmaSyncForDevice(PageRecord* page, uint32_t dma_sync_size);
+  bool RecycleInCache(PageRecord* page);
+  bool RecycleInRing(PageRecord* page);
+  bool ReleasePageDma(PageRecord* page);
+  bool ReturnPageLocked(PageRecord* page);
+  absl::StatusOr<PageRecord*> ClaimHandle(PageHandle handle, const char* what);
+  void HandOut(PageRecord* page, PoolPage* out);
+  void EmptyAllocCache();
+  void EmptyRing();
+  uint64_t UnmapAllTracked();
+  uint64_t UnmapAllScanned(uint64_t* frames_scanned);
+  void Warn(std::string_view line) const;
+
+  const uint32_t id_;
+  const PagePoolParams params_;
+  const std::shared_ptr<PhysMemory> memory_;
+  const std::shared_ptr<dma::Device> device_;
+  dma::Clock* const clock_;
+  const bool dma_map_;
+  const uint32_t dma_sync_max_len_;
+  std::unique_ptr<InflightIndex> index_;  // kXarray with DMA_MAP only
+
+  // NAPI-context state (the kernel's pool->alloc).
+  struct AllocCache {
+    uint32_t count = 0;
+    PageRecord* cache[kPpAllocCacheSize];
+  } alloc_;
+  uint32_t pref_nid_ = 0;
+  std::atomic<uint32_t> hold_cnt_{0};     // pages_state_hold_cnt (NAPI writes, anyone reads)
+  std::atomic<uint32_t> release_cnt_{0};  // pages_state_release_cnt
+
+  std::unique_ptr<internal::PtrRing> ring_;
+
+  std::atomic<bool> dma_sync_;            // cleared by Destroy before unmapping (kXarray/kScan)
+  std::atomic<bool> destroyed_{false};
+  std::atomic<uint32_t> destroy_cnt_{0};  // kScan: returns take destroy_lock_ while non-zero
+  internal::SpinLock destroy_lock_;
+
+  std::atomic<uint64_t> dma_mapped_{0};
+  std::atomic<uint64_t> unmapped_at_destroy_{0};
+  std::atomic<uint64_t> index_exhausted_{0};
+  std::atomic<uint64_t> map_failures_{0};
+  std::atomic<uint64_t> detach_time_ns_{0};
+  std::atomic<int64_t> detach_time_{0};
+  std::atomic<uint64_t> defer_warn_ns_{0};
+  std::atomic<int> last_alloc_error_{0};  // why the last slow path came back empty
+
+  // Stats: single-writer counters are bumped with load+store, shared ones with fetch_add.
+  struct Stats {
+    std::atomic<uint64_t> alloc_fast{0}, alloc_slow{0}, alloc_slow_high_order{0}, alloc_empty{0},
+        alloc_refill{0}, alloc_waive{0}, recycle_cached{0}, recycle_cache_full{0};
+    std::atomic<uint64_t> recycle_ring{0}, recycle_ring_full{0}, recycle_released_refcnt{0};
+  } stats_;
+};
+
+}  // namespace pagepool::pool
+
+#endif  // PAGEPOOL_POOL_PAGE_POOL_H_
