@@ -14,7 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "dma/internal/iova_mutex.h"
 #include "dma/internal/iova_thread_slot.h"
 #include "dma/iommu_domain.h"
 #include "dma/iova_allocator.h"
@@ -100,7 +100,7 @@ struct Device::Impl {
   MappingChecker checker;
   std::atomic<bool> bound{true};
   std::array<Slot, kSlots> slots;
-  absl::Mutex unbind_mu;  // serialises Unbind calls
+  internal::Mutex unbind_mu;  // serialises Unbind calls
 };
 
 Device::Device() : impl_(std::make_unique<Impl>()) {}
@@ -234,7 +234,7 @@ absl::Status Device::SyncForCpu(DmaAddr addr, uint64_t offset, uint64_t size, Dm
 
 absl::Status Device::Unbind() {
   Impl& d = *impl_;
-  absl::MutexLock l(&d.unbind_mu);
+  internal::MutexLock l(&d.unbind_mu);
   if (!d.bound.load(std::memory_order_relaxed)) {
     d.checker.OnCallAfterUnbind();
     return absl::FailedPreconditionError(

@@ -7,7 +7,7 @@
 //
 // Structure (see iova_allocator.cc):
 //   * The shared allocator is a buddy system over [start_pfn, limit_pfn]: one ordered set of free
-//     blocks per order behind one absl::Mutex. Size-aligned power-of-two ranges are exactly buddy
+//     blocks per order behind one mutex. Size-aligned power-of-two ranges are exactly buddy
 //     blocks, so "the highest free size-aligned range" is the top sub-block of the highest free block
 //     of a sufficient order: O(orders + log n) per allocation, no scan of allocated ranges. Frees
 //     coalesce with their buddy. A hash map of the blocks handed out lets Free reject a range that was

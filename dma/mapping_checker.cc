@@ -15,7 +15,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "dma/internal/iova_mutex.h"
 
 namespace pagepool::dma {
 namespace {
@@ -28,7 +28,7 @@ struct Entry {
 };
 
 struct alignas(64) Shard {
-  absl::Mutex mu;
+  internal::Mutex mu;
   absl::flat_hash_map<DmaAddr, Entry> entries ABSL_GUARDED_BY(mu);
   // FIFO of the addresses tombstoned last: a ring once it reaches kRecentUnmapsPerShard.
   std::vector<DmaAddr> recent ABSL_GUARDED_BY(mu);
@@ -90,7 +90,7 @@ MappingChecker::~MappingChecker() = default;
 
 void MappingChecker::OnMap(DmaAddr addr, PhysAddr phys, uint64_t size, DmaDirection dir) {
   Shard& s = impl_->ShardFor(addr);
-  absl::MutexLock l(&s.mu);
+  internal::MutexLock l(&s.mu);
   auto [it, inserted] = s.entries.try_emplace(addr, Entry{phys, size, dir, 1});
   if (!inserted) {
     Entry& e = it->second;
@@ -105,7 +105,7 @@ void MappingChecker::OnMap(DmaAddr addr, PhysAddr phys, uint64_t size, DmaDirect
 
 absl::Status MappingChecker::OnUnmap(DmaAddr addr, uint64_t size, DmaDirection dir) {
   Shard& s = impl_->ShardFor(addr);
-  absl::MutexLock l(&s.mu);
+  internal::MutexLock l(&s.mu);
   auto it = s.entries.find(addr);
   if (it == s.entries.end()) {
     impl_->unknown_unmap.fetch_add(1, std::memory_order_relaxed);
@@ -146,7 +146,7 @@ absl::Status MappingChecker::OnUnmap(DmaAddr addr, uint64_t size, DmaDirection d
 absl::Status MappingChecker::OnSync(DmaAddr addr, uint64_t offset, uint64_t size,
                                     DmaDirection dir) {
   Shard& s = impl_->ShardFor(addr);
-  absl::MutexLock l(&s.mu);
+  internal::MutexLock l(&s.mu);
   auto it = s.entries.find(addr);
   if (it == s.entries.end() || it->second.live == 0) {
     impl_->sync_unknown.fetch_add(1, std::memory_order_relaxed);
@@ -182,7 +182,7 @@ void MappingChecker::OnUnbind(
   for (Shard& s : impl_->shards) {
     std::vector<std::tuple<DmaAddr, uint64_t, DmaDirection>> live;
     {
-      absl::MutexLock l(&s.mu);
+      internal::MutexLock l(&s.mu);
       if (s.live == 0) continue;
       std::vector<DmaAddr> tombstoned;
       for (auto& [addr, e] : s.entries) {
@@ -215,7 +215,7 @@ CheckerCounters MappingChecker::counters() const {
 uint64_t MappingChecker::live_mappings() const {
   uint64_t n = 0;
   for (Shard& s : impl_->shards) {
-    absl::MutexLock l(&s.mu);
+    internal::MutexLock l(&s.mu);
     n += s.live;
   }
   return n;
@@ -223,7 +223,7 @@ uint64_t MappingChecker::live_mappings() const {
 
 bool MappingChecker::IsLive(DmaAddr addr) const {
   Shard& s = impl_->ShardFor(addr);
-  absl::MutexLock l(&s.mu);
+  internal::MutexLock l(&s.mu);
   auto it = s.entries.find(addr);
   return it != s.entries.end() && it->second.live > 0;
 }

@@ -4,8 +4,8 @@
 // size, direction, phys) and counts every misuse of the DMA API. Tests and load runs assert on its
 // counters; the Device facade consults it on every call.
 //
-// Structure: a hash table of mappings keyed by DMA address, split in kShards shards (each an
-// absl::Mutex and an absl::flat_hash_map), so map/unmap of different addresses rarely share a lock.
+// Structure: a hash table of mappings keyed by DMA address, split in kShards shards (each a
+// mutex and an absl::flat_hash_map), so map/unmap of different addresses rarely share a lock.
 // The same address may be live more than once (passthrough: two dma_map_page calls on one page give
 // the same bus address, which dma-debug allows); each such mapping is counted.
 //
