@@ -1,0 +1,331 @@
+// File: tests/dma/device_test.cc
+//
+// Device: map/unmap/sync in strict, lazy and passthrough modes, every error, calls after Unbind
+// refused and counted, and the domain left empty by Unbind.
+#include "dma/device.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dma/iommu_domain.h"
+#include "dma/iova_allocator.h"
+#include "dma/mapping_checker.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace pagepool::dma {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr DmaDirection kBi = DmaDirection::kBidirectional;
+constexpr DmaDirection kTo = DmaDirection::kToDevice;
+constexpr DmaDirection kFrom = DmaDirection::kFromDevice;
+
+std::unique_ptr<Device> MakeDevice(IommuMode mode, bool free_empty_tables = true,
+                                   unsigned width = 48) {
+  DeviceConfig c;
+  c.name = "eth0";
+  c.mode = mode;
+  c.free_empty_tables = free_empty_tables;
+  c.address_width = width;
+  auto dev = Device::Create(c);
+  EXPECT_TRUE(dev.ok()) << dev.status();
+  return dev.ok() ? *std::move(dev) : nullptr;
+}
+
+class DeviceModeTest : public ::testing::TestWithParam<IommuMode> {};
+
+INSTANTIATE_TEST_SUITE_P(Modes, DeviceModeTest,
+                         ::testing::Values(IommuMode::kStrict, IommuMode::kLazy,
+                                           IommuMode::kPassthrough),
+                         [](const auto& info) { return std::string(IommuModeName(info.param)); });
+
+TEST_P(DeviceModeTest, MapTranslateUnmap) {
+  auto dev = MakeDevice(GetParam());
+  ASSERT_NE(dev, nullptr);
+  EXPECT_TRUE(dev->bound());
+  EXPECT_EQ(dev->name(), "eth0");
+  EXPECT_EQ(dev->mode(), GetParam());
+  const bool pt = GetParam() == IommuMode::kPassthrough;
+  EXPECT_EQ(dev->domain() == nullptr, pt);
+
+  const PhysAddr phys = 0x12345000;
+  auto addr = dev->MapPage(phys, 4096, kFrom);
+  ASSERT_TRUE(addr.ok()) << addr.status();
+  EXPECT_EQ(*addr % kPageSize, 0u);
+  EXPECT_NE(*addr, 0u);
+  // A multi-page mapping with a partial last page.
+  const PhysAddr phys2 = 0x40000000;
+  auto addr2 = dev->MapPage(phys2, 3 * kPageSize + 1, kTo);
+  ASSERT_TRUE(addr2.ok()) << addr2.status();
+  EXPECT_EQ(*addr2 % (4 * kPageSize), 0u);  // size-aligned IOVA (or phys in passthrough)
+  EXPECT_EQ(dev->live_mappings(), 2u);
+  EXPECT_EQ(dev->map_calls(), 2u);
+
+  if (pt) {
+    EXPECT_EQ(*addr, phys);
+    EXPECT_EQ(*addr2, phys2);
+  } else {
+    auto t = dev->domain()->Translate(*addr, /*write=*/true);
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(*t, phys);
+    for (uint64_t i = 0; i < 4; ++i) {
+      auto t2 = dev->domain()->Translate(*addr2 + i * kPageSize, false);
+      ASSERT_TRUE(t2.ok()) << "page " << i << ": " << t2.status();
+      EXPECT_EQ(*t2, phys2 + i * kPageSize);
+    }
+    EXPECT_EQ(dev->domain_stats().mapped_pages, 5u);
+    EXPECT_EQ(dev->domain()->iova()->stats().allocated_pages, 1u + 4u);
+  }
+
+  EXPECT_TRUE(dev->SyncForCpu(*addr, 0, 4096, kFrom).ok());
+  EXPECT_TRUE(dev->SyncForDevice(*addr2, 128, 1500, kTo).ok());
+  EXPECT_EQ(dev->sync_calls(), 2u);
+
+  EXPECT_TRUE(dev->UnmapPage(*addr, 4096, kFrom).ok());
+  EXPECT_TRUE(dev->UnmapPage(*addr2, 3 * kPageSize + 1, kTo).ok());
+  EXPECT_EQ(dev->unmap_calls(), 2u);
+  EXPECT_EQ(dev->live_mappings(), 0u);
+  EXPECT_EQ(dev->violations().Total(), 0u);
+
+  if (pt) {
+    DomainStats st = dev->domain_stats();
+    EXPECT_EQ(st.maps, 2u);
+    EXPECT_EQ(st.unmaps, 2u);
+    EXPECT_EQ(st.mapped_pages, 0u);
+    EXPECT_EQ(st.table_pages, 0u);
+  } else {
+    EXPECT_EQ(dev->domain()->Translate(*addr, false).status().code(), absl::StatusCode::kNotFound);
+    dev->domain()->FlushQueues();
+    dev->domain()->Quiesce();
+    DomainStats st = dev->domain_stats();
+    EXPECT_EQ(st.mapped_pages, 0u);
+    EXPECT_EQ(st.table_pages, 1u);  // freeing empty tables: only the root is left
+    EXPECT_EQ(st.iova_allocated_pages, 0u);
+    EXPECT_EQ(dev->domain()->iova()->stats().allocated_pages, 0u);
+  }
+}
+
+TEST_P(DeviceModeTest, IovaIsReusedAfterUnmap) {
+  if (GetParam() == IommuMode::kPassthrough) GTEST_SKIP() << "no IOVA in passthrough";
+  auto dev = MakeDevice(GetParam());
+  ASSERT_NE(dev, nullptr);
+  for (int i = 0; i < 2000; ++i) {
+    auto a = dev->MapPage(0x1000 * (i + 1), 4096, kBi);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(dev->UnmapPage(*a, 4096, kBi).ok());
+  }
+  dev->domain()->FlushQueues();
+  EXPECT_EQ(dev->domain()->iova()->stats().allocated_pages, 0u);
+  EXPECT_GT(dev->domain()->iova()->stats().rcache_hits, 0u);
+  EXPECT_EQ(dev->domain_stats().mapped_pages, 0u);
+  EXPECT_EQ(dev->violations().Total(), 0u);
+}
+
+TEST_P(DeviceModeTest, InvalidArgumentsAreRefusedUncounted) {
+  auto dev = MakeDevice(GetParam());
+  ASSERT_NE(dev, nullptr);
+  auto r = dev->MapPage(0x1000, 0, kBi);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("eth0"));
+  EXPECT_EQ(dev->MapPage(0x1001, 4096, kBi).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(dev->MapPage(0x1000, 4096, static_cast<DmaDirection>(7)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(dev->MapPage(0xfffffffffffff000ull, 0x2000, kBi).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(dev->MapPage(0x1000, ~uint64_t{0}, kBi).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(dev->UnmapPage(0x1000, 4096, static_cast<DmaDirection>(9)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(dev->violations().Total(), 0u);
+  EXPECT_EQ(dev->map_calls(), 0u);
+  EXPECT_EQ(dev->live_mappings(), 0u);
+  if (GetParam() != IommuMode::kPassthrough) {
+    EXPECT_EQ(dev->domain_stats().mapped_pages, 0u);
+    EXPECT_EQ(dev->domain()->iova()->stats().allocated_pages, 0u);
+  }
+}
+
+TEST_P(DeviceModeTest, UnmapErrorsAreCounted) {
+  auto dev = MakeDevice(GetParam());
+  ASSERT_NE(dev, nullptr);
+  // Unknown address.
+  absl::Status s = dev->UnmapPage(0x7770000, 4096, kBi);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("0x7770000"));
+  EXPECT_EQ(dev->violations().unknown_unmap, 1u);
+
+  auto a = dev->MapPage(0x200000, 8192, kFrom);
+  ASSERT_TRUE(a.ok());
+  // Size mismatch: refused, mapping still live and translating.
+  s = dev->UnmapPage(*a, 4096, kFrom);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("8192"));
+  EXPECT_EQ(dev->violations().size_mismatch, 1u);
+  // Direction mismatch.
+  s = dev->UnmapPage(*a, 8192, kTo);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("to_device"));
+  EXPECT_EQ(dev->violations().direction_mismatch, 1u);
+  EXPECT_EQ(dev->live_mappings(), 1u);
+  if (dev->domain() != nullptr) {
+    auto t = dev->domain()->Translate(*a + 4096, /*write=*/true);  // FROM_DEVICE: device writes
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(*t, 0x201000u);
+  }
+  // Syncs: out of bounds, wrong direction, unknown.
+  EXPECT_EQ(dev->SyncForCpu(*a, 8000, 500, kFrom).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(dev->violations().size_mismatch, 2u);
+  EXPECT_EQ(dev->SyncForDevice(*a, 0, 64, kTo).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(dev->violations().direction_mismatch, 2u);
+  EXPECT_EQ(dev->SyncForCpu(0x99999000, 0, 64, kFrom).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(dev->violations().sync_unknown, 1u);
+  EXPECT_EQ(dev->sync_calls(), 0u);
+  // Good unmap, then double unmap.
+  EXPECT_TRUE(dev->UnmapPage(*a, 8192, kFrom).ok());
+  s = dev->UnmapPage(*a, 8192, kFrom);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("double unmap"));
+  CheckerCounters v = dev->violations();
+  EXPECT_EQ(v.double_unmap, 1u);
+  EXPECT_EQ(v.unknown_unmap, 1u);
+  EXPECT_EQ(v.Total(), 7u);
+  EXPECT_EQ(dev->unmap_calls(), 1u);
+  if (dev->domain() != nullptr) {
+    dev->domain()->FlushQueues();
+    EXPECT_EQ(dev->domain_stats().mapped_pages, 0u);
+    EXPECT_EQ(dev->domain()->iova()->stats().allocated_pages, 0u);
+  }
+}
+
+TEST_P(DeviceModeTest, UnbindTearsDownAndRefusesLaterCalls) {
+  auto dev = MakeDevice(GetParam());
+  ASSERT_NE(dev, nullptr);
+  std::vector<DmaAddr> addrs;
+  for (uint64_t i = 0; i < 300; ++i) {
+    auto a = dev->MapPage(0x100000 + i * 0x3000, i % 3 == 0 ? 8192 : 4096, kFrom);
+    ASSERT_TRUE(a.ok());
+    addrs.push_back(*a);
+  }
+  ASSERT_TRUE(dev->UnmapPage(addrs[1], 4096, kFrom).ok());
+  ASSERT_TRUE(dev->Unbind().ok());
+  EXPECT_FALSE(dev->bound());
+  EXPECT_EQ(dev->live_mappings(), 0u);
+  CheckerCounters v = dev->violations();
+  EXPECT_EQ(v.live_at_unbind, 299u);
+  EXPECT_EQ(v.Total(), 299u);
+  if (dev->domain() != nullptr) {
+    dev->domain()->Quiesce();
+    DomainStats st = dev->domain_stats();
+    EXPECT_EQ(st.mapped_pages, 0u);
+    EXPECT_EQ(st.table_pages, 1u);
+    EXPECT_EQ(st.fq_pending, 0u);
+    EXPECT_EQ(dev->domain()->iova()->stats().allocated_pages, 0u);
+    EXPECT_EQ(dev->domain()->Translate(addrs[0], false).status().code(),
+              absl::StatusCode::kNotFound);
+  }
+
+  // Every DMA-API call is now refused and counted: the seed-002 crash, made visible.
+  auto m = dev->MapPage(0x1000, 4096, kBi);
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(m.status().message(), HasSubstr("DMA-API call map_page on unbound device eth0"));
+  absl::Status s = dev->UnmapPage(addrs[0], 8192, kFrom);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("unmap_page on unbound device eth0"));
+  EXPECT_EQ(dev->SyncForCpu(addrs[0], 0, 64, kFrom).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(dev->SyncForDevice(addrs[0], 0, 64, kFrom).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(dev->Unbind().code(), absl::StatusCode::kFailedPrecondition);
+  v = dev->violations();
+  EXPECT_EQ(v.call_after_unbind, 5u);
+  EXPECT_EQ(v.double_unmap + v.unknown_unmap + v.sync_unknown, 0u);
+  EXPECT_EQ(v.Total(), 299u + 5u);
+  EXPECT_EQ(dev->map_calls(), 300u);
+  EXPECT_EQ(dev->unmap_calls(), 1u);
+}
+
+TEST_P(DeviceModeTest, UnbindWithNothingLiveIsClean) {
+  auto dev = MakeDevice(GetParam());
+  ASSERT_NE(dev, nullptr);
+  auto a = dev->MapPage(0x5000, 4096, kBi);
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(dev->UnmapPage(*a, 4096, kBi).ok());
+  ASSERT_TRUE(dev->Unbind().ok());
+  EXPECT_EQ(dev->violations().Total(), 0u);
+  if (dev->domain() != nullptr) {
+    dev->domain()->Quiesce();
+    EXPECT_EQ(dev->domain_stats().mapped_pages, 0u);
+    EXPECT_EQ(dev->domain()->iova()->stats().allocated_pages, 0u);
+  }
+}
+
+TEST(DeviceTest, CreateRejectsBadAddressWidth) {
+  for (unsigned width : {0u, 32u, 40u, 64u}) {
+    DeviceConfig c;
+    c.name = "bad";
+    c.address_width = width;
+    auto dev = Device::Create(c);
+    EXPECT_EQ(dev.status().code(), absl::StatusCode::kInvalidArgument) << width;
+    c.mode = IommuMode::kPassthrough;
+    EXPECT_EQ(Device::Create(c).status().code(), absl::StatusCode::kInvalidArgument) << width;
+  }
+  for (unsigned width : {39u, 48u, 57u}) {
+    auto dev = MakeDevice(IommuMode::kStrict, true, width);
+    ASSERT_NE(dev, nullptr);
+    EXPECT_EQ(dev->address_width(), width);
+    EXPECT_EQ(dev->domain()->address_width(), width);
+  }
+}
+
+TEST(DeviceTest, IovaExhaustionIsResourceExhausted) {
+  auto dev = MakeDevice(IommuMode::kStrict, true, 39);
+  ASSERT_NE(dev, nullptr);
+  // More than the whole 39-bit space.
+  auto r = dev->MapPage(0, uint64_t{1} << 40, kBi);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(r.status().message(), HasSubstr("eth0"));
+  EXPECT_EQ(dev->domain()->iova()->stats().alloc_failures, 1u);
+  EXPECT_EQ(dev->violations().Total(), 0u);
+  EXPECT_EQ(dev->live_mappings(), 0u);
+  EXPECT_EQ(dev->domain_stats().mapped_pages, 0u);
+}
+
+TEST(DeviceTest, PassthroughRefusesBeyondDmaMask) {
+  auto dev = MakeDevice(IommuMode::kPassthrough, true, 39);
+  ASSERT_NE(dev, nullptr);
+  EXPECT_EQ(dev->MapPage(uint64_t{1} << 39, 4096, kBi).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(dev->MapPage((uint64_t{1} << 39) - 4096, 4096, kBi).ok());
+}
+
+TEST(DeviceTest, PassthroughSamePageMappedTwice) {
+  auto dev = MakeDevice(IommuMode::kPassthrough);
+  ASSERT_NE(dev, nullptr);
+  auto a = dev->MapPage(0x8000, 4096, kBi);
+  auto b = dev->MapPage(0x8000, 4096, kBi);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*a, *b);
+  EXPECT_EQ(dev->live_mappings(), 2u);
+  EXPECT_TRUE(dev->UnmapPage(*a, 4096, kBi).ok());
+  EXPECT_TRUE(dev->UnmapPage(*b, 4096, kBi).ok());
+  EXPECT_EQ(dev->violations().Total(), 0u);
+}
+
+TEST(DeviceTest, UnbindWithoutFreeingTablesStillUnmapsEverything) {
+  auto dev = MakeDevice(IommuMode::kStrict, /*free_empty_tables=*/false);
+  ASSERT_NE(dev, nullptr);
+  for (uint64_t i = 0; i < 64; ++i) ASSERT_TRUE(dev->MapPage(i * 0x200000, 4096, kBi).ok());
+  ASSERT_TRUE(dev->Unbind().ok());
+  dev->domain()->Quiesce();
+  EXPECT_EQ(dev->domain_stats().mapped_pages, 0u);
+  EXPECT_GE(dev->domain_stats().table_pages, 1u);
+  EXPECT_EQ(dev->violations().live_at_unbind, 64u);
+  EXPECT_EQ(dev->domain()->iova()->stats().allocated_pages, 0u);
+}
+
+}  // namespace
+}  // namespace pagepool::dma
