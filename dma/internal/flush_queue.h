@@ -1,0 +1,69 @@
+// File: dma/internal/flush_queue.h
+//
+// The lazy-mode flush queue (the kernel's iova_fq in dma-iommu.c): unmapped ranges wait here, with the
+// page tables they unlinked and the IOVA they will give back, until one IOTLB invalidation covers the
+// whole batch. A queue is flushed when it holds `size` entries (256) or when its oldest entry is older
+// than `timeout_ns` (10 ms) by the injected clock, both checked when an entry is added, and by
+// FlushAll(). Queues are sharded per thread (the kernel has one per CPU) so that unmaps on different
+// threads rarely share a lock.
+//
+// Thread safety: Add and FlushAll may be called from any thread concurrently. The flush callback runs
+// on the calling thread, outside every shard lock.
+#ifndef PAGEPOOL_DMA_INTERNAL_FLUSH_QUEUE_H_
+#define PAGEPOOL_DMA_INTERNAL_FLUSH_QUEUE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "dma/internal/pt_table.h"
+
+namespace pagepool::dma {
+class Clock;
+}  // namespace pagepool::dma
+
+namespace pagepool::dma::internal {
+
+struct FqEntry {
+  uint64_t iova = 0;
+  uint64_t size = 0;
+  uint64_t iova_pages = 0;  // IOVA pages to give back after the flush (0: none)
+  IotlbGather tables;       // tables unlinked by this unmap
+};
+
+class FlushQueue {
+ public:
+  static constexpr unsigned kShards = 8;
+  // Called with the entries of one flush; it must invalidate the IOTLB once and then release.
+  using FlushFn = std::function<void(std::vector<FqEntry>& entries)>;
+
+  FlushQueue(Clock* clock, unsigned size, uint64_t timeout_ns, FlushFn flush);
+  ~FlushQueue();  // REQUIRES: FlushAll() called (entries left are dropped)
+
+  // Queues an entry on the calling thread's shard; flushes that shard if it is full or stale.
+  // Context: any thread.
+  void Add(FqEntry entry);
+  // Flushes every shard with one invalidation. Context: any thread.
+  void FlushAll();
+
+ private:
+  struct alignas(64) Shard {
+    absl::Mutex mu;
+    std::vector<FqEntry> entries ABSL_GUARDED_BY(mu);
+    uint64_t oldest_ns ABSL_GUARDED_BY(mu) = 0;
+  };
+  static unsigned ShardOfThisThread();
+
+  Clock* const clock_;
+  const unsigned size_;
+  const uint64_t timeout_ns_;
+  const FlushFn flush_;
+  std::unique_ptr<Shard[]> shards_;
+};
+
+}  // namespace pagepool::dma::internal
+
+#endif  // PAGEPOOL_DMA_INTERNAL_FLUSH_QUEUE_H_

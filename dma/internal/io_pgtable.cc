@@ -1,0 +1,544 @@
+#include "dma/internal/io_pgtable.h"
+
+#include <algorithm>
+#include <cstddef>
+#include <new>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace pagepool::dma::internal {
+namespace {
+
+std::string Hex(uint64_t v) { return absl::StrCat("0x", absl::Hex(v)); }
+
+constexpr uint64_t kLeafFlagMask = kPteAccessed | kPteDirty;
+
+}  // namespace
+
+IoPageTable::IoPageTable(unsigned levels, bool free_empty_tables, DomainCounters* counters)
+    : levels_(levels),
+      top_(levels - 1),
+      limit_(uint64_t{1} << (12 + kPtLevelBits * levels)),
+      free_empty_tables_(free_empty_tables),
+      counters_(counters) {
+  root_ = AllocTable();
+  if (root_ != nullptr) OnLinked();
+}
+
+IoPageTable::~IoPageTable() {
+  SubmitPending();
+  rcu::Barrier();
+  if (root_ != nullptr) DeleteSubtree(root_, top_);
+  absl::MutexLock l(&cache_mu_);
+  for (PtTable* t : cache_) delete t;
+  cache_.clear();
+}
+
+void IoPageTable::DeleteSubtree(PtTable* t, unsigned level) {
+  if (level > 0) {
+    for (auto& slot : t->pte) {
+      const uint64_t e = slot.load(std::memory_order_relaxed);
+      if (PteIsPresent(e) && PteIsTable(e)) DeleteSubtree(PteTable(e), level - 1);
+    }
+  }
+  delete t;
+}
+
+// ---- table life cycle --------------------------------------------------------------------------
+
+PtTable* IoPageTable::AllocTable() {
+  PtTable* t = nullptr;
+  if (cache_size_.load(std::memory_order_relaxed) != 0) {
+    absl::MutexLock l(&cache_mu_);
+    if (!cache_.empty()) {
+      t = cache_.back();
+      cache_.pop_back();
+      cache_size_.store(cache_.size(), std::memory_order_relaxed);
+    }
+  }
+  if (t == nullptr) {
+    t = new (std::nothrow) PtTable();  // value-initialised: every PTE 0
+    if (t == nullptr) return nullptr;
+  }
+  t->state.store(0, std::memory_order_relaxed);
+  t->list_len = 0;
+  t->next = nullptr;
+  t->owner = this;
+  counters_->tables.tables_allocated.fetch_add(1, std::memory_order_relaxed);
+  return t;
+}
+
+void IoPageTable::FreeUnpublished(PtTable* t) {
+  // Never visible to anyone: no invalidation and no grace period needed (live-free case 1).
+  counters_->tables.tables_freed.fetch_add(1, std::memory_order_relaxed);
+  counters_->tables.tables_released.fetch_add(1, std::memory_order_relaxed);
+  t->state.store(0, std::memory_order_relaxed);
+  {
+    absl::MutexLock l(&cache_mu_);
+    if (cache_.size() < kCacheMax) {
+      cache_.push_back(t);
+      cache_size_.store(cache_.size(), std::memory_order_relaxed);
+      return;
+    }
+  }
+  delete t;
+}
+
+void IoPageTable::OnLinked() {
+  auto& c = counters_->tables;
+  const int64_t now = c.table_pages.fetch_add(1, std::memory_order_relaxed) + 1;
+  int64_t peak = c.peak_table_pages.load(std::memory_order_relaxed);
+  while (now > peak &&
+         !c.peak_table_pages.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+
+void IoPageTable::OnUnlinked(PtTable* t, IotlbGather* gather) {
+  auto& c = counters_->tables;
+  c.table_pages.fetch_sub(1, std::memory_order_relaxed);
+  c.tables_freed.fetch_add(1, std::memory_order_relaxed);
+  c.pending_free_pages.fetch_add(1, std::memory_order_relaxed);
+  gather->Add(t);
+}
+
+bool IoPageTable::Reserve(PtTable* t, uint32_t n) {
+  const uint32_t old = t->state.fetch_add(n, std::memory_order_acq_rel);
+  if ((old & PtTable::kDying) == 0) return true;
+  t->state.fetch_sub(n, std::memory_order_relaxed);  // undo; the table is already dead
+  return false;
+}
+
+void IoPageTable::Drop(PtTable* t, uint32_t n, unsigned level, Path* path,
+                       IotlbGather* gather) {
+  for (;;) {
+    const uint32_t old = t->state.fetch_sub(n, std::memory_order_acq_rel);
+    if (old != n || level == top_ || !free_empty_tables_) return;
+    uint32_t zero = 0;
+    if (!t->state.compare_exchange_strong(zero, PtTable::kDying, std::memory_order_acq_rel,
+                                          std::memory_order_relaxed)) {
+      return;  // someone reserved a slot in between: the table lives on
+    }
+    // We own the death of t: unlink it, then drop the parent's entry for it (cascade).
+    PtTable* parent = path->table[level + 1];
+    parent->pte[path->index[level + 1]].store(0, std::memory_order_release);
+    OnUnlinked(t, gather);
+    t = parent;
+    n = 1;
+    ++level;
+  }
+}
+
+void IoPageTable::WaitUnlinked(const Path& path, unsigned level, PtTable* dying) {
+  // Only a non-root table can die; its killer clears the parent entry right after winning.
+  const std::atomic<uint64_t>& slot = path.table[level + 1]->pte[path.index[level + 1]];
+  const uint64_t dead = MakeTablePte(dying);
+  for (unsigned spins = 0; slot.load(std::memory_order_acquire) == dead; ++spins) {
+    if (spins < 64) {
+      CpuRelax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+// ---- map ---------------------------------------------------------------------------------------
+
+absl::Status IoPageTable::Map(uint64_t iova, uint64_t phys, uint64_t size, uint64_t leaf_bits,
+                              IotlbGather* gather) {
+  rcu::ReadLock rl;
+  uint64_t done = 0;
+  while (done < size) {
+    const uint64_t cur = iova + done;
+    const uint64_t pa = phys + done;
+    const uint64_t rem = size - done;
+    unsigned leaf = 0;
+    for (unsigned l = 2; l >= 1; --l) {
+      const uint64_t span = LevelSpan(l);
+      if (((cur | pa) & (span - 1)) == 0 && rem >= span) {
+        leaf = l;
+        break;
+      }
+    }
+    const uint64_t span = LevelSpan(leaf);
+    const uint32_t n = static_cast<uint32_t>(
+        std::min<uint64_t>(rem / span, kPtEntries - LevelIndex(cur, leaf)));
+    absl::Status s = MapLeaves(cur, pa, leaf, n, leaf_bits, gather);
+    if (!s.ok()) {
+      if (done > 0) {
+        // Nothing stays half mapped: undo what this call installed.
+        absl::StatusOr<uint64_t> undone = Unmap(iova, done, gather);
+        (void)undone;
+      }
+      return s;
+    }
+    done += n * span;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status IoPageTable::MapLeaves(uint64_t iova, uint64_t phys, unsigned leaf, uint32_t n,
+                                    uint64_t bits, IotlbGather* gather) {
+  Path path;
+  path.table[top_] = root_;
+retry:
+  PtTable* t = root_;
+  unsigned level = top_;
+  uint32_t held = 0;  // reservations we hold in t
+  while (level > leaf) {
+    const unsigned i = LevelIndex(iova, level);
+    path.index[level] = i;
+    uint64_t e = t->pte[i].load(std::memory_order_acquire);
+    if (e == 0) {
+      if (held == 0) {
+        if (!Reserve(t, 1)) {
+          WaitUnlinked(path, level, t);
+          goto retry;
+        }
+        held = 1;
+      }
+      PtTable* nt = AllocTable();
+      if (nt == nullptr) {
+        Drop(t, held, level, &path, gather);
+        return absl::ResourceExhaustedError(
+            absl::StrCat("Map: no memory for a page table at iova ", Hex(iova)));
+      }
+      // The new table comes with the reservation for what we install into it next.
+      if (install_hook_) install_hook_();
+      const uint32_t want = (level - 1 == leaf) ? n : 1;
+      nt->state.store(want, std::memory_order_relaxed);
+      uint64_t expected = 0;
+      if (t->pte[i].compare_exchange_strong(expected, MakeTablePte(nt), std::memory_order_acq_rel,
+                                            std::memory_order_acquire)) {
+        OnLinked();
+        t = nt;
+        --level;
+        path.table[level] = t;
+        held = want;
+        continue;
+      }
+      // Lost the race to install (live-free case 1): our table was never visible.
+      counters_->tables.install_races_lost.fetch_add(1, std::memory_order_relaxed);
+      FreeUnpublished(nt);
+      e = expected;
+    }
+    if (held != 0) {
+      Drop(t, held, level, &path, gather);  // e is present: t cannot reach 0 here
+      held = 0;
+    }
+    if (!PteIsTable(e)) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("Map: iova ", Hex(iova), " lies in a ", LevelSpan(level) >> 10,
+                       " KiB block already mapped at ", Hex(iova & ~(LevelSpan(level) - 1))));
+    }
+    t = PteTable(e);
+    --level;
+    path.table[level] = t;
+  }
+
+  if (held == 0) {
+    if (!Reserve(t, n)) {
+      WaitUnlinked(path, level, t);
+      goto retry;
+    }
+    held = n;
+  }
+  const unsigned i0 = LevelIndex(iova, leaf);
+  const uint64_t span = LevelSpan(leaf);
+  // Check first, so that a failure leaves this table untouched. The caller owns the range: no one
+  // else can make these entries non-zero meanwhile.
+  for (uint32_t j = 0; j < n; ++j) {
+    const uint64_t e = t->pte[i0 + j].load(std::memory_order_acquire);
+    if (e == 0) continue;
+    if (leaf > 0 && PteIsTable(e) && !SubtreeHasLeaves(PteTable(e), leaf - 1)) continue;
+    Drop(t, held, leaf, &path, gather);
+    return absl::AlreadyExistsError(
+        absl::StrCat("Map: iova ", Hex(iova + j * span), " is already mapped"));
+  }
+  uint32_t replaced = 0;
+  for (uint32_t j = 0; j < n; ++j) {
+    std::atomic<uint64_t>& slot = t->pte[i0 + j];
+    const uint64_t e = slot.load(std::memory_order_relaxed);
+    slot.store((phys + j * span) | bits | kPtePresent, std::memory_order_release);
+    if (e != 0) {
+      // Live-free case 2: a block replaces an (empty) table; unlink and free it.
+      ClearSubtree(PteTable(e), leaf - 1, gather);
+      counters_->tables.block_over_table.fetch_add(1, std::memory_order_relaxed);
+      ++replaced;
+    }
+  }
+  if (replaced != 0) Drop(t, replaced, leaf, &path, gather);  // those entries were counted already
+  return absl::OkStatus();
+}
+
+bool IoPageTable::SubtreeHasLeaves(PtTable* t, unsigned level) const {
+  if ((t->state.load(std::memory_order_acquire) & PtTable::kCountMask) == 0) return false;
+  for (auto& slot : t->pte) {
+    const uint64_t e = slot.load(std::memory_order_acquire);
+    if (!PteIsPresent(e)) continue;
+    if (!PteIsTable(e) || level == 0) return true;
+    if (SubtreeHasLeaves(PteTable(e), level - 1)) return true;
+  }
+  return false;
+}
+
+uint64_t IoPageTable::ClearSubtree(PtTable* t, unsigned level, IotlbGather* gather) {
+  uint64_t pages = 0;
+  for (auto& slot : t->pte) {
+    const uint64_t e = slot.load(std::memory_order_acquire);
+    if (e == 0) continue;
+    slot.store(0, std::memory_order_release);
+    if (PteIsTable(e) && level > 0) {
+      pages += ClearSubtree(PteTable(e), level - 1, gather);
+    } else {
+      pages += LevelSpan(level) >> 12;
+    }
+  }
+  t->state.store(PtTable::kDying, std::memory_order_release);
+  OnUnlinked(t, gather);
+  return pages;
+}
+
+// ---- unmap -------------------------------------------------------------------------------------
+
+IoPageTable::Leaf IoPageTable::LookupLeaf(uint64_t iova) const {
+  PtTable* t = root_;
+  for (unsigned level = top_;; --level) {
+    const uint64_t e = t->pte[LevelIndex(iova, level)].load(std::memory_order_acquire);
+    if (!PteIsPresent(e)) return Leaf{iova, 0, level};
+    if (!PteIsTable(e)) return Leaf{iova & ~(LevelSpan(level) - 1), e, level};
+    t = PteTable(e);
+  }
+}
+
+absl::StatusOr<uint64_t> IoPageTable::Unmap(uint64_t iova, uint64_t size, IotlbGather* gather) {
+  rcu::ReadLock rl;
+  const uint64_t end = iova + size;
+  if (size > kPageSize) {
+    // A block can only be cut at either end of the range; check both before touching anything.
+    for (uint64_t a : {iova, end - 1}) {
+      const Leaf l = LookupLeaf(a);
+      if (l.pte == 0 || l.level == 0) continue;
+      if (l.iova < iova || l.iova + LevelSpan(l.level) > end) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Unmap: [", Hex(iova), ", ", Hex(end), ") cuts the ", LevelSpan(l.level) >> 10,
+            " KiB block mapped at ", Hex(l.iova)));
+      }
+    }
+  }
+  Path path;
+  path.table[top_] = root_;
+  bool cut = false;
+  const uint64_t pages = UnmapLevel(root_, top_, 0, iova, end, &path, gather, &cut);
+  if (cut) {
+    // Only reachable for a single-page unmap inside a block: nothing was changed.
+    const Leaf l = LookupLeaf(iova);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Unmap: [", Hex(iova), ", ", Hex(end), ") cuts the ", LevelSpan(l.level) >> 10,
+        " KiB block mapped at ", Hex(l.iova)));
+  }
+  return pages;
+}
+
+uint64_t IoPageTable::UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint64_t start,
+                                 uint64_t end, Path* path, IotlbGather* gather, bool* cut) {
+  const uint64_t span = LevelSpan(level);
+  const unsigned i0 = LevelIndex(start, level);
+  const unsigned i1 = LevelIndex(end - 1, level);
+  uint32_t removed = 0;
+  uint64_t pages = 0;
+  for (unsigned i = i0; i <= i1; ++i) {
+    std::atomic<uint64_t>& slot = t->pte[i];
+    const uint64_t e = slot.load(std::memory_order_acquire);
+    if (e == 0) continue;
+    const uint64_t es = base + uint64_t{i} * span;
+    const bool full = start <= es && es + span <= end;
+    if (!PteIsTable(e)) {
+      if (!full) {
+        *cut = true;
+        break;
+      }
+      slot.store(0, std::memory_order_release);
+      ++removed;
+      pages += span >> 12;
+      continue;
+    }
+    PtTable* child = PteTable(e);
+    if (full) {
+      // Live-free case 3: a block-sized unmap found a table; clear it and free it.
+      slot.store(0, std::memory_order_release);
+      ++removed;
+      pages += ClearSubtree(child, level - 1, gather);
+      counters_->tables.block_unmap_table.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    path->table[level - 1] = child;
+    path->index[level] = i;
+    pages += UnmapLevel(child, level - 1, es, std::max(start, es), std::min(end, es + span), path,
+                        gather, cut);
+    if (*cut) break;
+  }
+  if (removed != 0) Drop(t, removed, level, path, gather);
+  return pages;
+}
+
+// ---- lockless walkers --------------------------------------------------------------------------
+
+absl::StatusOr<uint64_t> IoPageTable::Translate(uint64_t iova, bool write) {
+  rcu::ReadLock rl;
+  const uint64_t want = kPteAccessed | (write ? kPteDirty : 0);
+  const uint64_t need = write ? kPteWrite : kPteRead;
+restart:
+  PtTable* t = root_;
+  for (unsigned level = top_;; --level) {
+    std::atomic<uint64_t>& slot = t->pte[LevelIndex(iova, level)];
+    uint64_t e = slot.load(std::memory_order_acquire);
+    if (!PteIsPresent(e)) {
+      return absl::NotFoundError(absl::StrCat("DMA fault: iova ", Hex(iova), " is not mapped"));
+    }
+    if (PteIsTable(e)) {
+      t = PteTable(e);
+      continue;
+    }
+    if ((e & need) == 0) {
+      return absl::PermissionDeniedError(absl::StrCat("DMA fault: ", write ? "write to" : "read of",
+                                                      " iova ", Hex(iova), " not permitted"));
+    }
+    while ((e & want) != want) {
+      uint64_t expected = e;
+      if (slot.compare_exchange_weak(expected, e | want, std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+        break;
+      }
+      if ((expected & ~kLeafFlagMask) != (e & ~kLeafFlagMask)) goto restart;  // remapped/unmapped
+      e = expected;
+    }
+    return PteLeafAddr(e) + (iova & (LevelSpan(level) - 1));
+  }
+}
+
+void IoPageTable::ForEachLeaf(uint64_t start, uint64_t end,
+                              absl::FunctionRef<bool(const Leaf&)> fn) const {
+  end = std::min(end, limit_);
+  if (start >= end) return;
+  rcu::ReadLock rl;
+  WalkLeaves(root_, top_, 0, start, end, fn);
+}
+
+bool IoPageTable::WalkLeaves(PtTable* t, unsigned level, uint64_t base, uint64_t start,
+                             uint64_t end, absl::FunctionRef<bool(const Leaf&)> fn) const {
+  const uint64_t span = LevelSpan(level);
+  const unsigned i0 = LevelIndex(start, level);
+  const unsigned i1 = LevelIndex(end - 1, level);
+  for (unsigned i = i0; i <= i1; ++i) {
+    const uint64_t e = t->pte[i].load(std::memory_order_acquire);
+    if (!PteIsPresent(e)) continue;
+    const uint64_t es = base + uint64_t{i} * span;
+    if (PteIsTable(e)) {
+      if (!WalkLeaves(PteTable(e), level - 1, es, std::max(start, es), std::min(end, es + span),
+                      fn)) {
+        return false;
+      }
+      continue;
+    }
+    if (!fn(Leaf{es, e, level})) return false;
+  }
+  return true;
+}
+
+uint64_t IoPageTable::SweepDirty(uint64_t start, uint64_t end,
+                                 absl::FunctionRef<void(uint64_t, uint64_t)> fn) {
+  end = std::min(end, limit_);
+  if (start >= end) return 0;
+  rcu::ReadLock rl;
+  return SweepLevel(root_, top_, 0, start, end, fn);
+}
+
+uint64_t IoPageTable::SweepLevel(PtTable* t, unsigned level, uint64_t base, uint64_t start,
+                                 uint64_t end, absl::FunctionRef<void(uint64_t, uint64_t)> fn) {
+  const uint64_t span = LevelSpan(level);
+  const unsigned i0 = LevelIndex(start, level);
+  const unsigned i1 = LevelIndex(end - 1, level);
+  uint64_t reported = 0;
+  for (unsigned i = i0; i <= i1; ++i) {
+    std::atomic<uint64_t>& slot = t->pte[i];
+    const uint64_t e = slot.load(std::memory_order_acquire);
+    if (!PteIsPresent(e)) continue;
+    const uint64_t es = base + uint64_t{i} * span;
+    if (PteIsTable(e)) {
+      reported += SweepLevel(PteTable(e), level - 1, es, std::max(start, es),
+                             std::min(end, es + span), fn);
+      continue;
+    }
+    if ((e & kPteDirty) == 0) continue;
+    // Test-and-clear: a device write landing now either sets D before this (reported now) or
+    // after (reported next sweep); never lost, never twice. A table entry has bit D clear.
+    const uint64_t old = slot.fetch_and(~kPteDirty, std::memory_order_acq_rel);
+    if ((old & (kPteDirty | kPtePresent | kPteTable)) == (kPteDirty | kPtePresent)) {
+      fn(es, span);
+      ++reported;
+    }
+  }
+  return reported;
+}
+
+// ---- deferred freeing --------------------------------------------------------------------------
+
+void IoPageTable::ReleaseGather(IotlbGather* gather) {
+  if (gather->empty()) return;
+  rcu::ReadLock rl;  // keeps the current list head alive while we read its list_len
+  PtTable* const first = gather->head;
+  PtTable* const last = gather->tail;
+  PtTable* old = rcu_pending_.load(std::memory_order_acquire);
+  uint32_t len;
+  do {
+    last->next = old;
+    len = gather->count + (old != nullptr ? old->list_len : 0);
+    first->list_len = len;
+  } while (!rcu_pending_.compare_exchange_weak(old, first, std::memory_order_acq_rel,
+                                               std::memory_order_acquire));
+  *gather = IotlbGather();
+  if (len >= kRcuBatch) SubmitPending();
+}
+
+void IoPageTable::SubmitPending() {
+  PtTable* list = rcu_pending_.exchange(nullptr, std::memory_order_acq_rel);
+  if (list != nullptr) rcu::CallRcu(&list->rcu, &IoPageTable::RcuReleaseBatch);
+}
+
+void IoPageTable::RcuReleaseBatch(rcu::Head* head) {
+  rcu::CallbackBegin();
+  PtTable* list = reinterpret_cast<PtTable*>(reinterpret_cast<char*>(head) -
+                                             offsetof(PtTable, rcu));
+  list->owner->ReleaseBatch(list);
+}
+
+void IoPageTable::ReleaseBatch(PtTable* t) {
+  int64_t n = 0;
+  {
+    absl::MutexLock l(&cache_mu_);
+    while (t != nullptr && cache_.size() < kCacheMax) {
+      PtTable* next = t->next;
+      t->next = nullptr;
+      cache_.push_back(t);  // all entries are zero already: an unlinked table is empty
+      t = next;
+      ++n;
+    }
+    cache_size_.store(cache_.size(), std::memory_order_relaxed);
+  }
+  while (t != nullptr) {
+    PtTable* next = t->next;
+    delete t;
+    t = next;
+    ++n;
+  }
+  counters_->tables.tables_released.fetch_add(n, std::memory_order_relaxed);
+  counters_->tables.pending_free_pages.fetch_sub(n, std::memory_order_relaxed);
+}
+
+void IoPageTable::Quiesce() {
+  SubmitPending();
+  rcu::Barrier();
+}
+
+}  // namespace pagepool::dma::internal

@@ -1,0 +1,180 @@
+// File: dma/internal/io_pgtable.h
+//
+// The I/O page table proper (the kernel's io-pgtable / VT-d second stage): map, unmap, lockless walks,
+// and the life cycle of table pages (allocate, link, unlink, gather, RCU release, recycle). The IOTLB
+// model, the flush queue and the IOVA allocator sit above it in IommuDomain.
+//
+// Concurrency: a lock-free protocol on one atomic word per table, `PtTable::state` = count | DYING.
+//
+//   * count is the number of present entries plus reservations for entries about to be installed.
+//   * Installing into a table first reserves: fetch_add(k); if the old word had DYING set the
+//     reservation is undone and the walk restarts from the root, after spinning (with a pause) until
+//     the parent entry that pointed at the dying table has been cleared.
+//   * Installing a new child table: reserve one slot in the parent, CAS parent PTE 0 -> child. The
+//     loser of that race frees its never-published table at once (live-free case 1) and drops its
+//     reservation; the winner's child comes pre-reserved for the entry the winner goes on to install.
+//   * Removing entries drops the count; whoever drops it to 0 tries CAS 0 -> DYING. Only the winner
+//     unlinks the table: it clears the parent PTE, gathers the table and drops the parent's count,
+//     cascading upward (the root never dies). Only with free_empty_tables.
+//
+// Why a dying table can never swallow a neighbour's new mapping: reserving (count+1 unless DYING) and
+// dying (0 -> DYING) are atomic operations on the same word, so they are totally ordered. If the
+// reservation comes first the count is no longer 0 and the CAS to DYING fails; if DYING comes first
+// the reserver sees it and goes back to the root, where it finds the parent entry cleared and installs
+// a fresh table. A PTE is therefore only ever written into a table whose count it holds.
+//
+// Compared with seed 000's per-domain rwlock (readers for map/unmap, writer while freeing): that lock
+// is one shared cache line that every map and unmap of the domain writes (reader count), so two CPUs
+// mapping disjoint ranges still bounce it, and a freeing unmap stalls every other map/unmap of the
+// domain. The per-table word is only contended by operations that really share a table, nothing
+// blocks, and the price is a retry from the root in the (rare) case of racing with a table's death.
+// Lockless walkers (Translate, ForEachPresent, SweepDirty) take neither: they rely on RCU, and so do
+// map/unmap for reading the state word of a table that may be dying.
+//
+// Leaf PTEs inside a range the caller owns are written with plain (release) stores: nobody else may
+// write a zero or leaf entry in that range, and the only concurrent writers of a present leaf are
+// Translate's A/D update (a CAS that fails if the entry changed) and SweepDirty's fetch_and(~D)
+// (harmless on 0 and on a table entry, whose bits 2..5 are zero). Table entries are always CASed.
+//
+// Deferred freeing: unlinked tables are gathered per operation (IotlbGather); after the caller has
+// invalidated the IOTLB it hands the gather to ReleaseGather(), which pushes it onto a pending list;
+// every kRcuBatch tables the whole list goes to call_rcu in one call (the callback walks the list).
+// Released tables are all zero; up to kCacheMax of them are kept for reuse instead of freeing.
+//
+// Thread safety: everything but the destructor may be called concurrently. The caller guarantees
+// that Map/Unmap ranges in flight at the same time do not overlap.
+#ifndef PAGEPOOL_DMA_INTERNAL_IO_PGTABLE_H_
+#define PAGEPOOL_DMA_INTERNAL_IO_PGTABLE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "dma/internal/pt_table.h"
+#include "dma/types.h"
+
+namespace pagepool::dma {
+class IommuDomain;
+}  // namespace pagepool::dma
+
+namespace pagepool::dma::internal {
+
+class IoPageTable {
+ public:
+  static constexpr uint32_t kRcuBatch = 64;   // tables per call_rcu
+  static constexpr size_t kCacheMax = 1024;   // zeroed tables kept for reuse (4 MiB)
+
+  // levels: 3, 4 or 5. The root is allocated here (and counted).
+  IoPageTable(unsigned levels, bool free_empty_tables, DomainCounters* counters);
+  // REQUIRES: no other call in flight, every gather released and Quiesce() called.
+  ~IoPageTable();
+  IoPageTable(const IoPageTable&) = delete;
+  IoPageTable& operator=(const IoPageTable&) = delete;
+
+  // Maps [iova, iova + size) -> [phys, ...) with the largest leaves alignment allows. `leaf_bits`
+  // are the R/W PTE bits. On failure nothing stays mapped. Tables unlinked on the way (a block over
+  // an empty table, rollback) are added to `gather`, which the caller must invalidate and release.
+  // REQUIRES: arguments validated by the caller (aligned, within the address width, size > 0).
+  absl::Status Map(uint64_t iova, uint64_t phys, uint64_t size, uint64_t leaf_bits,
+                   IotlbGather* gather);
+
+  // Unmaps every leaf in [iova, iova + size); returns the number of 4 KiB pages unmapped (0 if none).
+  // INVALID_ARGUMENT (nothing changed) if the range cuts a block leaf. Unlinked tables go to `gather`.
+  absl::StatusOr<uint64_t> Unmap(uint64_t iova, uint64_t size, IotlbGather* gather);
+
+  // Lockless walks. Context: any thread.
+  absl::StatusOr<uint64_t> Translate(uint64_t iova, bool write);
+  struct Leaf {
+    uint64_t iova;
+    uint64_t pte;
+    unsigned level;
+  };
+  // Calls fn for each present leaf in [start, end) in order, under the RCU read lock; false stops.
+  void ForEachLeaf(uint64_t start, uint64_t end, absl::FunctionRef<bool(const Leaf&)> fn) const;
+  // Test-and-clears D on each present leaf in [start, end); fn(iova, size) per dirty leaf.
+  uint64_t SweepDirty(uint64_t start, uint64_t end,
+                      absl::FunctionRef<void(uint64_t, uint64_t)> fn);
+
+  // Hands invalidated tables to RCU (batched). Context: any thread; the IOTLB is already flushed.
+  void ReleaseGather(IotlbGather* gather);
+  // Sends the pending batch to RCU and waits until every table handed over so far is released.
+  // REQUIRES: the caller holds no RCU read lock.
+  void Quiesce();
+
+  // Tests only: runs `hook` in Map after a new table is allocated and before it is installed
+  // (to force the install race of live-free case 1 deterministically). Not thread-safe to set.
+  void set_install_hook_for_test(std::function<void()> hook) { install_hook_ = std::move(hook); }
+
+  // False if the root table could not be allocated (the object is then unusable).
+  bool ok() const { return root_ != nullptr; }
+  unsigned levels() const { return levels_; }
+  uint64_t address_limit() const { return limit_; }
+
+ private:
+  struct Path {
+    PtTable* table[kMaxLevels + 1];
+    unsigned index[kMaxLevels + 1];  // index[l]: entry of table[l] leading to table[l - 1]
+  };
+
+  PtTable* AllocTable();
+  void FreeUnpublished(PtTable* t);
+  void OnLinked();
+  void OnUnlinked(PtTable* t, IotlbGather* gather);
+  static bool Reserve(PtTable* t, uint32_t n);
+  // Drops n from t's count; at 0 (and free_empty_tables) tries to kill and unlink it, cascading.
+  void Drop(PtTable* t, uint32_t n, unsigned level, Path* path, IotlbGather* gather);
+  static void WaitUnlinked(const Path& path, unsigned level, PtTable* dying);
+
+  absl::Status MapLeaves(uint64_t iova, uint64_t phys, unsigned leaf, uint32_t n, uint64_t bits,
+                         IotlbGather* gather);
+  // Unmaps [start, end) within t (which maps [base, base + 512 * span)). Sets *cut and stops at a
+  // leaf only partly inside the range.
+  uint64_t UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint64_t start, uint64_t end,
+                      Path* path, IotlbGather* gather, bool* cut);
+  bool SubtreeHasLeaves(PtTable* t, unsigned level) const;
+  // Clears every entry under t (already unlinked by the caller), gathers t and its sub-tables.
+  // Returns the 4 KiB pages of the leaves it cleared.
+  uint64_t ClearSubtree(PtTable* t, unsigned level, IotlbGather* gather);
+  // The leaf covering iova (pte 0 if none).
+  Leaf LookupLeaf(uint64_t iova) const;
+  bool WalkLeaves(PtTable* t, unsigned level, uint64_t base, uint64_t start, uint64_t end,
+                  absl::FunctionRef<bool(const Leaf&)> fn) const;
+  uint64_t SweepLevel(PtTable* t, unsigned level, uint64_t base, uint64_t start, uint64_t end,
+                      absl::FunctionRef<void(uint64_t, uint64_t)> fn);
+
+  static void RcuReleaseBatch(rcu::Head* head);
+  void ReleaseBatch(PtTable* list);
+  void SubmitPending();
+  void DeleteSubtree(PtTable* t, unsigned level);
+
+  const unsigned levels_;
+  const unsigned top_;          // level of the root
+  const uint64_t limit_;        // 1 << address width
+  const bool free_empty_tables_;
+  DomainCounters* const counters_;
+  PtTable* root_;
+  std::function<void()> install_hook_;
+
+  // Gathers handed over and waiting for the next call_rcu (Treiber stack, head carries list_len).
+  alignas(64) std::atomic<PtTable*> rcu_pending_{nullptr};
+
+  alignas(64) mutable absl::Mutex cache_mu_;
+  std::vector<PtTable*> cache_ ABSL_GUARDED_BY(cache_mu_);
+  std::atomic<size_t> cache_size_{0};  // hint only, read without the lock
+};
+
+// Gives tests the page table behind an IommuDomain (nullptr in passthrough).
+struct IommuDomainTestPeer {
+  static IoPageTable* PageTable(IommuDomain& domain);
+};
+
+}  // namespace pagepool::dma::internal
+
+#endif  // PAGEPOOL_DMA_INTERNAL_IO_PGTABLE_H_

@@ -1,0 +1,3 @@
+# Page table / IommuDomain / RCU tests (included by tests/dma/CMakeLists.txt).
+pagepool_add_test(NAME iommu_domain_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/iommu_domain_test.cc
+  LIBS pagepool_dma LABELS unit)
