@@ -1,0 +1,79 @@
+// File: client/client.h
+//
+// Client: a thin, typed C++ client of pagepool.v1.PagePoolService. Each unary call returns
+// absl::StatusOr of its response; a gRPC status becomes an absl::Status by casting its code (the codes
+// are the same), so callers test `status.code() == absl::StatusCode::kNotFound` and so on.
+//
+// Thread safety: a Client may be used from many threads at once (gRPC stubs are thread-safe).
+#ifndef PAGEPOOL_CLIENT_CLIENT_H_
+#define PAGEPOOL_CLIENT_CLIENT_H_
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "pagepool/v1/pagepool.grpc.pb.h"
+
+namespace pagepool::client {
+
+struct ClientOptions {
+  // Deadline of each unary call.
+  std::chrono::milliseconds timeout{10000};
+  // PEM file of the CA that signed the daemon's certificate; empty: plaintext.
+  std::string tls_ca;
+  // Largest message accepted from the daemon.
+  int max_message_bytes = 64 << 20;
+};
+
+// grpc::Status -> absl::Status (a cast of the code).
+absl::Status FromGrpc(const grpc::Status& status);
+
+class Client {
+ public:
+  // Creates a channel to `target` ("host:port"). Connection happens lazily, at the first call.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target,
+                                                         const ClientOptions& options = {});
+
+  absl::StatusOr<pagepool::v1::CreateDeviceResponse> CreateDevice(
+      const pagepool::v1::CreateDeviceRequest& req);
+  absl::StatusOr<pagepool::v1::GetDeviceResponse> GetDevice(uint64_t device_id);
+  absl::StatusOr<pagepool::v1::ListDevicesResponse> ListDevices();
+  absl::StatusOr<pagepool::v1::UnbindDeviceResponse> UnbindDevice(uint64_t device_id);
+  absl::StatusOr<pagepool::v1::CreatePoolResponse> CreatePool(
+      const pagepool::v1::CreatePoolRequest& req);
+  absl::StatusOr<pagepool::v1::GetPoolResponse> GetPool(uint64_t pool_id);
+  absl::StatusOr<pagepool::v1::ListPoolsResponse> ListPools(uint64_t device_id = 0);
+  absl::StatusOr<pagepool::v1::DestroyPoolResponse> DestroyPool(uint64_t pool_id);
+  absl::StatusOr<pagepool::v1::AllocateResponse> Allocate(uint64_t pool_id, uint32_t count);
+  absl::StatusOr<pagepool::v1::RecycleResponse> Recycle(const pagepool::v1::RecycleRequest& req);
+  absl::StatusOr<pagepool::v1::ReturnResponse> Return(const pagepool::v1::ReturnRequest& req);
+  absl::StatusOr<pagepool::v1::GetDomainResponse> GetDomain(uint64_t device_id);
+  // Server streams, collected: every message until the stream ends.
+  absl::StatusOr<pagepool::v1::ListInflightResponse> ListInflight(uint64_t pool_id,
+                                                                  uint64_t limit = 0);
+  absl::StatusOr<pagepool::v1::DumpPageTableResponse> DumpPageTable(
+      const pagepool::v1::DumpPageTableRequest& req);
+
+  // The stub, for streaming calls (Traffic, WatchEvents) and anything not wrapped here.
+  pagepool::v1::PagePoolService::Stub* stub() { return stub_.get(); }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  // Sets the deadline of a context to now + options.timeout.
+  void SetDeadline(grpc::ClientContext* ctx) const;
+
+ private:
+  Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
+  template <typename Req, typename Resp, typename Method>
+  absl::StatusOr<Resp> Unary(Method method, const Req& req);
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pagepool::v1::PagePoolService::Stub> stub_;
+  ClientOptions options_;
+};
+
+}  // namespace pagepool::client
+
+#endif  // PAGEPOOL_CLIENT_CLIENT_H_

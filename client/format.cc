@@ -1,0 +1,119 @@
+#include "client/format.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "google/protobuf/text_format.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace pagepool::client {
+namespace v1 = ::pagepool::v1;
+
+namespace {
+
+std::string Lower(std::string s, const std::string& prefix) {
+  if (s.rfind(prefix, 0) == 0) s = s.substr(prefix.size());
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+}  // namespace
+
+std::string ToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.preserve_proto_field_names = true;
+  opts.always_print_primitive_fields = true;
+  std::string out;
+  auto status = google::protobuf::util::MessageToJsonString(message, &out, opts);
+  if (!status.ok()) return absl::StrCat("{\"error\": \"cannot print JSON\"}\n");
+  return out;
+}
+
+std::string FormatHandle(const v1::PageHandle& h) {
+  return absl::StrCat(h.frame(), ":", h.generation());
+}
+
+bool ParseHandle(const std::string& text, v1::PageHandle* out) {
+  size_t colon = text.find(':');
+  if (colon == std::string::npos) return false;
+  uint64_t frame = 0;
+  uint32_t gen = 0;
+  if (!absl::SimpleAtoi(text.substr(0, colon), &frame) ||
+      !absl::SimpleAtoi(text.substr(colon + 1), &gen)) {
+    return false;
+  }
+  out->set_frame(frame);
+  out->set_generation(gen);
+  return true;
+}
+
+std::string FormatDomain(const v1::DomainInfo& d) {
+  const v1::Violations& v = d.violations();
+  return absl::StrFormat(
+      "domain of device %d: %s, %d-bit (%d levels), free_empty_tables %s\n"
+      "  page tables: %d pages (%d bytes), peak %d, allocated %d, freed %d, released %d, "
+      "pending %d\n"
+      "  mappings:    %d pages mapped, %d live (checker), maps %d, unmaps %d, iova pages %d\n"
+      "  dma api:     map %d, unmap %d, sync %d; iotlb flushes %d (%d entries), fq pending %d, "
+      "faults %d\n"
+      "  violations:  %d (double_unmap %d, unknown_unmap %d, size_mismatch %d, "
+      "direction_mismatch %d, live_at_unbind %d, call_after_unbind %d, sync_unknown %d)\n",
+      d.device_id(), Lower(v1::IommuMode_Name(d.iommu_mode()), "IOMMU_MODE_"), d.address_width(),
+      d.levels(), d.free_empty_tables() ? "on" : "off", d.table_pages(), d.table_bytes(),
+      d.peak_table_pages(), d.tables_allocated(), d.tables_freed(), d.tables_released(),
+      d.pending_free_pages(), d.mapped_pages(), d.live_mappings(), d.maps(), d.unmaps(),
+      d.iova_allocated_pages(), d.map_calls(), d.unmap_calls(), d.sync_calls(), d.iotlb_flushes(),
+      d.iotlb_flushed_entries(), d.fq_pending(), d.faults(), v.total(), v.double_unmap(),
+      v.unknown_unmap(), v.size_mismatch(), v.direction_mismatch(), v.live_at_unbind(),
+      v.call_after_unbind(), v.sync_unknown());
+}
+
+std::string FormatDevice(const v1::Device& d) {
+  std::string s = absl::StrFormat(
+      "device %d \"%s\" (ifindex %d): %s, iommu %s, %d-bit, pools [%s], mapped %d pages, "
+      "page tables %d, violations %d\n",
+      d.id(), d.name(), d.ifindex(), Lower(v1::DeviceState_Name(d.state()), "DEVICE_STATE_"),
+      Lower(v1::IommuMode_Name(d.iommu_mode()), "IOMMU_MODE_"), d.address_width(),
+      absl::StrJoin(d.pool_ids(), " "), d.domain().mapped_pages(), d.domain().table_pages(),
+      d.domain().violations().total());
+  return s;
+}
+
+std::string FormatPool(const v1::Pool& p) {
+  const v1::PoolStats& st = p.stats();
+  return absl::StrFormat(
+      "pool %d on device %d (ifindex %d, napi %d): order %d, %s%s, inflight %d (%d bytes), "
+      "dma_mapped %d, detach_time %d\n"
+      "  alloc:   fast %d, slow %d, slow_high_order %d, empty %d, refill %d, waive %d\n"
+      "  recycle: cached %d, cache_full %d, ring %d, ring_full %d, released_refcnt %d\n",
+      p.id(), p.device_id(), p.ifindex(), p.napi_id(), p.order(),
+      Lower(v1::Strategy_Name(p.strategy()), "STRATEGY_"), p.destroyed() ? ", destroyed" : "",
+      p.inflight(), p.inflight_mem(), p.dma_mapped(), p.detach_time(), st.alloc_fast(),
+      st.alloc_slow(), st.alloc_slow_high_order(), st.alloc_empty(), st.alloc_refill(),
+      st.alloc_waive(), st.recycle_cached(), st.recycle_cache_full(), st.recycle_ring(),
+      st.recycle_ring_full(), st.recycle_released_refcnt());
+}
+
+std::string FormatEvent(const v1::Event& e) {
+  std::string what;
+  if (e.has_pool()) {
+    what = absl::StrFormat("pool %d (device %d) inflight %d detach_time %d", e.pool().id(),
+                           e.pool().device_id(), e.pool().inflight(), e.pool().detach_time());
+  } else if (e.has_device()) {
+    what = absl::StrFormat("device %d \"%s\" %s", e.device().id(), e.device().name(),
+                           Lower(v1::DeviceState_Name(e.device().state()), "DEVICE_STATE_"));
+  }
+  return absl::StrFormat("#%d %s %s\n", e.seq(), Lower(v1::EventType_Name(e.type()), "EVENT_TYPE_"),
+                         what);
+}
+
+std::string FormatText(const google::protobuf::Message& message) {
+  std::string out;
+  google::protobuf::TextFormat::PrintToString(message, &out);
+  if (out.empty()) out = "ok\n";
+  return out;
+}
+
+}  // namespace pagepool::client
