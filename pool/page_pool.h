@@ -285,7 +285,6 @@ class PagePool {
   dma::Device* device() const { return device_.get(); }
 
  private:
-  struct Counter;  // defined in page_pool.cc
   PagePool(std::shared_ptr<PhysMemory> memory, std::shared_ptr<dma::Device> device,
            const PagePoolParams& params, uint32_t id);
 
@@ -318,10 +317,23 @@ class PagePool {
   std::unique_ptr<InflightIndex> index_;  // kXarray with DMA_MAP only
 
   // NAPI-context state (the kernel's pool->alloc).
+  // `count` is written by the NAPI context only; an atomic (relaxed, plain moves on x86) so info()
+  // may read it from any thread.
   struct AllocCache {
-    uint32_t count = 0;
+    std::atomic<uint32_t> count{0};
     PageRecord* cache[kPpAllocCacheSize];
   } alloc_;
+  PageRecord* CachePop() {
+    const uint32_t n = alloc_.count.load(std::memory_order_relaxed) - 1;
+    alloc_.count.store(n, std::memory_order_relaxed);
+    return alloc_.cache[n];
+  }
+  void CachePush(PageRecord* page) {
+    const uint32_t n = alloc_.count.load(std::memory_order_relaxed);
+    alloc_.cache[n] = page;
+    alloc_.count.store(n + 1, std::memory_order_relaxed);
+  }
+  uint32_t CacheCount() const { return alloc_.count.load(std::memory_order_relaxed); }
   uint32_t pref_nid_ = 0;
   std::atomic<uint32_t> hold_cnt_{0};     // pages_state_hold_cnt (NAPI writes, anyone reads)
   std::atomic<uint32_t> release_cnt_{0};  // pages_state_release_cnt

@@ -10,6 +10,8 @@
 // were ever touched. There is no per-frame heap allocation.
 //
 // A frame's physical address is `frame << 12` (dma::PhysAddr), the address given to the DMA API.
+// Frame 0 is reserved at creation and never handed out, so physical (and passthrough DMA) address 0
+// never names a page and dma_addr 0 can mean "not mapped".
 //
 // Out of memory is RESOURCE_EXHAUSTED, never a crash.
 //

@@ -1,0 +1,277 @@
+// File: pool/inflight_index.cc
+#include "pool/inflight_index.h"
+
+#include <bit>
+#include <new>
+
+#include "absl/strings/str_cat.h"
+#include "dma/rcu.h"
+
+namespace pagepool::pool {
+namespace internal {
+
+constexpr unsigned kChunkShift = 6;  // XA_CHUNK_SHIFT
+constexpr unsigned kChunkSize = 1u << kChunkShift;
+constexpr unsigned kChunkMask = kChunkSize - 1;
+
+// xa_node. `slots` is read lock-free by RCU readers; every other field is the writers' (index lock).
+// A node's `shift` is set before the node is published and never changes.
+struct IndexNode {
+  std::atomic<void*> slots[kChunkSize];
+  uint64_t free_mask = ~uint64_t{0};  // XA_FREE_MARK: bit i set when slot i (or its subtree) has room
+  IndexNode* parent = nullptr;
+  uint8_t shift = 0;
+  uint8_t offset = 0;  // slot in the parent
+  uint8_t count = 0;   // non-null slots
+  dma::rcu::Head rcu;
+
+  explicit IndexNode(unsigned s) : shift(uint8_t(s)) {
+    for (auto& slot : slots) slot.store(nullptr, std::memory_order_relaxed);
+  }
+};
+
+namespace {
+
+// Id 0 is never handed out (XA_FLAGS_ALLOC1); its slot holds this marker so the lowest-free search
+// needs no special case. Readers never return it.
+void* const kReserved = reinterpret_cast<void*>(uintptr_t{1});
+
+void FreeNodeCallback(dma::rcu::Head* head) {
+  dma::rcu::CallbackBegin();
+  IndexNode* node = reinterpret_cast<IndexNode*>(reinterpret_cast<char*>(head) -
+                                                 offsetof(IndexNode, rcu));
+  delete node;
+}
+
+void DeleteTree(IndexNode* node) {
+  if (node == nullptr) return;
+  if (node->shift > 0) {
+    for (auto& slot : node->slots) {
+      DeleteTree(static_cast<IndexNode*>(slot.load(std::memory_order_relaxed)));
+    }
+  }
+  delete node;
+}
+
+bool WalkNode(const IndexNode* node, uint64_t base,
+              absl::FunctionRef<bool(uint32_t, PageRecord*)> fn) {
+  for (unsigned i = 0; i < kChunkSize; ++i) {
+    void* e = node->slots[i].load(std::memory_order_acquire);
+    if (e == nullptr) continue;
+    const uint64_t id = base | (uint64_t{i} << node->shift);
+    if (node->shift == 0) {
+      if (e == kReserved) continue;
+      if (!fn(uint32_t(id), static_cast<PageRecord*>(e))) return false;
+    } else if (!WalkNode(static_cast<const IndexNode*>(e), id, fn)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+}  // namespace internal
+
+using internal::IndexNode;
+using internal::kChunkMask;
+using internal::kChunkShift;
+using internal::kChunkSize;
+
+InflightIndex::InflightIndex(uint32_t limit) : limit_(limit == 0 ? 1 : limit) {}
+
+InflightIndex::~InflightIndex() { internal::DeleteTree(root_.load(std::memory_order_relaxed)); }
+
+size_t InflightIndex::NodeSize() { return sizeof(IndexNode); }
+
+void InflightIndex::DeleteNodeLocked(IndexNode* node) {
+  nodes_.fetch_sub(1, std::memory_order_relaxed);
+  nodes_freed_.fetch_add(1, std::memory_order_relaxed);
+  dma::rcu::CallRcu(&node->rcu, &internal::FreeNodeCallback);
+}
+
+absl::StatusOr<uint32_t> InflightIndex::Alloc(PageRecord* page) {
+  internal::SpinLockHolder l(&lock_);
+  IndexNode* root = root_.load(std::memory_order_relaxed);
+  if (root == nullptr) {
+    root = new (std::nothrow) IndexNode(0);
+    if (root == nullptr) return absl::ResourceExhaustedError("in-flight index: out of memory");
+    root->slots[0].store(internal::kReserved, std::memory_order_relaxed);
+    root->count = 1;
+    root->free_mask = ~uint64_t{1};
+    nodes_.fetch_add(1, std::memory_order_relaxed);
+    nodes_allocated_.fetch_add(1, std::memory_order_relaxed);
+    root_.store(root, std::memory_order_release);
+  }
+  // Grow upward while the tree is full and the limit allows ids beyond its reach (xas_expand).
+  while (root->free_mask == 0) {
+    const uint64_t capacity = uint64_t{1} << (root->shift + kChunkShift);
+    if (capacity - 1 >= limit_) {
+      alloc_failures_.fetch_add(1, std::memory_order_relaxed);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("in-flight index ID space full: every id 1..", limit_, " in use"));
+    }
+    IndexNode* top = new (std::nothrow) IndexNode(root->shift + kChunkShift);
+    if (top == nullptr) return absl::ResourceExhaustedError("in-flight index: out of memory");
+    top->slots[0].store(root, std::memory_order_relaxed);
+    top->count = 1;
+    top->free_mask = ~uint64_t{1};
+    root->parent = top;
+    root->offset = 0;
+    nodes_.fetch_add(1, std::memory_order_relaxed);
+    nodes_allocated_.fetch_add(1, std::memory_order_relaxed);
+    root_.store(top, std::memory_order_release);
+    root = top;
+  }
+  // Descend along the lowest free mark.
+  IndexNode* node = root;
+  uint64_t id = 0;
+  for (;;) {
+    const unsigned i = unsigned(std::countr_zero(node->free_mask));
+    id |= uint64_t{i} << node->shift;
+    if (id > limit_) {
+      alloc_failures_.fetch_add(1, std::memory_order_relaxed);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("in-flight index ID space full: every id 1..", limit_, " in use"));
+    }
+    if (node->shift == 0) {
+      node->slots[i].store(page, std::memory_order_release);
+      ++node->count;
+      node->free_mask &= ~(uint64_t{1} << i);
+      break;
+    }
+    IndexNode* child = static_cast<IndexNode*>(node->slots[i].load(std::memory_order_relaxed));
+    if (child == nullptr) {
+      child = new (std::nothrow) IndexNode(node->shift - kChunkShift);
+      if (child == nullptr) return absl::ResourceExhaustedError("in-flight index: out of memory");
+      child->parent = node;
+      child->offset = uint8_t(i);
+      node->slots[i].store(child, std::memory_order_release);
+      ++node->count;
+      nodes_.fetch_add(1, std::memory_order_relaxed);
+      nodes_allocated_.fetch_add(1, std::memory_order_relaxed);
+    }
+    node = child;
+  }
+  // A node that just became full clears its mark in the parent, and so on up.
+  while (node->free_mask == 0 && node->parent != nullptr) {
+    node->parent->free_mask &= ~(uint64_t{1} << node->offset);
+    node = node->parent;
+  }
+  entries_.fetch_add(1, std::memory_order_relaxed);
+  return uint32_t(id);
+}
+
+PageRecord* InflightIndex::Load(uint32_t id) const {
+  dma::rcu::ReadLock rcu;
+  const IndexNode* node = root_.load(std::memory_order_acquire);
+  if (node == nullptr || (uint64_t{id} >> (node->shift + kChunkShift)) != 0) return nullptr;
+  while (node->shift > 0) {
+    node = static_cast<const IndexNode*>(
+        node->slots[(id >> node->shift) & kChunkMask].load(std::memory_order_acquire));
+    if (node == nullptr) return nullptr;
+  }
+  void* e = node->slots[id & kChunkMask].load(std::memory_order_acquire);
+  return e == internal::kReserved ? nullptr : static_cast<PageRecord*>(e);
+}
+
+IndexNode* InflightIndex::LeafForLocked(uint32_t id) const {
+  IndexNode* node = root_.load(std::memory_order_relaxed);
+  if (node == nullptr || (uint64_t{id} >> (node->shift + kChunkShift)) != 0) return nullptr;
+  while (node != nullptr && node->shift > 0) {
+    node = static_cast<IndexNode*>(
+        node->slots[(id >> node->shift) & kChunkMask].load(std::memory_order_relaxed));
+  }
+  return node;
+}
+
+void InflightIndex::RemoveLocked(IndexNode* leaf, unsigned offset) {
+  leaf->slots[offset].store(nullptr, std::memory_order_release);
+  --leaf->count;
+  // Set the free mark, and in every ancestor that had none.
+  IndexNode* node = leaf;
+  bool was_full = node->free_mask == 0;
+  node->free_mask |= uint64_t{1} << offset;
+  while (was_full && node->parent != nullptr) {
+    IndexNode* p = node->parent;
+    was_full = p->free_mask == 0;
+    p->free_mask |= uint64_t{1} << node->offset;
+    node = p;
+  }
+  // Unlink nodes left empty (the root always keeps the reserved id 0 path).
+  node = leaf;
+  while (node->count == 0 && node->parent != nullptr) {
+    IndexNode* p = node->parent;
+    p->slots[node->offset].store(nullptr, std::memory_order_release);
+    --p->count;
+    DeleteNodeLocked(node);
+    node = p;
+  }
+  ShrinkLocked();
+}
+
+void InflightIndex::ShrinkLocked() {
+  // xas_shrink: a root whose only child is slot 0 is replaced by that child.
+  for (;;) {
+    IndexNode* root = root_.load(std::memory_order_relaxed);
+    if (root == nullptr || root->shift == 0 || root->count != 1) return;
+    IndexNode* child = static_cast<IndexNode*>(root->slots[0].load(std::memory_order_relaxed));
+    if (child == nullptr) return;
+    child->parent = nullptr;
+    root_.store(child, std::memory_order_release);
+    DeleteNodeLocked(root);  // readers holding the old root still see slot 0 -> child
+  }
+}
+
+bool InflightIndex::CompareExchange(uint32_t id, PageRecord* expected, PageRecord* desired) {
+  if (desired != nullptr || expected == nullptr || id == 0) return false;
+  internal::SpinLockHolder l(&lock_);
+  IndexNode* leaf = LeafForLocked(id);
+  if (leaf == nullptr) return false;
+  const unsigned offset = id & kChunkMask;
+  if (leaf->slots[offset].load(std::memory_order_relaxed) != expected) return false;
+  RemoveLocked(leaf, offset);
+  entries_.fetch_sub(1, std::memory_order_relaxed);
+  return true;
+}
+
+PageRecord* InflightIndex::Erase(uint32_t id) {
+  if (id == 0) return nullptr;
+  internal::SpinLockHolder l(&lock_);
+  IndexNode* leaf = LeafForLocked(id);
+  if (leaf == nullptr) return nullptr;
+  const unsigned offset = id & kChunkMask;
+  void* e = leaf->slots[offset].load(std::memory_order_relaxed);
+  if (e == nullptr) return nullptr;
+  RemoveLocked(leaf, offset);
+  entries_.fetch_sub(1, std::memory_order_relaxed);
+  return static_cast<PageRecord*>(e);
+}
+
+void InflightIndex::ForEach(absl::FunctionRef<bool(uint32_t id, PageRecord* page)> fn) const {
+  dma::rcu::ReadLock rcu;
+  const IndexNode* root = root_.load(std::memory_order_acquire);
+  if (root != nullptr) internal::WalkNode(root, 0, fn);
+}
+
+uint64_t InflightIndex::memory_bytes() const {
+  return nodes_.load(std::memory_order_relaxed) * sizeof(IndexNode);
+}
+
+InflightIndexStats InflightIndex::stats() const {
+  InflightIndexStats s;
+  s.entries = entries_.load(std::memory_order_relaxed);
+  s.nodes = nodes_.load(std::memory_order_relaxed);
+  s.node_bytes = s.nodes * sizeof(IndexNode);
+  {
+    dma::rcu::ReadLock rcu;
+    const IndexNode* root = root_.load(std::memory_order_acquire);
+    s.height = root == nullptr ? 0 : root->shift / kChunkShift + 1;
+  }
+  s.nodes_allocated = nodes_allocated_.load(std::memory_order_relaxed);
+  s.nodes_freed = nodes_freed_.load(std::memory_order_relaxed);
+  s.alloc_failures = alloc_failures_.load(std::memory_order_relaxed);
+  s.bytes_per_entry = s.entries == 0 ? 0.0 : double(s.node_bytes) / double(s.entries);
+  return s;
+}
+
+}  // namespace pagepool::pool

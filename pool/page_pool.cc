@@ -1,0 +1,690 @@
+// File: pool/page_pool.cc
+#include "pool/page_pool.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "dma/rcu.h"
+#include "pool/internal/ptr_ring.h"
+
+namespace pagepool::pool {
+namespace {
+
+std::atomic<uint32_t> g_next_pool_id{1};
+
+// Why the last slow path came back empty.
+enum AllocError : int { kAllocOk = 0, kNoMemory, kMapFailed, kIovaFull, kIndexFull, kDestroyed };
+
+// A counter with one writer (the NAPI context): a plain load+store, no locked instruction.
+inline void BumpSingle(std::atomic<uint64_t>& c) {
+  c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+inline void BumpShared(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
+
+uint64_t SteadyNowNanos() {
+  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now().time_since_epoch())
+                      .count());
+}
+
+}  // namespace
+
+std::string_view DestroyStrategyName(DestroyStrategy strategy) {
+  switch (strategy) {
+    case DestroyStrategy::kXarray:
+      return "xarray";
+    case DestroyStrategy::kScan:
+      return "scan";
+    case DestroyStrategy::kNone:
+      return "none";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::shared_ptr<PagePool>> PagePool::Create(std::shared_ptr<PhysMemory> memory,
+                                                           std::shared_ptr<dma::Device> device,
+                                                           const PagePoolParams& params) {
+  if (memory == nullptr) return absl::InvalidArgumentError("page pool needs a PhysMemory");
+  if (params.order > PhysMemory::kMaxOrder) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("order ", params.order, " above ", PhysMemory::kMaxOrder));
+  }
+  const bool dma_map = (params.flags & kPpFlagDmaMap) != 0;
+  if ((params.flags & ~(kPpFlagDmaMap | kPpFlagDmaSyncDev)) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown pool flags ", params.flags));
+  }
+  if ((params.flags & kPpFlagDmaSyncDev) && !dma_map) {
+    return absl::InvalidArgumentError("PP_FLAG_DMA_SYNC_DEV needs PP_FLAG_DMA_MAP");
+  }
+  const uint64_t page_bytes = dma::kPageSize << params.order;
+  const uint64_t max_len = params.max_len == 0 ? page_bytes : params.max_len;
+  if (uint64_t{params.offset} + max_len > page_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("offset ", params.offset, " + max_len ",
+                                                   max_len, " beyond the page (", page_bytes,
+                                                   " bytes)"));
+  }
+  if (dma_map && device == nullptr) {
+    return absl::InvalidArgumentError("PP_FLAG_DMA_MAP needs a device");
+  }
+  if (device != nullptr && !device->bound()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device ", device->name(), " is unbound: no new pools"));
+  }
+  if (params.dma_index_limit == 0) {
+    return absl::InvalidArgumentError("dma_index_limit must be at least 1");
+  }
+  const uint32_t id = g_next_pool_id.fetch_add(1, std::memory_order_relaxed);
+  if (id == 0) return absl::ResourceExhaustedError("pool ids exhausted");
+  return std::shared_ptr<PagePool>(
+      new PagePool(std::move(memory), std::move(device), params, id));
+}
+
+PagePool::PagePool(std::shared_ptr<PhysMemory> memory, std::shared_ptr<dma::Device> device,
+                   const PagePoolParams& params, uint32_t id)
+    : id_(id),
+      params_(params),
+      memory_(std::move(memory)),
+      device_(std::move(device)),
+      clock_(params.clock != nullptr ? params.clock : dma::Clock::Real()),
+      dma_map_((params.flags & kPpFlagDmaMap) != 0),
+      dma_sync_max_len_(params.max_len == 0 ? uint32_t(dma::kPageSize << params.order)
+                                            : params.max_len),
+      dma_sync_((params.flags & kPpFlagDmaSyncDev) != 0) {
+  if (params_.strategy == DestroyStrategy::kXarray && dma_map_) {
+    index_ = std::make_unique<InflightIndex>(params_.dma_index_limit);
+  }
+  const uint32_t ring_size =
+      params_.pool_size == 0 ? kPpDefaultRingSize : std::min(params_.pool_size, kPpMaxRingSize);
+  ring_ = std::make_unique<internal::PtrRing>(ring_size);
+  pref_nid_ = params_.nid < 0 ? 0 : uint32_t(params_.nid);
+}
+
+PagePool::~PagePool() {
+  if (!destroyed()) {
+    // A pool dropped without Destroy: give back what it holds itself (user-held pages stay
+    // allocated and can no longer be given back).
+    ring_->Close();
+    EmptyAllocCache();
+    EmptyRing();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Allocation (NAPI context)
+
+PageRecord* PagePool::AllocPage() {
+  // __page_pool_get_cached
+  if (CacheCount() > 0) [[likely]] {
+    PageRecord* page = CachePop();
+    BumpSingle(stats_.alloc_fast);
+    return page;
+  }
+  PageRecord* page = RefillAllocCache();
+  if (page != nullptr) return page;
+  return AllocSlow();
+}
+
+PageRecord* PagePool::RefillAllocCache() {
+  // Quicker fallback, avoid locks when ring is empty.
+  if (ring_->Empty()) {
+    BumpSingle(stats_.alloc_empty);
+    return nullptr;
+  }
+  PageRecord* page = nullptr;
+  ring_->WithConsumerLock([&] {
+    do {
+      PageRecord* p = ring_->ConsumeLocked();
+      if (p == nullptr) break;
+      if (memory_->FrameNid(memory_->FrameOf(p)) == pref_nid_) [[likely]] {
+        CachePush(p);
+      } else {
+        // NUMA mismatch: release one page and fall through to the page allocator.
+        ReleasePage(p);
+        BumpSingle(stats_.alloc_waive);
+        break;
+      }
+    } while (CacheCount() < kPpAllocCacheRefill);
+  });
+  if (CacheCount() > 0) [[likely]] {
+    page = CachePop();
+    BumpSingle(stats_.alloc_refill);
+  }
+  return page;
+}
+
+void PagePool::SetPpInfo(PageRecord* page) {
+  // page_pool_set_pp_info: OR the signature in (the DMA index bits may already be set).
+  page->pp_magic.fetch_or(kPpSignature, std::memory_order_relaxed);
+  page->pp_ref_count.store(1, std::memory_order_relaxed);
+  const uint64_t og = page->owner_gen.load(std::memory_order_relaxed);
+  page->owner_gen.store(PageRecord::MakeOwnerGen(id_, PageRecord::GenerationOf(og)),
+                        std::memory_order_release);
+}
+
+bool PagePool::DmaMap(PageRecord* page) {
+  const dma::PhysAddr phys = PhysMemory::PhysOf(memory_->FrameOf(page));
+  absl::StatusOr<dma::DmaAddr> dma = device_->MapPage(phys, page_bytes(), params_.dma_dir);
+  if (!dma.ok()) {
+    map_failures_.fetch_add(1, std::memory_order_relaxed);
+    last_alloc_error_.store(
+        dma.status().code() == absl::StatusCode::kResourceExhausted ? kIovaFull : kMapFailed,
+        std::memory_order_relaxed);
+    return false;
+  }
+  page->dma_addr.store(*dma, std::memory_order_release);
+  if (index_ != nullptr) {
+    // page_pool_register_dma_index
+    absl::StatusOr<uint32_t> id = index_->Alloc(page);
+    if (!id.ok()) {
+      // ID space exhausted: unmap and fail the page, as upstream.
+      page->dma_addr.store(0, std::memory_order_relaxed);
+      (void)device_->UnmapPage(*dma, page_bytes(), params_.dma_dir);
+      index_exhausted_.fetch_add(1, std::memory_order_relaxed);
+      last_alloc_error_.store(kIndexFull, std::memory_order_relaxed);
+      return false;
+    }
+    page->pp_magic.store(uint64_t{*id} << kPpDmaIndexShift, std::memory_order_release);
+  }
+  dma_mapped_.fetch_add(1, std::memory_order_relaxed);
+  DmaSyncForDevice(page, dma_sync_max_len_);
+  return true;
+}
+
+PageRecord* PagePool::AllocPageOrder() {
+  absl::StatusOr<FrameNumber> frame = memory_->AllocPages(params_.order);
+  if (!frame.ok()) {
+    last_alloc_error_.store(kNoMemory, std::memory_order_relaxed);
+    return nullptr;
+  }
+  PageRecord* page = &memory_->record(*frame);
+  if (dma_map_ && !DmaMap(page)) [[unlikely]] {
+    memory_->PutPage(*frame);
+    return nullptr;
+  }
+  BumpSingle(stats_.alloc_slow_high_order);
+  SetPpInfo(page);
+  hold_cnt_.store(hold_cnt_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+  return page;
+}
+
+PageRecord* PagePool::AllocSlow() {
+  if (destroyed_.load(std::memory_order_relaxed)) {
+    last_alloc_error_.store(kDestroyed, std::memory_order_relaxed);
+    return nullptr;
+  }
+  if (params_.order != 0) [[unlikely]] return AllocPageOrder();
+  if (CacheCount() > 0) [[unlikely]] return CachePop();
+
+  FrameNumber frames[kPpAllocCacheRefill];
+  const size_t nr_pages = memory_->AllocBulk(absl::MakeSpan(frames, kPpAllocCacheRefill));
+  if (nr_pages == 0) [[unlikely]] {
+    last_alloc_error_.store(kNoMemory, std::memory_order_relaxed);
+    return nullptr;
+  }
+  uint32_t hold = hold_cnt_.load(std::memory_order_relaxed);
+  for (size_t i = 0; i < nr_pages; ++i) {
+    PageRecord* page = &memory_->record(frames[i]);
+    if (dma_map_ && !DmaMap(page)) [[unlikely]] {
+      memory_->PutPage(frames[i]);
+      continue;
+    }
+    SetPpInfo(page);
+    CachePush(page);
+    ++hold;  // pages_state_hold_cnt
+  }
+  hold_cnt_.store(hold, std::memory_order_release);
+  if (CacheCount() > 0) [[likely]] {
+    BumpSingle(stats_.alloc_slow);
+    return CachePop();
+  }
+  return nullptr;
+}
+
+void PagePool::SetNid(int nid) { pref_nid_ = nid < 0 ? 0 : uint32_t(nid); }
+
+// ---------------------------------------------------------------------------------------------------
+// Recycling and release
+
+void PagePool::DmaSyncForDevice(PageRecord* page, uint32_t dma_sync_size) {
+  // page_pool_dma_sync_for_device: re-checked under the RCU read lock so Destroy's grace period
+  // after clearing dma_sync_ waits for every sync that saw it set.
+  if (!dma_sync_.load(std::memory_order_relaxed)) return;
+  dma::rcu::ReadLock rcu;
+  if (!dma_sync_.load(std::memory_order_acquire)) return;
+  (void)device_->SyncForDevice(page->dma_addr.load(std::memory_order_relaxed), params_.offset,
+                               std::min(dma_sync_size, dma_sync_max_len_), params_.dma_dir);
+}
+
+bool PagePool::RecycleInCache(PageRecord* page) {
+  if (CacheCount() == kPpAllocCacheSize) [[unlikely]] {
+    BumpSingle(stats_.recycle_cache_full);
+    return false;
+  }
+  CachePush(page);
+  BumpSingle(stats_.recycle_cached);
+  return true;
+}
+
+RecycleResult PagePool::PutFullPage(PageRecord* page, bool allow_direct) {
+  // __page_pool_put_page: refcount 1 means the pool owns the page and may recycle it.
+  if (page->page_ref.load(std::memory_order_acquire) == 1) [[likely]] {
+    DmaSyncForDevice(page, dma_sync_max_len_);
+    // After Destroy the NAPI context is detached: nothing goes into the cache any more.
+    if (allow_direct && !destroyed_.load(std::memory_order_relaxed) && RecycleInCache(page)) {
+      return RecycleResult::kCached;
+    }
+    switch (ring_->Produce(page)) {
+      case internal::PtrRing::ProduceResult::kOk:
+        BumpShared(stats_.recycle_ring);
+        return RecycleResult::kRing;
+      case internal::PtrRing::ProduceResult::kFull:
+        BumpShared(stats_.recycle_ring_full);
+        break;
+      case internal::PtrRing::ProduceResult::kClosed:
+        break;  // destroyed pool: release at once (see the header)
+    }
+    ReleasePage(page);
+    return RecycleResult::kReleased;
+  }
+  BumpShared(stats_.recycle_released_refcnt);
+  ReleasePage(page);
+  return RecycleResult::kReleased;
+}
+
+bool PagePool::ReleasePageDma(PageRecord* page) {
+  // __page_pool_release_netmem_dma: the caller owns the page; claim its mapping exactly once.
+  if (!dma_map_) return false;
+  dma::DmaAddr dma;
+  if (index_ != nullptr) {
+    // page_pool_release_dma_index
+    const uint32_t id = page->DmaIndex();
+    if (id == 0) return false;
+    dma = page->dma_addr.load(std::memory_order_acquire);
+    if (!index_->CompareExchange(id, page, nullptr)) return false;  // the destroy path has it
+    page->pp_magic.fetch_and(~kPpDmaIndexMask, std::memory_order_relaxed);
+    page->dma_addr.store(0, std::memory_order_relaxed);
+  } else {
+    dma = page->dma_addr.exchange(0, std::memory_order_acq_rel);
+    if (dma == 0) return false;
+  }
+  // With kNone on an unbound device the Device refuses and counts this: the seed-002 crash.
+  (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
+  dma_mapped_.fetch_sub(1, std::memory_order_relaxed);
+  return true;
+}
+
+bool PagePool::ReturnPageLocked(PageRecord* page) {
+  // __page_pool_return_page
+  const bool unmapped = ReleasePageDma(page);
+  // page_pool_clear_pp_info; keep the generation.
+  page->pp_magic.store(0, std::memory_order_relaxed);
+  page->pp_ref_count.store(0, std::memory_order_relaxed);
+  const uint64_t og = page->owner_gen.load(std::memory_order_relaxed);
+  page->owner_gen.store(PageRecord::MakeOwnerGen(0, PageRecord::GenerationOf(og)),
+                        std::memory_order_release);
+  release_cnt_.fetch_add(1, std::memory_order_acq_rel);
+  memory_->PutPage(memory_->FrameOf(page));
+  return unmapped;
+}
+
+bool PagePool::ReleasePage(PageRecord* page) {
+  switch (params_.strategy) {
+    case DestroyStrategy::kXarray: {
+      // Inside a read-side section so Destroy's last grace period waits for an unmap in progress.
+      dma::rcu::ReadLock rcu;
+      return ReturnPageLocked(page);
+    }
+    case DestroyStrategy::kScan: {
+      // RFC v4: while a destroy runs, returns serialise with the scan on destroy_lock_.
+      dma::rcu::ReadLock rcu;
+      if (destroy_cnt_.load(std::memory_order_acquire) != 0) [[unlikely]] {
+        internal::SpinLockHolder l(&destroy_lock_);
+        return ReturnPageLocked(page);
+      }
+      return ReturnPageLocked(page);
+    }
+    case DestroyStrategy::kNone:
+      break;
+  }
+  return ReturnPageLocked(page);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Handle API
+
+void PagePool::HandOut(PageRecord* page, PoolPage* out) {
+  // The pool owns the page here: a plain store bumps the generation (even -> odd).
+  const uint32_t gen =
+      PageRecord::GenerationOf(page->owner_gen.load(std::memory_order_relaxed)) + 1;
+  page->owner_gen.store(PageRecord::MakeOwnerGen(id_, gen), std::memory_order_release);
+  const FrameNumber frame = memory_->FrameOf(page);
+  out->handle = PageHandle{frame, gen};
+  out->dma_addr = page->dma_addr.load(std::memory_order_relaxed);
+  out->phys = PhysMemory::PhysOf(frame);
+}
+
+absl::StatusOr<PageRecord*> PagePool::ClaimHandle(PageHandle handle, const char* what) {
+  if (handle.frame >= memory_->frames()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": frame ", handle.frame,
+                                                   " is beyond memory (", memory_->frames(),
+                                                   " frames)"));
+  }
+  if ((handle.generation & 1) == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": frame ", handle.frame, " generation ", handle.generation,
+                     " was never handed out (handed-out generations are odd)"));
+  }
+  PageRecord* page = &memory_->record(handle.frame);
+  uint64_t expected = PageRecord::MakeOwnerGen(id_, handle.generation);
+  if (page->owner_gen.compare_exchange_strong(
+          expected, PageRecord::MakeOwnerGen(id_, handle.generation + 1),
+          std::memory_order_acq_rel, std::memory_order_acquire)) [[likely]] {
+    return page;
+  }
+  const uint32_t owner = PageRecord::OwnerOf(expected);
+  const uint32_t gen = PageRecord::GenerationOf(expected);
+  if (owner == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": frame ", handle.frame, " is not in flight from a page pool (freed or never "
+        "allocated; double return?)"));
+  }
+  if (owner != id_) {
+    return absl::FailedPreconditionError(absl::StrCat(what, ": frame ", handle.frame,
+                                                      " belongs to pool ", owner, ", not pool ",
+                                                      id_));
+  }
+  if (gen == handle.generation + 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": frame ", handle.frame, " generation ", handle.generation,
+        " was already given back (double return)"));
+  }
+  return absl::FailedPreconditionError(absl::StrCat(what, ": stale handle: frame ", handle.frame,
+                                                    " generation ", handle.generation,
+                                                    ", the frame is at generation ", gen));
+}
+
+static absl::Status AllocErrorStatus(int err, uint64_t pool_id) {
+  switch (err) {
+    case kDestroyed:
+      return absl::FailedPreconditionError(absl::StrCat("pool ", pool_id, " is destroyed"));
+    case kIovaFull:
+      return absl::ResourceExhaustedError(
+          absl::StrCat("pool ", pool_id, ": IOVA space exhausted (dma_map failed)"));
+    case kMapFailed:
+      return absl::FailedPreconditionError(
+          absl::StrCat("pool ", pool_id, ": dma_map failed (device unbound?)"));
+    case kIndexFull:
+      return absl::ResourceExhaustedError(
+          absl::StrCat("pool ", pool_id, ": in-flight index ID space exhausted"));
+    default:
+      return absl::ResourceExhaustedError(
+          absl::StrCat("pool ", pool_id, ": out of simulated memory"));
+  }
+}
+
+absl::StatusOr<PoolPage> PagePool::Allocate() {
+  if (destroyed()) {
+    return absl::FailedPreconditionError(absl::StrCat("pool ", id_, " is destroyed"));
+  }
+  last_alloc_error_.store(kAllocOk, std::memory_order_relaxed);
+  PageRecord* page = AllocPage();
+  if (page == nullptr) return AllocErrorStatus(last_alloc_error_.load(), id_);
+  PoolPage out;
+  HandOut(page, &out);
+  return out;
+}
+
+absl::Status PagePool::AllocateBulk(size_t count, std::vector<PoolPage>* out) {
+  if (destroyed()) {
+    return absl::FailedPreconditionError(absl::StrCat("pool ", id_, " is destroyed"));
+  }
+  const size_t start = out->size();
+  out->reserve(start + count);
+  for (size_t i = 0; i < count; ++i) {
+    last_alloc_error_.store(kAllocOk, std::memory_order_relaxed);
+    PageRecord* page = AllocPage();
+    if (page == nullptr) {
+      const absl::Status status = AllocErrorStatus(last_alloc_error_.load(), id_);
+      // All or nothing: give back what this call took, as a driver would (direct recycle).
+      for (size_t j = start; j < out->size(); ++j) {
+        PageRecord* p = &memory_->record((*out)[j].handle.frame);
+        const uint64_t og = p->owner_gen.load(std::memory_order_relaxed);
+        p->owner_gen.store(og + 1, std::memory_order_release);
+        PutFullPage(p, /*allow_direct=*/true);
+      }
+      out->resize(start);
+      return status;
+    }
+    PoolPage pp;
+    HandOut(page, &pp);
+    out->push_back(pp);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RecycleResult> PagePool::Recycle(PageHandle handle, bool napi_local) {
+  absl::StatusOr<PageRecord*> page = ClaimHandle(handle, "recycle");
+  if (!page.ok()) return page.status();
+  return PutFullPage(*page, napi_local);
+}
+
+absl::StatusOr<bool> PagePool::Return(PageHandle handle) {
+  absl::StatusOr<PageRecord*> page = ClaimHandle(handle, "return");
+  if (!page.ok()) return page.status();
+  return ReleasePage(*page);
+}
+
+absl::Status PagePool::GetPage(PageHandle handle) {
+  if (handle.frame >= memory_->frames()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("get_page: frame ", handle.frame, " is beyond memory"));
+  }
+  PageRecord* page = &memory_->record(handle.frame);
+  if ((handle.generation & 1) == 0 ||
+      page->owner_gen.load(std::memory_order_acquire) !=
+          PageRecord::MakeOwnerGen(id_, handle.generation)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "get_page: frame ", handle.frame, " generation ", handle.generation,
+        " is not a page of pool ", id_, " held by the caller"));
+  }
+  page->page_ref.fetch_add(1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Destroy
+
+void PagePool::EmptyAllocCache() {
+  while (CacheCount() > 0) ReleasePage(CachePop());
+}
+
+void PagePool::EmptyRing() {
+  while (PageRecord* page = ring_->Consume()) ReleasePage(page);
+}
+
+uint64_t PagePool::UnmapAllTracked() {
+  uint64_t unmapped = 0;
+  index_->ForEach([&](uint32_t id, PageRecord* page) {
+    // Read the address before the claim: a won claim proves the page was still tracked (mapped by
+    // us) when it was read. The walk never writes the record: its owner may be freeing it.
+    const dma::DmaAddr dma = page->dma_addr.load(std::memory_order_acquire);
+    if (index_->CompareExchange(id, page, nullptr)) {
+      (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
+      dma_mapped_.fetch_sub(1, std::memory_order_relaxed);
+      ++unmapped;
+    }
+    return true;
+  });
+  return unmapped;
+}
+
+uint64_t PagePool::UnmapAllScanned(uint64_t* frames_scanned) {
+  uint64_t unmapped = 0;
+  *frames_scanned = memory_->ScanAllFrames([&](FrameNumber, PageRecord& rec) {
+    if (!rec.IsPagePool() ||
+        PageRecord::OwnerOf(rec.owner_gen.load(std::memory_order_acquire)) != id_) {
+      return;
+    }
+    const dma::DmaAddr dma = rec.dma_addr.exchange(0, std::memory_order_acq_rel);
+    if (dma == 0) return;
+    (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
+    dma_mapped_.fetch_sub(1, std::memory_order_relaxed);
+    ++unmapped;
+  });
+  return unmapped;
+}
+
+absl::StatusOr<DestroyResult> PagePool::Destroy() {
+  bool expected = false;
+  if (!destroyed_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {
+    return absl::FailedPreconditionError(absl::StrCat("pool ", id_, " is already destroyed"));
+  }
+  const uint64_t start = SteadyNowNanos();
+  DestroyResult result;
+  result.pool_id = id_;
+  result.strategy = params_.strategy;
+
+  // Close the ring first: from now on a recycled page is released, never stranded.
+  ring_->Close();
+  // page_pool_scrub: page_pool_empty_alloc_cache_once, then the strategy's unmapping.
+  EmptyAllocCache();
+  uint64_t unmapped = 0;
+  if (dma_map_) {
+    switch (params_.strategy) {
+      case DestroyStrategy::kXarray:
+        if (dma_sync_.load(std::memory_order_relaxed)) {
+          dma_sync_.store(false, std::memory_order_release);
+          if (!index_->empty()) dma::rcu::Synchronize();  // synchronize_net()
+        }
+        unmapped = UnmapAllTracked();
+        // A return that won its claim before the walk got there may still be inside its unmap:
+        // it runs under the RCU read lock, so one grace period covers it.
+        dma::rcu::Synchronize();
+        break;
+      case DestroyStrategy::kScan:
+        destroy_cnt_.store(1, std::memory_order_seq_cst);
+        dma_sync_.store(false, std::memory_order_release);
+        // Returns that did not see destroy_cnt_ (and syncs that saw dma_sync_) finish first.
+        dma::rcu::Synchronize();
+        {
+          internal::SpinLockHolder l(&destroy_lock_);
+          unmapped = UnmapAllScanned(&result.frames_scanned);
+        }
+        break;
+      case DestroyStrategy::kNone:
+        break;  // before the fix: nothing; late returns unmap whenever they come
+    }
+  }
+  // page_pool_empty_ring
+  EmptyRing();
+
+  const int64_t inflight_now = inflight();
+  const uint64_t now = clock_->NowNanos();
+  detach_time_ns_.store(now == 0 ? 1 : now, std::memory_order_relaxed);
+  detach_time_.store(int64_t(std::time(nullptr)), std::memory_order_relaxed);
+  defer_warn_ns_.store(now + kDeferWarnIntervalNs, std::memory_order_relaxed);
+  unmapped_at_destroy_.store(unmapped, std::memory_order_relaxed);
+
+  result.inflight_at_destroy = inflight_now;
+  result.pages_unmapped = unmapped;
+  result.released = inflight_now <= 0;
+  result.duration_ns = SteadyNowNanos() - start;
+  return result;
+}
+
+bool PagePool::ReleaseRetry(uint64_t now_ns) {
+  if (!destroyed()) return false;
+  const int64_t n = inflight();
+  if (n <= 0) return false;
+  uint64_t warn_at = defer_warn_ns_.load(std::memory_order_relaxed);
+  if (now_ns >= warn_at &&
+      defer_warn_ns_.compare_exchange_strong(warn_at, now_ns + kDeferWarnIntervalNs,
+                                             std::memory_order_relaxed)) {
+    const uint64_t detach = detach_time_ns_.load(std::memory_order_relaxed);
+    const int64_t sec = now_ns > detach ? int64_t((now_ns - detach) / 1'000'000'000ull) : 0;
+    Warn(absl::StrFormat(
+        "page_pool_release_retry() stalled pool shutdown: id %u, %d inflight %d sec", id_, n,
+        sec));
+  }
+  return true;
+}
+
+void PagePool::Warn(std::string_view line) const {
+  if (params_.warn) {
+    params_.warn(line);
+  } else {
+    std::fprintf(stderr, "%.*s\n", int(line.size()), line.data());
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Queries
+
+int64_t PagePool::inflight() const {
+  // page_pool_inflight: read release_cnt first, then hold_cnt; serial-number distance.
+  const uint32_t release = release_cnt_.load(std::memory_order_acquire);
+  const uint32_t hold = hold_cnt_.load(std::memory_order_acquire);
+  return int32_t(hold - release);
+}
+
+void PagePool::ForEachInflight(
+    absl::FunctionRef<bool(uint32_t id, PageHandle handle, dma::DmaAddr dma_addr)> fn) const {
+  if (index_ == nullptr) return;
+  index_->ForEach([&](uint32_t id, PageRecord* page) {
+    const uint32_t gen = PageRecord::GenerationOf(page->owner_gen.load(std::memory_order_acquire));
+    return fn(id, PageHandle{memory_->FrameOf(page), gen},
+              page->dma_addr.load(std::memory_order_relaxed));
+  });
+}
+
+PagePoolStats PagePool::stats() const {
+  PagePoolStats s;
+  auto ld = [](const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); };
+  s.alloc_fast = ld(stats_.alloc_fast);
+  s.alloc_slow = ld(stats_.alloc_slow);
+  s.alloc_slow_high_order = ld(stats_.alloc_slow_high_order);
+  s.alloc_empty = ld(stats_.alloc_empty);
+  s.alloc_refill = ld(stats_.alloc_refill);
+  s.alloc_waive = ld(stats_.alloc_waive);
+  s.recycle_cached = ld(stats_.recycle_cached);
+  s.recycle_cache_full = ld(stats_.recycle_cache_full);
+  s.recycle_ring = ld(stats_.recycle_ring);
+  s.recycle_ring_full = ld(stats_.recycle_ring_full);
+  s.recycle_released_refcnt = ld(stats_.recycle_released_refcnt);
+  return s;
+}
+
+PagePoolInfo PagePool::info() const {
+  PagePoolInfo i;
+  i.id = id_;
+  i.ifindex = params_.ifindex;
+  i.napi_id = params_.napi_id;
+  i.inflight = inflight();
+  i.inflight_mem = i.inflight > 0 ? uint64_t(i.inflight) * page_bytes() : 0;
+  i.destroyed = destroyed();
+  if (i.destroyed) {
+    i.detach_time_ns = detach_time_ns_.load(std::memory_order_relaxed);
+    i.detach_time = detach_time_.load(std::memory_order_relaxed);
+  }
+  i.released = i.destroyed && i.inflight <= 0;
+  i.dma_mapped = dma_mapped_.load(std::memory_order_relaxed);
+  i.hold_cnt = hold_cnt_.load(std::memory_order_relaxed);
+  i.release_cnt = release_cnt_.load(std::memory_order_relaxed);
+  i.unmapped_at_destroy = unmapped_at_destroy_.load(std::memory_order_relaxed);
+  i.index_exhausted = index_exhausted_.load(std::memory_order_relaxed);
+  i.map_failures = map_failures_.load(std::memory_order_relaxed);
+  i.alloc_cache_count = CacheCount();
+  i.ring_count = ring_->Count();
+  i.ring_size = ring_->size();
+  i.strategy = params_.strategy;
+  if (index_ != nullptr) i.index = index_->stats();
+  i.stats = stats();
+  return i;
+}
+
+}  // namespace pagepool::pool
