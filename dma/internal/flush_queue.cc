@@ -27,7 +27,7 @@ void FlushQueue::Add(FqEntry entry) {
   const uint64_t now = clock_->NowNanos();
   std::vector<FqEntry> batch;
   {
-    absl::MutexLock l(&s.mu);
+    MutexLock l(&s.mu);
     if (s.entries.empty()) {
       s.oldest_ns = now;
       s.entries.reserve(size_);
@@ -43,7 +43,7 @@ void FlushQueue::FlushAll() {
   std::vector<FqEntry> batch;
   for (unsigned i = 0; i < kShards; ++i) {
     Shard& s = shards_[i];
-    absl::MutexLock l(&s.mu);
+    MutexLock l(&s.mu);
     batch.insert(batch.end(), s.entries.begin(), s.entries.end());
     s.entries.clear();
   }

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "dma/internal/iova_mutex.h"
 #include "dma/internal/pt_table.h"
 
 namespace pagepool::dma {
@@ -51,7 +51,7 @@ class FlushQueue {
 
  private:
   struct alignas(64) Shard {
-    absl::Mutex mu;
+    Mutex mu;
     std::vector<FqEntry> entries ABSL_GUARDED_BY(mu);
     uint64_t oldest_ns ABSL_GUARDED_BY(mu) = 0;
   };

@@ -30,7 +30,7 @@ IoPageTable::~IoPageTable() {
   SubmitPending();
   rcu::Barrier();
   if (root_ != nullptr) DeleteSubtree(root_, top_);
-  absl::MutexLock l(&cache_mu_);
+  MutexLock l(&cache_mu_);
   for (PtTable* t : cache_) delete t;
   cache_.clear();
 }
@@ -50,7 +50,7 @@ void IoPageTable::DeleteSubtree(PtTable* t, unsigned level) {
 PtTable* IoPageTable::AllocTable() {
   PtTable* t = nullptr;
   if (cache_size_.load(std::memory_order_relaxed) != 0) {
-    absl::MutexLock l(&cache_mu_);
+    MutexLock l(&cache_mu_);
     if (!cache_.empty()) {
       t = cache_.back();
       cache_.pop_back();
@@ -75,7 +75,7 @@ void IoPageTable::FreeUnpublished(PtTable* t) {
   counters_->tables.tables_released.fetch_add(1, std::memory_order_relaxed);
   t->state.store(0, std::memory_order_relaxed);
   {
-    absl::MutexLock l(&cache_mu_);
+    MutexLock l(&cache_mu_);
     if (cache_.size() < kCacheMax) {
       cache_.push_back(t);
       cache_size_.store(cache_.size(), std::memory_order_relaxed);
@@ -516,7 +516,7 @@ void IoPageTable::RcuReleaseBatch(rcu::Head* head) {
 void IoPageTable::ReleaseBatch(PtTable* t) {
   int64_t n = 0;
   {
-    absl::MutexLock l(&cache_mu_);
+    MutexLock l(&cache_mu_);
     while (t != nullptr && cache_.size() < kCacheMax) {
       PtTable* next = t->next;
       t->next = nullptr;

@@ -56,7 +56,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "dma/internal/iova_mutex.h"
 #include "dma/internal/pt_table.h"
 #include "dma/types.h"
 
@@ -165,7 +165,7 @@ class IoPageTable {
   // Gathers handed over and waiting for the next call_rcu (Treiber stack, head carries list_len).
   alignas(64) std::atomic<PtTable*> rcu_pending_{nullptr};
 
-  alignas(64) mutable absl::Mutex cache_mu_;
+  alignas(64) mutable Mutex cache_mu_;
   std::vector<PtTable*> cache_ ABSL_GUARDED_BY(cache_mu_);
   std::atomic<size_t> cache_size_{0};  // hint only, read without the lock
 };
