@@ -279,9 +279,7 @@ DomainStats Device::domain_stats() const {
     st.unmaps = unmap_calls();
     return st;
   }
-  DomainStats st = impl_->domain->stats();
-  st.iova_allocated_pages = impl_->domain->iova()->stats().allocated_pages;
-  return st;
+  return impl_->domain->stats();
 }
 
 }  // namespace pagepool::dma

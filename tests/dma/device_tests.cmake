@@ -6,6 +6,8 @@ pagepool_add_test(NAME iova_allocator_stress_test SOURCES iova_allocator_stress_
   LIBS pagepool_dma LABELS concurrency)
 pagepool_add_test(NAME mapping_checker_test SOURCES mapping_checker_test.cc
   LIBS pagepool_dma LABELS unit)
+pagepool_add_test(NAME mapping_checker_stress_test SOURCES mapping_checker_stress_test.cc
+  LIBS pagepool_dma LABELS concurrency)
 # The Device needs IommuDomain's implementation (dma/iommu_domain.cc, built from
 # pgtable_sources.cmake); until it exists these two would not link.
 if(EXISTS ${PROJECT_SOURCE_DIR}/dma/iommu_domain.cc)
