@@ -55,7 +55,9 @@ class Device {
 
   // dma_map_page: allocates an IOVA of `size` (rounded up to 4 KiB, size-aligned) and maps it to
   // `phys`. Passthrough returns `phys`. RESOURCE_EXHAUSTED when IOVA space runs out,
-  // FAILED_PRECONDITION after Unbind (counted), INVALID_ARGUMENT for size 0 or unaligned phys.
+  // FAILED_PRECONDITION after Unbind (counted), INVALID_ARGUMENT for size 0 or unaligned phys, an
+  // unknown direction, a range that wraps, or (passthrough) a range beyond the address width.
+  // On any failure nothing stays allocated or mapped.
   // Context: any thread.
   absl::StatusOr<DmaAddr> MapPage(PhysAddr phys, uint64_t size, DmaDirection dir);
 
