@@ -141,14 +141,17 @@ void Daemon::Shutdown() {
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
   std::string s;
   absl::StrAppend(&s, "pagepoold summary (up ", absl::StrFormat("%.1f", secs), " s)\n");
-  absl::StrAppend(&s, "  devices:                    ", r.devices, "\n");
-  absl::StrAppend(&s, "  pools created:              ", r.pools_created, "\n");
-  absl::StrAppend(&s, "  pools destroyed at shutdown: ", r.pools, "\n");
-  absl::StrAppend(&s, "  pages in flight at shutdown: ", r.inflight_at_destroy, "\n");
-  absl::StrAppend(&s, "  pages unmapped at shutdown:  ", r.pages_unmapped, "\n");
-  absl::StrAppend(&s, "  violations:                 ", r.violations, "\n");
-  absl::StrAppend(&s, "  traffic:                    ", stats_.traffic_batches(), " batches, ",
-                  stats_.traffic_page_ops(), " page ops, ", stats_.traffic_errors(), " refused\n");
+  auto line = [&s](const char* label, const std::string& value) {
+    absl::StrAppend(&s, "  ", absl::StrFormat("%-29s", label), value, "\n");
+  };
+  line("devices:", absl::StrCat(r.devices));
+  line("pools created:", absl::StrCat(r.pools_created));
+  line("pools destroyed at shutdown:", absl::StrCat(r.pools));
+  line("pages in flight at shutdown:", absl::StrCat(r.inflight_at_destroy));
+  line("pages unmapped at shutdown:", absl::StrCat(r.pages_unmapped));
+  line("violations:", absl::StrCat(r.violations));
+  line("traffic:", absl::StrCat(stats_.traffic_batches(), " batches, ", stats_.traffic_page_ops(),
+                                " page ops, ", stats_.traffic_errors(), " refused"));
   absl::StrAppend(&s, "  rpc calls:\n", stats_.Summary());
   summary_ = s;
   io_.stop();
