@@ -1,0 +1,180 @@
+// File: tests/pool/page_pool_destroy_test.cc
+//
+// Seed 002's scenario under each destroy strategy and IOMMU mode: pages held by the "stack" across
+// pool destroy and driver unbind, returned later. XARRAY and SCAN: zero violations, every mapping torn
+// down exactly once, memory and the domain back to empty. NONE: the late unmaps hit the unbound
+// device and are counted as violations (the crash the fix removes).
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "dma/device.h"
+#include "dma/iommu_domain.h"
+#include "dma/iova_allocator.h"
+#include "gtest/gtest.h"
+#include "pool/nic.h"
+#include "pool/page_pool.h"
+#include "tests/pool/pool_test_util.h"
+
+namespace pagepool::pool {
+namespace {
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+
+using Param = std::tuple<DestroyStrategy, dma::IommuMode>;
+
+class DestroyScenarioTest : public ::testing::TestWithParam<Param> {
+ protected:
+  void SetUp() override {
+    memory_ = std::shared_ptr<PhysMemory>(*PhysMemory::Create({64 * kMiB, 1}));
+    NicConfig config;
+    config.device.name = "eth0";
+    config.device.mode = std::get<1>(GetParam());
+    config.clock = &clock_;
+    config.warn = [this](std::string_view line) { warnings_.emplace_back(line); };
+    nic_ = std::move(*Nic::Create(memory_, config));
+  }
+
+  std::shared_ptr<PagePool> MakePool() {
+    PagePoolParams params;
+    params.flags = kPpFlagDmaMap | kPpFlagDmaSyncDev;
+    params.max_len = 2048;
+    params.strategy = std::get<0>(GetParam());
+    return *nic_->CreatePool(params);
+  }
+
+  // The domain is back to empty: nothing mapped, no IOVA allocated, only the root table.
+  void ExpectEmptyDomain() {
+    EXPECT_EQ(nic_->device().live_mappings(), 0u);
+    dma::IommuDomain* domain = nic_->device().domain();
+    if (domain == nullptr) return;  // passthrough
+    domain->FlushQueues();
+    domain->Quiesce();
+    const dma::DomainStats s = domain->stats();
+    EXPECT_EQ(s.mapped_pages, 0u);
+    EXPECT_EQ(s.table_pages, 1u);
+    EXPECT_EQ(s.pending_free_pages, 0u);
+    if (domain->iova() != nullptr) {
+      domain->iova()->FlushCaches();
+      EXPECT_EQ(domain->iova()->stats().allocated_pages, 0u);
+    }
+  }
+
+  testing::FakeClock clock_;
+  std::vector<std::string> warnings_;
+  std::shared_ptr<PhysMemory> memory_;
+  std::unique_ptr<Nic> nic_;
+};
+
+TEST_P(DestroyScenarioTest, PagesHeldAcrossDestroyAndUnbind) {
+  const DestroyStrategy strategy = std::get<0>(GetParam());
+  auto pool = MakePool();
+  std::vector<PoolPage> pages;
+  ASSERT_TRUE(pool->AllocateBulk(300, &pages).ok());
+  // Some go back before the destroy: into the cache, the ring, and to the allocator.
+  for (int i = 0; i < 30; ++i) ASSERT_TRUE(pool->Recycle(pages[i].handle, true).ok());
+  for (int i = 30; i < 80; ++i) ASSERT_TRUE(pool->Recycle(pages[i].handle, false).ok());
+  for (int i = 80; i < 100; ++i) ASSERT_TRUE(pool->Return(pages[i].handle).ok());
+  const int64_t held = 200;
+
+  absl::StatusOr<UnbindResult> u = nic_->Unbind();
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_EQ(u->pools_destroyed, 1u);
+  EXPECT_EQ(u->inflight_at_destroy, held);
+  const PagePoolInfo info = pool->info();
+  EXPECT_TRUE(info.destroyed);
+  EXPECT_EQ(info.inflight, held);
+  EXPECT_EQ(info.ring_count, 0u);
+  EXPECT_EQ(info.alloc_cache_count, 0u);
+
+  // The stack lets go, long after: some recycled (ring and "direct"), most returned.
+  clock_.Advance(30 * kDeferTimeNs);
+  for (int i = 100; i < 300; ++i) {
+    if (i % 3 == 0) {
+      absl::StatusOr<RecycleResult> r = pool->Recycle(pages[i].handle, i % 2 == 0);
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_EQ(*r, RecycleResult::kReleased);
+    } else {
+      ASSERT_TRUE(pool->Return(pages[i].handle).ok());
+    }
+  }
+  EXPECT_EQ(pool->inflight(), 0);
+  EXPECT_EQ(memory_->frames_free(), memory_->frames() - 1);
+  EXPECT_EQ(nic_->ReleaseRetry(clock_.NowNanos()), 0u);
+  EXPECT_TRUE(nic_->Pools().empty());
+
+  const dma::CheckerCounters v = nic_->device().violations();
+  if (strategy == DestroyStrategy::kNone) {
+    EXPECT_EQ(u->pages_unmapped, 0u);
+    EXPECT_EQ(v.live_at_unbind, uint64_t(held));       // mappings outlived the driver
+    EXPECT_GE(v.call_after_unbind, uint64_t(held));    // every late unmap (and sync) refused
+    EXPECT_GT(v.Total(), 0u);
+  } else {
+    // As in page_pool_scrub: the walk also unmaps the 50 pages still in the ring, which
+    // page_pool_empty_ring then frees without a DMA-API call.
+    EXPECT_EQ(u->pages_unmapped, uint64_t(held) + 50);
+    EXPECT_EQ(v.Total(), 0u) << "double " << v.double_unmap << " unknown " << v.unknown_unmap
+                             << " live_at_unbind " << v.live_at_unbind << " after_unbind "
+                             << v.call_after_unbind << " sync_unknown " << v.sync_unknown;
+    EXPECT_EQ(pool->info().dma_mapped, 0u);
+  }
+  ExpectEmptyDomain();
+}
+
+TEST_P(DestroyScenarioTest, DestroyThenLateReturnsThenUnbind) {
+  const DestroyStrategy strategy = std::get<0>(GetParam());
+  auto pool = MakePool();
+  std::vector<PoolPage> pages;
+  ASSERT_TRUE(pool->AllocateBulk(100, &pages).ok());
+  absl::StatusOr<DestroyResult> d = nic_->DestroyPool(pool->id());
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->strategy, strategy);
+  EXPECT_EQ(d->inflight_at_destroy, 100);
+  EXPECT_EQ(d->pages_unmapped, strategy == DestroyStrategy::kNone ? 0u : 100u);
+  if (strategy == DestroyStrategy::kScan) EXPECT_EQ(d->frames_scanned, memory_->frames());
+  const uint64_t unmaps = nic_->device().unmap_calls();
+  for (int i = 0; i < 50; ++i) ASSERT_TRUE(pool->Return(pages[i].handle).ok());
+  // Only kNone still unmaps after destroy (the device is bound yet: no violation).
+  EXPECT_EQ(nic_->device().unmap_calls() - unmaps, strategy == DestroyStrategy::kNone ? 50u : 0u);
+  ASSERT_TRUE(nic_->Unbind().ok());
+  for (int i = 50; i < 100; ++i) ASSERT_TRUE(pool->Return(pages[i].handle).ok());
+  const dma::CheckerCounters v = nic_->device().violations();
+  if (strategy == DestroyStrategy::kNone) {
+    EXPECT_EQ(v.live_at_unbind, 50u);
+    EXPECT_EQ(v.call_after_unbind, 50u);
+  } else {
+    EXPECT_EQ(v.Total(), 0u);
+  }
+  EXPECT_EQ(memory_->frames_free(), memory_->frames() - 1);
+  ExpectEmptyDomain();
+}
+
+TEST_P(DestroyScenarioTest, DestroyWithNothingInFlightReleasesAtOnce) {
+  auto pool = MakePool();
+  std::vector<PoolPage> pages;
+  ASSERT_TRUE(pool->AllocateBulk(10, &pages).ok());
+  for (const PoolPage& p : pages) ASSERT_TRUE(pool->Recycle(p.handle, true).ok());
+  absl::StatusOr<DestroyResult> d = nic_->DestroyPool(pool->id());
+  ASSERT_TRUE(d.ok());
+  EXPECT_TRUE(d->released);
+  EXPECT_EQ(d->inflight_at_destroy, 0);
+  EXPECT_EQ(nic_->FindPool(pool->id()), nullptr);
+  ASSERT_TRUE(nic_->Unbind().ok());
+  EXPECT_EQ(nic_->device().violations().Total(), 0u);
+  EXPECT_EQ(memory_->frames_free(), memory_->frames() - 1);
+  ExpectEmptyDomain();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Strategies, DestroyScenarioTest,
+    ::testing::Combine(::testing::Values(DestroyStrategy::kXarray, DestroyStrategy::kScan,
+                                         DestroyStrategy::kNone),
+                       ::testing::Values(dma::IommuMode::kStrict, dma::IommuMode::kLazy,
+                                         dma::IommuMode::kPassthrough)),
+    [](const ::testing::TestParamInfo<Param>& info) {
+      return std::string(DestroyStrategyName(std::get<0>(info.param))) + "_" +
+             std::string(dma::IommuModeName(std::get<1>(info.param)));
+    });
+
+}  // namespace
+}  // namespace pagepool::pool
