@@ -1,0 +1,578 @@
+// Service tests: every PagePoolService call against an in-process pagepoold on 127.0.0.1:0, and a
+// table of bad requests, each answered with its status code while the daemon keeps serving.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/daemon_harness.h"
+
+namespace pagepool {
+namespace {
+
+namespace v1 = ::pagepool::v1;
+using ::testing::HasSubstr;
+using testing::InProcessDaemon;
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { StartDaemon(InProcessDaemon::DefaultOptions()); }
+
+  void StartDaemon(server::DaemonOptions o) {
+    auto d = InProcessDaemon::Start(o);
+    ASSERT_TRUE(d.ok()) << d.status();
+    d_ = std::move(*d);
+  }
+  client::Client& c() { return d_->client(); }
+
+  uint64_t NewDevice(v1::IommuMode mode = v1::IOMMU_MODE_STRICT) {
+    v1::CreateDeviceRequest req;
+    req.set_iommu_mode(mode);
+    auto r = c().CreateDevice(req);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->device().id() : 0;
+  }
+  uint64_t NewPool(uint64_t device, v1::Strategy s = v1::STRATEGY_XARRAY) {
+    v1::CreatePoolRequest req;
+    req.set_device_id(device);
+    req.set_strategy(s);
+    auto r = c().CreatePool(req);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->pool().id() : 0;
+  }
+  std::vector<v1::PageHandle> Alloc(uint64_t pool, uint32_t n) {
+    auto r = c().Allocate(pool, n);
+    EXPECT_TRUE(r.ok()) << r.status();
+    std::vector<v1::PageHandle> out;
+    if (r.ok()) {
+      for (const auto& p : r->pages()) out.push_back(p.handle());
+    }
+    return out;
+  }
+  absl::Status ReturnPages(uint64_t pool, const std::vector<v1::PageHandle>& pages) {
+    v1::ReturnRequest req;
+    req.set_pool_id(pool);
+    for (const auto& h : pages) *req.add_pages() = h;
+    return c().Return(req).status();
+  }
+
+  std::unique_ptr<InProcessDaemon> d_;
+};
+
+TEST_F(ServiceTest, DeviceCalls) {
+  v1::CreateDeviceRequest req;
+  req.set_name("eth0");
+  req.set_iommu_mode(v1::IOMMU_MODE_LAZY);
+  req.set_address_width(39);
+  auto created = c().CreateDevice(req);
+  ASSERT_TRUE(created.ok()) << created.status();
+  const v1::Device& dev = created->device();
+  EXPECT_EQ(dev.name(), "eth0");
+  EXPECT_EQ(dev.state(), v1::DEVICE_STATE_BOUND);
+  EXPECT_EQ(dev.iommu_mode(), v1::IOMMU_MODE_LAZY);
+  EXPECT_EQ(dev.address_width(), 39u);
+  EXPECT_TRUE(dev.free_empty_tables());  // unset means on
+  EXPECT_EQ(dev.ifindex(), dev.id());
+
+  uint64_t defaulted = NewDevice(v1::IOMMU_MODE_UNSPECIFIED);
+  auto got = c().GetDevice(defaulted);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->device().iommu_mode(), v1::IOMMU_MODE_STRICT);
+  EXPECT_EQ(got->device().address_width(), 48u);
+  EXPECT_EQ(got->device().domain().levels(), 4u);
+
+  auto list = c().ListDevices();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->devices_size(), 2);
+  EXPECT_EQ(list->devices(0).id(), dev.id());
+
+  uint64_t pool = NewPool(dev.id());
+  auto held = Alloc(pool, 10);
+  auto unbound = c().UnbindDevice(dev.id());
+  ASSERT_TRUE(unbound.ok()) << unbound.status();
+  EXPECT_EQ(unbound->pools_destroyed(), 1u);
+  EXPECT_EQ(unbound->inflight_at_destroy(), 10u);
+  EXPECT_EQ(unbound->pages_unmapped(), 10u);
+  EXPECT_EQ(unbound->device().state(), v1::DEVICE_STATE_UNBOUND);
+  // Pages held across the unbind come back without any DMA-API call: zero violations.
+  EXPECT_TRUE(ReturnPages(pool, held).ok());
+  auto dom = c().GetDomain(dev.id());
+  ASSERT_TRUE(dom.ok());
+  EXPECT_EQ(dom->domain().violations().total(), 0u);
+  EXPECT_EQ(dom->domain().live_mappings(), 0u);
+}
+
+TEST_F(ServiceTest, PoolAndPageCalls) {
+  uint64_t dev = NewDevice();
+  v1::CreatePoolRequest req;
+  req.set_device_id(dev);
+  req.set_napi_id(7);
+  req.set_pool_size(256);
+  auto created = c().CreatePool(req);
+  ASSERT_TRUE(created.ok()) << created.status();
+  const v1::Pool& pool = created->pool();
+  EXPECT_EQ(pool.ifindex(), dev);
+  EXPECT_EQ(pool.napi_id(), 7u);
+  EXPECT_EQ(pool.strategy(), v1::STRATEGY_XARRAY);  // unspecified means XARRAY
+  EXPECT_TRUE(pool.flags().dma_map());              // unset means on
+  EXPECT_EQ(pool.detach_time(), 0);
+
+  auto a = c().Allocate(pool.id(), 5);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(a->pages_size(), 5);
+  for (const auto& p : a->pages()) EXPECT_NE(p.dma_addr(), 0u);
+
+  auto got = c().GetPool(pool.id());
+  ASSERT_TRUE(got.ok());
+  EXPECT_GE(got->pool().inflight(), 5u);
+  EXPECT_EQ(got->pool().inflight_mem(), got->pool().inflight() * 4096);
+  EXPECT_GE(got->pool().dma_mapped(), 5u);
+  EXPECT_EQ(got->pool().stats().alloc_slow(), 1u);  // one bulk of 64
+
+  auto inflight = c().ListInflight(pool.id());
+  ASSERT_TRUE(inflight.ok());
+  EXPECT_EQ(uint64_t(inflight->pages_size()), got->pool().dma_mapped());
+  auto limited = c().ListInflight(pool.id(), 3);
+  ASSERT_TRUE(limited.ok());
+  EXPECT_EQ(limited->pages_size(), 3);
+
+  v1::DumpPageTableRequest dump;
+  dump.set_device_id(dev);
+  auto entries = c().DumpPageTable(dump);
+  ASSERT_TRUE(entries.ok());
+  EXPECT_EQ(uint64_t(entries->entries_size()), got->pool().dma_mapped());
+  dump.set_limit(2);
+  EXPECT_EQ(c().DumpPageTable(dump)->entries_size(), 2);
+
+  v1::RecycleRequest rec;
+  rec.set_pool_id(pool.id());
+  rec.set_napi_local(true);
+  *rec.add_pages() = a->pages(0).handle();
+  *rec.add_pages() = a->pages(1).handle();
+  auto r1 = c().Recycle(rec);
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  EXPECT_EQ(r1->cached(), 2u);
+  rec.clear_pages();
+  rec.set_napi_local(false);
+  *rec.add_pages() = a->pages(2).handle();
+  auto r2 = c().Recycle(rec);
+  ASSERT_TRUE(r2.ok());
+  EXPECT_EQ(r2->ring(), 1u);
+
+  v1::ReturnRequest ret;
+  ret.set_pool_id(pool.id());
+  *ret.add_pages() = a->pages(3).handle();
+  *ret.add_pages() = a->pages(4).handle();
+  auto r3 = c().Return(ret);
+  ASSERT_TRUE(r3.ok()) << r3.status();
+  EXPECT_EQ(r3->returned(), 2u);
+  EXPECT_EQ(r3->unmapped(), 2u);
+
+  auto pools = c().ListPools(dev);
+  ASSERT_TRUE(pools.ok());
+  ASSERT_EQ(pools->pools_size(), 1);
+  EXPECT_EQ(c().ListPools(dev + 100)->pools_size(), 0);
+
+  auto held = Alloc(pool.id(), 3);
+  auto destroyed = c().DestroyPool(pool.id());
+  ASSERT_TRUE(destroyed.ok()) << destroyed.status();
+  EXPECT_EQ(destroyed->inflight_at_destroy(), 3u);
+  // As page_pool_scrub: the index walk unmaps the user's pages and the page parked in the ring.
+  EXPECT_EQ(destroyed->pages_unmapped(), 4u);
+  EXPECT_EQ(destroyed->strategy(), v1::STRATEGY_XARRAY);
+  auto detached = c().GetPool(pool.id());
+  ASSERT_TRUE(detached.ok());
+  EXPECT_TRUE(detached->pool().destroyed());
+  EXPECT_GT(detached->pool().detach_time(), 0);
+  EXPECT_TRUE(ReturnPages(pool.id(), held).ok());
+  auto dom = c().GetDomain(dev);
+  ASSERT_TRUE(dom.ok());
+  EXPECT_EQ(dom->domain().violations().total(), 0u);
+  EXPECT_EQ(dom->domain().mapped_pages(), 0u);
+}
+
+TEST_F(ServiceTest, TrafficStream) {
+  uint64_t pool = NewPool(NewDevice());
+  grpc::ClientContext ctx;
+  auto rw = c().stub()->Traffic(&ctx);
+  v1::TrafficRequest req;
+  v1::TrafficResponse resp;
+  std::vector<v1::PageHandle> prev;
+  for (int i = 0; i < 100; ++i) {
+    req.Clear();
+    req.set_pool_id(pool);
+    req.set_seq(i);
+    req.set_allocate(64);
+    req.set_napi_local(true);
+    for (auto& h : prev) *req.add_recycle() = h;
+    prev.clear();
+    ASSERT_TRUE(rw->Write(req));
+    ASSERT_TRUE(rw->Read(&resp));
+    EXPECT_EQ(resp.seq(), uint64_t(i));
+    EXPECT_EQ(resp.errors(), 0u) << resp.error_message();
+    ASSERT_EQ(resp.allocated_size(), 64);
+    EXPECT_EQ(resp.recycled_cached() + resp.recycled_ring() + resp.recycled_released(),
+              i == 0 ? 0u : 64u);
+    for (const auto& p : resp.allocated()) prev.push_back(p.handle());
+  }
+  // Errors inside a batch are reported and the stream goes on.
+  req.Clear();
+  req.set_pool_id(pool);
+  *req.add_return_pages() = prev[0];
+  *req.add_return_pages() = prev[0];  // the second is a double return
+  ASSERT_TRUE(rw->Write(req));
+  ASSERT_TRUE(rw->Read(&resp));
+  EXPECT_EQ(resp.returned(), 1u);
+  EXPECT_EQ(resp.errors(), 1u);
+  EXPECT_EQ(resp.error_code(), int(grpc::StatusCode::FAILED_PRECONDITION));
+  EXPECT_THAT(resp.error_message(), HasSubstr("page #1"));
+  req.Clear();
+  req.set_pool_id(pool + 1000);
+  req.set_allocate(1);
+  ASSERT_TRUE(rw->Write(req));
+  ASSERT_TRUE(rw->Read(&resp));
+  EXPECT_EQ(resp.error_code(), int(grpc::StatusCode::NOT_FOUND));
+  EXPECT_THAT(resp.error_message(), HasSubstr("not found"));
+  req.Clear();
+  req.set_pool_id(pool);
+  for (size_t i = 1; i < prev.size(); ++i) *req.add_return_pages() = prev[i];
+  ASSERT_TRUE(rw->Write(req));
+  ASSERT_TRUE(rw->Read(&resp));
+  EXPECT_EQ(resp.returned(), 63u);
+  EXPECT_EQ(resp.errors(), 0u);
+  rw->WritesDone();
+  EXPECT_TRUE(rw->Finish().ok());
+  EXPECT_GE(d_->daemon().rpc_stats().traffic_page_ops(), 100u * 64);
+}
+
+TEST_F(ServiceTest, WatchEvents) {
+  uint64_t dev = NewDevice();
+  grpc::ClientContext ctx;
+  v1::WatchEventsRequest req;
+  req.set_include_existing(true);
+  auto reader = c().stub()->WatchEvents(&ctx, req);
+  v1::Event ev;
+  ASSERT_TRUE(reader->Read(&ev));
+  EXPECT_EQ(ev.type(), v1::EVENT_TYPE_DEVICE_ADD);
+  EXPECT_EQ(ev.device().id(), dev);
+  uint64_t pool = NewPool(dev);
+  ASSERT_TRUE(reader->Read(&ev));
+  EXPECT_EQ(ev.type(), v1::EVENT_TYPE_POOL_ADD);
+  EXPECT_EQ(ev.pool().id(), pool);
+  auto held = Alloc(pool, 2);
+  ASSERT_TRUE(c().DestroyPool(pool).ok());
+  ASSERT_TRUE(reader->Read(&ev));
+  EXPECT_EQ(ev.type(), v1::EVENT_TYPE_POOL_DETACH);
+  EXPECT_GT(ev.pool().detach_time(), 0);
+  ASSERT_TRUE(ReturnPages(pool, held).ok());
+  // The release-retry tick (1 s) notices the last page came back.
+  ASSERT_TRUE(reader->Read(&ev));
+  EXPECT_EQ(ev.type(), v1::EVENT_TYPE_POOL_DELETE);
+  EXPECT_EQ(ev.pool().id(), pool);
+  EXPECT_EQ(c().GetPool(pool).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(c().UnbindDevice(dev).ok());
+  ASSERT_TRUE(reader->Read(&ev));
+  EXPECT_EQ(ev.type(), v1::EVENT_TYPE_DEVICE_CHANGE);
+  EXPECT_EQ(ev.device().state(), v1::DEVICE_STATE_UNBOUND);
+  EXPECT_GT(ev.seq(), 0u);
+  // Daemon shutdown ends the stream with OK.
+  d_->Stop();
+  EXPECT_FALSE(reader->Read(&ev));
+  EXPECT_TRUE(reader->Finish().ok());
+}
+
+// One bad request: a call and the code it must get.
+struct BadCase {
+  const char* name;
+  absl::StatusCode code;
+  std::function<absl::Status()> call;
+};
+
+TEST_F(ServiceTest, BadRequestsGetTheirCodeAndTheDaemonKeepsServing) {
+  server::DaemonOptions o = InProcessDaemon::DefaultOptions();
+  o.max_devices = 4;
+  o.max_pools = 6;
+  o.max_pages_per_call = 70000;
+  o.max_message_bytes = 1 << 20;
+  d_.reset();
+  StartDaemon(o);
+
+  uint64_t dev = NewDevice();
+  uint64_t pool = NewPool(dev);
+  uint64_t other = NewPool(dev);
+  auto mine = Alloc(pool, 4);
+  auto theirs = Alloc(other, 1);
+  ASSERT_EQ(mine.size(), 4u);
+  ASSERT_EQ(theirs.size(), 1u);
+  ASSERT_TRUE(ReturnPages(pool, {mine[3]}).ok());  // mine[3] is now returned
+  // A destroyed pool that stays findable (a page still held) and an unbound device.
+  uint64_t doomed = NewPool(dev);
+  auto doomed_pages = Alloc(doomed, 2);
+  ASSERT_TRUE(c().DestroyPool(doomed).ok());
+  uint64_t gone_dev = NewDevice();
+  ASSERT_TRUE(c().UnbindDevice(gone_dev).ok());
+  v1::PageHandle stale = mine[0];
+  stale.set_generation(stale.generation() + 7);
+  v1::PageHandle beyond;
+  beyond.set_frame(uint64_t{1} << 40);
+
+  auto recycle = [&](uint64_t p, std::vector<v1::PageHandle> pages) {
+    v1::RecycleRequest r;
+    r.set_pool_id(p);
+    for (auto& h : pages) *r.add_pages() = h;
+    return c().Recycle(r).status();
+  };
+  auto create_device = [&](int mode, uint32_t width) {
+    v1::CreateDeviceRequest r;
+    r.set_iommu_mode(static_cast<v1::IommuMode>(mode));
+    r.set_address_width(width);
+    return c().CreateDevice(r).status();
+  };
+  auto create_pool = [&](uint64_t d, int strategy, uint32_t order) {
+    v1::CreatePoolRequest r;
+    r.set_device_id(d);
+    r.set_strategy(static_cast<v1::Strategy>(strategy));
+    r.set_order(order);
+    return c().CreatePool(r).status();
+  };
+  auto watch = [&](int type) {
+    grpc::ClientContext ctx;
+    v1::WatchEventsRequest r;
+    r.add_types(static_cast<v1::EventType>(type));
+    auto reader = c().stub()->WatchEvents(&ctx, r);
+    v1::Event ev;
+    while (reader->Read(&ev)) {
+    }
+    return client::FromGrpc(reader->Finish());
+  };
+  using C = absl::StatusCode;
+  const std::vector<BadCase> cases = {
+      {"GetDevice unknown id", C::kNotFound, [&] { return c().GetDevice(999).status(); }},
+      {"GetDevice id 0", C::kNotFound, [&] { return c().GetDevice(0).status(); }},
+      {"UnbindDevice unknown id", C::kNotFound, [&] { return c().UnbindDevice(999).status(); }},
+      {"GetDomain unknown id", C::kNotFound, [&] { return c().GetDomain(999).status(); }},
+      {"GetPool unknown id", C::kNotFound, [&] { return c().GetPool(999).status(); }},
+      {"DestroyPool unknown id", C::kNotFound, [&] { return c().DestroyPool(999).status(); }},
+      {"Allocate unknown pool", C::kNotFound, [&] { return c().Allocate(999, 1).status(); }},
+      {"Recycle unknown pool", C::kNotFound, [&] { return recycle(999, {mine[0]}); }},
+      {"Return unknown pool", C::kNotFound, [&] { return ReturnPages(999, {mine[0]}); }},
+      {"ListInflight unknown pool", C::kNotFound,
+       [&] { return c().ListInflight(999).status(); }},
+      {"DumpPageTable unknown device", C::kNotFound,
+       [&] {
+         v1::DumpPageTableRequest r;
+         r.set_device_id(999);
+         return c().DumpPageTable(r).status();
+       }},
+      {"CreatePool unknown device", C::kNotFound, [&] { return create_pool(999, 0, 0); }},
+      {"Allocate count 0", C::kInvalidArgument, [&] { return c().Allocate(pool, 0).status(); }},
+      {"Recycle no pages", C::kInvalidArgument, [&] { return recycle(pool, {}); }},
+      {"Return no pages", C::kInvalidArgument, [&] { return ReturnPages(pool, {}); }},
+      {"Return frame beyond memory", C::kInvalidArgument,
+       [&] { return ReturnPages(pool, {beyond}); }},
+      {"CreateDevice iommu_mode 99", C::kInvalidArgument, [&] { return create_device(99, 0); }},
+      {"CreateDevice iommu_mode -1", C::kInvalidArgument, [&] { return create_device(-1, 0); }},
+      {"CreateDevice address_width 40", C::kInvalidArgument,
+       [&] { return create_device(1, 40); }},
+      {"CreatePool strategy 42", C::kInvalidArgument, [&] { return create_pool(dev, 42, 0); }},
+      {"CreatePool order 11", C::kInvalidArgument, [&] { return create_pool(dev, 1, 11); }},
+      {"DumpPageTable start >= end", C::kInvalidArgument,
+       [&] {
+         v1::DumpPageTableRequest r;
+         r.set_device_id(dev);
+         r.set_start(8192);
+         r.set_end(4096);
+         return c().DumpPageTable(r).status();
+       }},
+      {"WatchEvents type 77", C::kInvalidArgument, [&] { return watch(77); }},
+      {"WatchEvents type unspecified", C::kInvalidArgument, [&] { return watch(0); }},
+      {"Recycle stale generation", C::kFailedPrecondition, [&] { return recycle(pool, {stale}); }},
+      {"Return stale generation", C::kFailedPrecondition,
+       [&] { return ReturnPages(pool, {stale}); }},
+      {"Return already returned", C::kFailedPrecondition,
+       [&] { return ReturnPages(pool, {mine[3]}); }},
+      {"Recycle already returned", C::kFailedPrecondition,
+       [&] { return recycle(pool, {mine[3]}); }},
+      {"Return page of another pool", C::kFailedPrecondition,
+       [&] { return ReturnPages(pool, {theirs[0]}); }},
+      {"Recycle page of another pool", C::kFailedPrecondition,
+       [&] { return recycle(pool, {theirs[0]}); }},
+      {"Allocate on destroyed pool", C::kFailedPrecondition,
+       [&] { return c().Allocate(doomed, 1).status(); }},
+      {"DestroyPool twice", C::kFailedPrecondition, [&] { return c().DestroyPool(doomed).status(); }},
+      {"CreatePool on unbound device", C::kFailedPrecondition,
+       [&] { return create_pool(gone_dev, 0, 0); }},
+      {"UnbindDevice twice", C::kFailedPrecondition,
+       [&] { return c().UnbindDevice(gone_dev).status(); }},
+      {"Allocate above --max-pages-per-call", C::kResourceExhausted,
+       [&] { return c().Allocate(pool, 70001).status(); }},
+      {"Allocate count 2^32-1", C::kResourceExhausted,
+       [&] { return c().Allocate(pool, 0xffffffffu).status(); }},
+      {"Allocate beyond simulated memory", C::kResourceExhausted,
+       [&] { return c().Allocate(pool, 66000).status(); }},
+      {"Return message above --max-message-bytes", C::kResourceExhausted,
+       [&] {
+         std::vector<v1::PageHandle> many(200000, mine[0]);
+         return ReturnPages(pool, many);
+       }},
+      {"CreateDevice above --max-devices", C::kResourceExhausted,
+       [&] {
+         absl::Status s;
+         for (int i = 0; i < 5 && s.ok(); ++i) s = create_device(1, 48);
+         return s;
+       }},
+      {"CreatePool above --max-pools", C::kResourceExhausted,
+       [&] {
+         absl::Status s;
+         for (int i = 0; i < 7 && s.ok(); ++i) s = create_pool(dev, 1, 0);
+         return s;
+       }},
+  };
+  for (const BadCase& bc : cases) {
+    SCOPED_TRACE(bc.name);
+    absl::Status s = bc.call();
+    EXPECT_EQ(s.code(), bc.code) << s;
+    EXPECT_FALSE(s.message().empty());
+    // The daemon keeps serving: a good call right after.
+    auto good = c().Allocate(pool, 1);
+    ASSERT_TRUE(good.ok()) << good.status();
+    EXPECT_TRUE(ReturnPages(pool, {good->pages(0).handle()}).ok());
+  }
+  // Messages name what was wrong.
+  EXPECT_THAT(std::string(c().GetPool(999).status().message()), HasSubstr("pool 999"));
+  EXPECT_THAT(std::string(c().Allocate(pool, 0).status().message()), HasSubstr("count"));
+  EXPECT_THAT(std::string(ReturnPages(pool, {mine[3]}).message()), HasSubstr("page #0"));
+  // No bad request caused a DMA-API misuse.
+  EXPECT_EQ(c().GetDomain(dev)->domain().violations().total(), 0u);
+}
+
+TEST_F(ServiceTest, ManyClientsOnOnePool) {
+  uint64_t dev = NewDevice();
+  uint64_t pool = NewPool(dev);
+  constexpr int kThreads = 6;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      auto cl = client::Client::Connect(d_->address());
+      if (!cl.ok()) {
+        ++failures;
+        return;
+      }
+      grpc::ClientContext ctx;
+      auto rw = (*cl)->stub()->Traffic(&ctx);
+      v1::TrafficRequest req;
+      v1::TrafficResponse resp;
+      std::vector<v1::PageHandle> prev;
+      for (int i = 0; i < 300; ++i) {
+        req.Clear();
+        req.set_pool_id(pool);
+        req.set_allocate(32);
+        req.set_napi_local(t % 2 == 0);
+        for (auto& h : prev) *(i % 3 == 0 ? req.add_return_pages() : req.add_recycle()) = h;
+        prev.clear();
+        if (!rw->Write(req) || !rw->Read(&resp) || resp.errors() != 0) {
+          ++failures;
+          break;
+        }
+        for (const auto& p : resp.allocated()) prev.push_back(p.handle());
+      }
+      req.Clear();
+      req.set_pool_id(pool);
+      for (auto& h : prev) *req.add_return_pages() = h;
+      if (!rw->Write(req) || !rw->Read(&resp) || resp.errors() != 0) ++failures;
+      rw->WritesDone();
+      if (!rw->Finish().ok()) ++failures;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  // Every user page came back: destroying unmaps none.
+  auto destroyed = c().DestroyPool(pool);
+  ASSERT_TRUE(destroyed.ok());
+  EXPECT_EQ(destroyed->inflight_at_destroy(), 0u);
+  auto dom = c().GetDomain(dev);
+  EXPECT_EQ(dom->domain().violations().total(), 0u);
+  EXPECT_EQ(dom->domain().mapped_pages(), 0u);
+}
+
+TEST_F(ServiceTest, ShutdownDestroysPoolsAndPrintsTheSummary) {
+  uint64_t pool = NewPool(NewDevice());
+  Alloc(pool, 7);
+  d_->Stop();
+  EXPECT_EQ(d_->exit_code(), 0);
+  std::string log = d_->log();
+  EXPECT_THAT(log, HasSubstr("pagepoold summary"));
+  EXPECT_THAT(log, HasSubstr("pools destroyed at shutdown: 1"));
+  EXPECT_THAT(log, HasSubstr("pages in flight at shutdown: 7"));
+  EXPECT_THAT(log, HasSubstr("pages unmapped at shutdown:  7"));
+  EXPECT_THAT(log, HasSubstr("violations:                  0"));
+  EXPECT_THAT(log, HasSubstr("Allocate 1"));
+}
+
+// GET over a plain socket; returns the whole answer.
+std::string HttpGet(uint16_t port, const std::string& path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return "";
+  }
+  std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, size_t(n));
+  close(fd);
+  return out;
+}
+
+TEST_F(ServiceTest, MetricsEndpoint) {
+  server::DaemonOptions o = InProcessDaemon::DefaultOptions();
+  o.metrics_listen = "127.0.0.1:0";
+  d_.reset();
+  StartDaemon(o);
+  uint64_t pool = NewPool(NewDevice());
+  Alloc(pool, 3);
+  ASSERT_EQ(c().GetPool(12345).status().code(), absl::StatusCode::kNotFound);
+  uint16_t port = d_->daemon().metrics_port();
+  ASSERT_NE(port, 0);
+  std::string page = HttpGet(port, "/metrics");
+  EXPECT_THAT(page, HasSubstr("200 OK"));
+  EXPECT_THAT(page, HasSubstr("text/plain; version=0.0.4"));
+  EXPECT_THAT(page, HasSubstr("# TYPE pagepool_pool_inflight gauge"));
+  EXPECT_THAT(page, HasSubstr("# HELP pagepool_domain_mapped_pages"));
+  EXPECT_THAT(page, HasSubstr("pagepool_pool_inflight{pool_id=\"" + std::to_string(pool)));
+  EXPECT_THAT(page, HasSubstr("pagepool_rpc_finished_total{method=\"Allocate\",code=\"OK\"} 1"));
+  EXPECT_THAT(page,
+              HasSubstr("pagepool_rpc_finished_total{method=\"GetPool\",code=\"NOT_FOUND\"} 1"));
+  EXPECT_THAT(page, HasSubstr("pagepool_domain_violations_total{"));
+  EXPECT_THAT(HttpGet(port, "/nope"), HasSubstr("404"));
+}
+
+TEST(DaemonStartTest, BadOptionsAreRefused) {
+  server::DaemonOptions o = InProcessDaemon::DefaultOptions();
+  o.memory_gib = 0;
+  EXPECT_EQ(InProcessDaemon::Start(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = InProcessDaemon::DefaultOptions();
+  o.tls_cert = "/nonexistent.pem";
+  EXPECT_EQ(InProcessDaemon::Start(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = InProcessDaemon::DefaultOptions();
+  o.metrics_listen = "not-an-address";
+  EXPECT_EQ(InProcessDaemon::Start(o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace pagepool
