@@ -304,7 +304,7 @@ std::string TrafficResult::Summary() const {
       "traffic %s: %u streams x batch %u, %.1f s on pool %d (device %d)\n"
       "  page ops:   %d (%.0f ops/s), %d batches\n"
       "  rpc:        p50 %.1f us, p99 %.1f us\n"
-      "  inflight:   %d pages at the end\n"
+      "  inflight:   %d pages in the pool at the end (kernel count: cache and ring included)\n"
       "  errors:     %d",
       pattern, streams, batch, duration_s, pool_id, device_id, page_ops, page_ops_per_sec, batches,
       rpc_p50_us, rpc_p99_us, inflight, errors);

@@ -8,10 +8,12 @@
 //                          (like the IPv4 defrag queue); at most max_held pages per stream.
 //   leak                   allocate batches and never give them back (max_held pages per stream);
 //                          the pool is left as it is, pages in flight.
-//   destroy-under-traffic  steady traffic with `hold_batches` batches held per stream; halfway
-//                          through, the pool is destroyed (or the device unbound, with unbind) while
-//                          the pages are held; the streams then return every page they hold. Checks
-//                          via GetDomain that the device saw zero violations.
+//   destroy-under-traffic  steady traffic with `hold_batches` batches held per stream for half of
+//                          duration_s; then the pool is destroyed (or the device unbound, with
+//                          unbind) while the pages are held and the streams keep allocating (refused
+//                          once the pool is gone: expected_refusals); then the streams return every
+//                          page they hold and the run ends. Checks via GetDomain that the device saw
+//                          zero violations.
 //   unary                  (for comparison) unary Allocate then Return of `batch` pages.
 // Unless pool_id is given, the run creates its own device and pool first (and destroys the pool at
 // the end, except for leak).

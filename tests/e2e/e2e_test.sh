@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# End-to-end test: the real pagepoold on a free port (127.0.0.1:0, port read back from its first
+# line), driven by the real ppctl: device and pool calls, an error, traffic patterns (steady and
+# destroy-under-traffic with zero violations; NONE + unbind must show violations and exit 3), the
+# /metrics endpoint, then SIGTERM: exit status 0 and the summary.
+# Usage: e2e_test.sh PAGEPOOLD PPCTL
+set -euo pipefail
+PAGEPOOLD=$1
+PPCTL=$2
+tmp=$(mktemp -d)
+pid=""
+cleanup() {
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; echo "--- daemon log:" >&2; cat "$tmp/log" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+
+"$PAGEPOOLD" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --memory-gib 1 >"$tmp/log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q "(port " "$tmp/log" && break; sleep 0.1; done
+port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$tmp/log" | head -1)
+mport=$(sed -n 's/.*metrics on http port \([0-9]*\).*/\1/p' "$tmp/log" | head -1)
+[ -n "$port" ] || fail "pagepoold did not report its port"
+pp() { "$PPCTL" --target "127.0.0.1:$port" "$@"; }
+
+pp create-device --name e2e0 --iommu-mode strict | grep -q 'device 1 "e2e0" (ifindex 1): bound' \
+  || fail "create-device"
+ok "create-device"
+pool=$(pp create-pool 1 --napi-id 3 | sed -n 's/^pool \([0-9]*\) on device 1.*/\1/p')
+[ -n "$pool" ] || fail "create-pool"
+ok "create-pool -> pool $pool"
+handles=$(pp allocate "$pool" --count 4 | awk '{print $1}')
+[ "$(echo "$handles" | wc -w)" -eq 4 ] || fail "allocate"
+ok "allocate 4: $(echo $handles)"
+pp --json get-pool "$pool" | grep -q '"napi_id": 3' || fail "get-pool --json"
+ok "get-pool --json"
+pp return "$pool" $handles | grep -q "returned: 4 pages, 4 unmapped" || fail "return"
+ok "return"
+if pp return "$pool" $handles 2>"$tmp/err"; then fail "double return accepted"; fi
+grep -q "FAILED_PRECONDITION" "$tmp/err" || fail "double return: $(cat "$tmp/err")"
+ok "double return refused: $(cat "$tmp/err")"
+if pp get-pool 999 2>"$tmp/err"; then fail "get-pool 999 accepted"; fi
+grep -q "NOT_FOUND" "$tmp/err" || fail "get-pool 999: $(cat "$tmp/err")"
+ok "unknown pool: NOT_FOUND"
+pp list-devices | grep -q "e2e0" || fail "list-devices"
+pp get-domain 1 | grep -q "violations:  0" || fail "get-domain"
+ok "list-devices, get-domain"
+
+pp traffic steady --duration 2 --streams 2 --batch 64 --out "$tmp/steady.json" >"$tmp/steady.txt" \
+  || fail "traffic steady: $(cat "$tmp/steady.txt")"
+cat "$tmp/steady.txt"
+for key in page_ops_per_sec rpc_p50_us rpc_p99_us errors violations; do
+  grep -q "\"$key\": " "$tmp/steady.json" || fail "result.json lacks $key"
+done
+grep -q '"errors": 0,' "$tmp/steady.json" || fail "steady had errors"
+ok "traffic steady"
+
+pp traffic destroy-under-traffic --duration 2 --out "$tmp/dut.json" >"$tmp/dut.txt" \
+  || fail "destroy-under-traffic: $(cat "$tmp/dut.txt")"
+cat "$tmp/dut.txt"
+grep -q '"violations": 0,' "$tmp/dut.json" || fail "destroy-under-traffic violations"
+ok "destroy-under-traffic (destroy pool): zero violations"
+pp traffic destroy-under-traffic --duration 2 --unbind >"$tmp/dut2.txt" \
+  || fail "destroy-under-traffic --unbind: $(cat "$tmp/dut2.txt")"
+grep -q "violations: 0 (clean)" "$tmp/dut2.txt" || fail "unbind violations"
+ok "destroy-under-traffic --unbind (xarray): zero violations"
+rc=0
+pp traffic destroy-under-traffic --duration 2 --unbind --strategy none >"$tmp/dut3.txt" || rc=$?
+[ "$rc" -eq 3 ] || fail "NONE + unbind should exit 3 (violations), got $rc: $(cat "$tmp/dut3.txt")"
+grep -q "(UNSAFE)" "$tmp/dut3.txt" || fail "NONE + unbind should report violations"
+ok "destroy-under-traffic --unbind --strategy none: violations reported, exit 3"
+
+if [ -n "$mport" ]; then
+  exec 3<>"/dev/tcp/127.0.0.1/$mport"
+  printf 'GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n' >&3
+  cat <&3 >"$tmp/metrics"
+  exec 3<&-
+  grep -q "^# TYPE pagepool_pool_inflight gauge" "$tmp/metrics" || fail "/metrics"
+  grep -q 'pagepool_rpc_finished_total{method="Traffic",code="OK"}' "$tmp/metrics" \
+    || fail "/metrics rpc counters"
+  ok "/metrics"
+fi
+
+# Pages held at shutdown are unmapped by the teardown.
+pool2=$(pp create-pool 1 | sed -n 's/^pool \([0-9]*\) on.*/\1/p')
+pp allocate "$pool2" --count 5 >/dev/null
+kill -TERM "$pid"
+rc=0
+wait "$pid" || rc=$?
+pid=""
+[ "$rc" -eq 0 ] || fail "pagepoold exit status $rc after SIGTERM"
+grep -q "pagepoold summary" "$tmp/log" || fail "no summary"
+grep -q "pages in flight at shutdown: 5" "$tmp/log" || fail "summary: in flight at shutdown"
+grep -q "pages unmapped at shutdown:  5" "$tmp/log" || fail "summary: unmapped at shutdown"
+grep -q "Traffic " "$tmp/log" || fail "summary: rpc counts"
+sed -n '/pagepoold summary/,$p' "$tmp/log"
+ok "SIGTERM: exit 0 and summary"
+echo PASS
