@@ -1,6 +1,7 @@
 // File: server/main.cc
 //
 // pagepoold: parses flags (each with a PAGEPOOLD_* environment twin) and runs the Daemon.
+#include <cstdlib>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -33,6 +34,12 @@ int main(int argc, char** argv) {
                  "at SIGINT/SIGTERM, time calls in flight get before they are cancelled")
       ->envname("PAGEPOOLD_SHUTDOWN_GRACE_MS")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  // CLI11 treats an empty environment variable as unset; an empty PAGEPOOLD_METRICS_LISTEN means
+  // "no metrics endpoint", as an empty --metrics-listen does.
+  const char* metrics_env = std::getenv("PAGEPOOLD_METRICS_LISTEN");
+  if (app.count("--metrics-listen") == 0 && metrics_env != nullptr && *metrics_env == '\0') {
+    o.metrics_listen.clear();
+  }
 
   auto daemon = pagepool::server::Daemon::Start(o, &std::cout);
   if (!daemon.ok()) {

@@ -341,15 +341,25 @@ absl::Status Runtime::UnbindDevice(uint64_t device_id, v1::UnbindDeviceResponse*
       if (p->device == dev) victims.push_back(p);
     }
   }
-  // Stop each pool's NAPI context for good, then let the Nic destroy the pools and unbind.
-  for (auto& p : victims) p->napi_mu.Lock();
-  for (auto& p : victims) p->napi_stopped = true;
+  // Stop each pool's NAPI context for good and destroy the pool in it (page_pool_destroy after
+  // napi_disable, as a driver's remove path does), then unbind the device.
+  uint64_t pools_destroyed = 0, inflight = 0, unmapped = 0;
+  for (auto& p : victims) {
+    absl::MutexLock napi(&p->napi_mu);
+    p->napi_stopped = true;
+    if (p->pool->destroyed()) continue;
+    auto d = dev->nic->DestroyPool(p->id);
+    if (!d.ok()) continue;  // destroyed meanwhile (a racing DestroyPool found it first)
+    ++pools_destroyed;
+    inflight += d->inflight_at_destroy > 0 ? uint64_t(d->inflight_at_destroy) : 0;
+    unmapped += d->pages_unmapped;
+  }
   absl::StatusOr<pool::UnbindResult> r = dev->nic->Unbind();
-  for (auto& p : victims) p->napi_mu.Unlock();
   if (!r.ok()) return Annotate(r.status(), absl::StrCat("UnbindDevice ", device_id));
-  out->set_pools_destroyed(r->pools_destroyed);
-  out->set_inflight_at_destroy(r->inflight_at_destroy > 0 ? uint64_t(r->inflight_at_destroy) : 0);
-  out->set_pages_unmapped(r->pages_unmapped);
+  out->set_pools_destroyed(static_cast<uint32_t>(pools_destroyed + r->pools_destroyed));
+  out->set_inflight_at_destroy(
+      inflight + (r->inflight_at_destroy > 0 ? uint64_t(r->inflight_at_destroy) : 0));
+  out->set_pages_unmapped(unmapped + r->pages_unmapped);
 
   absl::MutexLock l(&mu_);
   for (auto& p : victims) {
