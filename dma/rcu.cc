@@ -1,5 +1,8 @@
 #include "dma/rcu.h"
 
+#include <cstddef>
+#include <future>
+
 namespace pagepool::dma::rcu {
 namespace internal {
 
@@ -42,9 +45,35 @@ void CallRcu(Head* head, Callback fn) {
   urcu_memb_call_rcu(head, fn);
 }
 
+namespace {
+
+// A callback queued behind every earlier one; completes a promise when it runs.
+struct BarrierMarker {
+  Head head;
+  std::promise<void> done;
+};
+
+void BarrierMarkerRun(Head* head) {
+  CallbackBegin();
+  auto* m = reinterpret_cast<BarrierMarker*>(reinterpret_cast<char*>(head) -
+                                             offsetof(BarrierMarker, head));
+  m->done.set_value();
+  delete m;
+}
+
+}  // namespace
+
 void Barrier() {
+  // Not urcu_memb_barrier(): its completion record is calloc'ed here and freed by the call_rcu thread
+  // with only liburcu's (uninstrumented) ordering in between, which TSan reports in every binary
+  // that destroys a domain. Every call_rcu of this process goes to liburcu's default call_rcu
+  // thread (nothing here creates per-CPU or per-thread call_rcu data), whose queue runs in FIFO
+  // order, so a marker queued now runs after every callback queued before it.
   EnsureThreadRegistered();
-  urcu_memb_barrier();
+  auto* m = new BarrierMarker();
+  std::future<void> done = m->done.get_future();
+  CallRcu(&m->head, &BarrierMarkerRun);
+  done.wait();
   internal::TsanAcquire();
 }
 

@@ -81,7 +81,8 @@ void CallRcu(Head* head, Callback fn);
 // First statement of every callback handed to CallRcu.
 inline void CallbackBegin() { internal::TsanAcquire(); }
 
-// Waits until every callback queued by CallRcu so far has run (rcu_barrier).
+// Waits until every callback queued by CallRcu so far has run (rcu_barrier; implemented with a marker
+// callback on liburcu's default call_rcu thread, which the dma/ layer always uses).
 // REQUIRES: the caller holds no ReadLock and is not itself a callback.
 void Barrier();
 

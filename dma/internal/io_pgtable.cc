@@ -514,15 +514,29 @@ void IoPageTable::RcuReleaseBatch(rcu::Head* head) {
 }
 
 void IoPageTable::ReleaseBatch(PtTable* t) {
+  // Tables come back in bursts (one call_rcu batch per grace period, and liburcu's call_rcu thread
+  // waits ~10 ms between batches), so the cache may grow to the number of tables still in flight:
+  // that memory was already in use, and keeping it saves the next burst of maps a malloc, a page
+  // fault and a 4 KiB clear per table. Beyond that (the load has dropped) the cache trims itself.
+  const int64_t in_flight =
+      counters_->tables.pending_free_pages.load(std::memory_order_relaxed);
+  const size_t cap = std::max<size_t>(kCacheMax, in_flight > 0 ? static_cast<size_t>(in_flight) : 0);
   int64_t n = 0;
+  PtTable* excess = nullptr;
   {
     MutexLock l(&cache_mu_);
-    while (t != nullptr && cache_.size() < kCacheMax) {
+    while (t != nullptr && cache_.size() < cap) {
       PtTable* next = t->next;
       t->next = nullptr;
       cache_.push_back(t);  // all entries are zero already: an unlinked table is empty
       t = next;
       ++n;
+    }
+    while (cache_.size() > cap) {
+      PtTable* c = cache_.back();
+      cache_.pop_back();
+      c->next = excess;
+      excess = c;
     }
     cache_size_.store(cache_.size(), std::memory_order_relaxed);
   }
@@ -532,13 +546,32 @@ void IoPageTable::ReleaseBatch(PtTable* t) {
     t = next;
     ++n;
   }
+  while (excess != nullptr) {
+    PtTable* next = excess->next;
+    delete excess;
+    excess = next;
+  }
   counters_->tables.tables_released.fetch_add(n, std::memory_order_relaxed);
   counters_->tables.pending_free_pages.fetch_sub(n, std::memory_order_relaxed);
+}
+
+void IoPageTable::TrimCache() {
+  std::vector<PtTable*> excess;
+  {
+    MutexLock l(&cache_mu_);
+    while (cache_.size() > kCacheMax) {
+      excess.push_back(cache_.back());
+      cache_.pop_back();
+    }
+    cache_size_.store(cache_.size(), std::memory_order_relaxed);
+  }
+  for (PtTable* t : excess) delete t;
 }
 
 void IoPageTable::Quiesce() {
   SubmitPending();
   rcu::Barrier();
+  TrimCache();
 }
 
 }  // namespace pagepool::dma::internal

@@ -39,7 +39,8 @@
 // Deferred freeing: unlinked tables are gathered per operation (IotlbGather); after the caller has
 // invalidated the IOTLB it hands the gather to ReleaseGather(), which pushes it onto a pending list;
 // every kRcuBatch tables the whole list goes to call_rcu in one call (the callback walks the list).
-// Released tables are all zero; up to kCacheMax of them are kept for reuse instead of freeing.
+// Released tables are all zero and are kept for reuse instead of freeing: up to kCacheMax, or as many
+// as are still in flight while a burst of frees is coming back (see ReleaseBatch); Quiesce trims.
 //
 // Thread safety: everything but the destructor may be called concurrently. The caller guarantees
 // that Map/Unmap ranges in flight at the same time do not overlap.
@@ -104,7 +105,8 @@ class IoPageTable {
 
   // Hands invalidated tables to RCU (batched). Context: any thread; the IOTLB is already flushed.
   void ReleaseGather(IotlbGather* gather);
-  // Sends the pending batch to RCU and waits until every table handed over so far is released.
+  // Sends the pending batch to RCU, waits until every table handed over so far is released, and trims
+  // the cache of zeroed tables to kCacheMax.
   // REQUIRES: the caller holds no RCU read lock.
   void Quiesce();
 
@@ -152,6 +154,7 @@ class IoPageTable {
   static void RcuReleaseBatch(rcu::Head* head);
   void ReleaseBatch(PtTable* list);
   void SubmitPending();
+  void TrimCache();  // back to kCacheMax tables
   void DeleteSubtree(PtTable* t, unsigned level);
 
   const unsigned levels_;

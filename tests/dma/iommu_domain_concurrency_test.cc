@@ -28,9 +28,9 @@ uint64_t Iterations() {
     return std::strtoull(env, nullptr, 10);
   }
 #if defined(PAGEPOOL_TSAN)
-  return 15'000;
+  return 60'000;
 #elif defined(PAGEPOOL_ASAN)
-  return 40'000;
+  return 100'000;
 #else
   return 200'000;
 #endif
