@@ -12,8 +12,8 @@ DEMO_SECONDS=${DEMO_SECONDS:-3}
 
 bash deploy/install-deps.sh
 mkdir -p "$BUILD_DIR"
-cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >"$BUILD_DIR.quickstart.log" 2>&1 \
-  || { cat "$BUILD_DIR.quickstart.log"; exit 1; }
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >"$BUILD_DIR/quickstart.configure.log" 2>&1 \
+  || { cat "$BUILD_DIR/quickstart.configure.log"; exit 1; }
 cmake --build "$BUILD_DIR" -j "$JOBS" --target pagepoold ppctl
 
 PAGEPOOLD="$BUILD_DIR/server/pagepoold"
