@@ -89,8 +89,12 @@ class IommuDomain {
   // are handed to RCU. Lazy: the invalidation (and the freeing of tables, and of the IOVA range when
   // release_iova) waits in a flush queue. With release_iova the range goes back to iova() after the
   // invalidation. NOT_FOUND if nothing in the range is mapped; INVALID_ARGUMENT if the range cuts a
-  // block leaf in part.
-  // Context: any thread; the caller owns [iova, iova + size).
+  // block leaf in part. Unlinked tables are handed to call_rcu in batches; when more than a few
+  // thousand are already waiting (a fast unmapper outruns liburcu's call_rcu thread), Unmap waits
+  // for a grace period itself and frees them (back-pressure), unless it runs inside an RCU
+  // read-side section.
+  // Context: any thread; the caller owns [iova, iova + size) and holds no lock that an RCU reader
+  // might wait for.
   absl::Status Unmap(DmaAddr iova, uint64_t size, bool release_iova = false);
 
   // The device's view: a lockless walk. A write sets the leaf's dirty bit; any access sets accessed.

@@ -71,6 +71,11 @@ class ReadLock {
   ReadLock& operator=(const ReadLock&) = delete;
 };
 
+// True if the calling thread is inside a ReadLock.
+inline bool ReadLockHeld() {
+  return internal::thread_registered && urcu_memb_read_ongoing() != 0;
+}
+
 // Waits for a grace period. REQUIRES: the caller holds no ReadLock.
 void Synchronize();
 

@@ -486,19 +486,32 @@ uint64_t IoPageTable::SweepLevel(PtTable* t, unsigned level, uint64_t base, uint
 
 void IoPageTable::ReleaseGather(IotlbGather* gather) {
   if (gather->empty()) return;
-  rcu::ReadLock rl;  // keeps the current list head alive while we read its list_len
-  PtTable* const first = gather->head;
-  PtTable* const last = gather->tail;
-  PtTable* old = rcu_pending_.load(std::memory_order_acquire);
   uint32_t len;
-  do {
-    last->next = old;
-    len = gather->count + (old != nullptr ? old->list_len : 0);
-    first->list_len = len;
-  } while (!rcu_pending_.compare_exchange_weak(old, first, std::memory_order_acq_rel,
-                                               std::memory_order_acquire));
+  {
+    rcu::ReadLock rl;  // keeps the current list head alive while we read its list_len
+    PtTable* const first = gather->head;
+    PtTable* const last = gather->tail;
+    PtTable* old = rcu_pending_.load(std::memory_order_acquire);
+    do {
+      last->next = old;
+      len = gather->count + (old != nullptr ? old->list_len : 0);
+      first->list_len = len;
+    } while (!rcu_pending_.compare_exchange_weak(old, first, std::memory_order_acq_rel,
+                                                 std::memory_order_acquire));
+  }
   *gather = IotlbGather();
-  if (len >= kRcuBatch) SubmitPending();
+  if (len < kRcuBatch) return;
+  if (counters_->tables.pending_free_pages.load(std::memory_order_relaxed) > kPendingHighWater &&
+      !rcu::ReadLockHeld()) {
+    // Back-pressure: the call_rcu thread is behind (it waits ~10 ms between batches), so this
+    // thread waits for a grace period itself and releases the batch, bounding the memory in flight.
+    PtTable* list = rcu_pending_.exchange(nullptr, std::memory_order_acq_rel);
+    if (list == nullptr) return;
+    rcu::Synchronize();
+    ReleaseBatch(list);
+    return;
+  }
+  SubmitPending();
 }
 
 void IoPageTable::SubmitPending() {

@@ -39,6 +39,10 @@
 // Deferred freeing: unlinked tables are gathered per operation (IotlbGather); after the caller has
 // invalidated the IOTLB it hands the gather to ReleaseGather(), which pushes it onto a pending list;
 // every kRcuBatch tables the whole list goes to call_rcu in one call (the callback walks the list).
+// If more than kPendingHighWater tables are in flight (liburcu's call_rcu thread sleeps ~10 ms between
+// batches, so a fast unmapper can get far ahead of it), the unmapping thread instead waits for a grace
+// period itself (synchronize_rcu) and releases the batch: back-pressure that bounds the memory held by
+// tables waiting to be freed. It never does so while it holds the RCU read lock.
 // Released tables are all zero and are kept for reuse instead of freeing: up to kCacheMax, or as many
 // as are still in flight while a burst of frees is coming back (see ReleaseBatch); Quiesce trims.
 //
@@ -71,6 +75,8 @@ class IoPageTable {
  public:
   static constexpr uint32_t kRcuBatch = 64;   // tables per call_rcu
   static constexpr size_t kCacheMax = 1024;   // zeroed tables kept for reuse (4 MiB)
+  // Unlinked tables in flight (16 MiB) above which an unmap waits for a grace period itself.
+  static constexpr int64_t kPendingHighWater = 4096;
 
   // levels: 3, 4 or 5. The root is allocated here (and counted).
   IoPageTable(unsigned levels, bool free_empty_tables, DomainCounters* counters);
