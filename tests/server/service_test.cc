@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <thread>
@@ -516,6 +517,99 @@ TEST_F(ServiceTest, ShutdownDestroysPoolsAndPrintsTheSummary) {
   EXPECT_THAT(log, HasSubstr("pages unmapped at shutdown:  7"));
   EXPECT_THAT(log, HasSubstr("violations:                  0"));
   EXPECT_THAT(log, HasSubstr("Allocate 1"));
+}
+
+TEST_F(ServiceTest, DestroyStrategies) {
+  uint64_t dev = NewDevice();
+  // SCAN walks every frame of simulated memory and unmaps the pool's pages; it tracks nothing.
+  uint64_t scan = NewPool(dev, v1::STRATEGY_SCAN);
+  auto held = Alloc(scan, 5);
+  EXPECT_EQ(c().ListInflight(scan)->pages_size(), 0);
+  auto d = c().DestroyPool(scan);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->strategy(), v1::STRATEGY_SCAN);
+  EXPECT_GT(d->frames_scanned(), 0u);
+  EXPECT_EQ(d->inflight_at_destroy(), 5u);
+  EXPECT_GE(d->pages_unmapped(), 5u);
+  EXPECT_TRUE(ReturnPages(scan, held).ok());
+
+  // NONE unmaps nothing at destroy; a late return on a bound device unmaps legally.
+  uint64_t none = NewPool(dev, v1::STRATEGY_NONE);
+  held = Alloc(none, 5);
+  d = c().DestroyPool(none);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->strategy(), v1::STRATEGY_NONE);
+  EXPECT_EQ(d->pages_unmapped(), 0u);
+  v1::ReturnRequest ret;
+  ret.set_pool_id(none);
+  for (auto& h : held) *ret.add_pages() = h;
+  auto r = c().Return(ret);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->unmapped(), 5u);
+  EXPECT_EQ(c().GetDomain(dev)->domain().violations().total(), 0u);
+
+  // NONE with the device unbound under it: each late return is a DMA-API call after unbind.
+  uint64_t dev2 = NewDevice();
+  uint64_t none2 = NewPool(dev2, v1::STRATEGY_NONE);
+  held = Alloc(none2, 3);
+  ASSERT_TRUE(c().UnbindDevice(dev2).ok());
+  EXPECT_TRUE(ReturnPages(none2, held).ok());
+  auto v = c().GetDomain(dev2)->domain().violations();
+  EXPECT_GE(v.call_after_unbind(), 3u);
+  EXPECT_EQ(v.total(), v.call_after_unbind() + v.live_at_unbind() + v.double_unmap() +
+                           v.unknown_unmap() + v.size_mismatch() + v.direction_mismatch() +
+                           v.sync_unknown());
+}
+
+TEST_F(ServiceTest, TrafficBatchAboveTheLimitIsReported) {
+  server::DaemonOptions o = InProcessDaemon::DefaultOptions();
+  o.max_pages_per_call = 100;
+  d_.reset();
+  StartDaemon(o);
+  uint64_t pool = NewPool(NewDevice());
+  grpc::ClientContext ctx;
+  auto rw = c().stub()->Traffic(&ctx);
+  v1::TrafficRequest req;
+  v1::TrafficResponse resp;
+  req.set_pool_id(pool);
+  req.set_allocate(101);
+  ASSERT_TRUE(rw->Write(req));
+  ASSERT_TRUE(rw->Read(&resp));
+  EXPECT_EQ(resp.error_code(), int(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  EXPECT_THAT(resp.error_message(), HasSubstr("--max-pages-per-call"));
+  EXPECT_EQ(resp.allocated_size(), 0);
+  req.set_allocate(100);
+  ASSERT_TRUE(rw->Write(req));
+  ASSERT_TRUE(rw->Read(&resp));
+  EXPECT_EQ(resp.errors(), 0u);
+  EXPECT_EQ(resp.allocated_size(), 100);
+  rw->WritesDone();
+  EXPECT_TRUE(rw->Finish().ok());
+}
+
+TEST(DaemonTlsTest, ServesOverTls) {
+  char dir[] = "/tmp/pagepool-tls-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  std::string d(dir);
+  std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                    "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " +
+                    d + "/key.pem -out " + d + "/cert.pem >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "openssl not available";
+  server::DaemonOptions o = InProcessDaemon::DefaultOptions();
+  o.tls_cert = d + "/cert.pem";
+  o.tls_key = d + "/key.pem";
+  auto daemon = InProcessDaemon::Start(o);
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  client::ClientOptions co;
+  co.tls_ca = d + "/cert.pem";
+  auto tls = client::Client::Connect((*daemon)->address(), co);
+  ASSERT_TRUE(tls.ok());
+  auto r = (*tls)->ListDevices();
+  EXPECT_TRUE(r.ok()) << r.status();
+  // A plaintext client cannot talk to it.
+  auto plain = client::Client::Connect((*daemon)->address());
+  EXPECT_FALSE((*plain)->ListDevices().ok());
+  std::system(("rm -rf " + d).c_str());
 }
 
 // GET over a plain socket; returns the whole answer.
