@@ -8,6 +8,18 @@
 #include "dma/rcu.h"
 
 namespace pagepool::pool {
+namespace {
+
+// Counters written only under the index lock (read anywhere): no locked instruction needed.
+inline void LockedAdd(std::atomic<uint64_t>& c, uint64_t d) {
+  c.store(c.load(std::memory_order_relaxed) + d, std::memory_order_relaxed);
+}
+inline void LockedSub(std::atomic<uint64_t>& c, uint64_t d) {
+  c.store(c.load(std::memory_order_relaxed) - d, std::memory_order_relaxed);
+}
+
+}  // namespace
+
 namespace internal {
 
 constexpr unsigned kChunkShift = 6;  // XA_CHUNK_SHIFT
@@ -36,11 +48,16 @@ namespace {
 // needs no special case. Readers never return it.
 void* const kReserved = reinterpret_cast<void*>(uintptr_t{1});
 
-void FreeNodeCallback(dma::rcu::Head* head) {
+// Frees a chain of retired nodes linked through `parent` (see InflightIndex::DeleteNodeLocked).
+void FreeNodeChainCallback(dma::rcu::Head* head) {
   dma::rcu::CallbackBegin();
   IndexNode* node = reinterpret_cast<IndexNode*>(reinterpret_cast<char*>(head) -
                                                  offsetof(IndexNode, rcu));
-  delete node;
+  while (node != nullptr) {
+    IndexNode* next = node->parent;
+    delete node;
+    node = next;
+  }
 }
 
 void DeleteTree(IndexNode* node) {
@@ -79,18 +96,72 @@ using internal::kChunkSize;
 
 InflightIndex::InflightIndex(uint32_t limit) : limit_(limit == 0 ? 1 : limit) {}
 
-InflightIndex::~InflightIndex() { internal::DeleteTree(root_.load(std::memory_order_relaxed)); }
+InflightIndex::~InflightIndex() {
+  {
+    internal::SpinLockHolder l(&lock_);
+    FlushRetiredLocked();
+  }
+  internal::DeleteTree(root_.load(std::memory_order_relaxed));
+}
 
 size_t InflightIndex::NodeSize() { return sizeof(IndexNode); }
 
 void InflightIndex::DeleteNodeLocked(IndexNode* node) {
-  nodes_.fetch_sub(1, std::memory_order_relaxed);
-  nodes_freed_.fetch_add(1, std::memory_order_relaxed);
-  dma::rcu::CallRcu(&node->rcu, &internal::FreeNodeCallback);
+  LockedSub(nodes_, 1);
+  LockedAdd(nodes_freed_, 1);
+  // Unlinked nodes are chained (through `parent`, which no reader looks at) and handed to RCU in
+  // batches: one call_rcu (and at most one wake-up of liburcu's callback thread) per
+  // kRetireBatch nodes rather than per node, which matters when a pool's ids churn around a node
+  // boundary.
+  node->parent = retired_;
+  retired_ = node;
+  if (++retired_count_ >= kRetireBatch) FlushRetiredLocked();
+}
+
+void InflightIndex::FlushRetiredLocked() {
+  if (retired_ == nullptr) return;
+  dma::rcu::CallRcu(&retired_->rcu, &internal::FreeNodeChainCallback);
+  retired_ = nullptr;
+  retired_count_ = 0;
 }
 
 absl::StatusOr<uint32_t> InflightIndex::Alloc(PageRecord* page) {
   internal::SpinLockHolder l(&lock_);
+  LeafHint hint;
+  return AllocLocked(page, &hint);
+}
+
+size_t InflightIndex::AllocBulk(absl::Span<PageRecord* const> pages, absl::Span<uint32_t> ids) {
+  internal::SpinLockHolder l(&lock_);
+  LeafHint hint;
+  size_t n = 0;
+  for (; n < pages.size() && n < ids.size(); ++n) {
+    absl::StatusOr<uint32_t> id = AllocLocked(pages[n], &hint);
+    if (!id.ok()) break;
+    ids[n] = *id;
+  }
+  return n;
+}
+
+absl::StatusOr<uint32_t> InflightIndex::AllocLocked(PageRecord* page, LeafHint* hint) {
+  // The leaf that held the previous lowest free id still holds the next one if it has room: every
+  // id below the previous one is taken, and every id above this leaf is above its free slots.
+  if (IndexNode* leaf = hint->leaf; leaf != nullptr && leaf->free_mask != 0) {
+    const unsigned i = unsigned(std::countr_zero(leaf->free_mask));
+    const uint64_t id = hint->base | i;
+    if (id <= limit_) {
+      leaf->slots[i].store(page, std::memory_order_release);
+      ++leaf->count;
+      leaf->free_mask &= ~(uint64_t{1} << i);
+      IndexNode* node = leaf;
+      while (node->free_mask == 0 && node->parent != nullptr) {
+        node->parent->free_mask &= ~(uint64_t{1} << node->offset);
+        node = node->parent;
+      }
+      LockedAdd(entries_, 1);
+      return uint32_t(id);
+    }
+  }
   IndexNode* root = root_.load(std::memory_order_relaxed);
   if (root == nullptr) {
     root = new (std::nothrow) IndexNode(0);
@@ -98,15 +169,15 @@ absl::StatusOr<uint32_t> InflightIndex::Alloc(PageRecord* page) {
     root->slots[0].store(internal::kReserved, std::memory_order_relaxed);
     root->count = 1;
     root->free_mask = ~uint64_t{1};
-    nodes_.fetch_add(1, std::memory_order_relaxed);
-    nodes_allocated_.fetch_add(1, std::memory_order_relaxed);
+    LockedAdd(nodes_, 1);
+    LockedAdd(nodes_allocated_, 1);
     root_.store(root, std::memory_order_release);
   }
   // Grow upward while the tree is full and the limit allows ids beyond its reach (xas_expand).
   while (root->free_mask == 0) {
     const uint64_t capacity = uint64_t{1} << (root->shift + kChunkShift);
     if (capacity - 1 >= limit_) {
-      alloc_failures_.fetch_add(1, std::memory_order_relaxed);
+      LockedAdd(alloc_failures_, 1);
       return absl::ResourceExhaustedError(
           absl::StrCat("in-flight index ID space full: every id 1..", limit_, " in use"));
     }
@@ -117,8 +188,8 @@ absl::StatusOr<uint32_t> InflightIndex::Alloc(PageRecord* page) {
     top->free_mask = ~uint64_t{1};
     root->parent = top;
     root->offset = 0;
-    nodes_.fetch_add(1, std::memory_order_relaxed);
-    nodes_allocated_.fetch_add(1, std::memory_order_relaxed);
+    LockedAdd(nodes_, 1);
+    LockedAdd(nodes_allocated_, 1);
     root_.store(top, std::memory_order_release);
     root = top;
   }
@@ -129,11 +200,13 @@ absl::StatusOr<uint32_t> InflightIndex::Alloc(PageRecord* page) {
     const unsigned i = unsigned(std::countr_zero(node->free_mask));
     id |= uint64_t{i} << node->shift;
     if (id > limit_) {
-      alloc_failures_.fetch_add(1, std::memory_order_relaxed);
+      LockedAdd(alloc_failures_, 1);
       return absl::ResourceExhaustedError(
           absl::StrCat("in-flight index ID space full: every id 1..", limit_, " in use"));
     }
     if (node->shift == 0) {
+      hint->leaf = node;
+      hint->base = id & ~uint64_t{kChunkMask};
       node->slots[i].store(page, std::memory_order_release);
       ++node->count;
       node->free_mask &= ~(uint64_t{1} << i);
@@ -147,8 +220,8 @@ absl::StatusOr<uint32_t> InflightIndex::Alloc(PageRecord* page) {
       child->offset = uint8_t(i);
       node->slots[i].store(child, std::memory_order_release);
       ++node->count;
-      nodes_.fetch_add(1, std::memory_order_relaxed);
-      nodes_allocated_.fetch_add(1, std::memory_order_relaxed);
+      LockedAdd(nodes_, 1);
+      LockedAdd(nodes_allocated_, 1);
     }
     node = child;
   }
@@ -157,7 +230,7 @@ absl::StatusOr<uint32_t> InflightIndex::Alloc(PageRecord* page) {
     node->parent->free_mask &= ~(uint64_t{1} << node->offset);
     node = node->parent;
   }
-  entries_.fetch_add(1, std::memory_order_relaxed);
+  LockedAdd(entries_, 1);
   return uint32_t(id);
 }
 
@@ -197,7 +270,11 @@ void InflightIndex::RemoveLocked(IndexNode* leaf, unsigned offset) {
     p->free_mask |= uint64_t{1} << node->offset;
     node = p;
   }
-  // Unlink nodes left empty (the root always keeps the reserved id 0 path).
+  // Unlink nodes left empty (the root always keeps the reserved id 0 path). A tree of at most
+  // kKeepNodes nodes keeps its empty nodes: a pool whose ids churn across a node boundary (ids
+  // 1..64 need two leaves and a root) would otherwise allocate, publish and RCU-free nodes on every
+  // cycle. The kernel's xarray frees eagerly; this bounded cache is the model's only difference.
+  if (nodes_.load(std::memory_order_relaxed) <= kKeepNodes) return;
   node = leaf;
   while (node->count == 0 && node->parent != nullptr) {
     IndexNode* p = node->parent;
@@ -230,7 +307,7 @@ bool InflightIndex::CompareExchange(uint32_t id, PageRecord* expected, PageRecor
   const unsigned offset = id & kChunkMask;
   if (leaf->slots[offset].load(std::memory_order_relaxed) != expected) return false;
   RemoveLocked(leaf, offset);
-  entries_.fetch_sub(1, std::memory_order_relaxed);
+  LockedSub(entries_, 1);
   return true;
 }
 
@@ -243,7 +320,7 @@ PageRecord* InflightIndex::Erase(uint32_t id) {
   void* e = leaf->slots[offset].load(std::memory_order_relaxed);
   if (e == nullptr) return nullptr;
   RemoveLocked(leaf, offset);
-  entries_.fetch_sub(1, std::memory_order_relaxed);
+  LockedSub(entries_, 1);
   return static_cast<PageRecord*>(e);
 }
 

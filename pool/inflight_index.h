@@ -16,7 +16,9 @@
 //     of the return path and the destroy path ever unmaps a page (xa_cmpxchg).
 //
 // Memory: nodes * sizeof(node) (about 576 bytes, as xa_node); about 9 bytes per tracked page when ids
-// are dense.
+// are dense. Nodes left empty are unlinked and freed after a grace period, except that a tree of at
+// most 4 nodes keeps them (no churn for small pools); unlinked nodes are handed to RCU in batches
+// of up to 32, so up to 31 may wait (unaccounted) until the next batch or the destructor.
 //
 // Thread safety: all methods may be called from any thread concurrently. Entries are PageRecord
 // pointers; records live in PhysMemory for its whole life, so a pointer read under RCU stays valid
@@ -31,6 +33,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "pool/internal/spinlock.h"
 #include "pool/phys_memory.h"
 
@@ -68,6 +71,13 @@ class InflightIndex {
   // Context: any thread; takes the index lock.
   absl::StatusOr<uint32_t> Alloc(PageRecord* page);
 
+  // xa_alloc for several pages under one lock acquisition: pages[i] gets ids[i], each the lowest free
+  // id at its turn (so the result is exactly that of calling Alloc for each page in order). Stops at
+  // the first failure (ID space full); returns how many pages got an id.
+  // REQUIRES: ids.size() >= pages.size(); no null page.
+  // Context: any thread; takes the index lock once.
+  size_t AllocBulk(absl::Span<PageRecord* const> pages, absl::Span<uint32_t> ids);
+
   // xa_load: the entry at `id`, or nullptr.
   // Context: any thread; lock-free (takes the RCU read lock itself; may nest in one).
   PageRecord* Load(uint32_t id) const;
@@ -99,14 +109,28 @@ class InflightIndex {
   static size_t NodeSize();
 
  private:
+  // The leaf the last allocation went to, and its first id (AllocBulk's shortcut).
+  struct LeafHint {
+    internal::IndexNode* leaf = nullptr;
+    uint64_t base = 0;
+  };
+  absl::StatusOr<uint32_t> AllocLocked(PageRecord* page, LeafHint* hint)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void DeleteNodeLocked(internal::IndexNode* node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void RemoveLocked(internal::IndexNode* leaf, unsigned offset) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   internal::IndexNode* LeafForLocked(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void ShrinkLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  void FlushRetiredLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+
+  static constexpr unsigned kRetireBatch = 32;
+  static constexpr uint64_t kKeepNodes = 4;
 
   const uint32_t limit_;
   mutable internal::SpinLock lock_;
   std::atomic<internal::IndexNode*> root_{nullptr};
+  // Unlinked nodes waiting to be handed to RCU (at most kRetireBatch; not counted in nodes_).
+  internal::IndexNode* retired_ ABSL_GUARDED_BY(lock_) = nullptr;
+  unsigned retired_count_ ABSL_GUARDED_BY(lock_) = 0;
   std::atomic<uint64_t> entries_{0};
   std::atomic<uint64_t> nodes_{0};
   std::atomic<uint64_t> nodes_allocated_{0};

@@ -293,6 +293,7 @@ class PagePool {
   PageRecord* AllocSlow();
   PageRecord* AllocPageOrder();
   bool DmaMap(PageRecord* page);
+  bool DmaMapOnly(PageRecord* page);
   void SetPpInfo(PageRecord* page);
   void DmaSyncForDevice(PageRecord* page, uint32_t dma_sync_size);
   bool RecycleInCache(PageRecord* page);

@@ -33,6 +33,14 @@ constexpr uint64_t Next(uint64_t links) { return links & 0xffffffffull; }
 constexpr uint64_t Prev(uint64_t links) { return links >> 32; }
 constexpr uint64_t Links(uint64_t prev, uint64_t next) { return (prev << 32) | next; }
 
+// Counters written only under the allocator lock (read anywhere): no locked instruction needed.
+inline void LockedAdd(std::atomic<uint64_t>& c, uint64_t d) {
+  c.store(c.load(std::memory_order_relaxed) + d, std::memory_order_relaxed);
+}
+inline void LockedSub(std::atomic<uint64_t>& c, uint64_t d) {
+  c.store(c.load(std::memory_order_relaxed) - d, std::memory_order_relaxed);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PhysMemory>> PhysMemory::Create(const PhysMemoryConfig& config) {
@@ -122,7 +130,7 @@ absl::StatusOr<FrameNumber> PhysMemory::AllocLocked(unsigned order) {
     // Free lists are dry: carve a fresh max-order block from the untouched frontier.
     const uint64_t frontier = frontier_.load(std::memory_order_relaxed);
     if (frontier + kBlockFrames > frames_) {
-      alloc_failures_.fetch_add(1, std::memory_order_relaxed);
+      LockedAdd(alloc_failures_, 1);
       return absl::ResourceExhaustedError(absl::StrCat(
           "out of simulated memory: no free block of order ", order, " (", frames_free(),
           " of ", frames_, " frames free)"));
@@ -146,8 +154,8 @@ absl::StatusOr<FrameNumber> PhysMemory::AllocLocked(unsigned order) {
                     std::memory_order_relaxed);
   r.pp_ref_count.store(0, std::memory_order_relaxed);
   r.page_ref.store(1, std::memory_order_release);
-  frames_free_.fetch_sub(uint64_t{1} << order, std::memory_order_relaxed);
-  alloc_calls_.fetch_add(1, std::memory_order_relaxed);
+  LockedSub(frames_free_, uint64_t{1} << order);
+  LockedAdd(alloc_calls_, 1);
   return frame;
 }
 
@@ -164,8 +172,8 @@ void PhysMemory::FreeLocked(FrameNumber frame, unsigned order) {
     ++order;
   }
   ListPush(order, frame);
-  frames_free_.fetch_add(uint64_t{1} << freed_order, std::memory_order_relaxed);
-  free_calls_.fetch_add(1, std::memory_order_relaxed);
+  LockedAdd(frames_free_, uint64_t{1} << freed_order);
+  LockedAdd(free_calls_, 1);
 }
 
 absl::StatusOr<FrameNumber> PhysMemory::AllocPages(unsigned order) {
@@ -192,8 +200,8 @@ size_t PhysMemory::AllocBulk(absl::Span<FrameNumber> out) {
                         std::memory_order_relaxed);
       r.pp_ref_count.store(0, std::memory_order_relaxed);
       r.page_ref.store(1, std::memory_order_release);
-      frames_free_.fetch_sub(1, std::memory_order_relaxed);
-      alloc_calls_.fetch_add(1, std::memory_order_relaxed);
+      LockedSub(frames_free_, 1);
+      LockedAdd(alloc_calls_, 1);
       out[n] = f;
       continue;
     }

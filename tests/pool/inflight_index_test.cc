@@ -93,8 +93,7 @@ TEST(InflightIndexTest, ForEachMayRemoveWhileWalking) {
   });
   EXPECT_EQ(removed, 3000u);
   EXPECT_TRUE(index.empty());
-  EXPECT_EQ(index.stats().nodes, 1u);  // the root leaf keeps the reserved id 0
-  EXPECT_EQ(index.stats().height, 1u);
+  EXPECT_LE(index.stats().nodes, 4u);  // a tree of <= 4 nodes keeps its empty nodes
 }
 
 TEST(InflightIndexTest, GrowsAndShrinks) {
@@ -103,9 +102,10 @@ TEST(InflightIndexTest, GrowsAndShrinks) {
   EXPECT_EQ(index.stats().height, 4u);  // 64^3 = 262144 < 300001
   for (uint32_t i = 1; i <= 300000; ++i) ASSERT_NE(index.Erase(i), nullptr);
   const InflightIndexStats s = index.stats();
-  EXPECT_EQ(s.height, 1u);
-  EXPECT_EQ(s.nodes, 1u);
-  EXPECT_EQ(s.nodes_allocated - s.nodes_freed, 1u);
+  EXPECT_LE(s.nodes, 4u);  // empty nodes are freed down to the small-tree cache
+  EXPECT_LE(s.height, 4u);
+  EXPECT_EQ(s.nodes_allocated - s.nodes_freed, s.nodes);
+  EXPECT_GT(s.nodes_freed, 4000u);
 }
 
 TEST(InflightIndexTest, MemoryPerPageAt128K) {
