@@ -54,7 +54,7 @@ struct DomainConfig {
   IommuMode mode = IommuMode::kStrict;
   bool free_empty_tables = true;
   unsigned address_width = 48;   // 39, 48 or 57
-  Clock* clock = nullptr;        // nullptr: Clock::Real()
+  Clock* clock = nullptr;        // nullptr: the real clock (the flush queue reads a coarse one)
   unsigned fq_size = 256;        // lazy mode: entries per flush queue before a flush
   uint64_t fq_timeout_ns = 10'000'000;  // lazy mode: oldest entry flushed after 10 ms
 };
