@@ -4,7 +4,8 @@
 //   BM_Map256x4K / BM_Unmap256x4K  one call covering 256 4 KiB leaves (phys not 2 MiB aligned)
 //   BM_Translate                   lockless device translation of a mapped page
 // Arguments: free_empty_tables (0/1), mode (0 strict, 1 lazy). Map/unmap 4K also run on 1 and 2
-// threads (each thread in its own 1 GiB, sharing the upper tables).
+// threads (each thread in its own 1 GiB, sharing the upper tables). *_RwlockReader rows wrap each op
+// in a per-domain std::shared_mutex read lock (seed 000's design, reader side only) for comparison.
 //
 // Timed loops only contain the measured operation; the set-up of the other half (mapping a window
 // before unmapping it, unmapping a window after mapping it) is done with the timer paused, once
@@ -14,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <tuple>
 
 #include "absl/status/status.h"
@@ -149,6 +151,52 @@ void BM_Translate(benchmark::State& state) {
   Label(state);
 }
 
+// Seed 000's alternative, for comparison: one per-domain rwlock taken as a reader around every map
+// and unmap (its writer side, taken only while freeing, is not modelled: this row is a lower bound
+// on that design's cost). Shows the shared reader-count line bouncing between two threads.
+std::shared_mutex g_domain_rwlock;
+
+void BM_Map4K_RwlockReader(benchmark::State& state) {
+  IommuDomain* d = DomainFor(state);
+  const uint64_t base = ThreadBase(state);
+  uint64_t i = 0;
+  for (auto _ : state) {
+    {
+      std::shared_lock<std::shared_mutex> l(g_domain_rwlock);
+      Check(d->Map(base + i * k4K, kPhys + i * k4K, k4K, kRW), state);
+    }
+    if (++i == kWindowPages) {
+      state.PauseTiming();
+      Check(d->Unmap(base, kWindowPages * k4K), state);
+      i = 0;
+      state.ResumeTiming();
+    }
+  }
+  if (i != 0) Check(d->Unmap(base, i * k4K), state);
+  Label(state);
+}
+
+void BM_Unmap4K_RwlockReader(benchmark::State& state) {
+  IommuDomain* d = DomainFor(state);
+  const uint64_t base = ThreadBase(state);
+  uint64_t i = kWindowPages;
+  for (auto _ : state) {
+    if (i == kWindowPages) {
+      state.PauseTiming();
+      Check(d->Map(base, kPhys, kWindowPages * k4K, kRW), state);
+      i = 0;
+      state.ResumeTiming();
+    }
+    {
+      std::shared_lock<std::shared_mutex> l(g_domain_rwlock);
+      Check(d->Unmap(base + i * k4K, k4K), state);
+    }
+    ++i;
+  }
+  if (i != kWindowPages) Check(d->Unmap(base + i * k4K, (kWindowPages - i) * k4K), state);
+  Label(state);
+}
+
 void Modes(benchmark::internal::Benchmark* b) {
   for (int64_t mode : {0, 1}) {
     for (int64_t free_tables : {1, 0}) b->Args({free_tables, mode});
@@ -161,6 +209,10 @@ BENCHMARK(BM_Unmap4K)->Apply(Modes)->Threads(1)->Threads(2)->UseRealTime();
 BENCHMARK(BM_Map256x4K)->Apply(Modes);
 BENCHMARK(BM_Unmap256x4K)->Apply(Modes);
 BENCHMARK(BM_Translate)->Apply(Modes);
+BENCHMARK(BM_Map4K_RwlockReader)->Args({1, 0})->ArgNames({"free", "lazy"})->Threads(1)->Threads(2)
+    ->UseRealTime();
+BENCHMARK(BM_Unmap4K_RwlockReader)->Args({1, 0})->ArgNames({"free", "lazy"})->Threads(1)
+    ->Threads(2)->UseRealTime();
 
 }  // namespace
 
