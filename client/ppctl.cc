@@ -162,6 +162,8 @@ int main(int argc, char** argv) {
   traffic->add_flag("--keep", topt.keep, "keep the pool the run created");
   traffic->add_flag("--no-napi-local", no_napi_local, "recycle into the ptr_ring, not the cache");
   traffic->add_option("--out", out_path, "write the result as JSON to this file");
+  std::string html_path;
+  traffic->add_option("--html", html_path, "write an HTML report with charts to this file");
 
   CLI11_PARSE(app, argc, argv);
 
@@ -382,6 +384,11 @@ int main(int argc, char** argv) {
       std::ofstream out(out_path);
       out << r->ToJson();
       if (!out) return Usage("cannot write --out " + out_path);
+    }
+    if (!html_path.empty()) {
+      std::ofstream out(html_path);
+      out << r->ToHtml();
+      if (!out) return Usage("cannot write --html " + html_path);
     }
     std::cout << (g.json ? r->ToJson() : r->Summary()) << std::flush;
     if (r->violations > 0) return 3;

@@ -295,7 +295,105 @@ std::string TrafficResult::ToJson() const {
   integer("inflight", inflight);
   integer("held_at_destroy", held_at_destroy);
   integer("pages_unmapped_at_destroy", pages_unmapped_at_destroy);
-  absl::StrAppend(&s, "  \"first_error\": \"", esc, "\"\n}\n");
+  absl::StrAppend(&s, "  \"first_error\": \"", esc, "\",\n  \"timeline\": [");
+  for (size_t i = 0; i < timeline.size(); ++i) {
+    const TrafficSample& t = timeline[i];
+    absl::StrAppend(&s, i == 0 ? "\n" : ",\n",
+                    absl::StrFormat("    {\"t_s\": %.3f, \"page_ops_per_sec\": %.1f, "
+                                    "\"held\": %d, \"errors\": %d}",
+                                    t.t_s, t.page_ops_per_sec, t.held, t.errors));
+  }
+  absl::StrAppend(&s, timeline.empty() ? "]\n}\n" : "\n  ]\n}\n");
+  return s;
+}
+
+namespace {
+
+std::string HtmlEscape(const std::string& in) {
+  std::string out;
+  for (char c : in) {
+    switch (c) {
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '&': out += "&amp;"; break;
+      case '"': out += "&quot;"; break;
+      default: out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// A line chart of (x, y) points as inline SVG, with the y range from 0 to the maximum.
+std::string SvgChart(const std::string& title, const std::string& unit,
+                     const std::vector<std::pair<double, double>>& pts) {
+  constexpr double kW = 640, kH = 220, kL = 70, kR = 20, kT = 30, kB = 35;
+  double xmax = 1, ymax = 1;
+  for (const auto& [x, y] : pts) {
+    xmax = std::max(xmax, x);
+    ymax = std::max(ymax, y);
+  }
+  auto px = [&](double x) { return kL + (kW - kL - kR) * x / xmax; };
+  auto py = [&](double y) { return kH - kB - (kH - kT - kB) * y / ymax; };
+  std::string s = absl::StrFormat(
+      "<svg width=\"%.0f\" height=\"%.0f\" xmlns=\"http://www.w3.org/2000/svg\" "
+      "font-family=\"sans-serif\" font-size=\"12\">\n"
+      "<text x=\"%.0f\" y=\"18\" font-weight=\"bold\">%s</text>\n"
+      "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"#444\"/>\n"
+      "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"#444\"/>\n"
+      "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"end\">%.0f %s</text>\n"
+      "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"end\">0</text>\n"
+      "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"end\">%.1f s</text>\n",
+      kW, kH, kL, HtmlEscape(title), kL, kT, kL, kH - kB, kL, kH - kB, kW - kR, kH - kB, kL - 4,
+      kT + 4, ymax, HtmlEscape(unit), kL - 4, kH - kB, kW - kR, kH - kB + 16, xmax);
+  std::string points;
+  for (const auto& [x, y] : pts) absl::StrAppend(&points, absl::StrFormat("%.1f,%.1f ", px(x), py(y)));
+  absl::StrAppend(&s, "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"",
+                  points, "\"/>\n");
+  for (const auto& [x, y] : pts) {
+    absl::StrAppend(&s, absl::StrFormat("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" "
+                                        "fill=\"#1f77b4\"/>\n", px(x), py(y)));
+  }
+  absl::StrAppend(&s, "</svg>\n");
+  return s;
+}
+
+}  // namespace
+
+std::string TrafficResult::ToHtml() const {
+  std::vector<std::pair<double, double>> ops, held_pts;
+  for (const TrafficSample& t : timeline) {
+    ops.emplace_back(t.t_s, t.page_ops_per_sec);
+    held_pts.emplace_back(t.t_s, double(std::max<int64_t>(0, t.held)));
+  }
+  std::string s = absl::StrCat(
+      "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>ppctl traffic ",
+      HtmlEscape(pattern),
+      "</title>\n<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 12px;"
+      "text-align:left}th{background:#eee}.bad{color:#b00;font-weight:bold}</style></head><body>\n",
+      "<h1>ppctl traffic ", HtmlEscape(pattern), "</h1>\n<table>\n");
+  auto row = [&s](const std::string& k, const std::string& v, bool bad = false) {
+    absl::StrAppend(&s, "<tr><th>", k, "</th><td", bad ? " class=\"bad\"" : "", ">",
+                    HtmlEscape(v), "</td></tr>\n");
+  };
+  row("pool / device", absl::StrCat(pool_id, " / ", device_id));
+  row("streams x batch", absl::StrCat(streams, " x ", batch));
+  row("duration", absl::StrFormat("%.2f s", duration_s));
+  row("page ops", absl::StrFormat("%d (%.0f ops/s)", page_ops, page_ops_per_sec));
+  row("batches", absl::StrCat(batches));
+  row("rpc latency", absl::StrFormat("p50 %.1f us, p99 %.1f us", rpc_p50_us, rpc_p99_us));
+  row("inflight at the end", absl::StrCat(inflight));
+  row("errors", absl::StrCat(errors, first_error.empty() ? "" : " (first: " + first_error + ")"),
+      errors > 0);
+  if (pattern == "destroy-under-traffic") {
+    row("held at destroy", absl::StrCat(held_at_destroy));
+    row("unmapped by the destroy", absl::StrCat(pages_unmapped_at_destroy));
+    row("refusals after the destroy", absl::StrCat(expected_refusals));
+  }
+  row("violations", absl::StrCat(violations, violations == 0 ? " (clean)" : " (UNSAFE)"),
+      violations > 0);
+  absl::StrAppend(&s, "</table>\n<h2>Throughput</h2>\n",
+                  SvgChart("page ops per second", "ops/s", ops), "<h2>Pages held</h2>\n",
+                  SvgChart("pages held by the client", "pages", held_pts), "</body></html>\n");
   return s;
 }
 
@@ -372,21 +470,30 @@ absl::StatusOr<TrafficResult> RunTraffic(Client& client, const TrafficOptions& o
                               std::chrono::duration<double>(run_s));
   uint64_t last_ops = 0;
   auto last = start;
+  auto sample = [&] {
+    auto now = Clock::now();
+    uint64_t ops = sh.page_ops.load();
+    double dt = std::chrono::duration<double>(now - last).count();
+    TrafficSample ts;
+    ts.t_s = std::chrono::duration<double>(now - start).count();
+    ts.page_ops_per_sec = dt > 0 ? double(ops - last_ops) / dt : 0;
+    ts.held = sh.held.load();
+    ts.errors = sh.errors.load();
+    res.timeline.push_back(ts);
+    if (o.progress) {
+      o.progress(absl::StrFormat("[%5.1f s] %.0f page ops/s, %d batches, %d held, %d errors",
+                                 ts.t_s, ts.page_ops_per_sec, sh.batches.load(), ts.held,
+                                 ts.errors));
+    }
+    last_ops = ops;
+    last = now;
+  };
   while (Clock::now() < deadline) {
     auto next = std::min(deadline, last + std::chrono::seconds(1));
     std::this_thread::sleep_until(next);
-    if (o.progress && Clock::now() >= last + std::chrono::seconds(1)) {
-      auto now = Clock::now();
-      uint64_t ops = sh.page_ops.load();
-      double dt = std::chrono::duration<double>(now - last).count();
-      o.progress(absl::StrFormat(
-          "[%5.1f s] %.0f page ops/s, %d batches, %d held, %d errors",
-          std::chrono::duration<double>(now - start).count(), double(ops - last_ops) / dt,
-          sh.batches.load(), sh.held.load(), sh.errors.load()));
-      last_ops = ops;
-      last = now;
-    }
+    if (Clock::now() >= last + std::chrono::seconds(1)) sample();
   }
+  if (Clock::now() - last >= std::chrono::milliseconds(200)) sample();  // the last partial second
   absl::Status setup_error;
   if (dut) {
     res.held_at_destroy = uint64_t(std::max<int64_t>(0, sh.held.load()));

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "client/client.h"
@@ -51,6 +52,14 @@ struct TrafficOptions {
   std::function<void(const std::string&)> progress;
 };
 
+// One sample of a run, taken about once a second.
+struct TrafficSample {
+  double t_s = 0;                    // seconds since the streams started
+  double page_ops_per_sec = 0;       // over the interval ending at t_s
+  int64_t held = 0;                  // pages the client held at t_s
+  uint64_t errors = 0;               // unexpected refusals so far
+};
+
 struct TrafficResult {
   std::string pattern;
   uint32_t streams = 0;
@@ -70,9 +79,13 @@ struct TrafficResult {
   uint64_t device_id = 0;
   uint64_t pool_id = 0;
   std::string first_error;
+  std::vector<TrafficSample> timeline;
 
-  // {"page_ops_per_sec": ..., "rpc_p50_us": ..., "rpc_p99_us": ..., "errors": ..., ...}
+  // {"page_ops_per_sec": ..., "rpc_p50_us": ..., "rpc_p99_us": ..., "errors": ..., ...,
+  //  "timeline": [{"t_s": ..., "page_ops_per_sec": ..., "held": ..., "errors": ...}, ...]}
   std::string ToJson() const;
+  // A self-contained HTML report: the figures and SVG charts of ops/s and held pages over time.
+  std::string ToHtml() const;
   // A few human-readable lines.
   std::string Summary() const;
 };

@@ -73,9 +73,14 @@ TEST_F(TrafficTest, Steady) {
   for (const auto& p : pools->pools()) EXPECT_TRUE(p.destroyed());
   std::string json = r->ToJson();
   for (const char* key : {"\"page_ops_per_sec\": ", "\"rpc_p50_us\": ", "\"rpc_p99_us\": ",
-                          "\"errors\": 0", "\"violations\": 0"}) {
+                          "\"errors\": 0", "\"violations\": 0", "\"timeline\": ["}) {
     EXPECT_THAT(json, HasSubstr(key));
   }
+  EXPECT_FALSE(r->timeline.empty());  // the last partial second is sampled too
+  std::string html = r->ToHtml();
+  EXPECT_THAT(html, HasSubstr("<title>ppctl traffic steady</title>"));
+  EXPECT_THAT(html, HasSubstr("<polyline"));
+  EXPECT_THAT(html, HasSubstr("violations"));
 }
 
 TEST_F(TrafficTest, BurstHoldLeakUnary) {
