@@ -164,7 +164,9 @@ PageRecord* PagePool::RefillAllocCache() {
 
 void PagePool::SetPpInfo(PageRecord* page) {
   // page_pool_set_pp_info: OR the signature in (the DMA index bits may already be set).
-  page->pp_magic.fetch_or(kPpSignature, std::memory_order_relaxed);
+  // The pool owns the page here: no RMW needed.
+  page->pp_magic.store(page->pp_magic.load(std::memory_order_relaxed) | kPpSignature,
+                       std::memory_order_relaxed);
   page->pp_ref_count.store(1, std::memory_order_relaxed);
   const uint64_t og = page->owner_gen.load(std::memory_order_relaxed);
   page->owner_gen.store(PageRecord::MakeOwnerGen(id_, PageRecord::GenerationOf(og)),
@@ -303,38 +305,40 @@ void PagePool::DmaSyncForDevice(PageRecord* page, uint32_t dma_sync_size) {
                                std::min(dma_sync_size, dma_sync_max_len_), params_.dma_dir);
 }
 
-bool PagePool::RecycleInCache(PageRecord* page) {
-  if (CacheCount() == kPpAllocCacheSize) [[unlikely]] {
-    BumpSingle(stats_.recycle_cache_full);
-    return false;
-  }
-  CachePush(page);
-  BumpSingle(stats_.recycle_cached);
-  return true;
-}
-
 RecycleResult PagePool::PutFullPage(PageRecord* page, bool allow_direct) {
   // __page_pool_put_page: refcount 1 means the pool owns the page and may recycle it.
   if (page->page_ref.load(std::memory_order_acquire) == 1) [[likely]] {
-    DmaSyncForDevice(page, dma_sync_max_len_);
-    // After Destroy the NAPI context is detached: nothing goes into the cache any more.
-    if (allow_direct && !destroyed_.load(std::memory_order_relaxed) && RecycleInCache(page)) {
-      return RecycleResult::kCached;
+    if (dma_sync_.load(std::memory_order_relaxed)) [[unlikely]] {
+      DmaSyncForDevice(page, dma_sync_max_len_);
     }
-    switch (ring_->Produce(page)) {
-      case internal::PtrRing::ProduceResult::kOk:
-        BumpShared(stats_.recycle_ring);
-        return RecycleResult::kRing;
-      case internal::PtrRing::ProduceResult::kFull:
-        BumpShared(stats_.recycle_ring_full);
-        break;
-      case internal::PtrRing::ProduceResult::kClosed:
-        break;  // destroyed pool: release at once (see the header)
+    // page_pool_recycle_in_cache. After Destroy the NAPI context is detached: nothing goes into
+    // the cache any more.
+    if (allow_direct && !destroyed_.load(std::memory_order_relaxed)) {
+      if (CacheCount() != kPpAllocCacheSize) [[likely]] {
+        CachePush(page);
+        BumpSingle(stats_.recycle_cached);
+        return RecycleResult::kCached;
+      }
+      BumpSingle(stats_.recycle_cache_full);
     }
-    ReleasePage(page);
-    return RecycleResult::kReleased;
+    return RecycleInRingOrRelease(page);
   }
   BumpShared(stats_.recycle_released_refcnt);
+  ReleasePage(page);
+  return RecycleResult::kReleased;
+}
+
+RecycleResult PagePool::RecycleInRingOrRelease(PageRecord* page) {
+  switch (ring_->Produce(page)) {
+    case internal::PtrRing::ProduceResult::kOk:
+      BumpShared(stats_.recycle_ring);
+      return RecycleResult::kRing;
+    case internal::PtrRing::ProduceResult::kFull:
+      BumpShared(stats_.recycle_ring_full);
+      break;
+    case internal::PtrRing::ProduceResult::kClosed:
+      break;  // destroyed pool: release at once (see the header)
+  }
   ReleasePage(page);
   return RecycleResult::kReleased;
 }
@@ -349,7 +353,7 @@ bool PagePool::ReleasePageDma(PageRecord* page) {
     if (id == 0) return false;
     dma = page->dma_addr.load(std::memory_order_acquire);
     if (!index_->CompareExchange(id, page, nullptr)) return false;  // the destroy path has it
-    page->pp_magic.fetch_and(~kPpDmaIndexMask, std::memory_order_relaxed);
+    page->pp_magic.store(kPpSignature, std::memory_order_relaxed);  // we own it: no RMW
     page->dma_addr.store(0, std::memory_order_relaxed);
   } else {
     dma = page->dma_addr.exchange(0, std::memory_order_acq_rel);

@@ -296,8 +296,7 @@ class PagePool {
   bool DmaMapOnly(PageRecord* page);
   void SetPpInfo(PageRecord* page);
   void DmaSyncForDevice(PageRecord* page, uint32_t dma_sync_size);
-  bool RecycleInCache(PageRecord* page);
-  bool RecycleInRing(PageRecord* page);
+  [[gnu::noinline]] RecycleResult RecycleInRingOrRelease(PageRecord* page);
   bool ReleasePageDma(PageRecord* page);
   bool ReturnPageLocked(PageRecord* page);
   absl::StatusOr<PageRecord*> ClaimHandle(PageHandle handle, const char* what);
