@@ -47,17 +47,19 @@ void CallRcu(Head* head, Callback fn) {
 
 namespace {
 
-// A callback queued behind every earlier one; completes a promise when it runs.
+// A callback queued behind every earlier one; completes a promise when it runs. Standard layout,
+// so the callback can get from its head back to the marker.
 struct BarrierMarker {
   Head head;
-  std::promise<void> done;
+  std::promise<void>* done;
 };
 
 void BarrierMarkerRun(Head* head) {
   CallbackBegin();
   auto* m = reinterpret_cast<BarrierMarker*>(reinterpret_cast<char*>(head) -
                                              offsetof(BarrierMarker, head));
-  m->done.set_value();
+  m->done->set_value();
+  delete m->done;
   delete m;
 }
 
@@ -70,8 +72,8 @@ void Barrier() {
   // thread (nothing here creates per-CPU or per-thread call_rcu data), whose queue runs in FIFO
   // order, so a marker queued now runs after every callback queued before it.
   EnsureThreadRegistered();
-  auto* m = new BarrierMarker();
-  std::future<void> done = m->done.get_future();
+  auto* m = new BarrierMarker{Head{}, new std::promise<void>()};
+  std::future<void> done = m->done->get_future();
   CallRcu(&m->head, &BarrierMarkerRun);
   done.wait();
   internal::TsanAcquire();
