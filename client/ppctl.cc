@@ -47,6 +47,12 @@ bool ParseEnum(const std::string& text, const std::string& prefix, ParseFn parse
   return parse(prefix + Upper(text), out);
 }
 
+std::string Lower(std::string s, const std::string& prefix) {
+  if (s.rfind(prefix, 0) == 0) s = s.substr(prefix.size());
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
 int Fail(const absl::Status& s) {
   std::cerr << "ppctl: " << absl::StatusCodeToString(s.code()) << ": " << s.message() << std::endl;
   return 1;
@@ -261,7 +267,7 @@ int main(int argc, char** argv) {
     std::snprintf(buf, sizeof buf,
                   "pool %llu destroyed (%s): %llu pages in flight, %llu unmapped, %.3f ms\n",
                   (unsigned long long)r->pool_id(),
-                  v1::Strategy_Name(r->strategy()).c_str(),
+                  Lower(v1::Strategy_Name(r->strategy()), "STRATEGY_").c_str(),
                   (unsigned long long)r->inflight_at_destroy(),
                   (unsigned long long)r->pages_unmapped(), r->duration_ns() / 1e6);
     return print(*r, buf);

@@ -708,7 +708,13 @@ bool Runtime::Subscribe(EventSink* sink, bool include_existing) {
       ev.set_type(v1::EVENT_TYPE_POOL_ADD);
       FillPool(*p, ev.mutable_pool());
     }
-    for (const v1::Event& ev : existing) sink->OnEvent(ev);
+    const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+    for (v1::Event& ev : existing) {
+      ev.set_time_ns(now_ns);  // seq stays 0: a replay of what exists, not a change
+      sink->OnEvent(ev);
+    }
   }
   return events_.Subscribe(sink);
 }
