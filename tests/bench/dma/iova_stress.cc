@@ -19,6 +19,8 @@
 #include <string>
 #include <string_view>
 
+#include <unistd.h>
+
 #include "absl/status/status.h"
 #include "dma/iommu_domain.h"
 
@@ -113,6 +115,20 @@ int main(int argc, char** argv) {
   config.address_width = 48;
   if (pairs == 0 || (pairs + 1) * kStride > (uint64_t{1} << config.address_width)) {
     Usage("--space-tib must give at least one pair and fit the 48-bit (256 TiB) space");
+  }
+  if (!o.free_tables && o.mode != IommuMode::kPassthrough) {
+    // Without freeing, every pair leaves a 4 KiB leaf table behind: refuse runs that cannot fit.
+    const double need = static_cast<double>(pairs) * 4160.0;
+    const double have = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
+                        static_cast<double>(sysconf(_SC_PAGESIZE));
+    if (have > 0 && need > 0.8 * have) {
+      char why[160];
+      std::snprintf(why, sizeof(why),
+                    "--free-tables=off at %g TiB needs ~%.0f GiB of page tables, more than 80%% of "
+                    "this machine's memory",
+                    o.space_tib, need / (1u << 30));
+      Usage(why);
+    }
   }
   absl::StatusOr<std::unique_ptr<IommuDomain>> created = IommuDomain::Create(config);
   if (!created.ok()) {
