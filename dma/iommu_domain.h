@@ -97,8 +97,11 @@ class IommuDomain {
   // might wait for.
   absl::Status Unmap(DmaAddr iova, uint64_t size, bool release_iova = false);
 
-  // The device's view: a lockless walk. A write sets the leaf's dirty bit; any access sets accessed.
-  // NOT_FOUND for an unmapped IOVA (a DMA fault, counted in faults()).
+  // The device's view: a lockless walk. A write sets the leaf's dirty bit; any access sets accessed
+  // (a CAS that only succeeds on the unchanged present entry, the software form of the hardware's
+  // atomic OR: a blind fetch_or could write A/D bits into an entry an unmap just cleared).
+  // NOT_FOUND for an unmapped IOVA, PERMISSION_DENIED for a write to a read-only leaf or a read of a
+  // write-only one (DMA faults, counted in faults()).
   // Context: any thread.
   absl::StatusOr<PhysAddr> Translate(DmaAddr iova, bool write);
 
@@ -120,7 +123,8 @@ class IommuDomain {
   void FlushQueues();
 
   // Waits until every table unlinked so far has been released (an RCU barrier). For tests and for
-  // teardown. Context: any thread not holding the RCU read lock.
+  // teardown. In lazy mode tables still waiting in a flush queue are released by their flush: call
+  // FlushQueues() first. Context: any thread not holding the RCU read lock.
   void Quiesce();
 
   DomainStats stats() const;
