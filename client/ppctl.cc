@@ -19,6 +19,7 @@
 #include <CLI/CLI.hpp>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "client/client.h"
 #include "client/format.h"
 #include "client/traffic.h"
@@ -172,6 +173,8 @@ int main(int argc, char** argv) {
   traffic->add_option("--html", html_path, "write an HTML report with charts to this file");
 
   CLI11_PARSE(app, argc, argv);
+  // Debian's abseil is built with Mutex deadlock detection on; gRPC's mutexes are absl's.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   pagepool::client::ClientOptions copt;
   copt.timeout = std::chrono::milliseconds(g.timeout_ms);

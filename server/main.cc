@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "absl/synchronization/mutex.h"
 #include "server/daemon.h"
 
 int main(int argc, char** argv) {
@@ -41,6 +42,9 @@ int main(int argc, char** argv) {
     o.metrics_listen.clear();
   }
 
+  // Debian's abseil is built with Mutex deadlock detection on (a lock-graph update on every
+  // absl::Mutex lock, gRPC's internal mutexes included); the daemon does not pay for it.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   auto daemon = pagepool::server::Daemon::Start(o, &std::cout);
   if (!daemon.ok()) {
     std::cerr << "pagepoold: " << daemon.status().message() << std::endl;
