@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "dma/internal/flush_queue.h"
 #include "dma/internal/io_pgtable.h"
+#include "dma/internal/iotlb.h"
 #include "dma/internal/pt_table.h"
 #include "dma/iova_allocator.h"
 
@@ -77,6 +78,7 @@ struct IommuDomain::Impl {
   std::unique_ptr<IovaAllocator> iova;
   std::unique_ptr<IoPageTable> pt;
   std::unique_ptr<FlushQueue> fq;
+  std::unique_ptr<internal::Iotlb> iotlb;  // only with model_iotlb
 
   // The IOTLB invalidation of one lazy-mode batch, then the release of what it protected.
   void FlushBatch(std::vector<FqEntry>& entries) {
@@ -84,6 +86,7 @@ struct IommuDomain::Impl {
     counters.hot.iotlb_flushed_entries.fetch_add(entries.size(), std::memory_order_relaxed);
     counters.other.fq_pending.fetch_sub(static_cast<int64_t>(entries.size()),
                                         std::memory_order_relaxed);
+    if (iotlb) iotlb->InvalidateAll();  // the flush queue's domain-wide invalidation
     IotlbGather all;
     for (FqEntry& e : entries) {
       if (e.iova_pages != 0) iova->Free(e.iova >> kPageShift, e.iova_pages);
@@ -96,6 +99,7 @@ struct IommuDomain::Impl {
   void FlushAndRelease(IotlbGather* gather) {
     if (gather->empty()) return;
     counters.hot.iotlb_flushes.fetch_add(1, std::memory_order_relaxed);
+    if (iotlb) iotlb->InvalidateAll();
     pt->ReleaseGather(gather);
   }
 
@@ -156,6 +160,7 @@ absl::StatusOr<std::unique_ptr<IommuDomain>> IommuDomain::Create(const DomainCon
   impl.iova = std::make_unique<IovaAllocator>(1, (uint64_t{1} << (config.address_width - 12)) - 1);
   impl.pt = std::make_unique<IoPageTable>(levels, config.free_empty_tables, &impl.counters);
   if (!impl.pt->ok()) return absl::ResourceExhaustedError("no memory for the root page table");
+  if (config.model_iotlb) impl.iotlb = std::make_unique<internal::Iotlb>();
   if (config.mode == IommuMode::kLazy) {
     Impl* p = &impl;
     impl.fq = std::make_unique<FlushQueue>(fq_clock, config.fq_size, config.fq_timeout_ns,
@@ -206,6 +211,7 @@ absl::Status IommuDomain::Unmap(DmaAddr iova, uint64_t size, bool release_iova) 
     // Invalidate before anything is reused: the IOVA and the tables are released only after.
     // (One flush covering one entry per successful strict unmap: stats() derives both counters from
     // `unmaps` instead of two more atomic adds here.)
+    if (impl.iotlb) impl.iotlb->InvalidateRange(iova, size);
     if (iova_pages != 0) impl.iova->Free(iova >> kPageShift, iova_pages);
     impl.pt->ReleaseGather(&gather);
     return absl::OkStatus();
@@ -223,8 +229,18 @@ absl::StatusOr<PhysAddr> IommuDomain::Translate(DmaAddr iova, bool write) {
     return absl::NotFoundError(absl::StrCat("DMA fault: iova ", Hex(iova), " is beyond the ",
                                             impl.config.address_width, "-bit address width"));
   }
+  uint64_t generation = 0;
+  if (impl.iotlb && !write) {
+    uint64_t cached;
+    if (impl.iotlb->Lookup(iova, &cached)) return cached;
+    generation = impl.iotlb->generation();
+  }
   absl::StatusOr<uint64_t> pa = impl.pt->Translate(iova, write);
-  if (!pa.ok()) impl.counters.other.faults.fetch_add(1, std::memory_order_relaxed);
+  if (!pa.ok()) {
+    impl.counters.other.faults.fetch_add(1, std::memory_order_relaxed);
+  } else if (impl.iotlb && !write) {
+    impl.iotlb->Fill(iova, *pa, generation);
+  }
   return pa;
 }
 
@@ -290,6 +306,7 @@ DomainStats IommuDomain::stats() const {
 }
 
 uint64_t IommuDomain::faults() const { return Relaxed(impl_->counters.other.faults); }
+uint64_t IommuDomain::iotlb_hits() const { return impl_->iotlb ? impl_->iotlb->hits() : 0; }
 IommuMode IommuDomain::mode() const { return impl_->config.mode; }
 bool IommuDomain::free_empty_tables() const { return impl_->config.free_empty_tables; }
 unsigned IommuDomain::address_width() const { return impl_->config.address_width; }

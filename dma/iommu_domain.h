@@ -57,6 +57,9 @@ struct DomainConfig {
   Clock* clock = nullptr;        // nullptr: the real clock (the flush queue reads a coarse one)
   unsigned fq_size = 256;        // lazy mode: entries per flush queue before a flush
   uint64_t fq_timeout_ns = 10'000'000;  // lazy mode: oldest entry flushed after 10 ms
+  // Model an IOTLB that Translate consults (a small cache of 4 KiB read translations; see
+  // dma/internal/iotlb.h). Lazy mode then shows stale translations until the flush. Off by default.
+  bool model_iotlb = false;
 };
 
 // One present entry as a walker sees it.
@@ -129,6 +132,8 @@ class IommuDomain {
 
   DomainStats stats() const;
   uint64_t faults() const;
+  // Translations served by the IOTLB model (0 unless model_iotlb).
+  uint64_t iotlb_hits() const;
   IommuMode mode() const;
   bool free_empty_tables() const;
   unsigned address_width() const;

@@ -3,4 +3,5 @@ list(APPEND PAGEPOOL_DMA_SOURCES
   iommu_domain.cc
   rcu.cc
   internal/io_pgtable.cc
-  internal/flush_queue.cc)
+  internal/flush_queue.cc
+  internal/iotlb.cc)

@@ -506,6 +506,55 @@ TEST(IommuDomainModes, Passthrough) {
   EXPECT_EQ(st.tables_allocated, 0u);
 }
 
+TEST(IommuDomainIotlb, LazyShowsStaleTranslationsUntilTheFlush) {
+  FakeClock clock;
+  DomainConfig c;
+  c.mode = IommuMode::kLazy;
+  c.clock = &clock;
+  c.model_iotlb = true;
+  auto d = MakeDomain(c);
+  ASSERT_TRUE(d->Map(0x40000, 0x9000, k4K, kRW).ok());
+  EXPECT_EQ(*d->Translate(0x40010, false), 0x9010u);  // walk, fill
+  EXPECT_EQ(*d->Translate(0x40020, false), 0x9020u);  // hit
+  EXPECT_EQ(d->iotlb_hits(), 1u);
+  ASSERT_TRUE(d->Unmap(0x40000, k4K).ok());
+  // The page table says unmapped; the IOTLB still translates reads (a stale DMA).
+  EXPECT_EQ(*d->Translate(0x40030, false), 0x9030u);
+  EXPECT_EQ(d->iotlb_hits(), 2u);
+  // Writes always walk.
+  EXPECT_EQ(d->Translate(0x40000, true).status().code(), absl::StatusCode::kNotFound);
+  d->FlushQueues();
+  EXPECT_EQ(d->Translate(0x40030, false).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(d->iotlb_hits(), 2u);
+  // The timeout flush invalidates too.
+  ASSERT_TRUE(d->Map(0x50000, 0xa000, k4K, kRW).ok());
+  EXPECT_TRUE(d->Translate(0x50000, false).ok());
+  ASSERT_TRUE(d->Unmap(0x50000, k4K).ok());
+  EXPECT_TRUE(d->Translate(0x50000, false).ok());  // stale
+  clock.Advance(10'000'000);
+  ASSERT_TRUE(d->Map(0x60000, 0xb000, k4K, kRW).ok());
+  ASSERT_TRUE(d->Unmap(0x60000, k4K).ok());  // oldest entry is 10 ms old: flush
+  EXPECT_EQ(d->Translate(0x50000, false).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(IommuDomainIotlb, StrictInvalidatesBeforeUnmapReturns) {
+  DomainConfig c;
+  c.model_iotlb = true;
+  auto d = MakeDomain(c);
+  ASSERT_TRUE(d->Map(k2M, 0, k2M, kRW).ok());  // a block: cached per 4 KiB page
+  for (uint64_t off = 0; off < k2M; off += 16 * k4K) ASSERT_TRUE(d->Translate(k2M + off, false).ok());
+  for (uint64_t off = 0; off < k2M; off += 16 * k4K) ASSERT_TRUE(d->Translate(k2M + off, false).ok());
+  EXPECT_EQ(d->iotlb_hits(), 32u);
+  ASSERT_TRUE(d->Unmap(k2M, k2M).ok());
+  for (uint64_t off = 0; off < k2M; off += 16 * k4K) {
+    EXPECT_EQ(d->Translate(k2M + off, false).status().code(), absl::StatusCode::kNotFound);
+  }
+  EXPECT_EQ(d->iotlb_hits(), 32u);
+  // Remapping the same IOVA elsewhere is seen at once.
+  ASSERT_TRUE(d->Map(k2M, 4 * k2M, k4K, kRW).ok());
+  EXPECT_EQ(*d->Translate(k2M + 5, false), 4 * k2M + 5);
+}
+
 // ---- walkers -----------------------------------------------------------------------------------
 
 TEST(IommuDomainWalk, DirtySweepTestAndClear) {
