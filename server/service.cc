@@ -120,21 +120,22 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Event>, public Ev
       : runtime_(runtime), stats_(stats) {
     for (int t : req.types()) {
       if (!v1::EventType_IsValid(t) || t == v1::EVENT_TYPE_UNSPECIFIED) {
-        stats_->OnFinished(RpcMethod::kWatchEvents, absl::StatusCode::kInvalidArgument);
-        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            absl::StrCat("WatchEvents: types: ", t,
-                                         " is not a valid EventType (1..6)")));
+        absl::MutexLock l(&mu_);
+        FinishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                  absl::StrCat("WatchEvents: types: ", t,
+                                               " is not a valid EventType (1..6)")),
+                     absl::StatusCode::kInvalidArgument);
         return;
       }
       types_.push_back(t);
     }
     // Subscribe last: events may arrive (on another thread) as soon as it returns.
     if (!runtime_->Subscribe(this, req.include_existing())) {
-      stats_->OnFinished(RpcMethod::kWatchEvents, absl::StatusCode::kUnavailable);
-      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "WatchEvents: the daemon is shutting down"));
-      return;
+      absl::MutexLock l(&mu_);
+      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                "WatchEvents: the daemon is shutting down"),
+                   absl::StatusCode::kUnavailable);
     }
-    subscribed_ = true;
   }
 
   void OnEvent(const v1::Event& event) override {
@@ -178,7 +179,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Event>, public Ev
     }
   }
   void OnDone() override {
-    if (subscribed_) runtime_->Unsubscribe(this);  // after this the hub never calls us
+    runtime_->Unsubscribe(this);  // no-op if never subscribed; after it the hub never calls us
     delete this;
   }
 
@@ -201,7 +202,6 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Event>, public Ev
   Runtime* const runtime_;
   RpcStats* const stats_;
   std::vector<int> types_;
-  bool subscribed_ = false;
   absl::Mutex mu_;
   std::deque<v1::Event> queue_ ABSL_GUARDED_BY(mu_);
   v1::Event current_ ABSL_GUARDED_BY(mu_);
