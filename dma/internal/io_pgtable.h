@@ -74,7 +74,7 @@ namespace pagepool::dma::internal {
 class IoPageTable {
  public:
   static constexpr uint32_t kRcuBatch = 64;   // tables per call_rcu
-  static constexpr size_t kCacheMax = 1024;   // zeroed tables kept for reuse (4 MiB)
+  static constexpr size_t kCacheMax = 256;    // zeroed tables kept for reuse (1 MiB)
   // Unlinked tables in flight (16 MiB) above which an unmap waits for a grace period itself.
   static constexpr int64_t kPendingHighWater = 4096;
 
