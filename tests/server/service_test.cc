@@ -290,6 +290,26 @@ TEST_F(ServiceTest, WatchEvents) {
   EXPECT_TRUE(reader->Finish().ok());
 }
 
+TEST_F(ServiceTest, WatchEventsFilterAndCancel) {
+  grpc::ClientContext ctx;
+  v1::WatchEventsRequest req;
+  req.add_types(v1::EVENT_TYPE_POOL_ADD);
+  auto reader = c().stub()->WatchEvents(&ctx, req);
+  uint64_t dev = NewDevice();  // filtered out
+  uint64_t pool = NewPool(dev);
+  v1::Event ev;
+  ASSERT_TRUE(reader->Read(&ev));
+  EXPECT_EQ(ev.type(), v1::EVENT_TYPE_POOL_ADD);
+  EXPECT_EQ(ev.pool().id(), pool);
+  ctx.TryCancel();
+  while (reader->Read(&ev)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // The daemon keeps serving and publishing.
+  EXPECT_TRUE(c().ListDevices().ok());
+  EXPECT_NE(NewPool(dev), 0u);
+}
+
 // One bad request: a call and the code it must get.
 struct BadCase {
   const char* name;
