@@ -522,8 +522,8 @@ absl::Status PagePool::AllocateBulk(size_t count, std::vector<PoolPage>* out) {
       // All or nothing: give back what this call took, as a driver would (direct recycle).
       for (size_t j = start; j < out->size(); ++j) {
         PageRecord* p = &memory_->record((*out)[j].handle.frame);
-        const uint64_t og = p->owner_gen.load(std::memory_order_relaxed);
-        p->owner_gen.store(og + 1, std::memory_order_release);
+        p->owner_gen.store(PageRecord::MakeOwnerGen(id_, (*out)[j].handle.generation + 1),
+                           std::memory_order_release);
         PutFullPage(p, /*allow_direct=*/true);
       }
       out->resize(start);

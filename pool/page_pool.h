@@ -257,6 +257,7 @@ class PagePool {
   // after Destroy, rechecks inflight and, at most every kDeferWarnIntervalNs since Destroy, writes
   // "stalled pool shutdown: id N, M inflight S sec" to the warn sink. Returns true while the pool
   // still waits for pages (destroyed and inflight > 0); false when there is nothing to wait for.
+  // `now_ns` is read from the pool's clock (params.clock, or dma::Clock::Real()).
   // Context: any thread.
   bool ReleaseRetry(uint64_t now_ns);
 

@@ -295,6 +295,28 @@ TEST_F(PagePoolTest, HandlesRefuseStaleDoubleAndForeignGiveBacks) {
   EXPECT_EQ(nic_->device().violations().Total(), 0u);
 }
 
+TEST_F(PagePoolTest, GenerationWrapsWithoutTouchingTheOwner) {
+  auto pool = MakePool();
+  absl::StatusOr<PoolPage> p = pool->Allocate();
+  ASSERT_TRUE(p.ok());
+  ASSERT_TRUE(pool->Recycle(p->handle, true).ok());
+  // The page sits in the cache (even generation); move its generation to the edge of u32.
+  PageRecord& rec = memory_->record(p->handle.frame);
+  rec.owner_gen.store(PageRecord::MakeOwnerGen(uint32_t(pool->id()), 0xfffffffeu));
+  absl::StatusOr<PoolPage> q = pool->Allocate();
+  ASSERT_TRUE(q.ok());
+  ASSERT_EQ(q->handle.frame, p->handle.frame);
+  EXPECT_EQ(q->handle.generation, 0xffffffffu);
+  ASSERT_TRUE(pool->Recycle(q->handle, true).ok());  // 0xffffffff -> 0
+  EXPECT_EQ(PageRecord::OwnerOf(rec.owner_gen.load()), pool->id());
+  EXPECT_EQ(PageRecord::GenerationOf(rec.owner_gen.load()), 0u);
+  EXPECT_EQ(pool->Recycle(q->handle, true).status().code(), absl::StatusCode::kFailedPrecondition);
+  absl::StatusOr<PoolPage> r = pool->Allocate();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->handle.generation, 1u);
+  EXPECT_TRUE(pool->Return(r->handle).ok());
+}
+
 TEST_F(PagePoolTest, ReturnUnmapsAndFrees) {
   auto pool = MakePool();
   absl::StatusOr<PoolPage> p = pool->Allocate();
