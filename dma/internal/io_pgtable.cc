@@ -245,6 +245,18 @@ retry:
   }
   const unsigned i0 = LevelIndex(iova, leaf);
   const uint64_t span = LevelSpan(leaf);
+  // Fast path: every entry empty (the caller owns the range, so no one else can fill them).
+  {
+    uint32_t j = 0;
+    for (; j < n; ++j) {
+      std::atomic<uint64_t>& slot = t->pte[i0 + j];
+      if (slot.load(std::memory_order_relaxed) != 0) break;
+      slot.store((phys + j * span) | bits | kPtePresent, std::memory_order_release);
+    }
+    if (j == n) return absl::OkStatus();
+    // Something is there: take back what we wrote and do it the careful way.
+    for (uint32_t k = 0; k < j; ++k) t->pte[i0 + k].store(0, std::memory_order_release);
+  }
   // Check first, so that a failure leaves this table untouched. The caller owns the range: no one
   // else can make these entries non-zero meanwhile.
   for (uint32_t j = 0; j < n; ++j) {
@@ -347,6 +359,17 @@ uint64_t IoPageTable::UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint
   const unsigned i1 = LevelIndex(end - 1, level);
   uint32_t removed = 0;
   uint64_t pages = 0;
+  if (level == 0) {
+    // 4 KiB leaves only, each entirely inside [start, end).
+    for (unsigned i = i0; i <= i1; ++i) {
+      std::atomic<uint64_t>& slot = t->pte[i];
+      if (slot.load(std::memory_order_relaxed) == 0) continue;
+      slot.store(0, std::memory_order_release);
+      ++removed;
+    }
+    if (removed != 0) Drop(t, removed, level, path, gather);
+    return removed;
+  }
   for (unsigned i = i0; i <= i1; ++i) {
     std::atomic<uint64_t>& slot = t->pte[i];
     const uint64_t e = slot.load(std::memory_order_acquire);
