@@ -584,11 +584,11 @@ uint64_t PagePool::UnmapAllTracked() {
     const dma::DmaAddr dma = page->dma_addr.load(std::memory_order_acquire);
     if (index_->CompareExchange(id, page, nullptr)) {
       (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
-      dma_mapped_.fetch_sub(1, std::memory_order_relaxed);
       ++unmapped;
     }
     return true;
   });
+  dma_mapped_.fetch_sub(unmapped, std::memory_order_relaxed);
   return unmapped;
 }
 
@@ -602,9 +602,9 @@ uint64_t PagePool::UnmapAllScanned(uint64_t* frames_scanned) {
     const dma::DmaAddr dma = rec.dma_addr.exchange(0, std::memory_order_acq_rel);
     if (dma == 0) return;
     (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
-    dma_mapped_.fetch_sub(1, std::memory_order_relaxed);
     ++unmapped;
   });
+  dma_mapped_.fetch_sub(unmapped, std::memory_order_relaxed);
   return unmapped;
 }
 
