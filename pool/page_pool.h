@@ -289,7 +289,6 @@ class PagePool {
   PagePool(std::shared_ptr<PhysMemory> memory, std::shared_ptr<dma::Device> device,
            const PagePoolParams& params, uint32_t id);
 
-  PageRecord* GetCached();
   PageRecord* RefillAllocCache();
   PageRecord* AllocSlow();
   PageRecord* AllocPageOrder();
