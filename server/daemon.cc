@@ -6,11 +6,11 @@
 #include <utility>
 
 #include <boost/asio/post.hpp>
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/reflection_service.h"
 
 namespace pagepool::server {
 namespace {
@@ -69,8 +69,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   }
 
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // Our reflection, not the stock plugin: it serves the .proto comments (server/reflection_service.h).
+  if (absl::Status s = EnableServerReflection(&builder); !s.ok()) return s;
   builder.AddListeningPort(options.listen, creds, &d->grpc_port_);
   builder.RegisterService(d->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
