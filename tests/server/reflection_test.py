@@ -4,11 +4,16 @@
 Runs with Debian's /usr/bin/python3 (python3-grpcio, python3-protobuf) and no generated code of
 pagepool.v1: it compiles the server-reflection and health protocols' messages from Debian's
 grpc-proto with /usr/bin/protoc, starts the real pagepoold on 127.0.0.1:0, lists the services over
-reflection, resolves pagepool.v1.PagePoolService's file descriptors, builds message classes from
-them, invokes CreateDevice from JSON (as `grpcurl -d '{...}'` does), checks health, then sends
-SIGTERM and checks exit status 0 and the summary.
+reflection, resolves pagepool.v1.PagePoolService's file descriptors, checks that they carry the
+.proto comments (source_code_info, what `grpcurl describe` prints) and that questions without an
+answer get NOT_FOUND in error_response, builds message classes from the descriptors, invokes
+CreateDevice from JSON (as `grpcurl -d '{...}'` does), checks health, then sends SIGTERM and checks
+exit status 0 and the summary.
 
-Usage: reflection_test.py --pagepoold PATH [--protoc /usr/bin/protoc]
+The expected comments are read from the .proto source (--proto), so that editing a comment does not
+break the test; the test fails if they are empty.
+
+Usage: reflection_test.py --pagepoold PATH [--protoc /usr/bin/protoc] [--proto pagepool.proto]
 """
 import argparse
 import importlib
@@ -62,6 +67,31 @@ def message_class(pool, full_name):
     return message_factory.MessageFactory(pool).GetPrototype(desc)
 
 
+def proto_comment(proto_path, pattern):
+    """The `//` comment lines right above the first line of the .proto matching `pattern`, joined
+    as protoc reports a leading comment: each line without its `//`, ending in a newline."""
+    with open(proto_path) as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        if re.search(pattern, line):
+            j = i
+            while j > 0 and lines[j - 1].strip().startswith("//"):
+                j -= 1
+            text = "".join(l.strip()[2:] + "\n" for l in lines[j:i])
+            if not text.strip():
+                sys.exit(f"FAIL: no comment above {pattern!r} in {proto_path}")
+            return text
+    sys.exit(f"FAIL: {pattern!r} not found in {proto_path}")
+
+
+def leading_comment(fd, path):
+    """The leading comment that source_code_info holds for the element at `path`, or None."""
+    for loc in fd.source_code_info.location:
+        if list(loc.path) == path:
+            return loc.leading_comments
+    return None
+
+
 def check(cond, what):
     if not cond:
         raise AssertionError(what)
@@ -87,6 +117,52 @@ def run(args, port):
         print("services:", services)
         check("pagepool.v1.PagePoolService" in services, "reflection lists PagePoolService")
         check("grpc.health.v1.Health" in services, "reflection lists grpc.health.v1.Health")
+        check("grpc.reflection.v1alpha.ServerReflection" in services,
+              "reflection lists grpc.reflection.v1alpha.ServerReflection")
+        check("grpc.reflection.v1.ServerReflection" in services,
+              "reflection lists grpc.reflection.v1.ServerReflection")
+
+        # grpc.reflection.v1 has the same messages (wire-compatible) in another package.
+        info_v1 = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=refl.ServerReflectionRequest.SerializeToString,
+            response_deserializer=refl.ServerReflectionResponse.FromString)
+        v1_resp = next(iter(info_v1(iter([refl.ServerReflectionRequest(list_services="")]),
+                                    timeout=10)))
+        check(sorted(s.name for s in v1_resp.list_services_response.service) == sorted(services),
+              "grpc.reflection.v1 lists the same services")
+
+        # Questions without an answer: NOT_FOUND in error_response, naming what was asked; several
+        # requests on one stream are answered in order.
+        answers = list(info(iter([
+            refl.ServerReflectionRequest(file_containing_symbol="pagepool.v1.NoSuchThing"),
+            refl.ServerReflectionRequest(file_by_filename="no/such/file.proto"),
+            refl.ServerReflectionRequest(file_containing_extension=refl.ExtensionRequest(
+                containing_type="pagepool.v1.Pool", extension_number=1000)),
+            refl.ServerReflectionRequest(all_extension_numbers_of_type="pagepool.v1.NoSuchType"),
+            refl.ServerReflectionRequest(all_extension_numbers_of_type="pagepool.v1.Pool"),
+        ]), timeout=10))
+        check(len(answers) == 5, "five requests on one stream, five answers")
+        not_found = grpc.StatusCode.NOT_FOUND.value[0]
+        for answer, name in zip(answers[:4], ["pagepool.v1.NoSuchThing", "no/such/file.proto",
+                                              "pagepool.v1.Pool", "pagepool.v1.NoSuchType"]):
+            err = answer.error_response
+            print("error_response:", err.error_code, err.error_message)
+            check(answer.WhichOneof("message_response") == "error_response"
+                  and err.error_code == not_found, f"NOT_FOUND for {name}")
+            check(name in err.error_message, f"the message names {name}")
+        check(answers[0].original_request.file_containing_symbol == "pagepool.v1.NoSuchThing",
+              "original_request echoed")
+        ext = answers[4]
+        check(ext.WhichOneof("message_response") == "all_extension_numbers_response"
+              and ext.all_extension_numbers_response.base_type_name == "pagepool.v1.Pool"
+              and not ext.all_extension_numbers_response.extension_number,
+              "pagepool.v1.Pool has no extension numbers (an empty answer, not an error)")
+
+        # The health service resolves too (its descriptors are served from the embedded set).
+        health_files = ask(file_containing_symbol="grpc.health.v1.Health")
+        check(health_files.WhichOneof("message_response") == "file_descriptor_response",
+              "grpc.health.v1.Health resolves")
 
         # `grpcurl describe pagepool.v1.PagePoolService`: resolve the file and its dependencies.
         pool = descriptor_pool.DescriptorPool()
@@ -103,7 +179,32 @@ def run(args, port):
                 pool.Add(fd)
                 added.add(fd.name)
 
-        add_files(ask(file_containing_symbol="pagepool.v1.PagePoolService"))
+        first = ask(file_containing_symbol="pagepool.v1.PagePoolService")
+        add_files(first)
+
+        # `grpcurl describe` prints the comments: they travel in source_code_info.
+        fd = descriptor_pb2.FileDescriptorProto.FromString(
+            first.file_descriptor_response.file_descriptor_proto[0])
+        check(fd.name == "pagepool/v1/pagepool.proto", "the answer starts with pagepool.proto")
+        check(len(fd.source_code_info.location) > 0, "pagepool.proto carries source_code_info")
+        svc_index = [s.name for s in fd.service].index("PagePoolService")
+        method_index = [m.name for m in fd.service[svc_index].method].index("CreateDevice")
+        want = proto_comment(args.proto, r"^\s*rpc CreateDevice\(")
+        got = leading_comment(fd, [6, svc_index, 2, method_index])  # service, method
+        print("CreateDevice comment:", repr(got))
+        check(got == want, f"CreateDevice's comment is the .proto's: {want.strip()!r}")
+        msg_index = [m.name for m in fd.message_type].index("Pool")
+        field_index = [f.name for f in fd.message_type[msg_index].field].index("inflight")
+        want = proto_comment(args.proto, r"^\s*uint64 inflight = 4;")
+        got = leading_comment(fd, [4, msg_index, 2, field_index])  # message, field
+        print("Pool.inflight comment:", repr(got))
+        check(got == want, "Pool.inflight's comment is the .proto's (3 lines)")
+        for symbol in ["pagepool.v1.PagePoolService.CreateDevice", "pagepool.v1.Pool.inflight",
+                       "pagepool.v1.IommuMode", "pagepool.v1.IOMMU_MODE_LAZY"]:
+            names = [descriptor_pb2.FileDescriptorProto.FromString(raw).name for raw in
+                     ask(file_containing_symbol=symbol)
+                     .file_descriptor_response.file_descriptor_proto]
+            check(names[:1] == ["pagepool/v1/pagepool.proto"], f"{symbol} is in pagepool.proto")
         svc = pool.FindServiceByName("pagepool.v1.PagePoolService")
         methods = [m.name for m in svc.methods]
         print("methods:", methods)
@@ -163,6 +264,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pagepoold", required=True)
     ap.add_argument("--protoc", default="/usr/bin/protoc")
+    ap.add_argument("--proto", default=os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "proto", "pagepool", "v1",
+        "pagepool.proto"))
     args = ap.parse_args()
     daemon = subprocess.Popen(
         [args.pagepoold, "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--memory-gib", "1"],
