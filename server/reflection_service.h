@@ -18,7 +18,8 @@
 //
 // Answers follow the stock implementation: a file comes with its transitive dependencies (each once
 // per answer); a question that cannot be answered gets an error_response (NOT_FOUND naming the file,
-// symbol or type; INVALID_ARGUMENT for a request that asks nothing), and the stream goes on.
+// symbol or type), and the stream goes on. A request that asks nothing gets INVALID_ARGUMENT (the
+// stock one says UNIMPLEMENTED).
 #ifndef PAGEPOOL_SERVER_REFLECTION_SERVICE_H_
 #define PAGEPOOL_SERVER_REFLECTION_SERVICE_H_
 
