@@ -25,6 +25,7 @@ struct Entry {
   uint64_t size;
   DmaDirection dir;
   uint32_t live;  // number of live mappings at this address; 0: a tombstone (recently unmapped)
+  uint32_t queued = 0;  // slots of the shard's recent-unmaps FIFO holding this address
 };
 
 struct alignas(64) Shard {
@@ -36,7 +37,10 @@ struct alignas(64) Shard {
   uint64_t live ABSL_GUARDED_BY(mu) = 0;
 
   // Records that `addr` became a tombstone; forgets the oldest tombstone when the FIFO is full.
+  // The same address may be in the FIFO several times (an IOVA is reused at once): its tombstone
+  // goes only when its last copy leaves. REQUIRES: `addr` has an entry.
   void RecordUnmapLocked(DmaAddr addr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    ++entries.find(addr)->second.queued;
     if (recent.size() < MappingChecker::kRecentUnmapsPerShard) {
       recent.push_back(addr);
       return;
@@ -44,9 +48,9 @@ struct alignas(64) Shard {
     const DmaAddr oldest = recent[recent_head];
     recent[recent_head] = addr;
     recent_head = (recent_head + 1) % recent.size();
-    if (oldest == addr) return;
     auto it = entries.find(oldest);
-    if (it != entries.end() && it->second.live == 0) entries.erase(it);
+    if (it == entries.end()) return;
+    if (--it->second.queued == 0 && it->second.live == 0) entries.erase(it);
   }
 };
 
@@ -95,7 +99,7 @@ void MappingChecker::OnMap(DmaAddr addr, PhysAddr phys, uint64_t size, DmaDirect
   if (!inserted) {
     Entry& e = it->second;
     if (e.live == 0) {
-      e = Entry{phys, size, dir, 1};  // reuse of a recently unmapped address
+      e = Entry{phys, size, dir, 1, e.queued};  // reuse of a recently unmapped address
     } else {
       ++e.live;  // the same bus address mapped again (passthrough); the first mapping's figures stay
     }
