@@ -210,23 +210,15 @@ bool PagePool::DmaMapOnly(PageRecord* page) {
 }
 
 bool PagePool::DmaMap(PageRecord* page) {
-  const dma::PhysAddr phys = PhysMemory::PhysOf(memory_->FrameOf(page));
-  absl::StatusOr<dma::DmaAddr> dma = device_->MapPage(phys, page_bytes(), params_.dma_dir);
-  if (!dma.ok()) {
-    map_failures_.fetch_add(1, std::memory_order_relaxed);
-    last_alloc_error_.store(
-        dma.status().code() == absl::StatusCode::kResourceExhausted ? kIovaFull : kMapFailed,
-        std::memory_order_relaxed);
-    return false;
-  }
-  page->dma_addr.store(*dma, std::memory_order_release);
+  // page_pool_dma_map for one page (the high-order path): map, track, sync.
+  if (!DmaMapOnly(page)) return false;
   if (index_ != nullptr) {
     // page_pool_register_dma_index
     absl::StatusOr<uint32_t> id = index_->Alloc(page);
     if (!id.ok()) {
       // ID space exhausted: unmap and fail the page, as upstream.
-      page->dma_addr.store(0, std::memory_order_relaxed);
-      (void)device_->UnmapPage(*dma, page_bytes(), params_.dma_dir);
+      const dma::DmaAddr dma = page->dma_addr.exchange(0, std::memory_order_relaxed);
+      (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
       index_exhausted_.fetch_add(1, std::memory_order_relaxed);
       last_alloc_error_.store(kIndexFull, std::memory_order_relaxed);
       return false;

@@ -292,8 +292,8 @@ class PagePool {
   PageRecord* RefillAllocCache();
   PageRecord* AllocSlow();
   PageRecord* AllocPageOrder();
-  bool DmaMap(PageRecord* page);
-  bool DmaMapOnly(PageRecord* page);
+  bool DmaMap(PageRecord* page);      // map + track + sync (one page)
+  bool DmaMapOnly(PageRecord* page);  // dma_map_page and record the address
   void SetPpInfo(PageRecord* page);
   void DmaSyncForDevice(PageRecord* page, uint32_t dma_sync_size);
   [[gnu::noinline]] RecycleResult RecycleInRingOrRelease(PageRecord* page);

@@ -355,6 +355,23 @@ TEST_F(PagePoolTest, IndexExhaustionUnmapsAndFails) {
   EXPECT_EQ(pool->info().index.entries, 10u);
 }
 
+TEST_F(PagePoolTest, HighOrderIndexExhaustion) {
+  PagePoolParams params;
+  params.order = 1;
+  params.dma_index_limit = 2;
+  auto pool = MakePool(params);
+  const uint64_t free0 = memory_->frames_free();
+  std::vector<PoolPage> pages;
+  ASSERT_TRUE(pool->AllocateBulk(2, &pages).ok());
+  absl::StatusOr<PoolPage> more = pool->Allocate();
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(pool->info().index_exhausted, 1u);
+  EXPECT_EQ(pool->stats().alloc_slow_high_order, 2u);
+  EXPECT_EQ(memory_->frames_free(), free0 - 4);
+  EXPECT_EQ(nic_->device().live_mappings(), 2u);
+  EXPECT_EQ(nic_->device().violations().Total(), 0u);
+}
+
 TEST_F(PagePoolTest, OutOfMemoryIsResourceExhaustedAndBulkIsAllOrNothing) {
   SetUpNic(4 * kMiB);  // 1023 usable frames
   auto pool = MakePool();
