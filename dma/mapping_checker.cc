@@ -38,9 +38,13 @@ struct alignas(64) Shard {
 
   // Records that `addr` became a tombstone; forgets the oldest tombstone when the FIFO is full.
   // The same address may be in the FIFO several times (an IOVA is reused at once): its tombstone
-  // goes only when its last copy leaves. REQUIRES: `addr` has an entry.
-  void RecordUnmapLocked(DmaAddr addr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    ++entries.find(addr)->second.queued;
+  // goes only when its last copy leaves. REQUIRES: `e` is the entry of `addr`.
+  void RecordUnmapLocked(DmaAddr addr, Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    ++e.queued;
+    PushRecentLocked(addr);
+  }
+  // Puts `addr` in the FIFO; its entry's `queued` already counts this slot.
+  void PushRecentLocked(DmaAddr addr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (recent.size() < MappingChecker::kRecentUnmapsPerShard) {
       recent.push_back(addr);
       return;
@@ -143,7 +147,7 @@ absl::Status MappingChecker::OnUnmap(DmaAddr addr, uint64_t size, DmaDirection d
     return absl::InvalidArgumentError(msg);
   }
   --s.live;
-  if (--e.live == 0) s.RecordUnmapLocked(addr);
+  if (--e.live == 0) s.RecordUnmapLocked(addr, e);
   return absl::OkStatus();
 }
 
@@ -193,10 +197,11 @@ void MappingChecker::OnUnbind(
         if (e.live == 0) continue;
         for (uint32_t i = 0; i < e.live; ++i) live.emplace_back(addr, e.size, e.dir);
         e.live = 0;
+        ++e.queued;  // counted before any push, so no push below erases a tombstone of this walk
         tombstoned.push_back(addr);
       }
       // Recorded after the walk: recording may erase an older tombstone.
-      for (DmaAddr addr : tombstoned) s.RecordUnmapLocked(addr);
+      for (DmaAddr addr : tombstoned) s.PushRecentLocked(addr);
       s.live = 0;
     }
     impl_->live_at_unbind.fetch_add(live.size(), std::memory_order_relaxed);
