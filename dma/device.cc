@@ -213,6 +213,11 @@ absl::Status Device::SyncForDevice(DmaAddr addr, uint64_t offset, uint64_t size,
   if (!d.bound.load(std::memory_order_acquire)) return d.RefuseUnbound("sync_single_for_device");
   Impl::CallGuard guard(d);
   if (!guard.ok()) return d.RefuseUnbound("sync_single_for_device");
+  if (!ValidDirection(dir)) {
+    return absl::InvalidArgumentError(absl::StrCat("sync_single_for_device on device ", d.config.name,
+                                                   ": invalid direction ",
+                                                   static_cast<int>(dir)));
+  }
   if (absl::Status st = d.checker.OnSync(addr, offset, size, dir); !st.ok()) {
     return Annotate(st, absl::StrCat("sync_single_for_device on device ", d.config.name));
   }
@@ -225,6 +230,11 @@ absl::Status Device::SyncForCpu(DmaAddr addr, uint64_t offset, uint64_t size, Dm
   if (!d.bound.load(std::memory_order_acquire)) return d.RefuseUnbound("sync_single_for_cpu");
   Impl::CallGuard guard(d);
   if (!guard.ok()) return d.RefuseUnbound("sync_single_for_cpu");
+  if (!ValidDirection(dir)) {
+    return absl::InvalidArgumentError(absl::StrCat("sync_single_for_cpu on device ", d.config.name,
+                                                   ": invalid direction ",
+                                                   static_cast<int>(dir)));
+  }
   if (absl::Status st = d.checker.OnSync(addr, offset, size, dir); !st.ok()) {
     return Annotate(st, absl::StrCat("sync_single_for_cpu on device ", d.config.name));
   }

@@ -68,7 +68,8 @@ class Device {
   absl::Status UnmapPage(DmaAddr addr, uint64_t size, DmaDirection dir);
 
   // dma_sync_single_for_device / _for_cpu over [addr + offset, addr + offset + size) of a live
-  // mapping. Counted and refused after Unbind or for an unknown address.
+  // mapping. Counted and refused after Unbind or for an unknown address; INVALID_ARGUMENT (not
+  // counted) for a direction outside the enum.
   // Context: any thread.
   absl::Status SyncForDevice(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir);
   absl::Status SyncForCpu(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir);
