@@ -223,7 +223,9 @@ retry:
       e = expected;
     }
     if (held != 0) {
-      Drop(t, held, level, &path, gather);  // e is present: t cannot reach 0 here
+      // Usually e keeps t alive; if the winner's table e was emptied and unlinked meanwhile, this
+      // may drop t to 0 and free it, and the walk below finds e dying and restarts from the root.
+      Drop(t, held, level, &path, gather);
       held = 0;
     }
     if (!PteIsTable(e)) {
