@@ -55,7 +55,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   auto runtime = Runtime::Create(ro);
   if (!runtime.ok()) return runtime.status();
   d->runtime_ = std::move(*runtime);
-  d->service_ = std::make_unique<PagePoolServiceImpl>(d->runtime_.get(), &d->stats_);
+  d->service_ = std::make_unique<PagePoolServiceImpl>(d->runtime_.get(), &d->stats_,
+                                                    options.max_message_bytes);
 
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
   if (!options.tls_cert.empty()) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
 #include "server/status_convert.h"
 
 namespace pagepool::server {
@@ -15,14 +16,42 @@ namespace {
 
 constexpr size_t kStreamBatch = 256;
 
+// Bytes an entry of `size` bytes takes in a repeated message field (tag + length + payload).
+size_t FieldBytes(size_t size) {
+  return 1 + google::protobuf::io::CodedOutputStream::VarintSize64(size) + size;
+}
+
+// Hands allocated pages that cannot reach the client (their answer is above the message limit)
+// back to the pool, so that they are not left in flight with nobody holding their handles.
+void GiveBack(Runtime* runtime, uint64_t pool_id,
+              const google::protobuf::RepeatedPtrField<v1::Page>& pages) {
+  google::protobuf::RepeatedPtrField<v1::PageHandle> handles;
+  handles.Reserve(pages.size());
+  for (const v1::Page& p : pages) *handles.Add() = p.handle();
+  v1::ReturnResponse ignored;
+  (void)runtime->Return(pool_id, handles, &ignored);
+}
+
+// RESOURCE_EXHAUSTED for an answer of `pages` pages and `bytes` bytes above `limit`.
+absl::Status AnswerTooBig(const char* call, int pages, size_t bytes, uint32_t limit) {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      call, ": the answer with ", pages, " pages would be ", bytes,
+      " bytes, above the message limit of ", limit,
+      " bytes (--max-message-bytes); the pages were given back, ask for fewer"));
+}
+
 // Writes a snapshot `items` in messages of kStreamBatch entries, then finishes with OK. A failed
 // lookup finishes at once with its status.
 template <typename Response, typename Item, typename AddFn>
 class SnapshotWriter final : public grpc::ServerWriteReactor<Response> {
  public:
   SnapshotWriter(RpcStats* stats, RpcMethod method, absl::Status status, std::vector<Item> items,
-                 AddFn add)
-      : stats_(stats), method_(method), items_(std::move(items)), add_(add) {
+                 AddFn add, uint32_t max_message_bytes)
+      : stats_(stats),
+        method_(method),
+        items_(std::move(items)),
+        add_(add),
+        max_message_bytes_(max_message_bytes) {
     if (!status.ok()) {
       Done(status);
       return;
@@ -46,8 +75,15 @@ class SnapshotWriter final : public grpc::ServerWriteReactor<Response> {
       return;
     }
     resp_.Clear();
+    // Up to kStreamBatch entries, and no more than fit in the message limit (at least one).
     size_t end = std::min(items_.size(), pos_ + kStreamBatch);
-    for (; pos_ < end; ++pos_) add_(&resp_, std::move(items_[pos_]));
+    size_t bytes = 0;
+    for (size_t n = 0; pos_ < end; ++pos_, ++n) {
+      size_t more = FieldBytes(items_[pos_].ByteSizeLong());
+      if (n > 0 && max_message_bytes_ != 0 && bytes + more > max_message_bytes_) break;
+      bytes += more;
+      add_(&resp_, std::move(items_[pos_]));
+    }
     this->StartWrite(&resp_);
   }
   void Done(const absl::Status& status) {
@@ -59,6 +95,7 @@ class SnapshotWriter final : public grpc::ServerWriteReactor<Response> {
   const RpcMethod method_;
   std::vector<Item> items_;
   AddFn add_;
+  const uint32_t max_message_bytes_;
   size_t pos_ = 0;
   Response resp_;
 };
@@ -66,9 +103,10 @@ class SnapshotWriter final : public grpc::ServerWriteReactor<Response> {
 template <typename Response, typename Item, typename AddFn>
 SnapshotWriter<Response, Item, AddFn>* MakeSnapshotWriter(RpcStats* stats, RpcMethod method,
                                                           absl::Status status,
-                                                          std::vector<Item> items, AddFn add) {
+                                                          std::vector<Item> items, AddFn add,
+                                                          uint32_t max_message_bytes) {
   return new SnapshotWriter<Response, Item, AddFn>(stats, method, std::move(status),
-                                                   std::move(items), add);
+                                                   std::move(items), add, max_message_bytes);
 }
 
 // Traffic: read a batch, run it, answer it, read the next. Messages are reused across batches so
@@ -76,7 +114,8 @@ SnapshotWriter<Response, Item, AddFn>* MakeSnapshotWriter(RpcStats* stats, RpcMe
 class TrafficReactor final
     : public grpc::ServerBidiReactor<v1::TrafficRequest, v1::TrafficResponse> {
  public:
-  TrafficReactor(Runtime* runtime, RpcStats* stats) : runtime_(runtime), stats_(stats) {
+  TrafficReactor(Runtime* runtime, RpcStats* stats, uint32_t max_message_bytes)
+      : runtime_(runtime), stats_(stats), max_message_bytes_(max_message_bytes) {
     StartRead(&req_);
   }
   void OnReadDone(bool ok) override {
@@ -86,6 +125,23 @@ class TrafficReactor final
     }
     resp_.Clear();
     uint64_t ops = runtime_->Traffic(req_, &resp_);
+    if (max_message_bytes_ != 0 && resp_.allocated_size() > 0) {
+      size_t bytes = resp_.ByteSizeLong();
+      if (bytes > max_message_bytes_) {
+        // The allocated pages cannot reach the client: give them back and report the refusal
+        // in the answer, as for any other failed allocation.
+        int n = resp_.allocated_size();
+        GiveBack(runtime_, req_.pool_id(), resp_.allocated());
+        resp_.clear_allocated();
+        ops -= static_cast<uint64_t>(n);
+        absl::Status s = AnswerTooBig("Traffic", n, bytes, max_message_bytes_);
+        if (resp_.errors() == 0) {
+          resp_.set_error_code(static_cast<int>(s.code()));
+          resp_.set_error_message(std::string(s.message()));
+        }
+        resp_.set_errors(resp_.errors() + 1);
+      }
+    }
     stats_->OnTrafficBatch(ops, resp_.errors());
     StartWrite(&resp_);
   }
@@ -107,6 +163,7 @@ class TrafficReactor final
   }
   Runtime* const runtime_;
   RpcStats* const stats_;
+  const uint32_t max_message_bytes_;
   v1::TrafficRequest req_;
   v1::TrafficResponse resp_;
 };
@@ -278,8 +335,17 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::DestroyPool(grpc::CallbackServerC
 grpc::ServerUnaryReactor* PagePoolServiceImpl::Allocate(grpc::CallbackServerContext* ctx,
                                                         const v1::AllocateRequest* req,
                                                         v1::AllocateResponse* resp) {
-  return FinishUnary(ctx, RpcMethod::kAllocate,
-                     runtime_->Allocate(req->pool_id(), req->count(), resp->mutable_pages()));
+  absl::Status s = runtime_->Allocate(req->pool_id(), req->count(), resp->mutable_pages());
+  if (s.ok() && max_message_bytes_ != 0) {
+    size_t bytes = resp->ByteSizeLong();
+    if (bytes > max_message_bytes_) {
+      int n = resp->pages_size();
+      GiveBack(runtime_, req->pool_id(), resp->pages());
+      resp->Clear();
+      s = AnswerTooBig("Allocate", n, bytes, max_message_bytes_);
+    }
+  }
+  return FinishUnary(ctx, RpcMethod::kAllocate, s);
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::Recycle(grpc::CallbackServerContext* ctx,
@@ -297,7 +363,7 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::Return(grpc::CallbackServerContex
 
 grpc::ServerBidiReactor<v1::TrafficRequest, v1::TrafficResponse>* PagePoolServiceImpl::Traffic(
     grpc::CallbackServerContext* ctx) {
-  return new TrafficReactor(runtime_, stats_);
+  return new TrafficReactor(runtime_, stats_, max_message_bytes_);
 }
 
 grpc::ServerWriteReactor<v1::ListInflightResponse>* PagePoolServiceImpl::ListInflight(
@@ -306,7 +372,8 @@ grpc::ServerWriteReactor<v1::ListInflightResponse>* PagePoolServiceImpl::ListInf
   absl::Status status = runtime_->ListInflight(req->pool_id(), req->limit(), &pages);
   return MakeSnapshotWriter<v1::ListInflightResponse>(
       stats_, RpcMethod::kListInflight, status, std::move(pages),
-      [](v1::ListInflightResponse* r, v1::InflightPage&& p) { *r->add_pages() = std::move(p); });
+      [](v1::ListInflightResponse* r, v1::InflightPage&& p) { *r->add_pages() = std::move(p); },
+      max_message_bytes_);
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::GetDomain(grpc::CallbackServerContext* ctx,
@@ -325,7 +392,8 @@ grpc::ServerWriteReactor<v1::DumpPageTableResponse>* PagePoolServiceImpl::DumpPa
       stats_, RpcMethod::kDumpPageTable, status, std::move(entries),
       [](v1::DumpPageTableResponse* r, v1::PageTableEntry&& e) {
         *r->add_entries() = std::move(e);
-      });
+      },
+      max_message_bytes_);
 }
 
 grpc::ServerWriteReactor<v1::Event>* PagePoolServiceImpl::WatchEvents(

@@ -25,7 +25,11 @@ namespace pagepool::server {
 class PagePoolServiceImpl final : public pagepool::v1::PagePoolService::CallbackService {
  public:
   // `runtime` and `stats` must outlive the service and the grpc::Server it is registered with.
-  PagePoolServiceImpl(Runtime* runtime, RpcStats* stats) : runtime_(runtime), stats_(stats) {}
+  // `max_message_bytes` is the server's send limit (0: none): an Allocate or Traffic answer that
+  // would exceed it gives its pages back and is refused with RESOURCE_EXHAUSTED instead of being
+  // lost on the wire, and stream messages are cut to fit it.
+  PagePoolServiceImpl(Runtime* runtime, RpcStats* stats, uint32_t max_message_bytes = 0)
+      : runtime_(runtime), stats_(stats), max_message_bytes_(max_message_bytes) {}
 
   grpc::ServerUnaryReactor* CreateDevice(grpc::CallbackServerContext* ctx,
                                          const pagepool::v1::CreateDeviceRequest* req,
@@ -79,6 +83,7 @@ class PagePoolServiceImpl final : public pagepool::v1::PagePoolService::Callback
 
   Runtime* const runtime_;
   RpcStats* const stats_;
+  const uint32_t max_message_bytes_;
 };
 
 }  // namespace pagepool::server

@@ -1,0 +1,126 @@
+// Robustness tests: inputs found by adversarial testing of pagepoold that once lost pages, broke
+// streams or crashed a client. Each test is a regression test of one defect.
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/daemon_harness.h"
+
+namespace pagepool {
+namespace {
+
+namespace v1 = ::pagepool::v1;
+using ::testing::HasSubstr;
+using testing::InProcessDaemon;
+
+class RobustnessTest : public ::testing::Test {
+ protected:
+  void Start(uint32_t max_message_bytes) {
+    server::DaemonOptions o = InProcessDaemon::DefaultOptions();
+    o.max_message_bytes = max_message_bytes;
+    auto d = InProcessDaemon::Start(o);
+    ASSERT_TRUE(d.ok()) << d.status();
+    d_ = std::move(*d);
+    v1::CreateDeviceRequest dr;
+    auto dev = c().CreateDevice(dr);
+    ASSERT_TRUE(dev.ok()) << dev.status();
+    dev_ = dev->device().id();
+    v1::CreatePoolRequest pr;
+    pr.set_device_id(dev_);
+    auto pool = c().CreatePool(pr);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    pool_ = pool->pool().id();
+  }
+  client::Client& c() { return d_->client(); }
+
+  // Pages users still held when the pool is destroyed (the pages nobody can give back any more).
+  uint64_t HeldAtDestroy() {
+    auto r = c().DestroyPool(pool_);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->inflight_at_destroy() : ~uint64_t{0};
+  }
+
+  std::unique_ptr<InProcessDaemon> d_;
+  uint64_t dev_ = 0;
+  uint64_t pool_ = 0;
+};
+
+// Defect: an Allocate whose answer was above --max-message-bytes allocated the pages, then gRPC
+// refused to send the answer ("Sent message larger than max"): the pages stayed in flight for ever
+// with nobody holding their handles, and the call was counted as a success.
+TEST_F(RobustnessTest, AllocateAnswerAboveMessageLimitLeavesNoPageInFlight) {
+  Start(4096);
+  auto r = c().Allocate(pool_, 1000);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("--max-message-bytes"));
+  // A call that fits still works.
+  auto ok = c().Allocate(pool_, 10);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  v1::ReturnRequest ret;
+  ret.set_pool_id(pool_);
+  for (const auto& p : ok->pages()) *ret.add_pages() = p.handle();
+  ASSERT_TRUE(c().Return(ret).ok());
+  EXPECT_EQ(HeldAtDestroy(), 0u);
+  EXPECT_EQ(c().GetDomain(dev_)->domain().violations().total(), 0u);
+}
+
+// Same defect on the Traffic stream: the whole stream died with RESOURCE_EXHAUSTED and the pages
+// of the batch were lost. Now the batch reports the refusal and the stream goes on.
+TEST_F(RobustnessTest, TrafficAnswerAboveMessageLimitIsRefusedInTheBatch) {
+  Start(4096);
+  grpc::ClientContext ctx;
+  auto rw = c().stub()->Traffic(&ctx);
+  v1::TrafficRequest req;
+  v1::TrafficResponse resp;
+  req.set_pool_id(pool_);
+  req.set_seq(1);
+  req.set_allocate(1000);
+  ASSERT_TRUE(rw->Write(req));
+  ASSERT_TRUE(rw->Read(&resp));
+  EXPECT_EQ(resp.seq(), 1u);
+  EXPECT_EQ(resp.allocated_size(), 0);
+  EXPECT_EQ(resp.errors(), 1u);
+  EXPECT_EQ(resp.error_code(), static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  EXPECT_THAT(resp.error_message(), HasSubstr("--max-message-bytes"));
+  // The stream goes on: a batch that fits, then everything back.
+  req.set_seq(2);
+  req.set_allocate(8);
+  ASSERT_TRUE(rw->Write(req));
+  ASSERT_TRUE(rw->Read(&resp));
+  ASSERT_EQ(resp.allocated_size(), 8) << resp.error_message();
+  req.Clear();
+  req.set_pool_id(pool_);
+  req.set_seq(3);
+  for (const auto& p : resp.allocated()) *req.add_return_pages() = p.handle();
+  ASSERT_TRUE(rw->Write(req));
+  ASSERT_TRUE(rw->Read(&resp));
+  EXPECT_EQ(resp.returned(), 8u);
+  rw->WritesDone();
+  EXPECT_TRUE(rw->Finish().ok());
+  EXPECT_EQ(HeldAtDestroy(), 0u);
+}
+
+// Defect: ListInflight and DumpPageTable sent 256 entries per message whatever the message limit:
+// with a small --max-message-bytes every such stream failed with RESOURCE_EXHAUSTED.
+TEST_F(RobustnessTest, SnapshotStreamsFitTheMessageLimit) {
+  Start(2048);
+  std::vector<v1::PageHandle> held;
+  for (int i = 0; i < 10; ++i) {
+    auto a = c().Allocate(pool_, 30);
+    ASSERT_TRUE(a.ok()) << a.status();
+    for (const auto& p : a->pages()) held.push_back(p.handle());
+  }
+  auto inflight = c().ListInflight(pool_);
+  ASSERT_TRUE(inflight.ok()) << inflight.status();
+  EXPECT_GE(inflight->pages_size(), 300);
+  v1::DumpPageTableRequest dump;
+  dump.set_device_id(dev_);
+  auto entries = c().DumpPageTable(dump);
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  EXPECT_GE(entries->entries_size(), 300);
+}
+
+}  // namespace
+}  // namespace pagepool
