@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <deque>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -19,6 +21,8 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr uint32_t kBurstBatches = 8;
+// Streams of one run at most: each is a thread of this process and a call on the daemon.
+constexpr uint32_t kMaxStreams = 4096;
 
 // State shared by the stream threads of one run.
 struct Shared {
@@ -424,8 +428,12 @@ absl::StatusOr<TrafficResult> RunTraffic(Client& client, const TrafficOptions& o
         "unknown pattern '", o.pattern,
         "' (steady, burst, hold, leak, destroy-under-traffic, unary)"));
   }
-  if (o.streams == 0 || o.batch == 0 || !(o.duration_s > 0)) {
-    return absl::InvalidArgumentError("streams, batch and duration must be positive");
+  if (o.streams == 0 || o.batch == 0 || !(o.duration_s > 0) || !std::isfinite(o.duration_s)) {
+    return absl::InvalidArgumentError("streams, batch and duration must be positive (and finite)");
+  }
+  if (o.streams > kMaxStreams) {
+    return absl::InvalidArgumentError(absl::StrCat("streams ", o.streams, " is above ", kMaxStreams,
+                                                   " (one thread and one Traffic stream each)"));
   }
   TrafficResult res;
   res.pattern = o.pattern;
@@ -462,7 +470,22 @@ absl::StatusOr<TrafficResult> RunTraffic(Client& client, const TrafficOptions& o
     workers.push_back(std::make_unique<StreamWorker>(client, o, res.pool_id, sh));
   }
   auto start = Clock::now();
-  for (auto& w : workers) threads.emplace_back([&w] { w->Run(); });
+  absl::Status thread_error;
+  for (auto& w : workers) {
+    try {
+      threads.emplace_back([&w] { w->Run(); });
+    } catch (const std::system_error& e) {
+      // Out of threads: stop the streams already started and report it (never abort).
+      thread_error = absl::ResourceExhaustedError(absl::StrCat(
+          "cannot start stream ", threads.size() + 1, " of ", o.streams, ": ", e.what()));
+      break;
+    }
+  }
+  if (!thread_error.ok()) {
+    sh.stop = true;
+    for (auto& t : threads) t.join();
+    return thread_error;
+  }
 
   const bool dut = o.pattern == "destroy-under-traffic";
   const double run_s = dut ? o.duration_s / 2 : o.duration_s;

@@ -90,7 +90,9 @@ struct TrafficResult {
   std::string Summary() const;
 };
 
-// Runs one pattern. INVALID_ARGUMENT for an unknown pattern or a zero batch/stream count; the status
+// Runs one pattern. INVALID_ARGUMENT for an unknown pattern, a zero batch/stream count, more than
+// 4096 streams or a duration that is not positive and finite; RESOURCE_EXHAUSTED when the streams'
+// threads cannot be started; the status
 // of a failed setup call (CreateDevice, CreatePool, the destroy) otherwise. Refusals inside the run
 // are counted in the result, not returned.
 absl::StatusOr<TrafficResult> RunTraffic(Client& client, const TrafficOptions& options);

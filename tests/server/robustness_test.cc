@@ -1,9 +1,11 @@
 // Robustness tests: inputs found by adversarial testing of pagepoold that once lost pages, broke
 // streams or crashed a client. Each test is a regression test of one defect.
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "client/traffic.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/daemon_harness.h"
@@ -120,6 +122,24 @@ TEST_F(RobustnessTest, SnapshotStreamsFitTheMessageLimit) {
   auto entries = c().DumpPageTable(dump);
   ASSERT_TRUE(entries.ok()) << entries.status();
   EXPECT_GE(entries->entries_size(), 300);
+}
+
+// Defect: `ppctl traffic --streams N` with N larger than the threads the process may start
+// aborted ppctl (std::system_error out of std::thread). Now an absurd count is refused up front.
+TEST_F(RobustnessTest, TrafficWithAbsurdStreamCountIsRefused) {
+  Start(16 << 20);
+  client::TrafficOptions o;
+  o.pattern = "steady";
+  o.duration_s = 0.2;
+  o.streams = 1000000;
+  auto r = client::RunTraffic(c(), o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("streams"));
+  // A duration that is not finite is refused too (it ran for 0 s and reported success).
+  o.streams = 1;
+  o.duration_s = std::numeric_limits<double>::infinity();
+  r = client::RunTraffic(c(), o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
 }
 
 }  // namespace
