@@ -172,7 +172,13 @@ int main(int argc, char** argv) {
   std::string html_path;
   traffic->add_option("--html", html_path, "write an HTML report with charts to this file");
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help prints and exits 0; any other bad command line exits 2 as documented (CLI11's own
+    // codes, 104-120, are not ppctl's).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   // Debian's abseil is built with Mutex deadlock detection on; gRPC's mutexes are absl's.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 

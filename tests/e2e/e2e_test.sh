@@ -38,6 +38,14 @@ pp --json get-pool "$pool" | grep -q '"napi_id": 3' || fail "get-pool --json"
 ok "get-pool --json"
 pp return "$pool" $handles | grep -q "returned: 4 pages, 4 unmapped" || fail "return"
 ok "return"
+# A bad command line exits 2 with a message (it used to exit with CLI11's own codes, 104-120).
+for bad in "get-device abc" "allocate 1 --count -5" "get-device" "no-such-subcommand"; do
+  rc=0
+  pp $bad >"$tmp/bad.txt" 2>&1 || rc=$?
+  [ "$rc" -eq 2 ] || fail "ppctl $bad should exit 2, got $rc: $(cat "$tmp/bad.txt")"
+  [ -s "$tmp/bad.txt" ] || fail "ppctl $bad printed no message"
+done
+ok "bad command lines exit 2"
 if pp return "$pool" $handles 2>"$tmp/err"; then fail "double return accepted"; fi
 grep -q "FAILED_PRECONDITION" "$tmp/err" || fail "double return: $(cat "$tmp/err")"
 ok "double return refused: $(cat "$tmp/err")"
