@@ -4,8 +4,10 @@
 // itself and decides nothing: it hands the request to the Runtime, converts the absl::Status to a
 // grpc::Status (a cast) and counts the call in RpcStats. Streams:
 //   Traffic        a ServerBidiReactor that answers each batch before reading the next one;
-//   ListInflight,  ServerWriteReactors over a snapshot taken when the call starts (an RCU walk of the
-//   DumpPageTable  index / a lockless walk of the page table), 256 entries per message;
+//   ListInflight   a ServerWriteReactor over a snapshot taken when the call starts (an RCU walk of
+//                  the index), 256 entries per message (fewer if --max-message-bytes is small);
+//   DumpPageTable  a ServerWriteReactor that walks the page table one message at a time (a fresh
+//                  lockless walk from a cursor for each message), so memory stays one message;
 //   WatchEvents    a ServerWriteReactor subscribed to the Runtime's event hub until the client
 //                  cancels or the daemon shuts down (it then finishes with OK).
 //
