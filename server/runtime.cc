@@ -517,15 +517,11 @@ absl::Status Runtime::DestroyPool(uint64_t pool_id, v1::DestroyPoolResponse* out
 }
 
 absl::Status Runtime::ListInflight(uint64_t pool_id, uint64_t limit,
-                                   std::vector<v1::InflightPage>* out) {
+                                   std::vector<InflightRecord>* out) {
   auto p = FindPool(pool_id);
   if (!p.ok()) return Annotate(p.status(), "ListInflight");
   (*p)->pool->ForEachInflight([&](uint32_t id, pool::PageHandle h, dma::DmaAddr addr) {
-    v1::InflightPage& o = out->emplace_back();
-    o.set_index_id(id);
-    o.mutable_handle()->set_frame(h.frame);
-    o.mutable_handle()->set_generation(h.generation);
-    o.set_dma_addr(addr);
+    out->push_back(InflightRecord{id, h.generation, h.frame, addr});
     return limit == 0 || out->size() < limit;
   });
   return absl::OkStatus();

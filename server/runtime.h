@@ -58,6 +58,14 @@ struct ShutdownReport {
   uint64_t violations = 0;          // mapping-checker violations over all devices, ever
 };
 
+// One page of a pool's in-flight index (ListInflight).
+struct InflightRecord {
+  uint32_t index_id = 0;
+  uint32_t generation = 0;
+  uint64_t frame = 0;
+  uint64_t dma_addr = 0;
+};
+
 namespace internal {
 struct DeviceEntry;
 struct PoolEntry;
@@ -88,9 +96,9 @@ class Runtime {
   absl::Status GetPool(uint64_t pool_id, pagepool::v1::Pool* out);
   void ListPools(uint64_t device_id, pagepool::v1::ListPoolsResponse* out);
   absl::Status DestroyPool(uint64_t pool_id, pagepool::v1::DestroyPoolResponse* out);
-  // Tracked pages of the pool's in-flight index, at most `limit` (0: no limit).
-  absl::Status ListInflight(uint64_t pool_id, uint64_t limit,
-                            std::vector<pagepool::v1::InflightPage>* out);
+  // Tracked pages of the pool's in-flight index, at most `limit` (0: no limit), as compact records
+  // (a pool may track a million pages: 24 bytes each here, about 70 as protobuf messages).
+  absl::Status ListInflight(uint64_t pool_id, uint64_t limit, std::vector<InflightRecord>* out);
 
   // Pages. Allocate runs in the pool's NAPI context; on any error no page is handed out.
   // Context: any thread.

@@ -40,18 +40,14 @@ absl::Status AnswerTooBig(const char* call, int pages, size_t bytes, uint32_t li
       " bytes (--max-message-bytes); the pages were given back, ask for fewer"));
 }
 
-// Writes a snapshot `items` in messages of kStreamBatch entries, then finishes with OK. A failed
-// lookup finishes at once with its status.
-template <typename Response, typename Item, typename AddFn>
-class SnapshotWriter final : public grpc::ServerWriteReactor<Response> {
+// ListInflight: writes a snapshot of the index (compact records, 24 bytes a page, converted to
+// messages only as they are sent) in messages of kStreamBatch entries, fewer when the message limit
+// is small, then finishes with OK. A failed lookup finishes at once with its status.
+class InflightWriter final : public grpc::ServerWriteReactor<v1::ListInflightResponse> {
  public:
-  SnapshotWriter(RpcStats* stats, RpcMethod method, absl::Status status, std::vector<Item> items,
-                 AddFn add, uint32_t max_message_bytes)
-      : stats_(stats),
-        method_(method),
-        items_(std::move(items)),
-        add_(add),
-        max_message_bytes_(max_message_bytes) {
+  InflightWriter(RpcStats* stats, absl::Status status, std::vector<InflightRecord> items,
+                 uint32_t max_message_bytes)
+      : stats_(stats), items_(std::move(items)), max_message_bytes_(max_message_bytes) {
     if (!status.ok()) {
       Done(status);
       return;
@@ -79,35 +75,30 @@ class SnapshotWriter final : public grpc::ServerWriteReactor<Response> {
     size_t end = std::min(items_.size(), pos_ + kStreamBatch);
     size_t bytes = 0;
     for (size_t n = 0; pos_ < end; ++pos_, ++n) {
-      size_t more = FieldBytes(items_[pos_].ByteSizeLong());
+      const InflightRecord& r = items_[pos_];
+      v1::InflightPage page;
+      page.set_index_id(r.index_id);
+      page.mutable_handle()->set_frame(r.frame);
+      page.mutable_handle()->set_generation(r.generation);
+      page.set_dma_addr(r.dma_addr);
+      size_t more = FieldBytes(page.ByteSizeLong());
       if (n > 0 && max_message_bytes_ != 0 && bytes + more > max_message_bytes_) break;
       bytes += more;
-      add_(&resp_, std::move(items_[pos_]));
+      *resp_.add_pages() = std::move(page);
     }
-    this->StartWrite(&resp_);
+    StartWrite(&resp_);
   }
   void Done(const absl::Status& status) {
-    stats_->OnFinished(method_, status.code());
-    this->Finish(ToGrpcStatus(status));
+    stats_->OnFinished(RpcMethod::kListInflight, status.code());
+    Finish(ToGrpcStatus(status));
   }
 
   RpcStats* const stats_;
-  const RpcMethod method_;
-  std::vector<Item> items_;
-  AddFn add_;
+  std::vector<InflightRecord> items_;
   const uint32_t max_message_bytes_;
   size_t pos_ = 0;
-  Response resp_;
+  v1::ListInflightResponse resp_;
 };
-
-template <typename Response, typename Item, typename AddFn>
-SnapshotWriter<Response, Item, AddFn>* MakeSnapshotWriter(RpcStats* stats, RpcMethod method,
-                                                          absl::Status status,
-                                                          std::vector<Item> items, AddFn add,
-                                                          uint32_t max_message_bytes) {
-  return new SnapshotWriter<Response, Item, AddFn>(stats, method, std::move(status),
-                                                   std::move(items), add, max_message_bytes);
-}
 
 // Traffic: read a batch, run it, answer it, read the next. Messages are reused across batches so
 // that repeated fields keep their allocations.
@@ -456,12 +447,9 @@ grpc::ServerBidiReactor<v1::TrafficRequest, v1::TrafficResponse>* PagePoolServic
 
 grpc::ServerWriteReactor<v1::ListInflightResponse>* PagePoolServiceImpl::ListInflight(
     grpc::CallbackServerContext* ctx, const v1::ListInflightRequest* req) {
-  std::vector<v1::InflightPage> pages;
+  std::vector<InflightRecord> pages;
   absl::Status status = runtime_->ListInflight(req->pool_id(), req->limit(), &pages);
-  return MakeSnapshotWriter<v1::ListInflightResponse>(
-      stats_, RpcMethod::kListInflight, status, std::move(pages),
-      [](v1::ListInflightResponse* r, v1::InflightPage&& p) { *r->add_pages() = std::move(p); },
-      max_message_bytes_);
+  return new InflightWriter(stats_, std::move(status), std::move(pages), max_message_bytes_);
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::GetDomain(grpc::CallbackServerContext* ctx,
