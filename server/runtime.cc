@@ -344,12 +344,14 @@ absl::Status Runtime::UnbindDevice(uint64_t device_id, v1::UnbindDeviceResponse*
   // Stop each pool's NAPI context for good and destroy the pool in it (page_pool_destroy after
   // napi_disable, as a driver's remove path does), then unbind the device.
   uint64_t pools_destroyed = 0, inflight = 0, unmapped = 0;
+  std::vector<std::shared_ptr<PoolEntry>> destroyed;  // by this call: only these get an event
   for (auto& p : victims) {
     absl::MutexLock napi(&p->napi_mu);
     p->napi_stopped = true;
-    if (p->pool->destroyed()) continue;
+    if (p->pool->destroyed()) continue;  // destroyed before (its DETACH/DELETE was published then)
     auto d = dev->nic->DestroyPool(p->id);
     if (!d.ok()) continue;  // destroyed meanwhile (a racing DestroyPool found it first)
+    destroyed.push_back(p);
     ++pools_destroyed;
     inflight += d->inflight_at_destroy > 0 ? uint64_t(d->inflight_at_destroy) : 0;
     unmapped += d->pages_unmapped;
@@ -362,7 +364,7 @@ absl::Status Runtime::UnbindDevice(uint64_t device_id, v1::UnbindDeviceResponse*
   out->set_pages_unmapped(unmapped + r->pages_unmapped);
 
   absl::MutexLock l(&mu_);
-  for (auto& p : victims) {
+  for (auto& p : destroyed) {
     v1::Event ev;
     FillPool(*p, ev.mutable_pool());
     bool released = p->pool->info().released || p->pool->inflight() <= 0;

@@ -176,6 +176,34 @@ TEST_F(RobustnessTest, DumpPageTableWalksInMessagesWithoutLosingOrRepeatingLeave
   EXPECT_EQ(beyond->entries_size(), 0);
 }
 
+// Defect: UnbindDevice published a POOL_DETACH (or POOL_DELETE) event for every pool of the device,
+// including pools a DestroyPool had detached before: WatchEvents showed the pool detached twice.
+TEST_F(RobustnessTest, UnbindAfterDestroyPublishesNoSecondDetach) {
+  Start(16 << 20);
+  grpc::ClientContext ctx;
+  v1::WatchEventsRequest wr;
+  wr.set_include_existing(true);  // the replay proves the subscription is in place
+  auto reader = c().stub()->WatchEvents(&ctx, wr);
+  v1::Event ev;
+  for (int replayed = 0; replayed < 2; ++replayed) ASSERT_TRUE(reader->Read(&ev));  // device, pool
+  auto held = c().Allocate(pool_, 3);  // keeps the pool detached, not deleted, after the destroy
+  ASSERT_TRUE(held.ok()) << held.status();
+  ASSERT_TRUE(c().DestroyPool(pool_).ok());
+  auto unbound = c().UnbindDevice(dev_);
+  ASSERT_TRUE(unbound.ok()) << unbound.status();
+  EXPECT_EQ(unbound->pools_destroyed(), 0u);
+  int detach = 0, remove = 0;
+  while (reader->Read(&ev)) {  // DEVICE_CHANGE comes after the unbind's pool events
+    if (ev.type() == v1::EVENT_TYPE_POOL_DETACH && ev.pool().id() == pool_) ++detach;
+    if (ev.type() == v1::EVENT_TYPE_POOL_DELETE && ev.pool().id() == pool_) ++remove;
+    if (ev.type() == v1::EVENT_TYPE_DEVICE_CHANGE) break;
+  }
+  ctx.TryCancel();
+  reader->Finish();
+  EXPECT_EQ(detach, 1);
+  EXPECT_EQ(remove, 0);
+}
+
 // Defect: `ppctl traffic --streams N` with N larger than the threads the process may start
 // aborted ppctl (std::system_error out of std::thread). Now an absurd count is refused up front.
 TEST_F(RobustnessTest, TrafficWithAbsurdStreamCountIsRefused) {
