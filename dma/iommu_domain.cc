@@ -186,7 +186,13 @@ absl::Status IommuDomain::Map(DmaAddr iova, PhysAddr phys, uint64_t size, uint32
   IotlbGather gather;
   absl::Status s = impl.pt->Map(iova, phys, size, bits, &gather);
   impl.FlushAndRelease(&gather);  // tables replaced by blocks or unlinked by a rollback
-  if (!s.ok()) return s;
+  if (!s.ok()) {
+    // A failed map wrote leaves before finding the conflict (fast path) or rolled back what it had
+    // mapped: a device read in between may have filled the IOTLB model with a translation that
+    // nothing will unmap. Drop them (model bookkeeping, not counted as a flush).
+    if (impl.iotlb) impl.iotlb->InvalidateRange(iova, size);
+    return s;
+  }
   impl.counters.hot.maps.fetch_add(1, std::memory_order_relaxed);
   impl.counters.hot.mapped_pages.fetch_add(static_cast<int64_t>(size >> kPageShift),
                                            std::memory_order_relaxed);

@@ -6,6 +6,7 @@
 //
 // PAGEPOOL_STRESS_ITERS overrides the iterations per mapper thread.
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -219,6 +220,47 @@ INSTANTIATE_TEST_SUITE_P(
              (info.param.free_tables ? "_free" : "_keep") + "_" +
              std::string(IommuModeName(info.param.mode));
     });
+
+// A Map that fails (ALREADY_EXISTS) leaves nothing mapped, but its fast path writes leaves before it
+// finds the conflict and takes them back. A device read that walked one of those transient leaves
+// fills the IOTLB model; without an invalidation that translation outlives the failed map, and a
+// later mapping of the same IOVA would be served the old physical address (strict mode too).
+TEST(ReviewIotlb, FailedMapLeavesNoTranslationBehind) {
+  DomainConfig c;
+  c.model_iotlb = true;
+  absl::StatusOr<std::unique_ptr<IommuDomain>> created = IommuDomain::Create(c);
+  ASSERT_TRUE(created.ok());
+  IommuDomain& d = **created;
+  const uint64_t base = 64 * k1G;
+  // Page 8 is mapped; the failing maps cover pages 0..8 (8 transient leaves, then the conflict).
+  ASSERT_TRUE(d.Map(base + 8 * k4K, 0x5000'0000, k4K, kRW).ok());
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> ghost_reads{0};
+  std::thread device([&] {
+    uint64_t i = 0;
+    while (!stop.load(std::memory_order_relaxed)) {
+      if (d.Translate(base + (i++ % 8) * k4K, false).ok()) ghost_reads.fetch_add(1);
+    }
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  for (uint64_t i = 0; ghost_reads.load() < 50 &&
+                       (i % 1024 != 0 || std::chrono::steady_clock::now() < deadline);
+       ++i) {
+    absl::Status s = d.Map(base, 0x1000'0000, 9 * k4K, kRW);
+    ASSERT_EQ(s.code(), absl::StatusCode::kAlreadyExists);
+  }
+  stop.store(true);
+  device.join();
+  std::printf("device reads that found a translation: %llu\n",
+              static_cast<unsigned long long>(ghost_reads.load()));
+  for (uint64_t p = 0; p < 8; ++p) {
+    EXPECT_FALSE(d.Translate(base + p * k4K, false).ok()) << "page " << p;
+    ASSERT_TRUE(d.Map(base + p * k4K, 0x2000'0000 + p * k4K, k4K, kRW).ok());
+    absl::StatusOr<PhysAddr> pa = d.Translate(base + p * k4K, false);
+    ASSERT_TRUE(pa.ok());
+    EXPECT_EQ(*pa, 0x2000'0000 + p * k4K) << "page " << p;
+  }
+}
 
 }  // namespace
 }  // namespace pagepool::dma
