@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -59,6 +62,22 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
+// For uint64_t options: CLI11 turns "-1" into 18446744073709551615 and a value above the range
+// into the largest one without a word; refuse both (CLI11's own conversion then reads the value).
+const CLI::Validator kUint64(
+    [](std::string& text) -> std::string {
+      errno = 0;
+      char* end = nullptr;
+      const char* begin = text.c_str();
+      while (std::isspace(static_cast<unsigned char>(*begin))) ++begin;
+      (void)std::strtoull(begin, &end, 0);
+      if (*begin == '-' || *begin == '\0' || *end != '\0' || errno == ERANGE) {
+        return "'" + text + "' is not a number in 0.." + std::to_string(UINT64_MAX);
+      }
+      return std::string();
+    },
+    "UINT64");
+
 int Usage(const std::string& msg) {
   std::cerr << "ppctl: " << msg << std::endl;
   return 2;
@@ -95,12 +114,12 @@ int main(int argc, char** argv) {
   create_device->add_option("--address-width", address_width, "39, 48 or 57")
       ->capture_default_str();
   auto* get_device = app.add_subcommand("get-device", "GetDevice");
-  get_device->add_option("device_id", id)->required();
+  get_device->add_option("device_id", id)->required()->check(kUint64);
   auto* list_devices = app.add_subcommand("list-devices", "ListDevices");
   auto* unbind_device = app.add_subcommand("unbind-device", "UnbindDevice: destroy pools, unbind");
-  unbind_device->add_option("device_id", id)->required();
+  unbind_device->add_option("device_id", id)->required()->check(kUint64);
   auto* create_pool = app.add_subcommand("create-pool", "CreatePool on a device");
-  create_pool->add_option("device_id", id)->required();
+  create_pool->add_option("device_id", id)->required()->check(kUint64);
   create_pool->add_option("--order", order, "page order 0..10")->capture_default_str();
   create_pool->add_option("--pool-size", pool_size, "ptr_ring size (0: 1024)");
   create_pool->add_option("--strategy", strategy, "xarray, scan or none")->capture_default_str();
@@ -110,36 +129,36 @@ int main(int argc, char** argv) {
   create_pool->add_option("--max-len", max_len, "bytes synced for the device");
   create_pool->add_option("--offset", offset, "offset of the device's writes");
   auto* get_pool = app.add_subcommand("get-pool", "GetPool");
-  get_pool->add_option("pool_id", id)->required();
+  get_pool->add_option("pool_id", id)->required()->check(kUint64);
   auto* list_pools = app.add_subcommand("list-pools", "ListPools");
-  list_pools->add_option("--device", device_filter, "only pools of this device");
+  list_pools->add_option("--device", device_filter, "only pools of this device")->check(kUint64);
   auto* destroy_pool = app.add_subcommand("destroy-pool", "DestroyPool with in-flight unmap");
-  destroy_pool->add_option("pool_id", id)->required();
+  destroy_pool->add_option("pool_id", id)->required()->check(kUint64);
   auto* allocate = app.add_subcommand("allocate", "Allocate pages (prints FRAME:GEN handles)");
-  allocate->add_option("pool_id", id)->required();
+  allocate->add_option("pool_id", id)->required()->check(kUint64);
   allocate->add_option("--count", count, "pages")->capture_default_str();
   auto* recycle = app.add_subcommand("recycle", "Recycle pages FRAME:GEN ...");
-  recycle->add_option("pool_id", id)->required();
+  recycle->add_option("pool_id", id)->required()->check(kUint64);
   recycle->add_option("handles", handles, "FRAME:GEN handles")->required();
   recycle->add_flag("--napi-local", napi_local, "recycle directly (NAPI context)");
   auto* ret = app.add_subcommand("return", "Return pages FRAME:GEN ... to the page allocator");
-  ret->add_option("pool_id", id)->required();
+  ret->add_option("pool_id", id)->required()->check(kUint64);
   ret->add_option("handles", handles, "FRAME:GEN handles")->required();
   auto* list_inflight = app.add_subcommand("list-inflight", "ListInflight: a pool's tracked pages");
-  list_inflight->add_option("pool_id", id)->required();
-  list_inflight->add_option("--limit", limit, "at most this many (0: all)");
+  list_inflight->add_option("pool_id", id)->required()->check(kUint64);
+  list_inflight->add_option("--limit", limit, "at most this many (0: all)")->check(kUint64);
   auto* get_domain = app.add_subcommand("get-domain", "GetDomain: page tables and violations");
-  get_domain->add_option("device_id", id)->required();
+  get_domain->add_option("device_id", id)->required()->check(kUint64);
   auto* dump = app.add_subcommand("dump-page-table", "DumpPageTable: present leaves");
-  dump->add_option("device_id", id)->required();
-  dump->add_option("--start", start, "first IOVA");
-  dump->add_option("--end", end, "end IOVA (0: end of space)");
-  dump->add_option("--limit", limit, "at most this many entries (0: all)");
+  dump->add_option("device_id", id)->required()->check(kUint64);
+  dump->add_option("--start", start, "first IOVA")->check(kUint64);
+  dump->add_option("--end", end, "end IOVA (0: end of space)")->check(kUint64);
+  dump->add_option("--limit", limit, "at most this many entries (0: all)")->check(kUint64);
   auto* watch = app.add_subcommand("watch-events", "WatchEvents until interrupted");
   watch->add_option("--type", types, "device-add, device-change, pool-add, pool-change, "
                                      "pool-detach, pool-delete (repeatable)");
   watch->add_flag("--include-existing", include_existing, "start with existing devices/pools");
-  watch->add_option("--count", max_events, "stop after this many events (0: never)");
+  watch->add_option("--count", max_events, "stop after this many events (0: never)")->check(kUint64);
 
   pagepool::client::TrafficOptions topt;
   std::string out_path, tstrategy = "xarray", tmode = "strict";
@@ -152,7 +171,7 @@ int main(int argc, char** argv) {
   traffic->add_option("--streams", topt.streams, "concurrent Traffic streams")
       ->capture_default_str();
   traffic->add_option("--batch", topt.batch, "pages per batch")->capture_default_str();
-  traffic->add_option("--pool-id", topt.pool_id, "use this pool (default: create device + pool)");
+  traffic->add_option("--pool-id", topt.pool_id, "use this pool (default: create device + pool)")->check(kUint64);
   traffic->add_option("--strategy", tstrategy, "strategy of the pool created: xarray, scan, none")
       ->capture_default_str();
   traffic->add_option("--iommu-mode", tmode, "mode of the device created")->capture_default_str();

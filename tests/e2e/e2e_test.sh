@@ -39,7 +39,9 @@ ok "get-pool --json"
 pp return "$pool" $handles | grep -q "returned: 4 pages, 4 unmapped" || fail "return"
 ok "return"
 # A bad command line exits 2 with a message (it used to exit with CLI11's own codes, 104-120).
-for bad in "get-device abc" "allocate 1 --count -5" "get-device" "no-such-subcommand"; do
+# A negative or too large 64-bit id is refused too (CLI11 wrapped -1 to 2^64-1 and clamped 2^64).
+for bad in "get-device abc" "allocate 1 --count -5" "get-device" "no-such-subcommand" \
+           "get-device -1" "get-device 18446744073709551616" "dump-page-table 1 --start -4096"; do
   rc=0
   pp $bad >"$tmp/bad.txt" 2>&1 || rc=$?
   [ "$rc" -eq 2 ] || fail "ppctl $bad should exit 2, got $rc: $(cat "$tmp/bad.txt")"
