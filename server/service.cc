@@ -101,17 +101,31 @@ class InflightWriter final : public grpc::ServerWriteReactor<v1::ListInflightRes
 };
 
 // Traffic: read a batch, run it, answer it, read the next. Messages are reused across batches so
-// that repeated fields keep their allocations.
-class TrafficReactor final
-    : public grpc::ServerBidiReactor<v1::TrafficRequest, v1::TrafficResponse> {
+// that repeated fields keep their allocations. The method is raw (ByteBuffers): the typed callback
+// API reports a message that does not parse exactly as a client half-close, so a malformed batch
+// ended the stream with OK; here it ends it with INVALID_ARGUMENT naming the message.
+class TrafficReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   TrafficReactor(Runtime* runtime, RpcStats* stats, uint32_t max_message_bytes)
       : runtime_(runtime), stats_(stats), max_message_bytes_(max_message_bytes) {
-    StartRead(&req_);
+    StartRead(&in_);
   }
   void OnReadDone(bool ok) override {
     if (!ok) {  // client half-closed (or went away): the call is complete
       Done(grpc::Status::OK, absl::StatusCode::kOk);
+      return;
+    }
+    ++messages_;
+    req_.Clear();
+    grpc::Status parsed = grpc::SerializationTraits<v1::TrafficRequest>::Deserialize(&in_, &req_);
+    if (!parsed.ok()) {
+      Done(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("Traffic: message #", messages_,
+                                     " is not a valid pagepool.v1.TrafficRequest (",
+                                     parsed.error_message().empty() ? "it does not parse"
+                                                                    : parsed.error_message(),
+                                     "); the batches before it were done")),
+           absl::StatusCode::kInvalidArgument);
       return;
     }
     resp_.Clear();
@@ -134,7 +148,14 @@ class TrafficReactor final
       }
     }
     stats_->OnTrafficBatch(ops, resp_.errors());
-    StartWrite(&resp_);
+    out_.Clear();
+    bool own = false;
+    grpc::Status ser = grpc::SerializationTraits<v1::TrafficResponse>::Serialize(resp_, &out_, &own);
+    if (!ser.ok()) {
+      Done(ser, static_cast<absl::StatusCode>(ser.error_code()));
+      return;
+    }
+    StartWrite(&out_);
   }
   void OnWriteDone(bool ok) override {
     if (!ok) {
@@ -142,8 +163,8 @@ class TrafficReactor final
            absl::StatusCode::kCancelled);
       return;
     }
-    req_.Clear();
-    StartRead(&req_);
+    in_.Clear();
+    StartRead(&in_);
   }
   void OnDone() override { delete this; }
 
@@ -155,6 +176,9 @@ class TrafficReactor final
   Runtime* const runtime_;
   RpcStats* const stats_;
   const uint32_t max_message_bytes_;
+  uint64_t messages_ = 0;
+  grpc::ByteBuffer in_;
+  grpc::ByteBuffer out_;
   v1::TrafficRequest req_;
   v1::TrafficResponse resp_;
 };
@@ -440,7 +464,7 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::Return(grpc::CallbackServerContex
   return FinishUnary(ctx, RpcMethod::kReturn, runtime_->Return(req->pool_id(), req->pages(), resp));
 }
 
-grpc::ServerBidiReactor<v1::TrafficRequest, v1::TrafficResponse>* PagePoolServiceImpl::Traffic(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PagePoolServiceImpl::Traffic(
     grpc::CallbackServerContext* ctx) {
   return new TrafficReactor(runtime_, stats_, max_message_bytes_);
 }

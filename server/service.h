@@ -3,7 +3,8 @@
 // PagePoolServiceImpl: the gRPC callback-API service of pagepoold. Each call validates nothing
 // itself and decides nothing: it hands the request to the Runtime, converts the absl::Status to a
 // grpc::Status (a cast) and counts the call in RpcStats. Streams:
-//   Traffic        a ServerBidiReactor that answers each batch before reading the next one;
+//   Traffic        a ServerBidiReactor that answers each batch before reading the next one (raw:
+//                  a message that does not parse ends the stream with INVALID_ARGUMENT);
 //   ListInflight   a ServerWriteReactor over a snapshot taken when the call starts (an RCU walk of
 //                  the index), 256 entries per message (fewer if --max-message-bytes is small);
 //   DumpPageTable  a ServerWriteReactor that walks the page table one message at a time (a fresh
@@ -24,7 +25,23 @@
 
 namespace pagepool::server {
 
-class PagePoolServiceImpl final : public pagepool::v1::PagePoolService::CallbackService {
+// The generated CallbackService, except that Traffic is raw (ByteBuffer in and out, parsed by the
+// reactor): the typed callback API cannot tell a Traffic message that does not parse from a client
+// half-close, and ended such a stream with OK.
+namespace internal {
+using V1 = ::pagepool::v1::PagePoolService;
+using PagePoolServiceBase = V1::WithCallbackMethod_CreateDevice<V1::WithCallbackMethod_GetDevice<
+    V1::WithCallbackMethod_ListDevices<V1::WithCallbackMethod_UnbindDevice<
+        V1::WithCallbackMethod_CreatePool<V1::WithCallbackMethod_GetPool<
+            V1::WithCallbackMethod_ListPools<V1::WithCallbackMethod_DestroyPool<
+                V1::WithCallbackMethod_Allocate<V1::WithCallbackMethod_Recycle<
+                    V1::WithCallbackMethod_Return<V1::WithRawCallbackMethod_Traffic<
+                        V1::WithCallbackMethod_ListInflight<V1::WithCallbackMethod_GetDomain<
+                            V1::WithCallbackMethod_DumpPageTable<
+                                V1::WithCallbackMethod_WatchEvents<V1::Service>>>>>>>>>>>>>>>>;
+}  // namespace internal
+
+class PagePoolServiceImpl final : public internal::PagePoolServiceBase {
  public:
   // `runtime` and `stats` must outlive the service and the grpc::Server it is registered with.
   // `max_message_bytes` is the server's send limit (0: none): an Allocate or Traffic answer that
@@ -66,7 +83,8 @@ class PagePoolServiceImpl final : public pagepool::v1::PagePoolService::Callback
   grpc::ServerUnaryReactor* Return(grpc::CallbackServerContext* ctx,
                                    const pagepool::v1::ReturnRequest* req,
                                    pagepool::v1::ReturnResponse* resp) override;
-  grpc::ServerBidiReactor<pagepool::v1::TrafficRequest, pagepool::v1::TrafficResponse>* Traffic(
+  // Raw: reads TrafficRequest and writes TrafficResponse as ByteBuffers (see above).
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Traffic(
       grpc::CallbackServerContext* ctx) override;
   grpc::ServerWriteReactor<pagepool::v1::ListInflightResponse>* ListInflight(
       grpc::CallbackServerContext* ctx, const pagepool::v1::ListInflightRequest* req) override;

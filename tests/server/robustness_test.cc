@@ -5,6 +5,8 @@
 #include <thread>
 #include <vector>
 
+#include <grpcpp/grpcpp.h>
+
 #include "client/traffic.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -202,6 +204,54 @@ TEST_F(RobustnessTest, UnbindAfterDestroyPublishesNoSecondDetach) {
   reader->Finish();
   EXPECT_EQ(detach, 1);
   EXPECT_EQ(remove, 0);
+}
+
+// Defect: a Traffic message that did not parse ended the stream with OK, exactly as if the client
+// had half-closed (the typed callback API reports both as a failed read): the batch was silently
+// dropped and the client was told all was well. Now the stream ends with INVALID_ARGUMENT.
+TEST_F(RobustnessTest, MalformedTrafficMessageEndsTheStreamWithInvalidArgument) {
+  Start(16 << 20);
+  auto channel = grpc::CreateChannel(d_->address(), grpc::InsecureChannelCredentials());
+  grpc::ClientContext ctx;
+  grpc::internal::RpcMethod method("/pagepool.v1.PagePoolService/Traffic",
+                                   grpc::internal::RpcMethod::BIDI_STREAMING);
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> rw(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
+          channel.get(), method, &ctx));
+  auto send = [&](const std::string& bytes) {
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer bb(&slice, 1);
+    return rw->Write(bb);
+  };
+  v1::TrafficRequest good;
+  good.set_pool_id(pool_);
+  good.set_seq(1);
+  ASSERT_TRUE(send(good.SerializeAsString()));
+  grpc::ByteBuffer in;
+  ASSERT_TRUE(rw->Read(&in));
+  v1::TrafficResponse resp;
+  ASSERT_TRUE(grpc::SerializationTraits<v1::TrafficResponse>::Deserialize(&in, &resp).ok());
+  EXPECT_EQ(resp.seq(), 1u);
+  send(std::string("\xff\xff\xff\xff\xff", 5));
+  EXPECT_FALSE(rw->Read(&in));
+  grpc::Status s = rw->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("message #2"));
+  // The daemon goes on serving Traffic.
+  grpc::ClientContext ctx2;
+  auto typed = c().stub()->Traffic(&ctx2);
+  good.set_allocate(2);
+  ASSERT_TRUE(typed->Write(good));
+  ASSERT_TRUE(typed->Read(&resp));
+  EXPECT_EQ(resp.allocated_size(), 2);
+  good.Clear();
+  good.set_pool_id(pool_);
+  for (const auto& p : resp.allocated()) *good.add_return_pages() = p.handle();
+  ASSERT_TRUE(typed->Write(good));
+  ASSERT_TRUE(typed->Read(&resp));
+  typed->WritesDone();
+  EXPECT_TRUE(typed->Finish().ok());
+  EXPECT_EQ(HeldAtDestroy(), 0u);
 }
 
 // Defect: `ppctl traffic --streams N` with N larger than the threads the process may start
