@@ -150,7 +150,8 @@ class TrafficReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     stats_->OnTrafficBatch(ops, resp_.errors());
     out_.Clear();
     bool own = false;
-    grpc::Status ser = grpc::SerializationTraits<v1::TrafficResponse>::Serialize(resp_, &out_, &own);
+    grpc::Status ser =
+        grpc::SerializationTraits<v1::TrafficResponse>::Serialize(resp_, &out_, &own);
     if (!ser.ok()) {
       Done(ser, static_cast<absl::StatusCode>(ser.error_code()));
       return;
@@ -382,86 +383,141 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::FinishUnary(grpc::CallbackServerC
   return reactor;
 }
 
+template <typename Req, typename Resp, typename Fn>
+grpc::ServerUnaryReactor* PagePoolServiceImpl::Unary(grpc::CallbackServerContext* ctx,
+                                                     RpcMethod method, const char* name,
+                                                     const grpc::ByteBuffer* in,
+                                                     grpc::ByteBuffer* out, Fn fn) {
+  Req req;
+  Resp resp;
+  grpc::ByteBuffer buf(*in);  // a reference to the same slices; Deserialize consumes it
+  if (!grpc::SerializationTraits<Req>::Deserialize(&buf, &req).ok()) {
+    return FinishUnary(
+        ctx, method,
+        absl::InvalidArgumentError(absl::StrCat(
+            name, ": the request is not a valid ", Req::descriptor()->full_name(),
+            " (it does not parse: not protobuf, or a string field that is not UTF-8)")));
+  }
+  absl::Status s = fn(req, &resp);
+  if (s.ok()) {
+    bool own = false;
+    grpc::Status ser = grpc::SerializationTraits<Resp>::Serialize(resp, out, &own);
+    if (!ser.ok()) {
+      s = absl::InternalError(absl::StrCat(name, ": cannot serialize the answer: ",
+                                           ser.error_message()));
+    }
+  }
+  return FinishUnary(ctx, method, s);
+}
+
 grpc::ServerUnaryReactor* PagePoolServiceImpl::CreateDevice(grpc::CallbackServerContext* ctx,
-                                                            const v1::CreateDeviceRequest* req,
-                                                            v1::CreateDeviceResponse* resp) {
-  return FinishUnary(ctx, RpcMethod::kCreateDevice,
-                     runtime_->CreateDevice(*req, resp->mutable_device()));
+                                                            const grpc::ByteBuffer* in,
+                                                            grpc::ByteBuffer* out) {
+  return Unary<v1::CreateDeviceRequest, v1::CreateDeviceResponse>(
+      ctx, RpcMethod::kCreateDevice, "CreateDevice", in, out,
+      [&](const auto& req, auto* resp) {
+        return runtime_->CreateDevice(req, resp->mutable_device());
+      });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::GetDevice(grpc::CallbackServerContext* ctx,
-                                                         const v1::GetDeviceRequest* req,
-                                                         v1::GetDeviceResponse* resp) {
-  return FinishUnary(ctx, RpcMethod::kGetDevice,
-                     runtime_->GetDevice(req->device_id(), resp->mutable_device()));
+                                                         const grpc::ByteBuffer* in,
+                                                         grpc::ByteBuffer* out) {
+  return Unary<v1::GetDeviceRequest, v1::GetDeviceResponse>(
+      ctx, RpcMethod::kGetDevice, "GetDevice", in, out, [&](const auto& req, auto* resp) {
+        return runtime_->GetDevice(req.device_id(), resp->mutable_device());
+      });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::ListDevices(grpc::CallbackServerContext* ctx,
-                                                           const v1::ListDevicesRequest* req,
-                                                           v1::ListDevicesResponse* resp) {
-  runtime_->ListDevices(resp);
-  return FinishUnary(ctx, RpcMethod::kListDevices, absl::OkStatus());
+                                                           const grpc::ByteBuffer* in,
+                                                           grpc::ByteBuffer* out) {
+  return Unary<v1::ListDevicesRequest, v1::ListDevicesResponse>(
+      ctx, RpcMethod::kListDevices, "ListDevices", in, out, [&](const auto& req, auto* resp) {
+        runtime_->ListDevices(resp);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::UnbindDevice(grpc::CallbackServerContext* ctx,
-                                                            const v1::UnbindDeviceRequest* req,
-                                                            v1::UnbindDeviceResponse* resp) {
-  return FinishUnary(ctx, RpcMethod::kUnbindDevice, runtime_->UnbindDevice(req->device_id(), resp));
+                                                            const grpc::ByteBuffer* in,
+                                                            grpc::ByteBuffer* out) {
+  return Unary<v1::UnbindDeviceRequest, v1::UnbindDeviceResponse>(
+      ctx, RpcMethod::kUnbindDevice, "UnbindDevice", in, out,
+      [&](const auto& req, auto* resp) { return runtime_->UnbindDevice(req.device_id(), resp); });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::CreatePool(grpc::CallbackServerContext* ctx,
-                                                          const v1::CreatePoolRequest* req,
-                                                          v1::CreatePoolResponse* resp) {
-  return FinishUnary(ctx, RpcMethod::kCreatePool, runtime_->CreatePool(*req, resp->mutable_pool()));
+                                                          const grpc::ByteBuffer* in,
+                                                          grpc::ByteBuffer* out) {
+  return Unary<v1::CreatePoolRequest, v1::CreatePoolResponse>(
+      ctx, RpcMethod::kCreatePool, "CreatePool", in, out,
+      [&](const auto& req, auto* resp) { return runtime_->CreatePool(req, resp->mutable_pool()); });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::GetPool(grpc::CallbackServerContext* ctx,
-                                                       const v1::GetPoolRequest* req,
-                                                       v1::GetPoolResponse* resp) {
-  return FinishUnary(ctx, RpcMethod::kGetPool,
-                     runtime_->GetPool(req->pool_id(), resp->mutable_pool()));
+                                                       const grpc::ByteBuffer* in,
+                                                       grpc::ByteBuffer* out) {
+  return Unary<v1::GetPoolRequest, v1::GetPoolResponse>(
+      ctx, RpcMethod::kGetPool, "GetPool", in, out, [&](const auto& req, auto* resp) {
+        return runtime_->GetPool(req.pool_id(), resp->mutable_pool());
+      });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::ListPools(grpc::CallbackServerContext* ctx,
-                                                         const v1::ListPoolsRequest* req,
-                                                         v1::ListPoolsResponse* resp) {
-  runtime_->ListPools(req->device_id(), resp);
-  return FinishUnary(ctx, RpcMethod::kListPools, absl::OkStatus());
+                                                         const grpc::ByteBuffer* in,
+                                                         grpc::ByteBuffer* out) {
+  return Unary<v1::ListPoolsRequest, v1::ListPoolsResponse>(
+      ctx, RpcMethod::kListPools, "ListPools", in, out, [&](const auto& req, auto* resp) {
+        runtime_->ListPools(req.device_id(), resp);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::DestroyPool(grpc::CallbackServerContext* ctx,
-                                                           const v1::DestroyPoolRequest* req,
-                                                           v1::DestroyPoolResponse* resp) {
-  return FinishUnary(ctx, RpcMethod::kDestroyPool, runtime_->DestroyPool(req->pool_id(), resp));
+                                                           const grpc::ByteBuffer* in,
+                                                           grpc::ByteBuffer* out) {
+  return Unary<v1::DestroyPoolRequest, v1::DestroyPoolResponse>(
+      ctx, RpcMethod::kDestroyPool, "DestroyPool", in, out,
+      [&](const auto& req, auto* resp) { return runtime_->DestroyPool(req.pool_id(), resp); });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::Allocate(grpc::CallbackServerContext* ctx,
-                                                        const v1::AllocateRequest* req,
-                                                        v1::AllocateResponse* resp) {
-  absl::Status s = runtime_->Allocate(req->pool_id(), req->count(), resp->mutable_pages());
-  if (s.ok() && max_message_bytes_ != 0) {
-    size_t bytes = resp->ByteSizeLong();
-    if (bytes > max_message_bytes_) {
-      int n = resp->pages_size();
-      GiveBack(runtime_, req->pool_id(), resp->pages());
-      resp->Clear();
-      s = AnswerTooBig("Allocate", n, bytes, max_message_bytes_);
-    }
-  }
-  return FinishUnary(ctx, RpcMethod::kAllocate, s);
+                                                        const grpc::ByteBuffer* in,
+                                                        grpc::ByteBuffer* out) {
+  return Unary<v1::AllocateRequest, v1::AllocateResponse>(
+      ctx, RpcMethod::kAllocate, "Allocate", in, out,
+      [&](const v1::AllocateRequest& req, v1::AllocateResponse* resp) {
+        absl::Status s = runtime_->Allocate(req.pool_id(), req.count(), resp->mutable_pages());
+        if (s.ok() && max_message_bytes_ != 0) {
+          size_t bytes = resp->ByteSizeLong();
+          if (bytes > max_message_bytes_) {
+            int n = resp->pages_size();
+            GiveBack(runtime_, req.pool_id(), resp->pages());
+            resp->Clear();
+            s = AnswerTooBig("Allocate", n, bytes, max_message_bytes_);
+          }
+        }
+        return s;
+      });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::Recycle(grpc::CallbackServerContext* ctx,
-                                                       const v1::RecycleRequest* req,
-                                                       v1::RecycleResponse* resp) {
-  return FinishUnary(ctx, RpcMethod::kRecycle,
-                     runtime_->Recycle(req->pool_id(), req->pages(), req->napi_local(), resp));
+                                                       const grpc::ByteBuffer* in,
+                                                       grpc::ByteBuffer* out) {
+  return Unary<v1::RecycleRequest, v1::RecycleResponse>(
+      ctx, RpcMethod::kRecycle, "Recycle", in, out, [&](const auto& req, auto* resp) {
+        return runtime_->Recycle(req.pool_id(), req.pages(), req.napi_local(), resp);
+      });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::Return(grpc::CallbackServerContext* ctx,
-                                                      const v1::ReturnRequest* req,
-                                                      v1::ReturnResponse* resp) {
-  return FinishUnary(ctx, RpcMethod::kReturn, runtime_->Return(req->pool_id(), req->pages(), resp));
+                                                      const grpc::ByteBuffer* in,
+                                                      grpc::ByteBuffer* out) {
+  return Unary<v1::ReturnRequest, v1::ReturnResponse>(
+      ctx, RpcMethod::kReturn, "Return", in, out, [&](const auto& req, auto* resp) {
+        return runtime_->Return(req.pool_id(), req.pages(), resp);
+      });
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PagePoolServiceImpl::Traffic(
@@ -477,10 +533,12 @@ grpc::ServerWriteReactor<v1::ListInflightResponse>* PagePoolServiceImpl::ListInf
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::GetDomain(grpc::CallbackServerContext* ctx,
-                                                         const v1::GetDomainRequest* req,
-                                                         v1::GetDomainResponse* resp) {
-  return FinishUnary(ctx, RpcMethod::kGetDomain,
-                     runtime_->GetDomain(req->device_id(), resp->mutable_domain()));
+                                                         const grpc::ByteBuffer* in,
+                                                         grpc::ByteBuffer* out) {
+  return Unary<v1::GetDomainRequest, v1::GetDomainResponse>(
+      ctx, RpcMethod::kGetDomain, "GetDomain", in, out, [&](const auto& req, auto* resp) {
+        return runtime_->GetDomain(req.device_id(), resp->mutable_domain());
+      });
 }
 
 grpc::ServerWriteReactor<v1::DumpPageTableResponse>* PagePoolServiceImpl::DumpPageTable(

@@ -25,18 +25,21 @@
 
 namespace pagepool::server {
 
-// The generated CallbackService, except that Traffic is raw (ByteBuffer in and out, parsed by the
-// reactor): the typed callback API cannot tell a Traffic message that does not parse from a client
-// half-close, and ended such a stream with OK.
+// The generated CallbackService, except that the unary calls and Traffic are raw (ByteBuffer in and
+// out, parsed here): with the typed callback API a request that does not parse (not protobuf, or a
+// string that is not UTF-8) was answered UNIMPLEMENTED with an empty message, and a Traffic message
+// that does not parse ended the stream with OK as if the client had half-closed. Now both get
+// INVALID_ARGUMENT naming the message. The three server streams keep typed requests.
 namespace internal {
 using V1 = ::pagepool::v1::PagePoolService;
-using PagePoolServiceBase = V1::WithCallbackMethod_CreateDevice<V1::WithCallbackMethod_GetDevice<
-    V1::WithCallbackMethod_ListDevices<V1::WithCallbackMethod_UnbindDevice<
-        V1::WithCallbackMethod_CreatePool<V1::WithCallbackMethod_GetPool<
-            V1::WithCallbackMethod_ListPools<V1::WithCallbackMethod_DestroyPool<
-                V1::WithCallbackMethod_Allocate<V1::WithCallbackMethod_Recycle<
-                    V1::WithCallbackMethod_Return<V1::WithRawCallbackMethod_Traffic<
-                        V1::WithCallbackMethod_ListInflight<V1::WithCallbackMethod_GetDomain<
+using PagePoolServiceBase = V1::WithRawCallbackMethod_CreateDevice<
+    V1::WithRawCallbackMethod_GetDevice<
+    V1::WithRawCallbackMethod_ListDevices<V1::WithRawCallbackMethod_UnbindDevice<
+        V1::WithRawCallbackMethod_CreatePool<V1::WithRawCallbackMethod_GetPool<
+            V1::WithRawCallbackMethod_ListPools<V1::WithRawCallbackMethod_DestroyPool<
+                V1::WithRawCallbackMethod_Allocate<V1::WithRawCallbackMethod_Recycle<
+                    V1::WithRawCallbackMethod_Return<V1::WithRawCallbackMethod_Traffic<
+                        V1::WithCallbackMethod_ListInflight<V1::WithRawCallbackMethod_GetDomain<
                             V1::WithCallbackMethod_DumpPageTable<
                                 V1::WithCallbackMethod_WatchEvents<V1::Service>>>>>>>>>>>>>>>>;
 }  // namespace internal
@@ -51,52 +54,47 @@ class PagePoolServiceImpl final : public internal::PagePoolServiceBase {
       : runtime_(runtime), stats_(stats), max_message_bytes_(max_message_bytes) {}
 
   grpc::ServerUnaryReactor* CreateDevice(grpc::CallbackServerContext* ctx,
-                                         const pagepool::v1::CreateDeviceRequest* req,
-                                         pagepool::v1::CreateDeviceResponse* resp) override;
+      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* GetDevice(grpc::CallbackServerContext* ctx,
-                                      const pagepool::v1::GetDeviceRequest* req,
-                                      pagepool::v1::GetDeviceResponse* resp) override;
+      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* ListDevices(grpc::CallbackServerContext* ctx,
-                                        const pagepool::v1::ListDevicesRequest* req,
-                                        pagepool::v1::ListDevicesResponse* resp) override;
+      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* UnbindDevice(grpc::CallbackServerContext* ctx,
-                                         const pagepool::v1::UnbindDeviceRequest* req,
-                                         pagepool::v1::UnbindDeviceResponse* resp) override;
+      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* CreatePool(grpc::CallbackServerContext* ctx,
-                                       const pagepool::v1::CreatePoolRequest* req,
-                                       pagepool::v1::CreatePoolResponse* resp) override;
+      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* GetPool(grpc::CallbackServerContext* ctx,
-                                    const pagepool::v1::GetPoolRequest* req,
-                                    pagepool::v1::GetPoolResponse* resp) override;
+      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* ListPools(grpc::CallbackServerContext* ctx,
-                                      const pagepool::v1::ListPoolsRequest* req,
-                                      pagepool::v1::ListPoolsResponse* resp) override;
+      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* DestroyPool(grpc::CallbackServerContext* ctx,
-                                        const pagepool::v1::DestroyPoolRequest* req,
-                                        pagepool::v1::DestroyPoolResponse* resp) override;
+      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* Allocate(grpc::CallbackServerContext* ctx,
-                                     const pagepool::v1::AllocateRequest* req,
-                                     pagepool::v1::AllocateResponse* resp) override;
+      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* Recycle(grpc::CallbackServerContext* ctx,
-                                    const pagepool::v1::RecycleRequest* req,
-                                    pagepool::v1::RecycleResponse* resp) override;
+      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* Return(grpc::CallbackServerContext* ctx,
-                                   const pagepool::v1::ReturnRequest* req,
-                                   pagepool::v1::ReturnResponse* resp) override;
+      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   // Raw: reads TrafficRequest and writes TrafficResponse as ByteBuffers (see above).
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Traffic(
       grpc::CallbackServerContext* ctx) override;
   grpc::ServerWriteReactor<pagepool::v1::ListInflightResponse>* ListInflight(
       grpc::CallbackServerContext* ctx, const pagepool::v1::ListInflightRequest* req) override;
   grpc::ServerUnaryReactor* GetDomain(grpc::CallbackServerContext* ctx,
-                                      const pagepool::v1::GetDomainRequest* req,
-                                      pagepool::v1::GetDomainResponse* resp) override;
+      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerWriteReactor<pagepool::v1::DumpPageTableResponse>* DumpPageTable(
       grpc::CallbackServerContext* ctx, const pagepool::v1::DumpPageTableRequest* req) override;
   grpc::ServerWriteReactor<pagepool::v1::Event>* WatchEvents(
       grpc::CallbackServerContext* ctx, const pagepool::v1::WatchEventsRequest* req) override;
 
  private:
+  // A raw unary call: parses the request (INVALID_ARGUMENT naming the message type when it does not
+  // parse; the typed API answered UNIMPLEMENTED with no message), runs fn(req, &resp), serializes
+  // the answer and finishes, counting the call.
+  template <typename Req, typename Resp, typename Fn>
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, RpcMethod method,
+                                  const char* name, const grpc::ByteBuffer* in,
+                                  grpc::ByteBuffer* out, Fn fn);
   // Finishes a unary call with `status`, counting it.
   grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* ctx, RpcMethod method,
                                         const absl::Status& status);

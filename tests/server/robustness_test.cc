@@ -6,6 +6,7 @@
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/client_unary_call.h>
 
 #include "client/traffic.h"
 #include "gmock/gmock.h"
@@ -204,6 +205,37 @@ TEST_F(RobustnessTest, UnbindAfterDestroyPublishesNoSecondDetach) {
   reader->Finish();
   EXPECT_EQ(detach, 1);
   EXPECT_EQ(remove, 0);
+}
+
+// Defect: a unary request that did not parse (a name that is not UTF-8, or bytes that are not
+// protobuf at all) was answered UNIMPLEMENTED with an empty message by the typed callback API.
+TEST_F(RobustnessTest, MalformedUnaryRequestIsInvalidArgumentWithAMessage) {
+  Start(16 << 20);
+  auto channel = grpc::CreateChannel(d_->address(), grpc::InsecureChannelCredentials());
+  auto call = [&](const std::string& method, const std::string& bytes) {
+    grpc::ClientContext ctx;
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer req(&slice, 1), resp;
+    return grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+        channel.get(),
+        grpc::internal::RpcMethod(("/pagepool.v1.PagePoolService/" + method).c_str(),
+                                  grpc::internal::RpcMethod::NORMAL_RPC),
+        &ctx, req, &resp);
+  };
+  // CreateDeviceRequest.name (field 1) = the bytes ff fe fd: not UTF-8.
+  grpc::Status s = call("CreateDevice", std::string("\x0a\x03\xff\xfe\xfd", 5));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("pagepool.v1.CreateDeviceRequest"));
+  s = call("Return", std::string("\xff\xff\xff\xff", 4));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("Return"));
+  // A well-formed raw request still works.
+  v1::GetPoolRequest get;
+  get.set_pool_id(pool_);
+  EXPECT_TRUE(call("GetPool", get.SerializeAsString()).ok());
+  auto list = c().ListDevices();
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->devices_size(), 1);  // the malformed CreateDevice created nothing
 }
 
 // Defect: a Traffic message that did not parse ended the stream with OK, exactly as if the client
