@@ -207,6 +207,53 @@ absl::Status Device::UnmapPage(DmaAddr addr, uint64_t size, DmaDirection dir) {
   return absl::OkStatus();
 }
 
+absl::Status Device::UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size,
+                                DmaDirection dir) {
+  Impl& d = *impl_;
+  if (addrs.empty()) return absl::OkStatus();
+  auto refuse_all = [&] {
+    for (size_t i = 1; i < addrs.size(); ++i) d.checker.OnCallAfterUnbind();
+    return d.RefuseUnbound("unmap_page");
+  };
+  if (!d.bound.load(std::memory_order_acquire)) return refuse_all();
+  Impl::CallGuard guard(d);
+  if (!guard.ok()) return refuse_all();
+  if (!ValidDirection(dir)) {
+    return absl::InvalidArgumentError(absl::StrCat("unmap_page on device ", d.config.name,
+                                                   ": invalid direction ", static_cast<int>(dir)));
+  }
+  absl::Status first_error;
+  uint64_t unmapped = 0;
+  constexpr size_t kChunk = 256;
+  bool ok[kChunk];
+  for (size_t base = 0; base < addrs.size(); base += kChunk) {
+    const absl::Span<const DmaAddr> chunk = addrs.subspan(base, kChunk);
+    if (absl::Status st = d.checker.OnUnmapBatch(chunk, size, dir, absl::MakeSpan(ok, kChunk));
+        !st.ok() && first_error.ok()) {
+      first_error = Annotate(st, absl::StrCat("unmap_page on device ", d.config.name));
+    }
+    for (size_t i = 0; i < chunk.size(); ++i) {
+      if (!ok[i]) continue;
+      if (d.domain != nullptr) {
+        // As UnmapPage: the IOVA range is released after the invalidation.
+        absl::Status st =
+            d.domain->Unmap(chunk[i], PagesOf(size) << kPageShift, /*release_iova=*/true);
+        if (!st.ok()) {
+          if (first_error.ok()) {
+            first_error = absl::InternalError(absl::StrCat(
+                "unmap_page on device ", d.config.name, " (iova ", Hex(chunk[i]), ", ", size,
+                " bytes): the checker knew the mapping but the domain refused: ", st.ToString()));
+          }
+          continue;
+        }
+      }
+      ++unmapped;
+    }
+  }
+  guard.slot().unmap_calls.fetch_add(unmapped, std::memory_order_relaxed);
+  return first_error;
+}
+
 absl::Status Device::SyncForDevice(DmaAddr addr, uint64_t offset, uint64_t size,
                                    DmaDirection dir) {
   Impl& d = *impl_;

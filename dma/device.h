@@ -31,6 +31,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "dma/types.h"
 
 namespace pagepool::dma {
@@ -66,6 +67,17 @@ class Device {
   // mode, invalidates the IOTLB now (strict) or queues the invalidation (lazy).
   // Context: any thread.
   absl::Status UnmapPage(DmaAddr addr, uint64_t size, DmaDirection dir);
+
+  // UnmapPage for every address of `addrs` (all of one size and direction), with the same checks,
+  // counting and effect per address as that many UnmapPage calls: each refused address is counted
+  // by the checker as UnmapPage would count it (call_after_unbind once per address on an unbound
+  // device) and left as it was; each accepted one is unmapped and, per the domain's mode,
+  // invalidated now (strict, before its IOVA can be reused) or queued (lazy). Cheaper per page: one
+  // in-flight registration per batch and the checker takes each shard lock once per chunk
+  // (MappingChecker::OnUnmapBatch). Returns OK when every address was unmapped, else the first
+  // refusal's status.
+  // Context: any thread.
+  absl::Status UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size, DmaDirection dir);
 
   // dma_sync_single_for_device / _for_cpu over [addr + offset, addr + offset + size) of a live
   // mapping. Counted and refused after Unbind or for an unknown address; INVALID_ARGUMENT (not

@@ -3,6 +3,7 @@
 // The mapping checker (dma-debug model): sharded hash table of mappings with bounded tombstones.
 #include "dma/mapping_checker.h"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <string>
@@ -73,11 +74,17 @@ std::string Describe(uint64_t size, DmaDirection dir) {
 }  // namespace
 
 struct MappingChecker::Impl {
-  Shard& ShardFor(DmaAddr addr) {
+  static unsigned ShardIndexFor(DmaAddr addr) {
     // IOVAs and physical addresses are page-granular and often consecutive: mix the page number.
     const uint64_t h = (addr >> kPageShift) * 0x9E3779B97F4A7C15ull;
-    return shards[h >> 60 & (kShards - 1)];
+    return unsigned(h >> 60) & (kShards - 1);
   }
+  Shard& ShardFor(DmaAddr addr) { return shards[ShardIndexFor(addr)]; }
+  // OnUnmap's check and bookkeeping for one address of shard `s`.
+  // Inlined into OnUnmap and OnUnmapBatch: the per-unmap cost is the point of both.
+  [[gnu::always_inline]] inline absl::Status UnmapLocked(Shard& s, DmaAddr addr, uint64_t size,
+                                                         DmaDirection dir)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
 
   std::array<Shard, kShards> shards;
   std::atomic<uint64_t> double_unmap{0};
@@ -111,19 +118,18 @@ void MappingChecker::OnMap(DmaAddr addr, PhysAddr phys, uint64_t size, DmaDirect
   ++s.live;
 }
 
-absl::Status MappingChecker::OnUnmap(DmaAddr addr, uint64_t size, DmaDirection dir) {
-  Shard& s = impl_->ShardFor(addr);
-  internal::MutexLock l(&s.mu);
+inline absl::Status MappingChecker::Impl::UnmapLocked(Shard& s, DmaAddr addr, uint64_t size,
+                                               DmaDirection dir) {
   auto it = s.entries.find(addr);
   if (it == s.entries.end()) {
-    impl_->unknown_unmap.fetch_add(1, std::memory_order_relaxed);
+    unknown_unmap.fetch_add(1, std::memory_order_relaxed);
     return absl::FailedPreconditionError(
         absl::StrCat("DMA-API: device driver tries to free DMA memory it has not allocated: unmap of ",
                      Hex(addr), " (", Describe(size, dir), ")"));
   }
   Entry& e = it->second;
   if (e.live == 0) {
-    impl_->double_unmap.fetch_add(1, std::memory_order_relaxed);
+    double_unmap.fetch_add(1, std::memory_order_relaxed);
     return absl::FailedPreconditionError(absl::StrCat(
         "DMA-API: double unmap of ", Hex(addr), " (", Describe(size, dir),
         "): already unmapped (was phys ", Hex(e.phys), ", ", Describe(e.size, e.dir), ")"));
@@ -133,12 +139,12 @@ absl::Status MappingChecker::OnUnmap(DmaAddr addr, uint64_t size, DmaDirection d
   if (size_bad || dir_bad) {
     std::string msg = absl::StrCat("DMA-API: device driver frees DMA memory with different ");
     if (size_bad) {
-      impl_->size_mismatch.fetch_add(1, std::memory_order_relaxed);
+      size_mismatch.fetch_add(1, std::memory_order_relaxed);
       absl::StrAppend(&msg, "size [device address=", Hex(addr), "] [map size=", e.size,
                       " bytes] [unmap size=", size, " bytes]");
     }
     if (dir_bad) {
-      impl_->direction_mismatch.fetch_add(1, std::memory_order_relaxed);
+      direction_mismatch.fetch_add(1, std::memory_order_relaxed);
       absl::StrAppend(&msg, size_bad ? " and " : "", "direction [device address=", Hex(addr),
                       "] [mapped as ", DirName(e.dir), "] [unmapped as ",
                       DirName(dir), "]");
@@ -149,6 +155,58 @@ absl::Status MappingChecker::OnUnmap(DmaAddr addr, uint64_t size, DmaDirection d
   --s.live;
   if (--e.live == 0) s.RecordUnmapLocked(addr, e);
   return absl::OkStatus();
+}
+
+absl::Status MappingChecker::OnUnmap(DmaAddr addr, uint64_t size, DmaDirection dir) {
+  Shard& s = impl_->ShardFor(addr);
+  internal::MutexLock l(&s.mu);
+  return impl_->UnmapLocked(s, addr, size, dir);
+}
+
+absl::Status MappingChecker::OnUnmapBatch(absl::Span<const DmaAddr> addrs, uint64_t size,
+                                          DmaDirection dir, absl::Span<bool> ok) {
+  absl::Status first_error;
+  // Chunks of kChunk addresses, each sorted by shard (a counting sort of indices) so that every
+  // shard lock is taken once per chunk; a shard's addresses keep their order.
+  constexpr size_t kChunk = 256;
+  constexpr size_t kPrefetchDistance = 8;
+  for (size_t base = 0; base < addrs.size(); base += kChunk) {
+    const size_t n = std::min(kChunk, addrs.size() - base);
+    uint8_t shard_of[kChunk];
+    uint16_t start[kShards + 1] = {};
+    for (size_t i = 0; i < n; ++i) {
+      shard_of[i] = uint8_t(impl_->ShardIndexFor(addrs[base + i]));
+      ++start[shard_of[i] + 1];
+    }
+    for (unsigned k = 0; k < kShards; ++k) start[k + 1] += start[k];
+    uint16_t order[kChunk];
+    uint16_t fill[kShards];
+    std::copy(start, start + kShards, fill);
+    for (size_t i = 0; i < n; ++i) order[fill[shard_of[i]]++] = uint16_t(i);
+    for (unsigned k = 0; k < kShards; ++k) {
+      if (start[k] == start[k + 1]) continue;
+      Shard& s = impl_->shards[k];
+      internal::MutexLock l(&s.mu);
+      const size_t end = start[k + 1];
+      for (size_t j = start[k]; j < end && j < start[k] + kPrefetchDistance; ++j) {
+        s.entries.prefetch(addrs[base + order[j]]);
+      }
+      for (size_t j = start[k]; j < end; ++j) {
+        if (j + kPrefetchDistance < end) {
+          s.entries.prefetch(addrs[base + order[j + kPrefetchDistance]]);
+          // The tombstone the FIFO will evict then (if every unmap until then tombstones).
+          if (s.recent.size() == kRecentUnmapsPerShard) {
+            s.entries.prefetch(s.recent[(s.recent_head + kPrefetchDistance) % s.recent.size()]);
+          }
+        }
+        const size_t i = base + order[j];
+        absl::Status st = impl_->UnmapLocked(s, addrs[i], size, dir);
+        ok[i] = st.ok();
+        if (!st.ok() && first_error.ok()) first_error = std::move(st);
+      }
+    }
+  }
+  return first_error;
 }
 
 absl::Status MappingChecker::OnSync(DmaAddr addr, uint64_t offset, uint64_t size,

@@ -31,6 +31,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "dma/types.h"
 
 namespace pagepool::dma {
@@ -47,6 +48,14 @@ class MappingChecker {
   // Validates and forgets a mapping. Counts and returns FAILED_PRECONDITION for a double unmap or an
   // unknown address, INVALID_ARGUMENT for a size or direction mismatch (the mapping stays live).
   absl::Status OnUnmap(DmaAddr addr, uint64_t size, DmaDirection dir);
+  // OnUnmap for every address of `addrs` (one size and direction), with exactly its checks and
+  // counting per address; ok[i] tells whether addrs[i] was accepted (unmapped). Each shard's lock is
+  // taken once per chunk of addresses rather than once per address, and the shard's entries are
+  // prefetched ahead. The outcome is that of calling OnUnmap for each address in order (addresses of
+  // one shard keep their order; shards are independent). Returns the first refusal's status (OK when
+  // every address was accepted). REQUIRES: ok.size() >= addrs.size().
+  absl::Status OnUnmapBatch(absl::Span<const DmaAddr> addrs, uint64_t size, DmaDirection dir,
+                            absl::Span<bool> ok);
   // Validates a sync of [addr + offset, +size) against a live mapping.
   absl::Status OnSync(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir);
   // Counts one DMA-API call on an unbound device.

@@ -202,6 +202,56 @@ TEST_P(DeviceModeTest, UnmapErrorsAreCounted) {
   }
 }
 
+TEST_P(DeviceModeTest, UnmapPagesCountsAsUnmapPageDoes) {
+  auto dev = MakeDevice(GetParam());
+  ASSERT_NE(dev, nullptr);
+  std::vector<DmaAddr> addrs;
+  for (uint64_t i = 0; i < 600; ++i) {  // more than one of UnmapPages' internal chunks
+    auto a = dev->MapPage(0x100000 + i * 0x2000, 4096, kFrom);
+    ASSERT_TRUE(a.ok());
+    addrs.push_back(*a);
+  }
+  ASSERT_TRUE(dev->UnmapPages(absl::MakeConstSpan(addrs).subspan(0, 10), 4096, kFrom).ok());
+  EXPECT_EQ(dev->unmap_calls(), 10u);
+  EXPECT_EQ(dev->live_mappings(), 590u);
+  // A batch with a double unmap (addrs[0], already unmapped), an address twice, an unknown address
+  // and a size mismatch: each refused and counted as UnmapPage would, the rest unmapped.
+  std::vector<DmaAddr> batch(addrs.begin() + 10, addrs.end());
+  batch.push_back(addrs[0]);
+  batch.push_back(addrs[20]);
+  batch.push_back(0x7770000);
+  absl::Status s = dev->UnmapPages(batch, 4096, kFrom);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("unmap_page on device eth0"));
+  CheckerCounters v = dev->violations();
+  EXPECT_EQ(v.double_unmap, 2u);
+  EXPECT_EQ(v.unknown_unmap, 1u);
+  EXPECT_EQ(v.Total(), 3u);
+  EXPECT_EQ(dev->unmap_calls(), 600u);
+  EXPECT_EQ(dev->live_mappings(), 0u);
+  auto a = dev->MapPage(0x900000, 8192, kFrom);
+  ASSERT_TRUE(a.ok());
+  const DmaAddr one[] = {*a};
+  EXPECT_EQ(dev->UnmapPages(one, 4096, kFrom).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(dev->violations().size_mismatch, 1u);
+  EXPECT_EQ(dev->live_mappings(), 1u);
+  EXPECT_TRUE(dev->UnmapPages(one, 8192, kFrom).ok());
+  EXPECT_TRUE(dev->UnmapPages({}, 4096, kFrom).ok());
+  if (dev->domain() != nullptr) {
+    dev->domain()->FlushQueues();
+    EXPECT_EQ(dev->domain_stats().mapped_pages, 0u);
+    EXPECT_EQ(dev->domain()->iova()->stats().allocated_pages, 0u);
+    EXPECT_EQ(dev->domain()->Translate(addrs[5], false).status().code(),
+              absl::StatusCode::kNotFound);
+  }
+  // After Unbind every address of a batch is refused and counted once.
+  ASSERT_TRUE(dev->Unbind().ok());
+  s = dev->UnmapPages(absl::MakeConstSpan(addrs).subspan(0, 3), 4096, kFrom);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(dev->violations().call_after_unbind, 3u);
+  EXPECT_EQ(dev->unmap_calls(), 601u);
+}
+
 TEST_P(DeviceModeTest, UnbindTearsDownAndRefusesLaterCalls) {
   auto dev = MakeDevice(GetParam());
   ASSERT_NE(dev, nullptr);
