@@ -570,16 +570,27 @@ void PagePool::EmptyRing() {
 
 uint64_t PagePool::UnmapAllTracked() {
   uint64_t unmapped = 0;
+  // Claimed pages are unmapped in batches (Device::UnmapPages: the same checks and accounting per
+  // page as UnmapPage, cheaper per page). A claimed page's mapping is ours alone until unmapped.
+  constexpr size_t kBatch = 256;
+  dma::DmaAddr batch[kBatch];
+  size_t n = 0;
+  auto flush = [&] {
+    (void)device_->UnmapPages(absl::MakeConstSpan(batch, n), page_bytes(), params_.dma_dir);
+    unmapped += n;
+    n = 0;
+  };
   index_->ForEach([&](uint32_t id, PageRecord* page) {
     // Read the address before the claim: a won claim proves the page was still tracked (mapped by
     // us) when it was read. The walk never writes the record: its owner may be freeing it.
     const dma::DmaAddr dma = page->dma_addr.load(std::memory_order_acquire);
     if (index_->CompareExchange(id, page, nullptr)) {
-      (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
-      ++unmapped;
+      batch[n++] = dma;
+      if (n == kBatch) flush();
     }
     return true;
   });
+  if (n > 0) flush();
   dma_mapped_.fetch_sub(unmapped, std::memory_order_relaxed);
   return unmapped;
 }
