@@ -1,6 +1,7 @@
 // File: pool/inflight_index.cc
 #include "pool/inflight_index.h"
 
+#include <algorithm>
 #include <bit>
 #include <new>
 
@@ -135,11 +136,34 @@ size_t InflightIndex::AllocBulk(absl::Span<PageRecord* const> pages, absl::Span<
   internal::SpinLockHolder l(&lock_);
   LeafHint hint;
   size_t n = 0;
-  for (; n < pages.size() && n < ids.size(); ++n) {
+  const size_t count = std::min(pages.size(), ids.size());
+  uint64_t shortcut = 0;  // entries added inline (AllocLocked counts its own)
+  while (n < count) {
+    // AllocLocked's shortcut, inline and with the leaf's mask and count in registers: the hinted
+    // leaf gives ids while it keeps room after the id and stays below the limit (the leaf becoming
+    // full, and every other case, go through AllocLocked).
+    if (IndexNode* leaf = hint.leaf; leaf != nullptr) {
+      uint64_t mask = leaf->free_mask;
+      unsigned filled = 0;
+      while (n < count && (mask & (mask - 1)) != 0) {
+        const unsigned i = unsigned(std::countr_zero(mask));
+        const uint64_t id = hint.base | i;
+        if (id > limit_) break;
+        leaf->slots[i].store(pages[n], std::memory_order_release);
+        ids[n++] = uint32_t(id);
+        mask &= mask - 1;
+        ++filled;
+      }
+      leaf->free_mask = mask;
+      leaf->count = uint8_t(leaf->count + filled);
+      shortcut += filled;
+      if (n == count) break;
+    }
     absl::StatusOr<uint32_t> id = AllocLocked(pages[n], &hint);
     if (!id.ok()) break;
-    ids[n] = *id;
+    ids[n++] = *id;
   }
+  LockedAdd(entries_, shortcut);
   return n;
 }
 
@@ -306,7 +330,15 @@ bool InflightIndex::CompareExchange(uint32_t id, PageRecord* expected, PageRecor
   if (leaf == nullptr) return false;
   const unsigned offset = id & kChunkMask;
   if (leaf->slots[offset].load(std::memory_order_relaxed) != expected) return false;
-  RemoveLocked(leaf, offset);
+  if (leaf->free_mask != 0 && leaf->count > 1) [[likely]] {
+    // RemoveLocked's common case, inline: no ancestor mark changes (the leaf already had room)
+    // and the leaf stays linked (it keeps an entry).
+    leaf->slots[offset].store(nullptr, std::memory_order_release);
+    --leaf->count;
+    leaf->free_mask |= uint64_t{1} << offset;
+  } else {
+    RemoveLocked(leaf, offset);
+  }
   LockedSub(entries_, 1);
   return true;
 }
