@@ -47,9 +47,13 @@ TEST(MappingCheckerConcurrencyTest, ManyThreadsExactCounts) {
   CheckerCounters k = c.counters();
   EXPECT_EQ(k.size_mismatch, kThreads * per_thread);
   EXPECT_EQ(k.direction_mismatch, kThreads * per_thread);
-  EXPECT_EQ(k.double_unmap, kThreads * per_thread);
   EXPECT_EQ(k.sync_unknown, kThreads * per_thread);
-  EXPECT_EQ(k.unknown_unmap, 0u);
+  // Every second unmap is refused and counted once. The checker remembers an unmapped address for
+  // the last 1024 unmaps of its shard: a thread preempted between its unmap and the repeat while
+  // the others push more than that through the shard sees the repeat as unknown (the documented
+  // bound), so the split between the two counters may shift, never the sum.
+  EXPECT_EQ(k.double_unmap + k.unknown_unmap, kThreads * per_thread);
+  EXPECT_LE(k.unknown_unmap, k.double_unmap);
   EXPECT_EQ(c.live_mappings(), kThreads * 10u);
   std::atomic<int> torn{0};
   c.OnUnbind([&](DmaAddr, uint64_t, DmaDirection) { torn.fetch_add(1); });
