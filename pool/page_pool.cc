@@ -367,7 +367,8 @@ bool PagePool::ReleasePageDma(PageRecord* page) {
     if (id == 0) return false;
     dma = page->dma_addr.load(std::memory_order_acquire);
     if (!index_->CompareExchange(id, page, nullptr)) return false;  // the destroy path has it
-    page->pp_magic.store(kPpSignature, std::memory_order_relaxed);  // we own it: no RMW
+    // We own the page and its mapping now. Its pp_magic (index bits included) is cleared by the
+    // only caller, ReturnPageLocked, right after this.
     page->dma_addr.store(0, std::memory_order_relaxed);
   } else {
     dma = page->dma_addr.exchange(0, std::memory_order_acq_rel);
