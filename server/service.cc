@@ -40,10 +40,37 @@ absl::Status AnswerTooBig(const char* call, int pages, size_t bytes, uint32_t li
       " bytes (--max-message-bytes); the pages were given back, ask for fewer"));
 }
 
+// Parses a raw request; INVALID_ARGUMENT naming the call and the message type when it does not.
+template <typename Req>
+absl::Status ParseRequest(const char* name, const grpc::ByteBuffer* in, Req* req) {
+  grpc::ByteBuffer buf(*in);  // a reference to the same slices; Deserialize consumes it
+  if (grpc::SerializationTraits<Req>::Deserialize(&buf, req).ok()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      name, ": the request is not a valid ", Req::descriptor()->full_name(),
+      " (it does not parse: not protobuf, or a string field that is not UTF-8)"));
+}
+
+// Serializes `m` into `out` for a raw write.
+void Serialize(const google::protobuf::Message& m, grpc::ByteBuffer* out) {
+  bool own = false;
+  out->Clear();
+  (void)grpc::SerializationTraits<google::protobuf::Message>::Serialize(m, out, &own);
+}
+
+// A server stream refused before it started (its request did not parse).
+class RefusedWriter final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  RefusedWriter(RpcStats* stats, RpcMethod method, const absl::Status& status) {
+    stats->OnFinished(method, status.code());
+    Finish(ToGrpcStatus(status));
+  }
+  void OnDone() override { delete this; }
+};
+
 // ListInflight: writes a snapshot of the index (compact records, 24 bytes a page, converted to
 // messages only as they are sent) in messages of kStreamBatch entries, fewer when the message limit
 // is small, then finishes with OK. A failed lookup finishes at once with its status.
-class InflightWriter final : public grpc::ServerWriteReactor<v1::ListInflightResponse> {
+class InflightWriter final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   InflightWriter(RpcStats* stats, absl::Status status, std::vector<InflightRecord> items,
                  uint32_t max_message_bytes)
@@ -86,7 +113,8 @@ class InflightWriter final : public grpc::ServerWriteReactor<v1::ListInflightRes
       bytes += more;
       *resp_.add_pages() = std::move(page);
     }
-    StartWrite(&resp_);
+    Serialize(resp_, &out_);
+    StartWrite(&out_);
   }
   void Done(const absl::Status& status) {
     stats_->OnFinished(RpcMethod::kListInflight, status.code());
@@ -98,6 +126,7 @@ class InflightWriter final : public grpc::ServerWriteReactor<v1::ListInflightRes
   const uint32_t max_message_bytes_;
   size_t pos_ = 0;
   v1::ListInflightResponse resp_;
+  grpc::ByteBuffer out_;
 };
 
 // Traffic: read a batch, run it, answer it, read the next. Messages are reused across batches so
@@ -188,7 +217,7 @@ class TrafficReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
 // kStreamBatch leaves (fewer when the message limit is small), the cursor moving past the last leaf
 // sent. Memory is one message whatever the size of the table (a snapshot of the whole range took
 // about 70 bytes per present leaf, per call, before the first byte was sent).
-class DumpReactor final : public grpc::ServerWriteReactor<v1::DumpPageTableResponse> {
+class DumpReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   // Largest PageTableEntry on the wire (iova, phys and size varints, prot, dirty, accessed) plus
   // its tag and length in the response.
@@ -252,7 +281,8 @@ class DumpReactor final : public grpc::ServerWriteReactor<v1::DumpPageTableRespo
     cursor_ = next;
     resp_.Clear();
     for (v1::PageTableEntry& e : entries_) *resp_.add_entries() = std::move(e);
-    StartWrite(&resp_);
+    Serialize(resp_, &out_);
+    StartWrite(&out_);
   }
   void Done(const absl::Status& status) {
     stats_->OnFinished(RpcMethod::kDumpPageTable, status.code());
@@ -270,10 +300,11 @@ class DumpReactor final : public grpc::ServerWriteReactor<v1::DumpPageTableRespo
   bool walked_ = false;
   std::vector<v1::PageTableEntry> entries_;
   v1::DumpPageTableResponse resp_;
+  grpc::ByteBuffer out_;
 };
 
 // WatchEvents: queues events from the hub and writes them one at a time.
-class WatchReactor final : public grpc::ServerWriteReactor<v1::Event>, public EventSink {
+class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public EventSink {
  public:
   static constexpr size_t kMaxQueued = 65536;
 
@@ -349,7 +380,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Event>, public Ev
     current_ = std::move(queue_.front());
     queue_.pop_front();
     writing_ = true;
-    StartWrite(&current_);
+    Serialize(current_, &out_);
+    StartWrite(&out_);
   }
   void FinishLocked(const grpc::Status& status, absl::StatusCode code)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -366,6 +398,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Event>, public Ev
   absl::Mutex mu_;
   std::deque<v1::Event> queue_ ABSL_GUARDED_BY(mu_);
   v1::Event current_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
@@ -390,14 +423,7 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::Unary(grpc::CallbackServerContext
                                                      grpc::ByteBuffer* out, Fn fn) {
   Req req;
   Resp resp;
-  grpc::ByteBuffer buf(*in);  // a reference to the same slices; Deserialize consumes it
-  if (!grpc::SerializationTraits<Req>::Deserialize(&buf, &req).ok()) {
-    return FinishUnary(
-        ctx, method,
-        absl::InvalidArgumentError(absl::StrCat(
-            name, ": the request is not a valid ", Req::descriptor()->full_name(),
-            " (it does not parse: not protobuf, or a string field that is not UTF-8)")));
-  }
+  if (absl::Status p = ParseRequest(name, in, &req); !p.ok()) return FinishUnary(ctx, method, p);
   absl::Status s = fn(req, &resp);
   if (s.ok()) {
     bool own = false;
@@ -525,10 +551,14 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PagePoolServiceImpl
   return new TrafficReactor(runtime_, stats_, max_message_bytes_);
 }
 
-grpc::ServerWriteReactor<v1::ListInflightResponse>* PagePoolServiceImpl::ListInflight(
-    grpc::CallbackServerContext* ctx, const v1::ListInflightRequest* req) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* PagePoolServiceImpl::ListInflight(
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in) {
+  v1::ListInflightRequest req;
+  if (absl::Status p = ParseRequest("ListInflight", in, &req); !p.ok()) {
+    return new RefusedWriter(stats_, RpcMethod::kListInflight, p);
+  }
   std::vector<InflightRecord> pages;
-  absl::Status status = runtime_->ListInflight(req->pool_id(), req->limit(), &pages);
+  absl::Status status = runtime_->ListInflight(req.pool_id(), req.limit(), &pages);
   return new InflightWriter(stats_, std::move(status), std::move(pages), max_message_bytes_);
 }
 
@@ -541,14 +571,22 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::GetDomain(grpc::CallbackServerCon
       });
 }
 
-grpc::ServerWriteReactor<v1::DumpPageTableResponse>* PagePoolServiceImpl::DumpPageTable(
-    grpc::CallbackServerContext* ctx, const v1::DumpPageTableRequest* req) {
-  return new DumpReactor(runtime_, stats_, *req, max_message_bytes_);
+grpc::ServerWriteReactor<grpc::ByteBuffer>* PagePoolServiceImpl::DumpPageTable(
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in) {
+  v1::DumpPageTableRequest req;
+  if (absl::Status p = ParseRequest("DumpPageTable", in, &req); !p.ok()) {
+    return new RefusedWriter(stats_, RpcMethod::kDumpPageTable, p);
+  }
+  return new DumpReactor(runtime_, stats_, req, max_message_bytes_);
 }
 
-grpc::ServerWriteReactor<v1::Event>* PagePoolServiceImpl::WatchEvents(
-    grpc::CallbackServerContext* ctx, const v1::WatchEventsRequest* req) {
-  return new WatchReactor(runtime_, stats_, *req);
+grpc::ServerWriteReactor<grpc::ByteBuffer>* PagePoolServiceImpl::WatchEvents(
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in) {
+  v1::WatchEventsRequest req;
+  if (absl::Status p = ParseRequest("WatchEvents", in, &req); !p.ok()) {
+    return new RefusedWriter(stats_, RpcMethod::kWatchEvents, p);
+  }
+  return new WatchReactor(runtime_, stats_, req);
 }
 
 }  // namespace pagepool::server

@@ -25,11 +25,11 @@
 
 namespace pagepool::server {
 
-// The generated CallbackService, except that the unary calls and Traffic are raw (ByteBuffer in and
-// out, parsed here): with the typed callback API a request that does not parse (not protobuf, or a
-// string that is not UTF-8) was answered UNIMPLEMENTED with an empty message, and a Traffic message
-// that does not parse ended the stream with OK as if the client had half-closed. Now both get
-// INVALID_ARGUMENT naming the message. The three server streams keep typed requests.
+// The generated service with every method raw (ByteBuffer in and out, parsed and serialized here):
+// with the typed callback API a request that does not parse (not protobuf, or a string that is not
+// UTF-8) was answered UNIMPLEMENTED with an empty message, and a Traffic message that does not
+// parse ended the stream with OK as if the client had half-closed. Now both get INVALID_ARGUMENT
+// naming the message.
 namespace internal {
 using V1 = ::pagepool::v1::PagePoolService;
 using PagePoolServiceBase = V1::WithRawCallbackMethod_CreateDevice<
@@ -39,9 +39,9 @@ using PagePoolServiceBase = V1::WithRawCallbackMethod_CreateDevice<
             V1::WithRawCallbackMethod_ListPools<V1::WithRawCallbackMethod_DestroyPool<
                 V1::WithRawCallbackMethod_Allocate<V1::WithRawCallbackMethod_Recycle<
                     V1::WithRawCallbackMethod_Return<V1::WithRawCallbackMethod_Traffic<
-                        V1::WithCallbackMethod_ListInflight<V1::WithRawCallbackMethod_GetDomain<
-                            V1::WithCallbackMethod_DumpPageTable<
-                                V1::WithCallbackMethod_WatchEvents<V1::Service>>>>>>>>>>>>>>>>;
+                        V1::WithRawCallbackMethod_ListInflight<V1::WithRawCallbackMethod_GetDomain<
+                            V1::WithRawCallbackMethod_DumpPageTable<
+                                V1::WithRawCallbackMethod_WatchEvents<V1::Service>>>>>>>>>>>>>>>>;
 }  // namespace internal
 
 class PagePoolServiceImpl final : public internal::PagePoolServiceBase {
@@ -78,14 +78,15 @@ class PagePoolServiceImpl final : public internal::PagePoolServiceBase {
   // Raw: reads TrafficRequest and writes TrafficResponse as ByteBuffers (see above).
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Traffic(
       grpc::CallbackServerContext* ctx) override;
-  grpc::ServerWriteReactor<pagepool::v1::ListInflightResponse>* ListInflight(
-      grpc::CallbackServerContext* ctx, const pagepool::v1::ListInflightRequest* req) override;
+  // Server streams, raw too: they write ListInflightResponse, DumpPageTableResponse and Event.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ListInflight(grpc::CallbackServerContext* ctx,
+                                                           const grpc::ByteBuffer* req) override;
   grpc::ServerUnaryReactor* GetDomain(grpc::CallbackServerContext* ctx,
       const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
-  grpc::ServerWriteReactor<pagepool::v1::DumpPageTableResponse>* DumpPageTable(
-      grpc::CallbackServerContext* ctx, const pagepool::v1::DumpPageTableRequest* req) override;
-  grpc::ServerWriteReactor<pagepool::v1::Event>* WatchEvents(
-      grpc::CallbackServerContext* ctx, const pagepool::v1::WatchEventsRequest* req) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* DumpPageTable(grpc::CallbackServerContext* ctx,
+                                                            const grpc::ByteBuffer* req) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchEvents(grpc::CallbackServerContext* ctx,
+                                                          const grpc::ByteBuffer* req) override;
 
  private:
   // A raw unary call: parses the request (INVALID_ARGUMENT naming the message type when it does not

@@ -207,8 +207,8 @@ TEST_F(RobustnessTest, UnbindAfterDestroyPublishesNoSecondDetach) {
   EXPECT_EQ(remove, 0);
 }
 
-// Defect: a unary request that did not parse (a name that is not UTF-8, or bytes that are not
-// protobuf at all) was answered UNIMPLEMENTED with an empty message by the typed callback API.
+// Defect: a request that did not parse (a name that is not UTF-8, or bytes that are not protobuf
+// at all) was answered UNIMPLEMENTED with an empty message by the typed callback API.
 TEST_F(RobustnessTest, MalformedUnaryRequestIsInvalidArgumentWithAMessage) {
   Start(16 << 20);
   auto channel = grpc::CreateChannel(d_->address(), grpc::InsecureChannelCredentials());
@@ -229,6 +229,23 @@ TEST_F(RobustnessTest, MalformedUnaryRequestIsInvalidArgumentWithAMessage) {
   s = call("Return", std::string("\xff\xff\xff\xff", 4));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("Return"));
+  // The server streams too (they answered UNIMPLEMENTED with no message).
+  for (const char* method : {"ListInflight", "DumpPageTable", "WatchEvents"}) {
+    grpc::ClientContext ctx;
+    grpc::Slice slice(std::string("\xff\xff\xff", 3));
+    grpc::ByteBuffer req(&slice, 1), resp;
+    std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+        grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
+            channel.get(),
+            grpc::internal::RpcMethod(
+                (std::string("/pagepool.v1.PagePoolService/") + method).c_str(),
+                grpc::internal::RpcMethod::SERVER_STREAMING),
+            &ctx, req));
+    EXPECT_FALSE(reader->Read(&resp));
+    s = reader->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(method));
+  }
   // A well-formed raw request still works.
   v1::GetPoolRequest get;
   get.set_pool_id(pool_);
