@@ -26,7 +26,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) 
 }  // namespace
 
 Daemon::Daemon(const DaemonOptions& options, std::ostream* log)
-    : options_(options), log_(log), signals_(io_), tick_(io_) {}
+    : options_(options), log_(log), signals_(io_), tick_(io_), flush_tick_(io_) {}
 
 Daemon::~Daemon() {
   if (server_ && !stopping_.exchange(true)) server_->Shutdown();
@@ -109,6 +109,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     });
   }
   d->ArmTick();
+  d->ArmFlushTick();
   return d;
 }
 
@@ -118,6 +119,15 @@ void Daemon::ArmTick() {
     if (ec || stopping_) return;
     runtime_->ReleaseRetryTick();
     ArmTick();
+  });
+}
+
+void Daemon::ArmFlushTick() {
+  flush_tick_.expires_after(std::chrono::milliseconds(10));
+  flush_tick_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec || stopping_) return;
+    runtime_->FlushQueueTick();
+    ArmFlushTick();
   });
 }
 
@@ -138,6 +148,7 @@ void Daemon::Shutdown() {
   boost::system::error_code ignored;
   signals_.cancel(ignored);
   tick_.cancel();
+  flush_tick_.cancel();
   if (metrics_) metrics_->Stop();
 
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();

@@ -5,6 +5,7 @@
 //   - SIGINT/SIGTERM: stop accepting, let calls in flight finish (streams get `shutdown_grace_ms`,
 //     then are cancelled), destroy every pool with in-flight unmap, print the summary, exit 0;
 //   - the 1 s release-retry tick of STRATEGY_NONE pools (Runtime::ReleaseRetryTick);
+//   - the 10 ms lazy flush-queue timer of IOMMU_MODE_LAZY domains (Runtime::FlushQueueTick);
 //   - the Prometheus /metrics endpoint (Boost.Beast).
 // gRPC runs calls on its own callback threads; the io_context runs on the thread that calls Run().
 //
@@ -74,6 +75,8 @@ class Daemon {
  private:
   Daemon(const DaemonOptions& options, std::ostream* log);
   void ArmTick();
+  // Re-arms the 10 ms lazy flush-queue timer (Runtime::FlushQueueTick).
+  void ArmFlushTick();
   void Shutdown();  // Context: the io_context thread.
 
   const DaemonOptions options_;
@@ -86,6 +89,7 @@ class Daemon {
   boost::asio::io_context io_;
   boost::asio::signal_set signals_;
   boost::asio::steady_timer tick_;
+  boost::asio::steady_timer flush_tick_;
   std::unique_ptr<MetricsHttpServer> metrics_;
   std::atomic<bool> stopping_{false};
   std::chrono::steady_clock::time_point started_;

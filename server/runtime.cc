@@ -721,6 +721,19 @@ void Runtime::Unsubscribe(EventSink* sink) { events_.Unsubscribe(sink); }
 
 void Runtime::CloseEvents() { events_.Close(); }
 
+void Runtime::FlushQueueTick() {
+  std::vector<std::shared_ptr<DeviceEntry>> devs;
+  {
+    absl::ReaderMutexLock l(&mu_);
+    if (shut_down_) return;
+    for (const auto& [id, d] : devices_) devs.push_back(d);
+  }
+  for (auto& d : devs) {
+    dma::IommuDomain* domain = d->nic->device().domain();
+    if (domain != nullptr && domain->mode() == dma::IommuMode::kLazy) domain->FlushQueues();
+  }
+}
+
 void Runtime::ReleaseRetryTick() {
   std::vector<std::shared_ptr<DeviceEntry>> devs;
   {

@@ -126,6 +126,11 @@ class Runtime {
   // Context: the daemon's timer (any thread).
   void ReleaseRetryTick();
 
+  // The lazy-mode flush-queue timer (the kernel's fq_timer, 10 ms): every IOMMU_MODE_LAZY domain
+  // invalidates its IOTLB and releases the IOVAs and page tables its queued unmaps hold, so an idle
+  // device does not keep them pending until its queue fills. Context: the daemon's timer.
+  void FlushQueueTick();
+
   // Ends every WatchEvents subscription (they finish with OK) and refuses new ones.
   // Context: any thread.
   void CloseEvents();
