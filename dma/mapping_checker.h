@@ -54,6 +54,7 @@ class MappingChecker {
   // prefetched ahead. The outcome is that of calling OnUnmap for each address in order (addresses of
   // one shard keep their order; shards are independent). Returns the first refusal's status (OK when
   // every address was accepted). REQUIRES: ok.size() >= addrs.size().
+  // Context: any thread; takes shard locks one at a time.
   absl::Status OnUnmapBatch(absl::Span<const DmaAddr> addrs, uint64_t size, DmaDirection dir,
                             absl::Span<bool> ok);
   // Validates a sync of [addr + offset, +size) against a live mapping.
