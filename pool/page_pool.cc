@@ -224,8 +224,9 @@ bool PagePool::DmaMap(PageRecord* page) {
       return false;
     }
     page->pp_magic.store(uint64_t{*id} << kPpDmaIndexShift, std::memory_order_release);
+  } else {
+    dma_mapped_.fetch_add(1, std::memory_order_relaxed);  // tracked pages are counted by the index
   }
-  dma_mapped_.fetch_add(1, std::memory_order_relaxed);
   DmaSyncForDevice(page, dma_sync_max_len_);
   return true;
 }
@@ -289,7 +290,7 @@ PageRecord* PagePool::AllocSlow() {
     }
     n = tracked;
   }
-  if (dma_map_) dma_mapped_.fetch_add(n, std::memory_order_relaxed);
+  if (dma_map_ && index_ == nullptr) dma_mapped_.fetch_add(n, std::memory_order_relaxed);
   for (size_t i = 0; i < n; ++i) {
     if (dma_map_) DmaSyncForDevice(pages[i], dma_sync_max_len_);
     SetPpInfo(pages[i]);
@@ -373,10 +374,12 @@ bool PagePool::ReleasePageDma(PageRecord* page) {
   } else {
     dma = page->dma_addr.exchange(0, std::memory_order_acq_rel);
     if (dma == 0) return false;
+    // Untracked pages only: a tracked page left dma_mapped (the index's count) at its claim, so
+    // the tracked release path has no shared counter to bump.
+    dma_mapped_.fetch_sub(1, std::memory_order_relaxed);
   }
   // With kNone on an unbound device the Device refuses and counts this: the seed-002 crash.
   (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
-  dma_mapped_.fetch_sub(1, std::memory_order_relaxed);
   return true;
 }
 
@@ -592,8 +595,8 @@ uint64_t PagePool::UnmapAllTracked() {
     return true;
   });
   if (n > 0) flush();
-  dma_mapped_.fetch_sub(unmapped, std::memory_order_relaxed);
-  return unmapped;
+  return unmapped;  // dma_mapped is the index's count: each claim already took its page out
+
 }
 
 uint64_t PagePool::UnmapAllScanned(uint64_t* frames_scanned) {
@@ -745,7 +748,7 @@ PagePoolInfo PagePool::info() const {
     i.detach_time = detach_time_.load(std::memory_order_relaxed);
   }
   i.released = i.destroyed && i.inflight <= 0;
-  i.dma_mapped = dma_mapped_.load(std::memory_order_relaxed);
+  i.dma_mapped = index_ != nullptr ? index_->size() : dma_mapped_.load(std::memory_order_relaxed);
   i.hold_cnt = hold_cnt_.load(std::memory_order_relaxed);
   i.release_cnt = release_cnt_.load(std::memory_order_relaxed);
   i.unmapped_at_destroy = unmapped_at_destroy_.load(std::memory_order_relaxed);

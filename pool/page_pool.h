@@ -152,7 +152,9 @@ struct PagePoolInfo {
   int64_t detach_time = 0;         // Unix seconds at destroy (the netlink field); 0 while live
   bool destroyed = false;
   bool released = false;           // destroyed and inflight reached 0 (the kernel frees the pool)
-  uint64_t dma_mapped = 0;         // pages of this pool currently DMA-mapped by it
+  // Pages of this pool currently DMA-mapped by it. With the in-flight index (kXarray + DMA_MAP)
+  // this is the index's entry count: a page leaves it at its claim, just before its unmap.
+  uint64_t dma_mapped = 0;
   uint32_t hold_cnt = 0;           // pages_state_hold_cnt
   uint32_t release_cnt = 0;        // pages_state_release_cnt
   uint64_t unmapped_at_destroy = 0;
@@ -345,7 +347,7 @@ class PagePool {
   std::atomic<uint32_t> destroy_cnt_{0};  // kScan: returns take destroy_lock_ while non-zero
   internal::SpinLock destroy_lock_;
 
-  std::atomic<uint64_t> dma_mapped_{0};
+  std::atomic<uint64_t> dma_mapped_{0};  // untracked pages only (the index counts tracked ones)
   std::atomic<uint64_t> unmapped_at_destroy_{0};
   std::atomic<uint64_t> index_exhausted_{0};
   std::atomic<uint64_t> map_failures_{0};
