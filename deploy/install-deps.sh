@@ -6,7 +6,7 @@ pkgs=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev libboost-dev libboost-system-dev liburcu-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3-grpcio python3-protobuf curl openssl
+  python3-grpcio python3-protobuf curl openssl time
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs every measurement behind BENCHMARKS.md, side by side in one run, and prints the raw lines.
+#   bash tests/bench/run_benchmarks.sh [BUILD_DIR]     (default build; built in Release if needed)
+# Sections: iova_stress (seed 000), dma_bench (Google Benchmark), page_pool_bench, destroy_bench,
+# and the daemon over loopback (ppctl traffic; CPU split from /proc). Needs about 10 GiB of free
+# memory (iova_stress with freeing off at 4 TiB holds 8 GiB of page tables) and ~5 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+B=${1:-build}
+if [ ! -x "$B/server/pagepoold" ]; then
+  cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+fi
+cmake --build "$B" -j "$(nproc)" --target iova_stress dma_bench page_pool_bench destroy_bench \
+  pagepoold ppctl >/dev/null
+
+echo "## machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+echo "## iova_stress: freeing on and off side by side at 4 TiB (twice, alternating), then 16 TiB"
+S=$B/tests/bench/dma/iova_stress
+for _ in 1 2; do
+  $S --space-tib 4 --free-tables=on
+  $S --space-tib 4 --free-tables=off
+done
+$S --space-tib 16 --free-tables=on
+$S --space-tib 16 --free-tables=on --mode=lazy
+$S --space-tib 16 --mode=passthrough
+
+echo "## dma_bench (median of 5)"
+$B/tests/bench/dma/dma_bench --benchmark_min_time=0.3 --benchmark_repetitions=5 \
+  --benchmark_report_aggregates_only=true 2>/dev/null | grep -E '_median'
+
+echo "## page_pool_bench (best of 7)"
+$B/tests/bench/pool/page_pool_bench --repeat 7
+
+echo "## destroy_bench: 128K pages in flight, 4/16/64 GiB, xarray and scan (best of 5 each)"
+for strat in xarray scan; do
+  for g in 4 16 64; do
+    $B/tests/bench/pool/destroy_bench --inflight 131072 --memory-gib "$g" --strategy "$strat" \
+      --repeat 5
+  done
+done
+
+echo "## daemon over loopback"
+cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # utime + stime, in clock ticks
+port=$((20000 + RANDOM % 20000))
+"$B/server/pagepoold" --listen "127.0.0.1:$port" --metrics-listen off >/tmp/run_benchmarks.pagepoold.log 2>&1 &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null || true' EXIT
+for _ in $(seq 50); do "$B/client/ppctl" --target "127.0.0.1:$port" list-devices >/dev/null 2>&1 && break; sleep 0.2; done
+tck=$(getconf CLK_TCK)
+run() {  # label, ppctl traffic args...
+  local label=$1; shift
+  local d0 c0 d1 c1
+  d0=$(cpu_of $pid)
+  /usr/bin/time -f '%U %S' -o /tmp/run_benchmarks.time "$B/client/ppctl" --target "127.0.0.1:$port" \
+    traffic "$@" --out /tmp/run_benchmarks.json >/dev/null
+  d1=$(cpu_of $pid)
+  read -r cu cs </tmp/run_benchmarks.time
+  /usr/bin/python3 - "$label" "$(( d1 - d0 ))" "$tck" "$cu" "$cs" <<'PY'
+import json, sys
+label, dticks, tck, cu, cs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+r = json.load(open('/tmp/run_benchmarks.json'))
+extra = {}
+if label.startswith("unary"):  # batch 1: one Allocate + one Return per round trip, 2 page ops
+    extra["round_trips_per_sec"] = round(r["page_ops_per_sec"] / 2)
+print(json.dumps({"run": label, "page_ops_per_sec": round(r["page_ops_per_sec"]), **extra,
+                  "rpc_p50_us": r["rpc_p50_us"], "rpc_p99_us": r["rpc_p99_us"],
+                  "errors": r["errors"], "violations": r["violations"],
+                  "daemon_cpu_s": round(dticks / tck, 2), "client_cpu_s": round(cu + cs, 2)}))
+PY
+}
+run steady_batch64_streams2 steady --duration 5 --streams 2 --batch 64
+run steady_batch64_streams4 steady --duration 5 --streams 4 --batch 64
+run unary_streams1 unary --duration 5 --streams 1 --batch 1
+run unary_streams4 unary --duration 5 --streams 4 --batch 1
+kill -TERM $pid; wait $pid
+trap - EXIT
