@@ -14,11 +14,12 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "dma/internal/iova_mutex.h"
-#include "dma/internal/iova_thread_slot.h"
+#include "base/mutex.h"
+#include "base/thread_slot.h"
 #include "dma/iommu_domain.h"
 #include "dma/iova_allocator.h"
 #include "dma/mapping_checker.h"
+#include "base/strings.h"
 
 namespace pagepool::dma {
 namespace {
@@ -33,10 +34,6 @@ struct alignas(64) Slot {
   std::atomic<uint64_t> unmap_calls{0};
   std::atomic<uint64_t> sync_calls{0};
 };
-
-std::string Hex(uint64_t v) { return absl::StrCat("0x", absl::Hex(v)); }
-
-absl::string_view AbslView(std::string_view v) { return absl::string_view(v.data(), v.size()); }
 
 bool ValidDirection(DmaDirection dir) {
   return dir == DmaDirection::kBidirectional || dir == DmaDirection::kToDevice ||
@@ -56,10 +53,6 @@ uint32_t ProtFor(DmaDirection dir) {
 // Rounds a byte size up to whole 4 KiB pages. REQUIRES: size > 0 and no overflow (checked by callers).
 uint64_t PagesOf(uint64_t size) { return (size + kPageSize - 1) >> kPageShift; }
 
-absl::Status Annotate(const absl::Status& s, std::string_view what) {
-  return absl::Status(s.code(), absl::StrCat(AbslView(what), ": ", s.message()));
-}
-
 }  // namespace
 
 struct Device::Impl {
@@ -67,7 +60,7 @@ struct Device::Impl {
   // unbound, in which case the call must refuse. See "Unbind vs concurrent calls" in device.h.
   class CallGuard {
    public:
-    explicit CallGuard(Impl& d) : slot_(d.slots[internal::ThreadSlot() & (kSlots - 1)]) {
+    explicit CallGuard(Impl& d) : slot_(d.slots[base::ThreadSlot() & (kSlots - 1)]) {
       slot_.inflight.fetch_add(1, std::memory_order_seq_cst);
       ok_ = d.bound.load(std::memory_order_seq_cst);
     }
@@ -85,7 +78,7 @@ struct Device::Impl {
   absl::Status RefuseUnbound(std::string_view call) {
     checker.OnCallAfterUnbind();
     return absl::FailedPreconditionError(absl::StrCat(
-        "DMA-API call ", AbslView(call), " on unbound device ", config.name));
+        "DMA-API call ", base::AbslView(call), " on unbound device ", config.name));
   }
 
   template <typename Member>
@@ -100,7 +93,7 @@ struct Device::Impl {
   MappingChecker checker;
   std::atomic<bool> bound{true};
   std::array<Slot, kSlots> slots;
-  internal::Mutex unbind_mu;  // serialises Unbind calls
+  base::Mutex unbind_mu;  // serialises Unbind calls
 };
 
 Device::Device() : impl_(std::make_unique<Impl>()) {}
@@ -126,7 +119,7 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceConfig& confi
     dc.free_empty_tables = config.free_empty_tables;
     dc.address_width = config.address_width;
     auto domain = IommuDomain::Create(dc);
-    if (!domain.ok()) return Annotate(domain.status(), absl::StrCat("device ", config.name));
+    if (!domain.ok()) return base::Annotate(domain.status(), absl::StrCat("device ", config.name));
     dev->impl_->domain = *std::move(domain);
     if (dev->impl_->domain->iova() == nullptr) {
       return absl::InternalError(
@@ -145,7 +138,7 @@ absl::StatusOr<DmaAddr> Device::MapPage(PhysAddr phys, uint64_t size, DmaDirecti
   if (size == 0 || size > ~uint64_t{0} - kPageSize || (phys & (kPageSize - 1)) != 0 ||
       !ValidDirection(dir) || phys > ~uint64_t{0} - size) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "map_page on device ", d.config.name, ": invalid arguments (phys ", Hex(phys), ", size ",
+        "map_page on device ", d.config.name, ": invalid arguments (phys ", base::Hex(phys), ", size ",
         size, ", direction ", static_cast<int>(dir),
         "): size must be > 0, phys 4 KiB aligned, direction 0-2"));
   }
@@ -155,7 +148,7 @@ absl::StatusOr<DmaAddr> Device::MapPage(PhysAddr phys, uint64_t size, DmaDirecti
     const unsigned width = d.config.address_width;
     if (width < 64 && phys + size > (uint64_t{1} << width)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "map_page on device ", d.config.name, ": [", Hex(phys), ", +", size,
+          "map_page on device ", d.config.name, ": [", base::Hex(phys), ", +", size,
           ") is beyond the device's ", width, "-bit DMA mask"));
     }
     d.checker.OnMap(phys, phys, size, dir);
@@ -166,15 +159,15 @@ absl::StatusOr<DmaAddr> Device::MapPage(PhysAddr phys, uint64_t size, DmaDirecti
   IovaAllocator* iova = d.domain->iova();
   absl::StatusOr<uint64_t> pfn = iova->Alloc(pages);
   if (!pfn.ok()) {
-    return Annotate(pfn.status(), absl::StrCat("map_page on device ", d.config.name, " (",
+    return base::Annotate(pfn.status(), absl::StrCat("map_page on device ", d.config.name, " (",
                                                size, " bytes)"));
   }
   const DmaAddr addr = *pfn << kPageShift;
   absl::Status st = d.domain->Map(addr, phys, pages << kPageShift, ProtFor(dir));
   if (!st.ok()) {
     iova->Free(*pfn, pages);  // unwind: nothing was mapped
-    return Annotate(st, absl::StrCat("map_page on device ", d.config.name, " (iova ", Hex(addr),
-                                     ", phys ", Hex(phys), ", ", size, " bytes)"));
+    return base::Annotate(st, absl::StrCat("map_page on device ", d.config.name, " (iova ", base::Hex(addr),
+                                     ", phys ", base::Hex(phys), ", ", size, " bytes)"));
   }
   d.checker.OnMap(addr, phys, size, dir);
   guard.slot().map_calls.fetch_add(1, std::memory_order_relaxed);
@@ -192,14 +185,14 @@ absl::Status Device::UnmapPage(DmaAddr addr, uint64_t size, DmaDirection dir) {
   }
   // The checker accepts only the exact size and direction of a live mapping (so size > 0 here).
   if (absl::Status st = d.checker.OnUnmap(addr, size, dir); !st.ok()) {
-    return Annotate(st, absl::StrCat("unmap_page on device ", d.config.name));
+    return base::Annotate(st, absl::StrCat("unmap_page on device ", d.config.name));
   }
   if (d.domain != nullptr) {
     // Releases the IOVA range after the invalidation (now in strict mode, at the flush in lazy).
     absl::Status st = d.domain->Unmap(addr, PagesOf(size) << kPageShift, /*release_iova=*/true);
     if (!st.ok()) {
       return absl::InternalError(absl::StrCat("unmap_page on device ", d.config.name, " (iova ",
-                                              Hex(addr), ", ", size, " bytes): the checker knew the "
+                                              base::Hex(addr), ", ", size, " bytes): the checker knew the "
                                               "mapping but the domain refused: ", st.ToString()));
     }
   }
@@ -230,7 +223,7 @@ absl::Status Device::UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size,
     const absl::Span<const DmaAddr> chunk = addrs.subspan(base, kChunk);
     if (absl::Status st = d.checker.OnUnmapBatch(chunk, size, dir, absl::MakeSpan(ok, kChunk));
         !st.ok() && first_error.ok()) {
-      first_error = Annotate(st, absl::StrCat("unmap_page on device ", d.config.name));
+      first_error = base::Annotate(st, absl::StrCat("unmap_page on device ", d.config.name));
     }
     for (size_t i = 0; i < chunk.size(); ++i) {
       if (!ok[i]) continue;
@@ -241,7 +234,7 @@ absl::Status Device::UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size,
         if (!st.ok()) {
           if (first_error.ok()) {
             first_error = absl::InternalError(absl::StrCat(
-                "unmap_page on device ", d.config.name, " (iova ", Hex(chunk[i]), ", ", size,
+                "unmap_page on device ", d.config.name, " (iova ", base::Hex(chunk[i]), ", ", size,
                 " bytes): the checker knew the mapping but the domain refused: ", st.ToString()));
           }
           continue;
@@ -266,7 +259,7 @@ absl::Status Device::SyncForDevice(DmaAddr addr, uint64_t offset, uint64_t size,
                                                    static_cast<int>(dir)));
   }
   if (absl::Status st = d.checker.OnSync(addr, offset, size, dir); !st.ok()) {
-    return Annotate(st, absl::StrCat("sync_single_for_device on device ", d.config.name));
+    return base::Annotate(st, absl::StrCat("sync_single_for_device on device ", d.config.name));
   }
   guard.slot().sync_calls.fetch_add(1, std::memory_order_relaxed);
   return absl::OkStatus();
@@ -283,7 +276,7 @@ absl::Status Device::SyncForCpu(DmaAddr addr, uint64_t offset, uint64_t size, Dm
                                                    static_cast<int>(dir)));
   }
   if (absl::Status st = d.checker.OnSync(addr, offset, size, dir); !st.ok()) {
-    return Annotate(st, absl::StrCat("sync_single_for_cpu on device ", d.config.name));
+    return base::Annotate(st, absl::StrCat("sync_single_for_cpu on device ", d.config.name));
   }
   guard.slot().sync_calls.fetch_add(1, std::memory_order_relaxed);
   return absl::OkStatus();
@@ -291,7 +284,7 @@ absl::Status Device::SyncForCpu(DmaAddr addr, uint64_t offset, uint64_t size, Dm
 
 absl::Status Device::Unbind() {
   Impl& d = *impl_;
-  internal::MutexLock l(&d.unbind_mu);
+  base::MutexLock l(&d.unbind_mu);
   if (!d.bound.load(std::memory_order_relaxed)) {
     d.checker.OnCallAfterUnbind();
     return absl::FailedPreconditionError(

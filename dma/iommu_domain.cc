@@ -15,6 +15,7 @@
 #include "dma/internal/iotlb.h"
 #include "dma/internal/pt_table.h"
 #include "dma/iova_allocator.h"
+#include "base/strings.h"
 
 namespace pagepool::dma {
 namespace {
@@ -24,29 +25,6 @@ using internal::FlushQueue;
 using internal::FqEntry;
 using internal::IoPageTable;
 using internal::IotlbGather;
-
-std::string Hex(uint64_t v) { return absl::StrCat("0x", absl::Hex(v)); }
-
-class RealClock final : public Clock {
- public:
-  uint64_t NowNanos() const override {
-    return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                     std::chrono::steady_clock::now().time_since_epoch())
-                                     .count());
-  }
-};
-
-// The flush queue's clock when none is injected: CLOCK_MONOTONIC_COARSE, a vDSO read of the tick
-// (4 ms resolution here, like the kernel's jiffies that its 10 ms flush-queue timeout is counted in),
-// several times cheaper than a precise clock read on every lazy unmap.
-class CoarseClock final : public Clock {
- public:
-  uint64_t NowNanos() const override {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
-  }
-};
 
 unsigned LevelsForWidth(unsigned width) {
   switch (width) {
@@ -64,11 +42,6 @@ uint64_t RelaxedNonNeg(const std::atomic<int64_t>& a) {
 }
 
 }  // namespace
-
-Clock* Clock::Real() {
-  static RealClock* clock = new RealClock();
-  return clock;
-}
 
 struct IommuDomain::Impl {
   DomainConfig config;
@@ -106,18 +79,18 @@ struct IommuDomain::Impl {
   absl::Status CheckRange(const char* op, DmaAddr iova, uint64_t size) const {
     if (config.mode == IommuMode::kPassthrough) {
       return absl::FailedPreconditionError(
-          absl::StrCat(op, ": passthrough domain has no page table (iova ", Hex(iova), ")"));
+          absl::StrCat(op, ": passthrough domain has no page table (iova ", base::Hex(iova), ")"));
     }
     if (size == 0 || (size & (kPageSize - 1)) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": size ", Hex(size), " at iova ",
-                                                     Hex(iova), " is not a non-zero multiple of 4 KiB"));
+      return absl::InvalidArgumentError(absl::StrCat(op, ": size ", base::Hex(size), " at iova ",
+                                                     base::Hex(iova), " is not a non-zero multiple of 4 KiB"));
     }
     if ((iova & (kPageSize - 1)) != 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat(op, ": iova ", Hex(iova), " is not 4 KiB aligned"));
+          absl::StrCat(op, ": iova ", base::Hex(iova), " is not 4 KiB aligned"));
     }
     if (iova >= limit || size > limit - iova) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": [", Hex(iova), ", +", Hex(size),
+      return absl::InvalidArgumentError(absl::StrCat(op, ": [", base::Hex(iova), ", +", base::Hex(size),
                                                      ") is beyond the ", config.address_width,
                                                      "-bit address width"));
     }
@@ -147,11 +120,12 @@ absl::StatusOr<std::unique_ptr<IommuDomain>> IommuDomain::Create(const DomainCon
   std::unique_ptr<IommuDomain> d(new IommuDomain());
   Impl& impl = *d->impl_;
   impl.config = config;
-  Clock* fq_clock = impl.config.clock;
+  base::Clock* fq_clock = impl.config.clock;
   if (impl.config.clock == nullptr) {
-    static CoarseClock* coarse = new CoarseClock();
-    impl.config.clock = Clock::Real();
-    fq_clock = coarse;
+    // The flush queue reads the tick: its 10 ms deadline needs no better, and every lazy unmap
+    // reads it.
+    impl.config.clock = base::Clock::Real();
+    fq_clock = base::Clock::Coarse();
   }
   impl.levels = levels;
   impl.limit = uint64_t{1} << config.address_width;
@@ -174,12 +148,12 @@ absl::Status IommuDomain::Map(DmaAddr iova, PhysAddr phys, uint64_t size, uint32
   if (absl::Status s = impl.CheckRange("Map", iova, size); !s.ok()) return s;
   if ((phys & (kPageSize - 1)) != 0 || phys >= internal::kPhysLimit ||
       size > internal::kPhysLimit - phys) {
-    return absl::InvalidArgumentError(absl::StrCat("Map: phys ", Hex(phys), " (iova ", Hex(iova),
+    return absl::InvalidArgumentError(absl::StrCat("Map: phys ", base::Hex(phys), " (iova ", base::Hex(iova),
                                                    ") is not 4 KiB aligned or beyond 52 bits"));
   }
   if ((prot & (kProtRead | kProtWrite)) == 0 || (prot & ~uint32_t{kProtRead | kProtWrite}) != 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("Map: prot ", prot, " at iova ", Hex(iova), " must be read and/or write"));
+        absl::StrCat("Map: prot ", prot, " at iova ", base::Hex(iova), " must be read and/or write"));
   }
   const uint64_t bits = ((prot & kProtRead) ? internal::kPteRead : 0) |
                         ((prot & kProtWrite) ? internal::kPteWrite : 0);
@@ -207,8 +181,8 @@ absl::Status IommuDomain::Unmap(DmaAddr iova, uint64_t size, bool release_iova) 
   if (!pages.ok() || *pages == 0) {
     impl.FlushAndRelease(&gather);
     if (!pages.ok()) return pages.status();
-    return absl::NotFoundError(absl::StrCat("Unmap: nothing mapped in [", Hex(iova), ", ",
-                                            Hex(iova + size), ")"));
+    return absl::NotFoundError(absl::StrCat("Unmap: nothing mapped in [", base::Hex(iova), ", ",
+                                            base::Hex(iova + size), ")"));
   }
   impl.counters.hot.unmaps.fetch_add(1, std::memory_order_relaxed);
   impl.counters.hot.mapped_pages.fetch_sub(static_cast<int64_t>(*pages), std::memory_order_relaxed);
@@ -232,7 +206,7 @@ absl::StatusOr<PhysAddr> IommuDomain::Translate(DmaAddr iova, bool write) {
   if (impl.config.mode == IommuMode::kPassthrough) return iova;
   if (iova >= impl.limit) {
     impl.counters.other.faults.fetch_add(1, std::memory_order_relaxed);
-    return absl::NotFoundError(absl::StrCat("DMA fault: iova ", Hex(iova), " is beyond the ",
+    return absl::NotFoundError(absl::StrCat("DMA fault: iova ", base::Hex(iova), " is beyond the ",
                                             impl.config.address_width, "-bit address width"));
   }
   uint64_t generation = 0;

@@ -35,6 +35,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "base/clock.h"
 #include "dma/types.h"
 
 namespace pagepool::dma {
@@ -44,19 +45,11 @@ namespace internal {
 struct IommuDomainTestPeer;
 }  // namespace internal
 
-// A monotonic clock in nanoseconds; tests inject a fake one (lazy-mode 10 ms flush deadline).
-class Clock {
- public:
-  virtual ~Clock() = default;
-  virtual uint64_t NowNanos() const = 0;
-  static Clock* Real();  // process-wide steady clock
-};
-
 struct DomainConfig {
   IommuMode mode = IommuMode::kStrict;
   bool free_empty_tables = true;
   unsigned address_width = 48;   // 39, 48 or 57
-  Clock* clock = nullptr;        // nullptr: the real clock (the flush queue reads a coarse one)
+  base::Clock* clock = nullptr;        // nullptr: the real clock (the flush queue reads a coarse one)
   unsigned fq_size = 256;        // lazy mode: entries per flush queue before a flush
   uint64_t fq_timeout_ns = 10'000'000;  // lazy mode: oldest entry flushed after 10 ms
   // Model an IOTLB that Translate consults (a small cache of 4 KiB read translations; see

@@ -18,8 +18,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "dma/internal/iova_mutex.h"
-#include "dma/internal/iova_thread_slot.h"
+#include "base/mutex.h"
+#include "base/thread_slot.h"
 
 namespace pagepool::dma {
 namespace {
@@ -37,7 +37,7 @@ struct Magazine {
 
 // One per-thread-ish cache (the kernel's per-CPU iova_cpu_rcache, for every cached order).
 struct alignas(64) Shard {
-  internal::Mutex mu;
+  base::Mutex mu;
   std::array<std::unique_ptr<Magazine>, kCachedOrders> loaded ABSL_GUARDED_BY(mu);
   std::array<std::unique_ptr<Magazine>, kCachedOrders> prev ABSL_GUARDED_BY(mu);
   uint64_t hits ABSL_GUARDED_BY(mu) = 0;
@@ -46,7 +46,7 @@ struct alignas(64) Shard {
 
 // Full magazines shared by all shards, per order (the kernel's rcache->depot).
 struct alignas(64) Depot {
-  internal::Mutex mu;
+  base::Mutex mu;
   std::vector<std::unique_ptr<Magazine>> mags ABSL_GUARDED_BY(mu);
 };
 
@@ -64,7 +64,7 @@ struct IovaAllocator::Impl {
         limit_pfn(limit),
         num_shards(ShardCount()),
         shards(new Shard[num_shards]) {
-    internal::MutexLock l(&mu);
+    base::MutexLock l(&mu);
     // Greedy decomposition of [start_pfn, limit_pfn] into maximal aligned blocks: none of them is
     // the buddy of another, so coalescing never builds a block reaching outside the range.
     uint64_t pfn = start_pfn;
@@ -148,7 +148,7 @@ struct IovaAllocator::Impl {
 
   void FreeSharedMany(std::vector<std::unique_ptr<Magazine>>& mags, unsigned order) {
     if (mags.empty()) return;
-    internal::MutexLock l(&mu);
+    base::MutexLock l(&mu);
     for (const auto& mag : mags) {
       for (unsigned i = 0; i < mag->size; ++i) FreeSharedLocked(mag->pfns[i], order);
     }
@@ -158,13 +158,13 @@ struct IovaAllocator::Impl {
 
   // Shards are picked by thread slot modulo the shard count, so threads spread evenly over them
   // (better than hashing std::thread::id).
-  Shard& ThisShard() { return shards[internal::ThreadSlot() & (num_shards - 1)]; }
+  Shard& ThisShard() { return shards[base::ThreadSlot() & (num_shards - 1)]; }
 
   // __iova_rcache_get: loaded, then prev, then a full magazine from the depot.
   bool RcacheGet(unsigned order, uint64_t* out) {
     Shard& s = ThisShard();
     std::unique_ptr<Magazine> empty_mag;  // deleted after the lock is dropped
-    internal::MutexLock l(&s.mu);
+    base::MutexLock l(&s.mu);
     auto& loaded = s.loaded[order];
     auto& prev = s.prev[order];
     if (loaded == nullptr || loaded->empty()) {
@@ -172,7 +172,7 @@ struct IovaAllocator::Impl {
         std::swap(loaded, prev);
       } else {
         Depot& d = depots[order];
-        internal::MutexLock dl(&d.mu);
+        base::MutexLock dl(&d.mu);
         if (d.mags.empty()) {
           ++s.misses;
           return false;
@@ -193,7 +193,7 @@ struct IovaAllocator::Impl {
     Shard& s = ThisShard();
     std::vector<std::unique_ptr<Magazine>> to_free;
     {
-      internal::MutexLock l(&s.mu);
+      base::MutexLock l(&s.mu);
       auto& loaded = s.loaded[order];
       auto& prev = s.prev[order];
       if (loaded == nullptr) loaded = std::make_unique<Magazine>();
@@ -205,7 +205,7 @@ struct IovaAllocator::Impl {
           auto fresh = std::make_unique<Magazine>();
           {
             Depot& d = depots[order];
-            internal::MutexLock dl(&d.mu);
+            base::MutexLock dl(&d.mu);
             if (d.mags.size() < kMaxDepotMagazines) {
               d.mags.push_back(std::move(loaded));
             } else {
@@ -226,7 +226,7 @@ struct IovaAllocator::Impl {
   std::unique_ptr<Shard[]> shards;
   std::array<Depot, kCachedOrders> depots;
 
-  internal::Mutex mu;
+  base::Mutex mu;
   std::array<absl::btree_set<uint64_t>, kNumOrders> free_blocks ABSL_GUARDED_BY(mu);
   uint64_t nonempty ABSL_GUARDED_BY(mu) = 0;  // bit o set iff free_blocks[o] is non-empty
   // Blocks handed out by the shared allocator (those sitting in magazines included): pfn -> order.
@@ -256,12 +256,12 @@ absl::StatusOr<uint64_t> IovaAllocator::Alloc(uint64_t pages) {
   if (order < kCachedOrders && impl_->RcacheGet(order, &pfn)) return pfn;
   if (order < kNumOrders) {
     {
-      internal::MutexLock l(&impl_->mu);
+      base::MutexLock l(&impl_->mu);
       if (impl_->AllocSharedLocked(order, &pfn)) return pfn;
     }
     // As alloc_iova_fast: give back every cached range and try once more.
     FlushCaches();
-    internal::MutexLock l(&impl_->mu);
+    base::MutexLock l(&impl_->mu);
     if (impl_->AllocSharedLocked(order, &pfn)) return pfn;
   }
   impl_->alloc_failures.fetch_add(1, std::memory_order_relaxed);
@@ -282,7 +282,7 @@ void IovaAllocator::Free(uint64_t pfn, uint64_t pages) {
     impl_->RcacheInsert(pfn, order);
     return;
   }
-  internal::MutexLock l(&impl_->mu);
+  base::MutexLock l(&impl_->mu);
   impl_->FreeSharedLocked(pfn, order);
 }
 
@@ -291,7 +291,7 @@ void IovaAllocator::FlushCaches() {
     std::vector<std::unique_ptr<Magazine>> mags;
     for (unsigned i = 0; i < impl_->num_shards; ++i) {
       Shard& s = impl_->shards[i];
-      internal::MutexLock l(&s.mu);
+      base::MutexLock l(&s.mu);
       if (s.loaded[order] != nullptr && !s.loaded[order]->empty()) {
         mags.push_back(std::move(s.loaded[order]));
       }
@@ -301,7 +301,7 @@ void IovaAllocator::FlushCaches() {
     }
     {
       Depot& d = impl_->depots[order];
-      internal::MutexLock l(&d.mu);
+      base::MutexLock l(&d.mu);
       for (auto& mag : d.mags) mags.push_back(std::move(mag));
       d.mags.clear();
     }
@@ -314,11 +314,11 @@ IovaStats IovaAllocator::stats() const {
   uint64_t cached = 0;
   uint64_t handed_out = 0;
   {
-    internal::MutexLock l(&impl_->mu);
+    base::MutexLock l(&impl_->mu);
     handed_out = impl_->handed_out_pages;
     for (unsigned i = 0; i < impl_->num_shards; ++i) {
       Shard& s = impl_->shards[i];
-      internal::MutexLock sl(&s.mu);
+      base::MutexLock sl(&s.mu);
       st.rcache_hits += s.hits;
       st.rcache_misses += s.misses;
       for (unsigned o = 0; o < kCachedOrders; ++o) {
@@ -328,7 +328,7 @@ IovaStats IovaAllocator::stats() const {
     }
     for (unsigned o = 0; o < kCachedOrders; ++o) {
       Depot& d = impl_->depots[o];
-      internal::MutexLock dl(&d.mu);
+      base::MutexLock dl(&d.mu);
       for (const auto& mag : d.mags) cached += uint64_t{mag->size} << o;
     }
   }

@@ -16,7 +16,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "dma/internal/iova_mutex.h"
+#include "base/mutex.h"
+#include "base/strings.h"
 
 namespace pagepool::dma {
 namespace {
@@ -30,7 +31,7 @@ struct Entry {
 };
 
 struct alignas(64) Shard {
-  internal::Mutex mu;
+  base::Mutex mu;
   absl::flat_hash_map<DmaAddr, Entry> entries ABSL_GUARDED_BY(mu);
   // FIFO of the addresses tombstoned last: a ring once it reaches kRecentUnmapsPerShard.
   std::vector<DmaAddr> recent ABSL_GUARDED_BY(mu);
@@ -64,8 +65,6 @@ absl::string_view DirName(DmaDirection dir) {
   const std::string_view name = DmaDirectionName(dir);
   return absl::string_view(name.data(), name.size());
 }
-
-std::string Hex(uint64_t v) { return absl::StrCat("0x", absl::Hex(v)); }
 
 std::string Describe(uint64_t size, DmaDirection dir) {
   return absl::StrCat(size, " bytes, ", DirName(dir));
@@ -105,7 +104,7 @@ MappingChecker::~MappingChecker() = default;
 
 void MappingChecker::OnMap(DmaAddr addr, PhysAddr phys, uint64_t size, DmaDirection dir) {
   Shard& s = impl_->ShardFor(addr);
-  internal::MutexLock l(&s.mu);
+  base::MutexLock l(&s.mu);
   auto [it, inserted] = s.entries.try_emplace(addr, Entry{phys, size, dir, 1});
   if (!inserted) {
     Entry& e = it->second;
@@ -125,14 +124,14 @@ inline absl::Status MappingChecker::Impl::UnmapLocked(Shard& s, DmaAddr addr, ui
     unknown_unmap.fetch_add(1, std::memory_order_relaxed);
     return absl::FailedPreconditionError(
         absl::StrCat("DMA-API: device driver tries to free DMA memory it has not allocated: unmap of ",
-                     Hex(addr), " (", Describe(size, dir), ")"));
+                     base::Hex(addr), " (", Describe(size, dir), ")"));
   }
   Entry& e = it->second;
   if (e.live == 0) {
     double_unmap.fetch_add(1, std::memory_order_relaxed);
     return absl::FailedPreconditionError(absl::StrCat(
-        "DMA-API: double unmap of ", Hex(addr), " (", Describe(size, dir),
-        "): already unmapped (was phys ", Hex(e.phys), ", ", Describe(e.size, e.dir), ")"));
+        "DMA-API: double unmap of ", base::Hex(addr), " (", Describe(size, dir),
+        "): already unmapped (was phys ", base::Hex(e.phys), ", ", Describe(e.size, e.dir), ")"));
   }
   const bool size_bad = size != e.size;
   const bool dir_bad = dir != e.dir;
@@ -140,12 +139,12 @@ inline absl::Status MappingChecker::Impl::UnmapLocked(Shard& s, DmaAddr addr, ui
     std::string msg = absl::StrCat("DMA-API: device driver frees DMA memory with different ");
     if (size_bad) {
       size_mismatch.fetch_add(1, std::memory_order_relaxed);
-      absl::StrAppend(&msg, "size [device address=", Hex(addr), "] [map size=", e.size,
+      absl::StrAppend(&msg, "size [device address=", base::Hex(addr), "] [map size=", e.size,
                       " bytes] [unmap size=", size, " bytes]");
     }
     if (dir_bad) {
       direction_mismatch.fetch_add(1, std::memory_order_relaxed);
-      absl::StrAppend(&msg, size_bad ? " and " : "", "direction [device address=", Hex(addr),
+      absl::StrAppend(&msg, size_bad ? " and " : "", "direction [device address=", base::Hex(addr),
                       "] [mapped as ", DirName(e.dir), "] [unmapped as ",
                       DirName(dir), "]");
     }
@@ -159,7 +158,7 @@ inline absl::Status MappingChecker::Impl::UnmapLocked(Shard& s, DmaAddr addr, ui
 
 absl::Status MappingChecker::OnUnmap(DmaAddr addr, uint64_t size, DmaDirection dir) {
   Shard& s = impl_->ShardFor(addr);
-  internal::MutexLock l(&s.mu);
+  base::MutexLock l(&s.mu);
   return impl_->UnmapLocked(s, addr, size, dir);
 }
 
@@ -186,7 +185,7 @@ absl::Status MappingChecker::OnUnmapBatch(absl::Span<const DmaAddr> addrs, uint6
     for (unsigned k = 0; k < kShards; ++k) {
       if (start[k] == start[k + 1]) continue;
       Shard& s = impl_->shards[k];
-      internal::MutexLock l(&s.mu);
+      base::MutexLock l(&s.mu);
       const size_t end = start[k + 1];
       for (size_t j = start[k]; j < end && j < start[k] + kPrefetchDistance; ++j) {
         s.entries.prefetch(addrs[base + order[j]]);
@@ -212,13 +211,13 @@ absl::Status MappingChecker::OnUnmapBatch(absl::Span<const DmaAddr> addrs, uint6
 absl::Status MappingChecker::OnSync(DmaAddr addr, uint64_t offset, uint64_t size,
                                     DmaDirection dir) {
   Shard& s = impl_->ShardFor(addr);
-  internal::MutexLock l(&s.mu);
+  base::MutexLock l(&s.mu);
   auto it = s.entries.find(addr);
   if (it == s.entries.end() || it->second.live == 0) {
     impl_->sync_unknown.fetch_add(1, std::memory_order_relaxed);
     return absl::FailedPreconditionError(absl::StrCat(
         "DMA-API: device driver tries to sync DMA memory it has not allocated [device address=",
-        Hex(addr), "] [offset=", offset, "] [", Describe(size, dir), "]",
+        base::Hex(addr), "] [offset=", offset, "] [", Describe(size, dir), "]",
         it == s.entries.end() ? "" : " (recently unmapped)"));
   }
   const Entry& e = it->second;
@@ -226,14 +225,14 @@ absl::Status MappingChecker::OnSync(DmaAddr addr, uint64_t offset, uint64_t size
     impl_->size_mismatch.fetch_add(1, std::memory_order_relaxed);
     return absl::InvalidArgumentError(absl::StrCat(
         "DMA-API: device driver syncs DMA memory outside allocated boundaries [device address=",
-        Hex(addr), "] [map size=", e.size, " bytes] [sync offset=", offset, "] [sync size=", size,
+        base::Hex(addr), "] [map size=", e.size, " bytes] [sync offset=", offset, "] [sync size=", size,
         " bytes]"));
   }
   if (e.dir != DmaDirection::kBidirectional && dir != e.dir) {
     impl_->direction_mismatch.fetch_add(1, std::memory_order_relaxed);
     return absl::InvalidArgumentError(absl::StrCat(
         "DMA-API: device driver syncs DMA memory with different direction [device address=",
-        Hex(addr), "] [size=", e.size, " bytes] [mapped as ", DirName(e.dir),
+        base::Hex(addr), "] [size=", e.size, " bytes] [mapped as ", DirName(e.dir),
         "] [synced as ", DirName(dir), "]"));
   }
   return absl::OkStatus();
@@ -248,7 +247,7 @@ void MappingChecker::OnUnbind(
   for (Shard& s : impl_->shards) {
     std::vector<std::tuple<DmaAddr, uint64_t, DmaDirection>> live;
     {
-      internal::MutexLock l(&s.mu);
+      base::MutexLock l(&s.mu);
       if (s.live == 0) continue;
       std::vector<DmaAddr> tombstoned;
       for (auto& [addr, e] : s.entries) {
@@ -282,7 +281,7 @@ CheckerCounters MappingChecker::counters() const {
 uint64_t MappingChecker::live_mappings() const {
   uint64_t n = 0;
   for (Shard& s : impl_->shards) {
-    internal::MutexLock l(&s.mu);
+    base::MutexLock l(&s.mu);
     n += s.live;
   }
   return n;
@@ -290,7 +289,7 @@ uint64_t MappingChecker::live_mappings() const {
 
 bool MappingChecker::IsLive(DmaAddr addr) const {
   Shard& s = impl_->ShardFor(addr);
-  internal::MutexLock l(&s.mu);
+  base::MutexLock l(&s.mu);
   auto it = s.entries.find(addr);
   return it != s.entries.end() && it->second.live > 0;
 }

@@ -6,7 +6,7 @@
 #include <new>
 
 #include "absl/strings/str_cat.h"
-#include "dma/rcu.h"
+#include "base/rcu.h"
 
 namespace pagepool::pool {
 namespace {
@@ -36,7 +36,7 @@ struct IndexNode {
   uint8_t shift = 0;
   uint8_t offset = 0;  // slot in the parent
   uint8_t count = 0;   // non-null slots
-  dma::rcu::Head rcu;
+  base::rcu::Head rcu;
 
   explicit IndexNode(unsigned s) : shift(uint8_t(s)) {
     for (auto& slot : slots) slot.store(nullptr, std::memory_order_relaxed);
@@ -50,8 +50,8 @@ namespace {
 void* const kReserved = reinterpret_cast<void*>(uintptr_t{1});
 
 // Frees a chain of retired nodes linked through `parent` (see InflightIndex::DeleteNodeLocked).
-void FreeNodeChainCallback(dma::rcu::Head* head) {
-  dma::rcu::CallbackBegin();
+void FreeNodeChainCallback(base::rcu::Head* head) {
+  base::rcu::CallbackBegin();
   IndexNode* node = reinterpret_cast<IndexNode*>(reinterpret_cast<char*>(head) -
                                                  offsetof(IndexNode, rcu));
   while (node != nullptr) {
@@ -99,7 +99,7 @@ InflightIndex::InflightIndex(uint32_t limit) : limit_(limit == 0 ? 1 : limit) {}
 
 InflightIndex::~InflightIndex() {
   {
-    internal::SpinLockHolder l(&lock_);
+    base::MutexLock l(&lock_);
     FlushRetiredLocked();
   }
   internal::DeleteTree(root_.load(std::memory_order_relaxed));
@@ -121,19 +121,19 @@ void InflightIndex::DeleteNodeLocked(IndexNode* node) {
 
 void InflightIndex::FlushRetiredLocked() {
   if (retired_ == nullptr) return;
-  dma::rcu::CallRcu(&retired_->rcu, &internal::FreeNodeChainCallback);
+  base::rcu::CallRcu(&retired_->rcu, &internal::FreeNodeChainCallback);
   retired_ = nullptr;
   retired_count_ = 0;
 }
 
 absl::StatusOr<uint32_t> InflightIndex::Alloc(PageRecord* page) {
-  internal::SpinLockHolder l(&lock_);
+  base::MutexLock l(&lock_);
   LeafHint hint;
   return AllocLocked(page, &hint);
 }
 
 size_t InflightIndex::AllocBulk(absl::Span<PageRecord* const> pages, absl::Span<uint32_t> ids) {
-  internal::SpinLockHolder l(&lock_);
+  base::MutexLock l(&lock_);
   LeafHint hint;
   size_t n = 0;
   const size_t count = std::min(pages.size(), ids.size());
@@ -259,7 +259,7 @@ absl::StatusOr<uint32_t> InflightIndex::AllocLocked(PageRecord* page, LeafHint* 
 }
 
 PageRecord* InflightIndex::Load(uint32_t id) const {
-  dma::rcu::ReadLock rcu;
+  base::rcu::ReadLock rcu;
   const IndexNode* node = root_.load(std::memory_order_acquire);
   if (node == nullptr || (uint64_t{id} >> (node->shift + kChunkShift)) != 0) return nullptr;
   while (node->shift > 0) {
@@ -325,7 +325,7 @@ void InflightIndex::ShrinkLocked() {
 
 bool InflightIndex::CompareExchange(uint32_t id, PageRecord* expected, PageRecord* desired) {
   if (desired != nullptr || expected == nullptr || id == 0) return false;
-  internal::SpinLockHolder l(&lock_);
+  base::MutexLock l(&lock_);
   IndexNode* leaf = LeafForLocked(id);
   if (leaf == nullptr) return false;
   const unsigned offset = id & kChunkMask;
@@ -345,7 +345,7 @@ bool InflightIndex::CompareExchange(uint32_t id, PageRecord* expected, PageRecor
 
 PageRecord* InflightIndex::Erase(uint32_t id) {
   if (id == 0) return nullptr;
-  internal::SpinLockHolder l(&lock_);
+  base::MutexLock l(&lock_);
   IndexNode* leaf = LeafForLocked(id);
   if (leaf == nullptr) return nullptr;
   const unsigned offset = id & kChunkMask;
@@ -357,7 +357,7 @@ PageRecord* InflightIndex::Erase(uint32_t id) {
 }
 
 void InflightIndex::ForEach(absl::FunctionRef<bool(uint32_t id, PageRecord* page)> fn) const {
-  dma::rcu::ReadLock rcu;
+  base::rcu::ReadLock rcu;
   const IndexNode* root = root_.load(std::memory_order_acquire);
   if (root != nullptr) internal::WalkNode(root, 0, fn);
 }
@@ -372,7 +372,7 @@ InflightIndexStats InflightIndex::stats() const {
   s.nodes = nodes_.load(std::memory_order_relaxed);
   s.node_bytes = s.nodes * sizeof(IndexNode);
   {
-    dma::rcu::ReadLock rcu;
+    base::rcu::ReadLock rcu;
     const IndexNode* root = root_.load(std::memory_order_acquire);
     s.height = root == nullptr ? 0 : root->shift / kChunkShift + 1;
   }

@@ -34,7 +34,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "pool/internal/spinlock.h"
+#include "base/mutex.h"
 #include "pool/phys_memory.h"
 
 namespace pagepool::pool {
@@ -126,7 +126,7 @@ class InflightIndex {
   static constexpr uint64_t kKeepNodes = 4;
 
   const uint32_t limit_;
-  mutable internal::SpinLock lock_;
+  mutable base::Mutex lock_;
   std::atomic<internal::IndexNode*> root_{nullptr};
   // Unlinked nodes waiting to be handed to RCU (at most kRetireBatch; not counted in nodes_).
   internal::IndexNode* retired_ ABSL_GUARDED_BY(lock_) = nullptr;

@@ -1,21 +1,12 @@
 // File: pool/nic.cc
 #include "pool/nic.h"
 
-#include <chrono>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/clock.h"
 
 namespace pagepool::pool {
-namespace {
-
-uint64_t SteadyNowNanos() {
-  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      std::chrono::steady_clock::now().time_since_epoch())
-                      .count());
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Nic>> Nic::Create(std::shared_ptr<PhysMemory> memory,
                                                  const NicConfig& config) {
@@ -33,7 +24,7 @@ Nic::Nic(std::shared_ptr<PhysMemory> memory, std::shared_ptr<dma::Device> device
 Nic::~Nic() {
   std::map<uint64_t, std::shared_ptr<PagePool>> pools;
   {
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     pools.swap(pools_);
   }
   for (auto& [id, pool] : pools) {
@@ -45,7 +36,7 @@ absl::StatusOr<std::shared_ptr<PagePool>> Nic::CreatePool(PagePoolParams params)
   params.ifindex = config_.ifindex;
   if (params.clock == nullptr) params.clock = config_.clock;
   if (!params.warn) params.warn = config_.warn;
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   if (unbinding_ || !device_->bound()) {
     return absl::FailedPreconditionError(
         absl::StrCat("device ", device_->name(), " is unbound: no new pools"));
@@ -57,13 +48,13 @@ absl::StatusOr<std::shared_ptr<PagePool>> Nic::CreatePool(PagePoolParams params)
 }
 
 std::shared_ptr<PagePool> Nic::FindPool(uint64_t pool_id) const {
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   auto it = pools_.find(pool_id);
   return it == pools_.end() ? nullptr : it->second;
 }
 
 std::vector<std::shared_ptr<PagePool>> Nic::Pools() const {
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   std::vector<std::shared_ptr<PagePool>> out;
   out.reserve(pools_.size());
   for (const auto& [id, pool] : pools_) out.push_back(pool);
@@ -78,17 +69,17 @@ absl::StatusOr<DestroyResult> Nic::DestroyPool(uint64_t pool_id) {
   }
   absl::StatusOr<DestroyResult> result = pool->Destroy();
   if (result.ok() && result->released) {
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     pools_.erase(pool_id);
   }
   return result;
 }
 
 absl::StatusOr<UnbindResult> Nic::Unbind() {
-  const uint64_t start = SteadyNowNanos();
+  const uint64_t start = base::MonotonicNanos();
   std::vector<std::shared_ptr<PagePool>> pools;
   {
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     if (unbinding_) {
       return absl::FailedPreconditionError(
           absl::StrCat("device ", device_->name(), " is already unbound"));
@@ -105,20 +96,20 @@ absl::StatusOr<UnbindResult> Nic::Unbind() {
     result.inflight_at_destroy += d->inflight_at_destroy;
     result.pages_unmapped += d->pages_unmapped;
     if (d->released) {
-      absl::MutexLock l(&mu_);
+      base::MutexLock l(&mu_);
       pools_.erase(pool->id());
     }
   }
   absl::Status unbound = device_->Unbind();
   if (!unbound.ok()) return unbound;
-  result.duration_ns = SteadyNowNanos() - start;
+  result.duration_ns = base::MonotonicNanos() - start;
   return result;
 }
 
 size_t Nic::ReleaseRetry(uint64_t now_ns) {
   std::vector<std::shared_ptr<PagePool>> detached;
   {
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     for (const auto& [id, pool] : pools_) {
       if (pool->destroyed()) detached.push_back(pool);
     }
@@ -128,7 +119,7 @@ size_t Nic::ReleaseRetry(uint64_t now_ns) {
     if (pool->ReleaseRetry(now_ns)) {
       ++waiting;
     } else {
-      absl::MutexLock l(&mu_);
+      base::MutexLock l(&mu_);
       pools_.erase(pool->id());
     }
   }

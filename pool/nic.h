@@ -24,7 +24,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "base/mutex.h"
 #include "dma/device.h"
 #include "pool/page_pool.h"
 #include "pool/phys_memory.h"
@@ -34,7 +34,7 @@ namespace pagepool::pool {
 struct NicConfig {
   dma::DeviceConfig device;
   uint32_t ifindex = 0;          // copied into every pool's params
-  dma::Clock* clock = nullptr;   // default for pools created without one; nullptr: Clock::Real()
+  base::Clock* clock = nullptr;   // default for pools created without one; nullptr: Clock::Real()
   WarnSink warn;                 // default for pools created without one; empty: stderr
 };
 
@@ -94,7 +94,7 @@ class Nic {
   const std::shared_ptr<PhysMemory> memory_;
   const std::shared_ptr<dma::Device> device_;
   const NicConfig config_;
-  mutable absl::Mutex mu_;
+  mutable base::Mutex mu_;
   bool unbinding_ ABSL_GUARDED_BY(mu_) = false;
   std::map<uint64_t, std::shared_ptr<PagePool>> pools_ ABSL_GUARDED_BY(mu_);
 };

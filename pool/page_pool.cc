@@ -1,48 +1,20 @@
-// File: pool/page_pool.cc
-//
-// _LGPL_SOURCE: liburcu's read-side lock is inlined here (urcu/static/urcu-memb.h) instead of two
-// calls into the shared library, each with a dynamic TLS lookup (11 ns -> ~2 ns a lock/unlock pair
-// on the return path). Not under ThreadSanitizer: liburcu's inline code syncs readers and writers
-// with plain volatile accesses that TSan would report; the out-of-line library is not instrumented.
-#ifndef PAGEPOOL_TSAN
-#define _LGPL_SOURCE 1
-#endif
 #include "pool/page_pool.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "dma/rcu.h"
+#include "base/clock.h"
+#include "base/rcu.h"
 #include "pool/internal/ptr_ring.h"
 
 namespace pagepool::pool {
 namespace {
 
 std::atomic<uint32_t> g_next_pool_id{1};
-
-// The RCU read-side section of the return and sync paths: liburcu's inline lock (see the top of this
-// file) with dma/rcu.h's thread registration, or dma::rcu::ReadLock itself under TSan (whose
-// annotations it then needs). Using our own class keeps dma::rcu::ReadLock's inline definition the
-// same in every translation unit.
-#ifdef PAGEPOOL_TSAN
-using PoolReadLock = dma::rcu::ReadLock;
-#else
-class PoolReadLock {
- public:
-  PoolReadLock() {
-    dma::rcu::EnsureThreadRegistered();
-    urcu_memb_read_lock();
-  }
-  ~PoolReadLock() { urcu_memb_read_unlock(); }
-  PoolReadLock(const PoolReadLock&) = delete;
-  PoolReadLock& operator=(const PoolReadLock&) = delete;
-};
-#endif
 
 // Why the last slow path came back empty.
 enum AllocError : int { kAllocOk = 0, kNoMemory, kMapFailed, kIovaFull, kIndexFull, kDestroyed };
@@ -52,12 +24,6 @@ inline void BumpSingle(std::atomic<uint64_t>& c) {
   c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 inline void BumpShared(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
-
-uint64_t SteadyNowNanos() {
-  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      std::chrono::steady_clock::now().time_since_epoch())
-                      .count());
-}
 
 }  // namespace
 
@@ -117,7 +83,7 @@ PagePool::PagePool(std::shared_ptr<PhysMemory> memory, std::shared_ptr<dma::Devi
       params_(params),
       memory_(std::move(memory)),
       device_(std::move(device)),
-      clock_(params.clock != nullptr ? params.clock : dma::Clock::Real()),
+      clock_(params.clock != nullptr ? params.clock : base::Clock::Real()),
       dma_map_((params.flags & kPpFlagDmaMap) != 0),
       dma_sync_max_len_(params.max_len == 0 ? uint32_t(dma::kPageSize << params.order)
                                             : params.max_len),
@@ -314,7 +280,7 @@ void PagePool::DmaSyncForDevice(PageRecord* page, uint32_t dma_sync_size) {
   // page_pool_dma_sync_for_device: re-checked under the RCU read lock so Destroy's grace period
   // after clearing dma_sync_ waits for every sync that saw it set.
   if (!dma_sync_.load(std::memory_order_relaxed)) return;
-  PoolReadLock rcu;
+  base::rcu::ReadLock rcu;
   if (!dma_sync_.load(std::memory_order_acquire)) return;
   (void)device_->SyncForDevice(page->dma_addr.load(std::memory_order_relaxed), params_.offset,
                                std::min(dma_sync_size, dma_sync_max_len_), params_.dma_dir);
@@ -401,14 +367,14 @@ bool PagePool::ReleasePage(PageRecord* page) {
   switch (params_.strategy) {
     case DestroyStrategy::kXarray: {
       // Inside a read-side section so Destroy's last grace period waits for an unmap in progress.
-      PoolReadLock rcu;
+      base::rcu::ReadLock rcu;
       return ReturnPageLocked(page);
     }
     case DestroyStrategy::kScan: {
       // RFC v4: while a destroy runs, returns serialise with the scan on destroy_lock_.
-      PoolReadLock rcu;
+      base::rcu::ReadLock rcu;
       if (destroy_cnt_.load(std::memory_order_acquire) != 0) [[unlikely]] {
-        internal::SpinLockHolder l(&destroy_lock_);
+        base::MutexLock l(&destroy_lock_);
         return ReturnPageLocked(page);
       }
       return ReturnPageLocked(page);
@@ -620,7 +586,7 @@ absl::StatusOr<DestroyResult> PagePool::Destroy() {
   if (!destroyed_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {
     return absl::FailedPreconditionError(absl::StrCat("pool ", id_, " is already destroyed"));
   }
-  const uint64_t start = SteadyNowNanos();
+  const uint64_t start = base::MonotonicNanos();
   DestroyResult result;
   result.pool_id = id_;
   result.strategy = params_.strategy;
@@ -635,20 +601,20 @@ absl::StatusOr<DestroyResult> PagePool::Destroy() {
       case DestroyStrategy::kXarray:
         if (dma_sync_.load(std::memory_order_relaxed)) {
           dma_sync_.store(false, std::memory_order_release);
-          if (!index_->empty()) dma::rcu::Synchronize();  // synchronize_net()
+          if (!index_->empty()) base::rcu::Synchronize();  // synchronize_net()
         }
         unmapped = UnmapAllTracked();
         // A return that won its claim before the walk got there may still be inside its unmap:
         // it runs under the RCU read lock, so one grace period covers it.
-        dma::rcu::Synchronize();
+        base::rcu::Synchronize();
         break;
       case DestroyStrategy::kScan:
         destroy_cnt_.store(1, std::memory_order_seq_cst);
         dma_sync_.store(false, std::memory_order_release);
         // Returns that did not see destroy_cnt_ (and syncs that saw dma_sync_) finish first.
-        dma::rcu::Synchronize();
+        base::rcu::Synchronize();
         {
-          internal::SpinLockHolder l(&destroy_lock_);
+          base::MutexLock l(&destroy_lock_);
           unmapped = UnmapAllScanned(&result.frames_scanned);
         }
         break;
@@ -669,7 +635,7 @@ absl::StatusOr<DestroyResult> PagePool::Destroy() {
   result.inflight_at_destroy = inflight_now;
   result.pages_unmapped = unmapped;
   result.released = inflight_now <= 0;
-  result.duration_ns = SteadyNowNanos() - start;
+  result.duration_ns = base::MonotonicNanos() - start;
   return result;
 }
 

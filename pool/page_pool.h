@@ -69,7 +69,7 @@
 #include "dma/iommu_domain.h"
 #include "dma/types.h"
 #include "pool/inflight_index.h"
-#include "pool/internal/spinlock.h"
+#include "base/mutex.h"
 #include "pool/phys_memory.h"
 
 namespace pagepool::pool {
@@ -108,7 +108,7 @@ struct PagePoolParams {
   uint32_t ifindex = 0;
   DestroyStrategy strategy = DestroyStrategy::kXarray;
   uint32_t dma_index_limit = InflightIndex::kDefaultLimit;  // highest in-flight index id (kXarray)
-  dma::Clock* clock = nullptr;        // nullptr: dma::Clock::Real(); detach_time, ReleaseRetry
+  base::Clock* clock = nullptr;        // nullptr: base::Clock::Real(); detach_time, ReleaseRetry
   WarnSink warn;                      // empty: stderr
 };
 
@@ -259,7 +259,7 @@ class PagePool {
   // after Destroy, rechecks inflight and, at most every kDeferWarnIntervalNs since Destroy, writes
   // "stalled pool shutdown: id N, M inflight S sec" to the warn sink. Returns true while the pool
   // still waits for pages (destroyed and inflight > 0); false when there is nothing to wait for.
-  // `now_ns` is read from the pool's clock (params.clock, or dma::Clock::Real()).
+  // `now_ns` is read from the pool's clock (params.clock, or base::Clock::Real()).
   // Context: any thread.
   bool ReleaseRetry(uint64_t now_ns);
 
@@ -313,7 +313,7 @@ class PagePool {
   const PagePoolParams params_;
   const std::shared_ptr<PhysMemory> memory_;
   const std::shared_ptr<dma::Device> device_;
-  dma::Clock* const clock_;
+  base::Clock* const clock_;
   const bool dma_map_;
   const uint32_t dma_sync_max_len_;
   std::unique_ptr<InflightIndex> index_;  // kXarray with DMA_MAP only
@@ -345,7 +345,7 @@ class PagePool {
   std::atomic<bool> dma_sync_;            // cleared by Destroy before unmapping (kXarray/kScan)
   std::atomic<bool> destroyed_{false};
   std::atomic<uint32_t> destroy_cnt_{0};  // kScan: returns take destroy_lock_ while non-zero
-  internal::SpinLock destroy_lock_;
+  base::Mutex destroy_lock_;
 
   std::atomic<uint64_t> dma_mapped_{0};  // untracked pages only (the index counts tracked ones)
   std::atomic<uint64_t> unmapped_at_destroy_{0};

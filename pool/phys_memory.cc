@@ -71,7 +71,7 @@ PhysMemory::PhysMemory(PageRecord* records, uint64_t frames, size_t map_bytes, u
       map_bytes_(map_bytes),
       numa_nodes_(numa_nodes),
       frames_per_node_(frames / numa_nodes) {
-  internal::SpinLockHolder l(&lock_);
+  base::MutexLock l(&lock_);
   for (unsigned o = 0; o <= kMaxOrder; ++o) {
     free_head_[o] = kNil;
     free_count_[o] = 0;
@@ -180,12 +180,12 @@ absl::StatusOr<FrameNumber> PhysMemory::AllocPages(unsigned order) {
   if (order > kMaxOrder) {
     return absl::InvalidArgumentError(absl::StrCat("order ", order, " above ", kMaxOrder));
   }
-  internal::SpinLockHolder l(&lock_);
+  base::MutexLock l(&lock_);
   return AllocLocked(order);
 }
 
 size_t PhysMemory::AllocBulk(absl::Span<FrameNumber> out) {
-  internal::SpinLockHolder l(&lock_);
+  base::MutexLock l(&lock_);
   size_t n = 0;
   for (; n < out.size(); ++n) {
     // Fast case inline: an order-0 page on its list.
@@ -217,7 +217,7 @@ absl::Status PhysMemory::FreePages(FrameNumber frame, unsigned order) {
     return absl::InvalidArgumentError(
         absl::StrCat("free of frame ", frame, " order ", order, ": not a block of this memory"));
   }
-  internal::SpinLockHolder l(&lock_);
+  base::MutexLock l(&lock_);
   const uint32_t s = records_[frame].state.load(std::memory_order_relaxed);
   if (KindOf(s) != kKindAllocated || OrderOfState(s) != order) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -233,7 +233,7 @@ void PhysMemory::GetPage(FrameNumber frame) {
 
 bool PhysMemory::PutPage(FrameNumber frame) {
   if (records_[frame].page_ref.fetch_sub(1, std::memory_order_acq_rel) != 1) return false;
-  internal::SpinLockHolder l(&lock_);
+  base::MutexLock l(&lock_);
   FreeLocked(frame, OrderOfState(records_[frame].state.load(std::memory_order_relaxed)));
   return true;
 }

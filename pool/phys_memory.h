@@ -32,7 +32,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "dma/types.h"
-#include "pool/internal/spinlock.h"
+#include "base/mutex.h"
 
 namespace pagepool::pool {
 
@@ -177,7 +177,7 @@ class PhysMemory {
   const unsigned numa_nodes_;
   const uint64_t frames_per_node_;
 
-  mutable internal::SpinLock lock_;
+  mutable base::Mutex lock_;
   // Heads of the per-order free lists (kNil when empty); links live in the heads' dma_addr word.
   uint64_t free_head_[kMaxOrder + 1] ABSL_GUARDED_BY(lock_);
   uint64_t free_count_[kMaxOrder + 1] ABSL_GUARDED_BY(lock_);

@@ -6,7 +6,7 @@
 namespace pagepool::server {
 
 void EventHub::Publish(pagepool::v1::Event event) {
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   if (closed_) return;
   event.set_seq(++seq_);
   event.set_time_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -16,19 +16,19 @@ void EventHub::Publish(pagepool::v1::Event event) {
 }
 
 bool EventHub::Subscribe(EventSink* sink) {
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   if (closed_) return false;
   sinks_.push_back(sink);
   return true;
 }
 
 void EventHub::Unsubscribe(EventSink* sink) {
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   sinks_.erase(std::remove(sinks_.begin(), sinks_.end(), sink), sinks_.end());
 }
 
 void EventHub::Close() {
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   if (closed_) return;
   closed_ = true;
   for (EventSink* s : sinks_) s->OnClose();
@@ -36,12 +36,12 @@ void EventHub::Close() {
 }
 
 uint64_t EventHub::published() const {
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   return seq_;
 }
 
 size_t EventHub::subscribers() const {
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   return sinks_.size();
 }
 

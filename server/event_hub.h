@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "base/mutex.h"
 #include "pagepool/v1/pagepool.pb.h"
 
 namespace pagepool::server {
@@ -43,7 +43,7 @@ class EventHub {
   size_t subscribers() const;
 
  private:
-  mutable absl::Mutex mu_;
+  mutable base::Mutex mu_;
   std::vector<EventSink*> sinks_ ABSL_GUARDED_BY(mu_);
   uint64_t seq_ ABSL_GUARDED_BY(mu_) = 0;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;

@@ -14,7 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "base/mutex.h"
 #include "grpc/reflection/v1/reflection.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "proto/descriptor_set.h"
@@ -124,16 +124,16 @@ namespace {
 class ServiceNames final {
  public:
   void Set(std::vector<std::string> names) {
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     names_ = std::move(names);
   }
   std::vector<std::string> Get() const {
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     return names_;
   }
 
  private:
-  mutable absl::Mutex mu_;
+  mutable base::Mutex mu_;
   std::vector<std::string> names_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -11,6 +11,8 @@
 #include "pool/page_pool.h"
 #include "pool/phys_memory.h"
 #include "server/metrics_text.h"
+#include "base/clock.h"
+#include "base/strings.h"
 
 namespace pagepool::server {
 namespace v1 = ::pagepool::v1;
@@ -38,7 +40,7 @@ struct PoolEntry {
   v1::Strategy strategy = v1::STRATEGY_XARRAY;
   // The pool's NAPI context. Allocation and direct recycling hold it; Destroy holds it too, so the
   // pool's REQUIRES ("the NAPI context no longer allocates") holds while it runs.
-  absl::Mutex napi_mu;
+  base::Mutex napi_mu;
   // Set under napi_mu just before Destroy: the NAPI context is stopped for good.
   bool napi_stopped ABSL_GUARDED_BY(napi_mu) = false;
   // Release-retry tick only: the inflight last reported by POOL_CHANGE.
@@ -56,11 +58,6 @@ struct Runtime::Backend {
 };
 
 namespace {
-
-absl::Status Annotate(const absl::Status& s, const std::string& prefix) {
-  if (s.ok()) return s;
-  return absl::Status(s.code(), absl::StrCat(prefix, ": ", std::string(s.message())));
-}
 
 dma::IommuMode ToDmaMode(v1::IommuMode m) {
   switch (m) {
@@ -208,7 +205,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeOptions& o
   pool::PhysMemoryConfig mc;
   mc.bytes = options.memory_bytes;
   auto memory = pool::PhysMemory::Create(mc);
-  if (!memory.ok()) return Annotate(memory.status(), "simulated memory");
+  if (!memory.ok()) return base::Annotate(memory.status(), "simulated memory");
   std::unique_ptr<Runtime> rt(new Runtime(options));
   rt->backend_->memory = std::move(*memory);
   return rt;
@@ -218,13 +215,13 @@ Runtime::Runtime(const RuntimeOptions& options)
     : options_(options), backend_(std::make_unique<Backend>()) {}
 
 Runtime::~Runtime() {
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   pools_.clear();
   devices_.clear();  // ~Nic destroys pools still live
 }
 
 absl::StatusOr<std::shared_ptr<DeviceEntry>> Runtime::FindDevice(uint64_t id) {
-  absl::ReaderMutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   if (shut_down_) return absl::UnavailableError("the daemon is shutting down");
   auto it = devices_.find(id);
   if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("device ", id, " not found"));
@@ -232,7 +229,7 @@ absl::StatusOr<std::shared_ptr<DeviceEntry>> Runtime::FindDevice(uint64_t id) {
 }
 
 absl::StatusOr<std::shared_ptr<PoolEntry>> Runtime::FindPool(uint64_t id) {
-  absl::ReaderMutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   if (shut_down_) return absl::UnavailableError("the daemon is shutting down");
   auto it = pools_.find(id);
   if (it == pools_.end()) {
@@ -263,7 +260,7 @@ absl::Status Runtime::CreateDevice(const v1::CreateDeviceRequest& req, v1::Devic
   entry->free_empty_tables = req.has_free_empty_tables() ? req.free_empty_tables() : true;
   entry->address_width = width;
   {
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     if (shut_down_) return absl::UnavailableError("CreateDevice: the daemon is shutting down");
     if (devices_.size() >= options_.max_devices) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -283,7 +280,7 @@ absl::Status Runtime::CreateDevice(const v1::CreateDeviceRequest& req, v1::Devic
     auto nic = pool::Nic::Create(backend_->memory, nc);
     if (!nic.ok()) {
       --next_device_id_;
-      return Annotate(nic.status(), "CreateDevice");
+      return base::Annotate(nic.status(), "CreateDevice");
     }
     entry->nic = std::move(*nic);
     devices_[entry->id] = entry;
@@ -297,7 +294,7 @@ absl::Status Runtime::CreateDevice(const v1::CreateDeviceRequest& req, v1::Devic
 }
 
 absl::Status Runtime::GetDevice(uint64_t device_id, v1::Device* out) {
-  absl::ReaderMutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   auto it = devices_.find(device_id);
   if (it == devices_.end()) {
     return absl::NotFoundError(absl::StrCat("GetDevice: device ", device_id, " not found"));
@@ -311,7 +308,7 @@ absl::Status Runtime::GetDevice(uint64_t device_id, v1::Device* out) {
 }
 
 void Runtime::ListDevices(v1::ListDevicesResponse* out) {
-  absl::ReaderMutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   for (const auto& [id, d] : devices_) {
     std::vector<uint64_t> ids;
     for (const auto& [pid, p] : pools_) {
@@ -325,7 +322,7 @@ absl::Status Runtime::UnbindDevice(uint64_t device_id, v1::UnbindDeviceResponse*
   std::shared_ptr<DeviceEntry> dev;
   std::vector<std::shared_ptr<PoolEntry>> victims;
   {
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     if (shut_down_) return absl::UnavailableError("UnbindDevice: the daemon is shutting down");
     auto it = devices_.find(device_id);
     if (it == devices_.end()) {
@@ -346,7 +343,7 @@ absl::Status Runtime::UnbindDevice(uint64_t device_id, v1::UnbindDeviceResponse*
   uint64_t pools_destroyed = 0, inflight = 0, unmapped = 0;
   std::vector<std::shared_ptr<PoolEntry>> destroyed;  // by this call: only these get an event
   for (auto& p : victims) {
-    absl::MutexLock napi(&p->napi_mu);
+    base::MutexLock napi(&p->napi_mu);
     p->napi_stopped = true;
     if (p->pool->destroyed()) continue;  // destroyed before (its DETACH/DELETE was published then)
     auto d = dev->nic->DestroyPool(p->id);
@@ -357,13 +354,13 @@ absl::Status Runtime::UnbindDevice(uint64_t device_id, v1::UnbindDeviceResponse*
     unmapped += d->pages_unmapped;
   }
   absl::StatusOr<pool::UnbindResult> r = dev->nic->Unbind();
-  if (!r.ok()) return Annotate(r.status(), absl::StrCat("UnbindDevice ", device_id));
+  if (!r.ok()) return base::Annotate(r.status(), absl::StrCat("UnbindDevice ", device_id));
   out->set_pools_destroyed(static_cast<uint32_t>(pools_destroyed + r->pools_destroyed));
   out->set_inflight_at_destroy(
       inflight + (r->inflight_at_destroy > 0 ? uint64_t(r->inflight_at_destroy) : 0));
   out->set_pages_unmapped(unmapped + r->pages_unmapped);
 
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   for (auto& p : destroyed) {
     v1::Event ev;
     FillPool(*p, ev.mutable_pool());
@@ -386,7 +383,7 @@ absl::Status Runtime::UnbindDevice(uint64_t device_id, v1::UnbindDeviceResponse*
 
 absl::Status Runtime::GetDomain(uint64_t device_id, v1::DomainInfo* out) {
   auto dev = FindDevice(device_id);
-  if (!dev.ok()) return Annotate(dev.status(), "GetDomain");
+  if (!dev.ok()) return base::Annotate(dev.status(), "GetDomain");
   FillDomain(**dev, out);
   return absl::OkStatus();
 }
@@ -394,7 +391,7 @@ absl::Status Runtime::GetDomain(uint64_t device_id, v1::DomainInfo* out) {
 absl::Status Runtime::DumpPageTable(uint64_t device_id, uint64_t start, uint64_t end,
                                     uint64_t limit, std::vector<v1::PageTableEntry>* out) {
   auto dev = FindDevice(device_id);
-  if (!dev.ok()) return Annotate(dev.status(), "DumpPageTable");
+  if (!dev.ok()) return base::Annotate(dev.status(), "DumpPageTable");
   uint64_t space_end = uint64_t{1} << (*dev)->address_width;
   if (end == 0) end = space_end;
   if (start >= end) {
@@ -430,7 +427,7 @@ absl::Status Runtime::CreatePool(const v1::CreatePoolRequest& req, v1::Pool* out
                                                    pool::PhysMemory::kMaxOrder));
   }
   auto dev = FindDevice(req.device_id());
-  if (!dev.ok()) return Annotate(dev.status(), "CreatePool");
+  if (!dev.ok()) return base::Annotate(dev.status(), "CreatePool");
   auto entry = std::make_shared<PoolEntry>();
   entry->device = *dev;
   entry->flags = req.flags();
@@ -449,7 +446,7 @@ absl::Status Runtime::CreatePool(const v1::CreatePoolRequest& req, v1::Pool* out
   pp.napi_id = req.napi_id();
   pp.strategy = ToPoolStrategy(entry->strategy);
 
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   if (shut_down_) return absl::UnavailableError("CreatePool: the daemon is shutting down");
   if (entry->device->unbinding || !entry->device->nic->bound()) {
     return absl::FailedPreconditionError(
@@ -460,7 +457,7 @@ absl::Status Runtime::CreatePool(const v1::CreatePoolRequest& req, v1::Pool* out
         "CreatePool: pool limit reached (", options_.max_pools, " pools exist, --max-pools)"));
   }
   auto p = entry->device->nic->CreatePool(pp);
-  if (!p.ok()) return Annotate(p.status(), absl::StrCat("CreatePool on device ", req.device_id()));
+  if (!p.ok()) return base::Annotate(p.status(), absl::StrCat("CreatePool on device ", req.device_id()));
   entry->pool = std::move(*p);
   entry->id = entry->pool->id();
   pools_[entry->id] = entry;
@@ -475,13 +472,13 @@ absl::Status Runtime::CreatePool(const v1::CreatePoolRequest& req, v1::Pool* out
 
 absl::Status Runtime::GetPool(uint64_t pool_id, v1::Pool* out) {
   auto p = FindPool(pool_id);
-  if (!p.ok()) return Annotate(p.status(), "GetPool");
+  if (!p.ok()) return base::Annotate(p.status(), "GetPool");
   FillPool(**p, out);
   return absl::OkStatus();
 }
 
 void Runtime::ListPools(uint64_t device_id, v1::ListPoolsResponse* out) {
-  absl::ReaderMutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   for (const auto& [id, p] : pools_) {
     if (device_id == 0 || p->device->id == device_id) FillPool(*p, out->add_pools());
   }
@@ -489,11 +486,11 @@ void Runtime::ListPools(uint64_t device_id, v1::ListPoolsResponse* out) {
 
 absl::Status Runtime::DestroyPool(uint64_t pool_id, v1::DestroyPoolResponse* out) {
   auto found = FindPool(pool_id);
-  if (!found.ok()) return Annotate(found.status(), "DestroyPool");
+  if (!found.ok()) return base::Annotate(found.status(), "DestroyPool");
   std::shared_ptr<PoolEntry> p = *found;
   absl::StatusOr<pool::DestroyResult> r;
   {
-    absl::MutexLock napi(&p->napi_mu);
+    base::MutexLock napi(&p->napi_mu);
     if (p->napi_stopped || p->pool->destroyed()) {
       return absl::FailedPreconditionError(
           absl::StrCat("DestroyPool: pool ", pool_id, " is already destroyed"));
@@ -501,7 +498,7 @@ absl::Status Runtime::DestroyPool(uint64_t pool_id, v1::DestroyPoolResponse* out
     p->napi_stopped = true;
     r = p->device->nic->DestroyPool(pool_id);
   }
-  if (!r.ok()) return Annotate(r.status(), absl::StrCat("DestroyPool ", pool_id));
+  if (!r.ok()) return base::Annotate(r.status(), absl::StrCat("DestroyPool ", pool_id));
   out->set_pool_id(pool_id);
   out->set_inflight_at_destroy(r->inflight_at_destroy > 0 ? uint64_t(r->inflight_at_destroy) : 0);
   out->set_pages_unmapped(r->pages_unmapped);
@@ -509,7 +506,7 @@ absl::Status Runtime::DestroyPool(uint64_t pool_id, v1::DestroyPoolResponse* out
   out->set_strategy(FromPoolStrategy(r->strategy));
   out->set_frames_scanned(r->frames_scanned);
 
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   v1::Event ev;
   FillPool(*p, ev.mutable_pool());
   ev.set_type(r->released ? v1::EVENT_TYPE_POOL_DELETE : v1::EVENT_TYPE_POOL_DETACH);
@@ -521,7 +518,7 @@ absl::Status Runtime::DestroyPool(uint64_t pool_id, v1::DestroyPoolResponse* out
 absl::Status Runtime::ListInflight(uint64_t pool_id, uint64_t limit,
                                    std::vector<InflightRecord>* out) {
   auto p = FindPool(pool_id);
-  if (!p.ok()) return Annotate(p.status(), "ListInflight");
+  if (!p.ok()) return base::Annotate(p.status(), "ListInflight");
   (*p)->pool->ForEachInflight([&](uint32_t id, pool::PageHandle h, dma::DmaAddr addr) {
     out->push_back(InflightRecord{id, h.generation, h.frame, addr});
     return limit == 0 || out->size() < limit;
@@ -539,19 +536,19 @@ absl::Status Runtime::Allocate(uint64_t pool_id, uint32_t count, RepeatedPtrFiel
                                                      " (--max-pages-per-call)"));
   }
   auto found = FindPool(pool_id);
-  if (!found.ok()) return Annotate(found.status(), "Allocate");
+  if (!found.ok()) return base::Annotate(found.status(), "Allocate");
   PoolEntry& p = **found;
   std::vector<pool::PoolPage>& pages = ScratchPages();
   absl::Status s;
   {
-    absl::MutexLock napi(&p.napi_mu);
+    base::MutexLock napi(&p.napi_mu);
     if (p.napi_stopped) {
       return absl::FailedPreconditionError(
           absl::StrCat("Allocate: pool ", pool_id, " is destroyed"));
     }
     s = p.pool->AllocateBulk(count, &pages);
   }
-  if (!s.ok()) return Annotate(s, absl::StrCat("Allocate ", count, " pages from pool ", pool_id));
+  if (!s.ok()) return base::Annotate(s, absl::StrCat("Allocate ", count, " pages from pool ", pool_id));
   out->Reserve(static_cast<int>(pages.size()));
   for (const pool::PoolPage& pg : pages) {
     v1::Page* o = out->Add();
@@ -581,7 +578,7 @@ void RecycleBatch(PoolEntry& p, const RepeatedPtrField<v1::PageHandle>& pages, b
     }
   };
   if (napi_local) {
-    absl::MutexLock napi(&p.napi_mu);
+    base::MutexLock napi(&p.napi_mu);
     // A destroyed pool has no NAPI context any more: its pages go the ring way (released).
     bool direct = !p.napi_stopped;
     for (int i = 0; i < pages.size(); ++i) one(i, direct);
@@ -615,7 +612,7 @@ absl::Status Runtime::Recycle(uint64_t pool_id, const RepeatedPtrField<v1::PageH
                                                      " (--max-pages-per-call)"));
   }
   auto found = FindPool(pool_id);
-  if (!found.ok()) return Annotate(found.status(), "Recycle");
+  if (!found.ok()) return base::Annotate(found.status(), "Recycle");
   GiveBackTally t;
   RecycleBatch(**found, pages, napi_local, &t);
   out->set_cached(t.cached);
@@ -634,7 +631,7 @@ absl::Status Runtime::Return(uint64_t pool_id, const RepeatedPtrField<v1::PageHa
                                                      " (--max-pages-per-call)"));
   }
   auto found = FindPool(pool_id);
-  if (!found.ok()) return Annotate(found.status(), "Return");
+  if (!found.ok()) return base::Annotate(found.status(), "Return");
   GiveBackTally t;
   ReturnBatch(**found, pages, &t);
   out->set_returned(t.returned);
@@ -661,7 +658,7 @@ uint64_t Runtime::Traffic(const v1::TrafficRequest& req, v1::TrafficResponse* ou
   }
   auto found = FindPool(req.pool_id());
   if (!found.ok()) {
-    fail(Annotate(found.status(), "Traffic"), 1);
+    fail(base::Annotate(found.status(), "Traffic"), 1);
     return 0;
   }
   PoolEntry& p = **found;
@@ -689,7 +686,7 @@ uint64_t Runtime::Traffic(const v1::TrafficRequest& req, v1::TrafficResponse* ou
 // ---- Events, ticks, shutdown ----
 
 bool Runtime::Subscribe(EventSink* sink, bool include_existing) {
-  absl::ReaderMutexLock l(&mu_);  // no device or pool event can be published while we hold it
+  base::MutexLock l(&mu_);  // no device or pool event can be published while we hold it
   if (include_existing) {
     std::vector<v1::Event> existing;
     for (const auto& [id, d] : devices_) {
@@ -724,7 +721,7 @@ void Runtime::CloseEvents() { events_.Close(); }
 void Runtime::FlushQueueTick() {
   std::vector<std::shared_ptr<DeviceEntry>> devs;
   {
-    absl::ReaderMutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     if (shut_down_) return;
     for (const auto& [id, d] : devices_) devs.push_back(d);
   }
@@ -737,14 +734,14 @@ void Runtime::FlushQueueTick() {
 void Runtime::ReleaseRetryTick() {
   std::vector<std::shared_ptr<DeviceEntry>> devs;
   {
-    absl::ReaderMutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     if (shut_down_) return;
     for (const auto& [id, d] : devices_) devs.push_back(d);
   }
-  uint64_t now = dma::Clock::Real()->NowNanos();
+  uint64_t now = base::Clock::Real()->NowNanos();
   for (auto& d : devs) d->nic->ReleaseRetry(now);
 
-  absl::MutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   for (auto it = pools_.begin(); it != pools_.end();) {
     PoolEntry& p = *it->second;
     if (!p.pool->destroyed()) {
@@ -777,14 +774,14 @@ ShutdownReport Runtime::Shutdown() {
   std::vector<std::shared_ptr<PoolEntry>> live;
   ShutdownReport rep;
   {
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     shut_down_ = true;
     rep.devices = devices_.size();
     for (const auto& [id, p] : pools_) live.push_back(p);
   }
   rep.pools_created = backend_->pools_created.load();
   for (auto& p : live) {
-    absl::MutexLock napi(&p->napi_mu);
+    base::MutexLock napi(&p->napi_mu);
     if (p->napi_stopped || p->pool->destroyed()) continue;
     p->napi_stopped = true;
     auto r = p->device->nic->DestroyPool(p->id);
@@ -793,7 +790,7 @@ ShutdownReport Runtime::Shutdown() {
     rep.inflight_at_destroy += r->inflight_at_destroy > 0 ? uint64_t(r->inflight_at_destroy) : 0;
     rep.pages_unmapped += r->pages_unmapped;
   }
-  absl::ReaderMutexLock l(&mu_);
+  base::MutexLock l(&mu_);
   for (const auto& [id, d] : devices_) rep.violations += d->nic->device().violations().Total();
   return rep;
 }
@@ -804,7 +801,7 @@ void Runtime::AppendMetrics(std::string* out) {
   std::vector<std::shared_ptr<DeviceEntry>> devs;
   std::vector<std::shared_ptr<PoolEntry>> pools;
   {
-    absl::ReaderMutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     for (const auto& [id, d] : devices_) devs.push_back(d);
     for (const auto& [id, p] : pools_) pools.push_back(p);
   }

@@ -34,7 +34,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "base/mutex.h"
 #include "google/protobuf/repeated_field.h"
 #include "pagepool/v1/pagepool.pb.h"
 #include "server/event_hub.h"
@@ -154,7 +154,7 @@ class Runtime {
   struct Backend;
   std::unique_ptr<Backend> backend_;  // simulated memory (pool/)
 
-  mutable absl::Mutex mu_;
+  mutable base::Mutex mu_;
   std::map<uint64_t, std::shared_ptr<internal::DeviceEntry>> devices_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::shared_ptr<internal::PoolEntry>> pools_ ABSL_GUARDED_BY(mu_);
   uint64_t next_device_id_ ABSL_GUARDED_BY(mu_) = 1;

@@ -312,7 +312,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
       : runtime_(runtime), stats_(stats) {
     for (int t : req.types()) {
       if (!v1::EventType_IsValid(t) || t == v1::EVENT_TYPE_UNSPECIFIED) {
-        absl::MutexLock l(&mu_);
+        base::MutexLock l(&mu_);
         FinishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                   absl::StrCat("WatchEvents: types: ", t,
                                                " is not a valid EventType (1..6)")),
@@ -323,7 +323,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
     }
     // Subscribe last: events may arrive (on another thread) as soon as it returns.
     if (!runtime_->Subscribe(this, req.include_existing())) {
-      absl::MutexLock l(&mu_);
+      base::MutexLock l(&mu_);
       FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                 "WatchEvents: the daemon is shutting down"),
                    absl::StatusCode::kUnavailable);
@@ -335,7 +335,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
         std::find(types_.begin(), types_.end(), static_cast<int>(event.type())) == types_.end()) {
       return;
     }
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     if (finishing_) return;
     if (queue_.size() >= kMaxQueued) {
       ++dropped_;
@@ -345,12 +345,12 @@ class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
     if (!writing_) WriteNextLocked();
   }
   void OnClose() override {
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     closed_ = true;
     if (!writing_) FinishLocked(grpc::Status::OK, absl::StatusCode::kOk);
   }
   void OnWriteDone(bool ok) override {
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     writing_ = false;
     if (!ok) {
       FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "WatchEvents: client went away"),
@@ -364,7 +364,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
     }
   }
   void OnCancel() override {
-    absl::MutexLock l(&mu_);
+    base::MutexLock l(&mu_);
     if (!writing_) {
       FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "WatchEvents: cancelled"),
                    absl::StatusCode::kCancelled);
@@ -395,7 +395,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
   Runtime* const runtime_;
   RpcStats* const stats_;
   std::vector<int> types_;
-  absl::Mutex mu_;
+  base::Mutex mu_;
   std::deque<v1::Event> queue_ ABSL_GUARDED_BY(mu_);
   v1::Event current_ ABSL_GUARDED_BY(mu_);
   grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);

@@ -7,7 +7,7 @@
 
 namespace pagepool::dma::internal {
 
-FlushQueue::FlushQueue(Clock* clock, unsigned size, uint64_t timeout_ns, FlushFn flush)
+FlushQueue::FlushQueue(base::Clock* clock, unsigned size, uint64_t timeout_ns, FlushFn flush)
     : clock_(clock),
       size_(size == 0 ? 1 : size),
       timeout_ns_(timeout_ns),
@@ -27,7 +27,7 @@ void FlushQueue::Add(FqEntry entry) {
   const uint64_t now = clock_->NowNanos();
   std::vector<FqEntry> batch;
   {
-    MutexLock l(&s.mu);
+    base::MutexLock l(&s.mu);
     if (s.entries.empty()) {
       s.oldest_ns = now;
       s.entries.reserve(size_);
@@ -43,7 +43,7 @@ void FlushQueue::FlushAll() {
   std::vector<FqEntry> batch;
   for (unsigned i = 0; i < kShards; ++i) {
     Shard& s = shards_[i];
-    MutexLock l(&s.mu);
+    base::MutexLock l(&s.mu);
     batch.insert(batch.end(), s.entries.begin(), s.entries.end());
     s.entries.clear();
   }

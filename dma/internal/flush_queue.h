@@ -18,11 +18,11 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "dma/internal/iova_mutex.h"
+#include "base/clock.h"
+#include "base/mutex.h"
 #include "dma/internal/pt_table.h"
 
 namespace pagepool::dma {
-class Clock;
 }  // namespace pagepool::dma
 
 namespace pagepool::dma::internal {
@@ -40,7 +40,7 @@ class FlushQueue {
   // Called with the entries of one flush; it must invalidate the IOTLB once and then release.
   using FlushFn = std::function<void(std::vector<FqEntry>& entries)>;
 
-  FlushQueue(Clock* clock, unsigned size, uint64_t timeout_ns, FlushFn flush);
+  FlushQueue(base::Clock* clock, unsigned size, uint64_t timeout_ns, FlushFn flush);
   ~FlushQueue();  // REQUIRES: FlushAll() called (entries left are dropped)
 
   // Queues an entry on the calling thread's shard; flushes that shard if it is full or stale.
@@ -51,13 +51,13 @@ class FlushQueue {
 
  private:
   struct alignas(64) Shard {
-    Mutex mu;
+    base::Mutex mu;
     std::vector<FqEntry> entries ABSL_GUARDED_BY(mu);
     uint64_t oldest_ns ABSL_GUARDED_BY(mu) = 0;
   };
   static unsigned ShardOfThisThread();
 
-  Clock* const clock_;
+  base::Clock* const clock_;
   const unsigned size_;
   const uint64_t timeout_ns_;
   const FlushFn flush_;

@@ -6,11 +6,11 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "base/strings.h"
+#include "base/cpu_relax.h"
 
 namespace pagepool::dma::internal {
 namespace {
-
-std::string Hex(uint64_t v) { return absl::StrCat("0x", absl::Hex(v)); }
 
 constexpr uint64_t kLeafFlagMask = kPteAccessed | kPteDirty;
 
@@ -28,9 +28,9 @@ IoPageTable::IoPageTable(unsigned levels, bool free_empty_tables, DomainCounters
 
 IoPageTable::~IoPageTable() {
   SubmitPending();
-  rcu::Barrier();
+  base::rcu::Barrier();
   if (root_ != nullptr) DeleteSubtree(root_, top_);
-  MutexLock l(&cache_mu_);
+  base::MutexLock l(&cache_mu_);
   for (PtTable* t : cache_) delete t;
   cache_.clear();
 }
@@ -50,7 +50,7 @@ void IoPageTable::DeleteSubtree(PtTable* t, unsigned level) {
 PtTable* IoPageTable::AllocTable() {
   PtTable* t = nullptr;
   if (cache_size_.load(std::memory_order_relaxed) != 0) {
-    MutexLock l(&cache_mu_);
+    base::MutexLock l(&cache_mu_);
     if (!cache_.empty()) {
       t = cache_.back();
       cache_.pop_back();
@@ -75,7 +75,7 @@ void IoPageTable::FreeUnpublished(PtTable* t) {
   counters_->tables.tables_released.fetch_add(1, std::memory_order_relaxed);
   t->state.store(0, std::memory_order_relaxed);
   {
-    MutexLock l(&cache_mu_);
+    base::MutexLock l(&cache_mu_);
     if (cache_.size() < kCacheMax) {
       cache_.push_back(t);
       cache_size_.store(cache_.size(), std::memory_order_relaxed);
@@ -135,7 +135,7 @@ void IoPageTable::WaitUnlinked(const Path& path, unsigned level, PtTable* dying)
   const uint64_t dead = MakeTablePte(dying);
   for (unsigned spins = 0; slot.load(std::memory_order_acquire) == dead; ++spins) {
     if (spins < 64) {
-      CpuRelax();
+      base::CpuRelax();
     } else {
       std::this_thread::yield();
     }
@@ -146,7 +146,7 @@ void IoPageTable::WaitUnlinked(const Path& path, unsigned level, PtTable* dying)
 
 absl::Status IoPageTable::Map(uint64_t iova, uint64_t phys, uint64_t size, uint64_t leaf_bits,
                               IotlbGather* gather) {
-  rcu::ReadLock rl;
+  base::rcu::ReadLock rl;
   uint64_t done = 0;
   while (done < size) {
     const uint64_t cur = iova + done;
@@ -201,7 +201,7 @@ retry:
       if (nt == nullptr) {
         Drop(t, held, level, &path, gather);
         return absl::ResourceExhaustedError(
-            absl::StrCat("Map: no memory for a page table at iova ", Hex(iova)));
+            absl::StrCat("Map: no memory for a page table at iova ", base::Hex(iova)));
       }
       // The new table comes with the reservation for what we install into it next.
       if (install_hook_) install_hook_();
@@ -230,8 +230,8 @@ retry:
     }
     if (!PteIsTable(e)) {
       return absl::AlreadyExistsError(
-          absl::StrCat("Map: iova ", Hex(iova), " lies in a ", LevelSpan(level) >> 10,
-                       " KiB block already mapped at ", Hex(iova & ~(LevelSpan(level) - 1))));
+          absl::StrCat("Map: iova ", base::Hex(iova), " lies in a ", LevelSpan(level) >> 10,
+                       " KiB block already mapped at ", base::Hex(iova & ~(LevelSpan(level) - 1))));
     }
     t = PteTable(e);
     --level;
@@ -267,7 +267,7 @@ retry:
     if (leaf > 0 && PteIsTable(e) && !SubtreeHasLeaves(PteTable(e), leaf - 1)) continue;
     Drop(t, held, leaf, &path, gather);
     return absl::AlreadyExistsError(
-        absl::StrCat("Map: iova ", Hex(iova + j * span), " is already mapped"));
+        absl::StrCat("Map: iova ", base::Hex(iova + j * span), " is already mapped"));
   }
   uint32_t replaced = 0;
   for (uint32_t j = 0; j < n; ++j) {
@@ -326,7 +326,7 @@ IoPageTable::Leaf IoPageTable::LookupLeaf(uint64_t iova) const {
 }
 
 absl::StatusOr<uint64_t> IoPageTable::Unmap(uint64_t iova, uint64_t size, IotlbGather* gather) {
-  rcu::ReadLock rl;
+  base::rcu::ReadLock rl;
   const uint64_t end = iova + size;
   if (size > kPageSize) {
     // A block can only be cut at either end of the range; check both before touching anything.
@@ -335,8 +335,8 @@ absl::StatusOr<uint64_t> IoPageTable::Unmap(uint64_t iova, uint64_t size, IotlbG
       if (l.pte == 0 || l.level == 0) continue;
       if (l.iova < iova || l.iova + LevelSpan(l.level) > end) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "Unmap: [", Hex(iova), ", ", Hex(end), ") cuts the ", LevelSpan(l.level) >> 10,
-            " KiB block mapped at ", Hex(l.iova)));
+            "Unmap: [", base::Hex(iova), ", ", base::Hex(end), ") cuts the ", LevelSpan(l.level) >> 10,
+            " KiB block mapped at ", base::Hex(l.iova)));
       }
     }
   }
@@ -348,8 +348,8 @@ absl::StatusOr<uint64_t> IoPageTable::Unmap(uint64_t iova, uint64_t size, IotlbG
     // Only reachable for a single-page unmap inside a block: nothing was changed.
     const Leaf l = LookupLeaf(iova);
     return absl::InvalidArgumentError(absl::StrCat(
-        "Unmap: [", Hex(iova), ", ", Hex(end), ") cuts the ", LevelSpan(l.level) >> 10,
-        " KiB block mapped at ", Hex(l.iova)));
+        "Unmap: [", base::Hex(iova), ", ", base::Hex(end), ") cuts the ", LevelSpan(l.level) >> 10,
+        " KiB block mapped at ", base::Hex(l.iova)));
   }
   return pages;
 }
@@ -410,7 +410,7 @@ uint64_t IoPageTable::UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint
 // ---- lockless walkers --------------------------------------------------------------------------
 
 absl::StatusOr<uint64_t> IoPageTable::Translate(uint64_t iova, bool write) {
-  rcu::ReadLock rl;
+  base::rcu::ReadLock rl;
   const uint64_t want = kPteAccessed | (write ? kPteDirty : 0);
   const uint64_t need = write ? kPteWrite : kPteRead;
 restart:
@@ -419,7 +419,7 @@ restart:
     std::atomic<uint64_t>& slot = t->pte[LevelIndex(iova, level)];
     uint64_t e = slot.load(std::memory_order_acquire);
     if (!PteIsPresent(e)) {
-      return absl::NotFoundError(absl::StrCat("DMA fault: iova ", Hex(iova), " is not mapped"));
+      return absl::NotFoundError(absl::StrCat("DMA fault: iova ", base::Hex(iova), " is not mapped"));
     }
     if (PteIsTable(e)) {
       t = PteTable(e);
@@ -427,7 +427,7 @@ restart:
     }
     if ((e & need) == 0) {
       return absl::PermissionDeniedError(absl::StrCat("DMA fault: ", write ? "write to" : "read of",
-                                                      " iova ", Hex(iova), " not permitted"));
+                                                      " iova ", base::Hex(iova), " not permitted"));
     }
     while ((e & want) != want) {
       uint64_t expected = e;
@@ -446,7 +446,7 @@ void IoPageTable::ForEachLeaf(uint64_t start, uint64_t end,
                               absl::FunctionRef<bool(const Leaf&)> fn) const {
   end = std::min(end, limit_);
   if (start >= end) return;
-  rcu::ReadLock rl;
+  base::rcu::ReadLock rl;
   WalkLeaves(root_, top_, 0, start, end, fn);
 }
 
@@ -475,7 +475,7 @@ uint64_t IoPageTable::SweepDirty(uint64_t start, uint64_t end,
                                  absl::FunctionRef<void(uint64_t, uint64_t)> fn) {
   end = std::min(end, limit_);
   if (start >= end) return 0;
-  rcu::ReadLock rl;
+  base::rcu::ReadLock rl;
   return SweepLevel(root_, top_, 0, start, end, fn);
 }
 
@@ -513,7 +513,7 @@ void IoPageTable::ReleaseGather(IotlbGather* gather) {
   if (gather->empty()) return;
   uint32_t len;
   {
-    rcu::ReadLock rl;  // keeps the current list head alive while we read its list_len
+    base::rcu::ReadLock rl;  // keeps the current list head alive while we read its list_len
     PtTable* const first = gather->head;
     PtTable* const last = gather->tail;
     PtTable* old = rcu_pending_.load(std::memory_order_acquire);
@@ -527,12 +527,12 @@ void IoPageTable::ReleaseGather(IotlbGather* gather) {
   *gather = IotlbGather();
   if (len < kRcuBatch) return;
   if (counters_->tables.pending_free_pages.load(std::memory_order_relaxed) > kPendingHighWater &&
-      !rcu::ReadLockHeld()) {
+      !base::rcu::ReadLockHeld()) {
     // Back-pressure: the call_rcu thread is behind (it waits ~10 ms between batches), so this
     // thread waits for a grace period itself and releases the batch, bounding the memory in flight.
     PtTable* list = rcu_pending_.exchange(nullptr, std::memory_order_acq_rel);
     if (list == nullptr) return;
-    rcu::Synchronize();
+    base::rcu::Synchronize();
     ReleaseBatch(list);
     return;
   }
@@ -541,11 +541,11 @@ void IoPageTable::ReleaseGather(IotlbGather* gather) {
 
 void IoPageTable::SubmitPending() {
   PtTable* list = rcu_pending_.exchange(nullptr, std::memory_order_acq_rel);
-  if (list != nullptr) rcu::CallRcu(&list->rcu, &IoPageTable::RcuReleaseBatch);
+  if (list != nullptr) base::rcu::CallRcu(&list->rcu, &IoPageTable::RcuReleaseBatch);
 }
 
-void IoPageTable::RcuReleaseBatch(rcu::Head* head) {
-  rcu::CallbackBegin();
+void IoPageTable::RcuReleaseBatch(base::rcu::Head* head) {
+  base::rcu::CallbackBegin();
   PtTable* list = reinterpret_cast<PtTable*>(reinterpret_cast<char*>(head) -
                                              offsetof(PtTable, rcu));
   list->owner->ReleaseBatch(list);
@@ -562,7 +562,7 @@ void IoPageTable::ReleaseBatch(PtTable* t) {
   int64_t n = 0;
   PtTable* excess = nullptr;
   {
-    MutexLock l(&cache_mu_);
+    base::MutexLock l(&cache_mu_);
     while (t != nullptr && cache_.size() < cap) {
       PtTable* next = t->next;
       t->next = nullptr;
@@ -596,7 +596,7 @@ void IoPageTable::ReleaseBatch(PtTable* t) {
 void IoPageTable::TrimCache() {
   std::vector<PtTable*> excess;
   {
-    MutexLock l(&cache_mu_);
+    base::MutexLock l(&cache_mu_);
     while (cache_.size() > kCacheMax) {
       excess.push_back(cache_.back());
       cache_.pop_back();
@@ -608,7 +608,7 @@ void IoPageTable::TrimCache() {
 
 void IoPageTable::Quiesce() {
   SubmitPending();
-  rcu::Barrier();
+  base::rcu::Barrier();
   TrimCache();
 }
 

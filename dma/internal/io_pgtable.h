@@ -61,7 +61,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "dma/internal/iova_mutex.h"
+#include "base/mutex.h"
 #include "dma/internal/pt_table.h"
 #include "dma/types.h"
 
@@ -157,7 +157,7 @@ class IoPageTable {
   uint64_t SweepLevel(PtTable* t, unsigned level, uint64_t base, uint64_t start, uint64_t end,
                       absl::FunctionRef<void(uint64_t, uint64_t)> fn);
 
-  static void RcuReleaseBatch(rcu::Head* head);
+  static void RcuReleaseBatch(base::rcu::Head* head);
   void ReleaseBatch(PtTable* list);
   void SubmitPending();
   void TrimCache();  // back to kCacheMax tables
@@ -174,7 +174,7 @@ class IoPageTable {
   // Gathers handed over and waiting for the next call_rcu (Treiber stack, head carries list_len).
   alignas(64) std::atomic<PtTable*> rcu_pending_{nullptr};
 
-  alignas(64) mutable Mutex cache_mu_;
+  alignas(64) mutable base::Mutex cache_mu_;
   std::vector<PtTable*> cache_ ABSL_GUARDED_BY(cache_mu_);
   std::atomic<size_t> cache_size_{0};  // hint only, read without the lock
 };

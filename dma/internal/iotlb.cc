@@ -1,5 +1,6 @@
 #include "dma/internal/iotlb.h"
 
+#include "base/cpu_relax.h"
 #include "dma/internal/pt_table.h"
 
 namespace pagepool::dma::internal {
@@ -40,7 +41,7 @@ void Iotlb::ClearEntry(Entry& e, Match match) {
   for (;;) {
     uint32_t s = e.seq.load(std::memory_order_relaxed);
     if ((s & 1) != 0) {
-      CpuRelax();
+      base::CpuRelax();
       continue;
     }
     if (!e.seq.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,

@@ -16,7 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "dma/rcu.h"
+#include "base/rcu.h"
 
 namespace pagepool::dma::internal {
 
@@ -58,7 +58,7 @@ struct alignas(64) PtTable {
   uint32_t list_len;        // as the head of a pending-RCU list: its length
   PtTable* next;            // gather / pending / cache link
   IoPageTable* owner;       // the page table that allocated it (for the RCU callback)
-  rcu::Head rcu;            // one per batch: only the head of a batch uses it
+  base::rcu::Head rcu;            // one per batch: only the head of a batch uses it
 };
 static_assert(sizeof(PtTable) == 4096 + 64, "entry page + one metadata cache line");
 static_assert(offsetof(PtTable, state) == 4096, "metadata is separate from the entry array");
@@ -124,14 +124,6 @@ struct DomainCounters {
     std::atomic<uint64_t> faults{0};
   } other;
 };
-
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
 
 }  // namespace pagepool::dma::internal
 

@@ -16,7 +16,7 @@
 #include <memory>
 
 #include "absl/base/thread_annotations.h"
-#include "pool/internal/spinlock.h"
+#include "base/mutex.h"
 #include "pool/phys_memory.h"
 
 namespace pagepool::pool::internal {
@@ -36,7 +36,7 @@ class PtrRing {
   // after Close().
   // Context: any thread; takes the producer lock.
   ProduceResult Produce(PageRecord* page) {
-    SpinLockHolder l(&producer_lock_);
+    base::MutexLock l(&producer_lock_);
     if (closed_) return ProduceResult::kClosed;
     if (queue_[producer_].load(std::memory_order_relaxed) != nullptr) return ProduceResult::kFull;
     queue_[producer_].store(page, std::memory_order_release);
@@ -48,7 +48,7 @@ class PtrRing {
   // Runs fn() under the consumer lock (page_pool_refill_alloc_cache's spin_lock(&r->consumer_lock)).
   template <typename Fn>
   void WithConsumerLock(Fn&& fn) {
-    SpinLockHolder l(&consumer_lock_);
+    base::MutexLock l(&consumer_lock_);
     fn();
   }
 
@@ -66,7 +66,7 @@ class PtrRing {
 
   // ptr_ring_consume (takes the consumer lock).
   PageRecord* Consume() {
-    SpinLockHolder l(&consumer_lock_);
+    base::MutexLock l(&consumer_lock_);
     return ConsumeLocked();
   }
 
@@ -79,7 +79,7 @@ class PtrRing {
 
   // Close: every later Produce fails. Context: any thread; takes the producer lock.
   void Close() {
-    SpinLockHolder l(&producer_lock_);
+    base::MutexLock l(&producer_lock_);
     closed_ = true;
   }
 
@@ -91,11 +91,11 @@ class PtrRing {
  private:
   const uint32_t size_;
   std::unique_ptr<std::atomic<PageRecord*>[]> queue_;
-  alignas(64) SpinLock producer_lock_;
+  alignas(64) base::Mutex producer_lock_;
   uint32_t producer_ ABSL_GUARDED_BY(producer_lock_) = 0;
   bool closed_ ABSL_GUARDED_BY(producer_lock_) = false;
   std::atomic<uint64_t> produced_{0};
-  alignas(64) SpinLock consumer_lock_;
+  alignas(64) base::Mutex consumer_lock_;
   std::atomic<uint32_t> consumer_{0};  // written under consumer_lock_, peeked by Empty()
   std::atomic<uint64_t> consumed_{0};
 };

@@ -1,5 +1,6 @@
 // Unit tests of IommuDomain and its I/O page table (single-threaded).
 #include "dma/iommu_domain.h"
+#include "tests/support/fake_clock.h"
 
 #include <cstdint>
 #include <memory>
@@ -17,15 +18,6 @@ namespace {
 constexpr uint64_t k4K = kPageSize;
 constexpr uint64_t k2M = kSize2M;
 constexpr uint64_t k1G = kSize1G;
-
-class FakeClock final : public Clock {
- public:
-  uint64_t NowNanos() const override { return now_; }
-  void Advance(uint64_t ns) { now_ += ns; }
-
- private:
-  uint64_t now_ = 1'000'000'000;
-};
 
 std::unique_ptr<IommuDomain> MakeDomain(DomainConfig config = {}) {
   absl::StatusOr<std::unique_ptr<IommuDomain>> d = IommuDomain::Create(config);
@@ -413,7 +405,7 @@ TEST(IommuDomainModes, StrictFlushesEveryUnmapAndReleasesIova) {
 }
 
 TEST(IommuDomainModes, LazyFlushesByCount) {
-  FakeClock clock;
+  testing::FakeClock clock;
   DomainConfig c;
   c.mode = IommuMode::kLazy;
   c.clock = &clock;
@@ -446,7 +438,7 @@ TEST(IommuDomainModes, LazyFlushesByCount) {
 }
 
 TEST(IommuDomainModes, LazyTablesWaitForTheFlush) {
-  FakeClock clock;
+  testing::FakeClock clock;
   DomainConfig c;
   c.mode = IommuMode::kLazy;
   c.clock = &clock;
@@ -467,7 +459,7 @@ TEST(IommuDomainModes, LazyTablesWaitForTheFlush) {
 }
 
 TEST(IommuDomainModes, LazyFlushesByFakeClockTimeout) {
-  FakeClock clock;
+  testing::FakeClock clock;
   DomainConfig c;
   c.mode = IommuMode::kLazy;
   c.clock = &clock;
@@ -507,7 +499,7 @@ TEST(IommuDomainModes, Passthrough) {
 }
 
 TEST(IommuDomainIotlb, LazyShowsStaleTranslationsUntilTheFlush) {
-  FakeClock clock;
+  testing::FakeClock clock;
   DomainConfig c;
   c.mode = IommuMode::kLazy;
   c.clock = &clock;

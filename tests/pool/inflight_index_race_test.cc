@@ -9,7 +9,7 @@
 
 #include "gtest/gtest.h"
 #include "pool/inflight_index.h"
-#include "tests/pool/pool_test_util.h"
+#include "tests/support/test_env.h"
 
 namespace pagepool::pool {
 namespace {

@@ -17,7 +17,7 @@
 #include "gtest/gtest.h"
 #include "pool/nic.h"
 #include "pool/page_pool.h"
-#include "tests/pool/pool_test_util.h"
+#include "tests/support/test_env.h"
 
 namespace pagepool::pool {
 namespace {

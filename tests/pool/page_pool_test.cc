@@ -11,7 +11,7 @@
 #include "dma/device.h"
 #include "gtest/gtest.h"
 #include "pool/nic.h"
-#include "tests/pool/pool_test_util.h"
+#include "tests/support/test_env.h"
 
 namespace pagepool::pool {
 namespace {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "tests/pool/pool_test_util.h"
+#include "tests/support/test_env.h"
 
 namespace pagepool::pool {
 namespace {

@@ -1,7 +1,7 @@
-// File: dma/rcu.h
+// File: base/rcu.h
 //
-// The one place the dma/ layer touches liburcu (the memb flavour: readers cost a compiler barrier,
-// the writer side uses membarrier). Everything else in dma/ uses these small wrappers:
+// The one place pagepoold touches liburcu (the memb flavour: readers cost a compiler barrier, the
+// writer side uses membarrier). Everything else uses these small wrappers:
 //
 //   rcu::ReadLock        RAII read-side critical section; registers the calling thread lazily.
 //   rcu::Synchronize()   waits for a grace period (every reader that started before has ended).
@@ -12,6 +12,13 @@
 // with liburcu, and a thread_local registrar unregisters it when the thread exits. pool/ and server/
 // threads therefore never call anything RCU-specific before using the domain.
 //
+// Fast path: outside ThreadSanitizer builds this header defines _LGPL_SOURCE before including
+// liburcu, so the read-side lock and unlock are liburcu's inline versions (urcu/static/urcu-memb.h)
+// rather than two calls into the shared library with a dynamic TLS lookup each (see BENCHMARKS.md).
+// Only this header includes liburcu, so every translation unit sees the same ReadLock. Under
+// PAGEPOOL_TSAN the library's out-of-line functions are used: the inline code syncs readers and
+// writers with plain volatile accesses that TSan would report.
+//
 // ThreadSanitizer does not see liburcu's grace-period ordering (membarrier and futexes inside an
 // uninstrumented library). Under PAGEPOOL_TSAN every read-unlock releases a token and every
 // Synchronize / callback start acquires it, so the end of each reader happens-before the memory a
@@ -19,12 +26,20 @@
 //
 // Thread safety: every function may be called from any thread. Synchronize() and Barrier() must not
 // be called while the calling thread holds a ReadLock (they would wait for themselves).
-#ifndef PAGEPOOL_DMA_RCU_H_
-#define PAGEPOOL_DMA_RCU_H_
+#ifndef PAGEPOOL_BASE_RCU_H_
+#define PAGEPOOL_BASE_RCU_H_
 
+#if !defined(PAGEPOOL_TSAN) && !defined(_LGPL_SOURCE)
+#define _LGPL_SOURCE 1
+#define PAGEPOOL_RCU_DEFINED_LGPL_SOURCE 1
+#endif
 #include <urcu/urcu-memb.h>
+#ifdef PAGEPOOL_RCU_DEFINED_LGPL_SOURCE
+#undef _LGPL_SOURCE
+#undef PAGEPOOL_RCU_DEFINED_LGPL_SOURCE
+#endif
 
-namespace pagepool::dma::rcu {
+namespace pagepool::base::rcu {
 
 // liburcu's callback head; embed it in the object to be freed.
 using Head = ::rcu_head;
@@ -87,10 +102,10 @@ void CallRcu(Head* head, Callback fn);
 inline void CallbackBegin() { internal::TsanAcquire(); }
 
 // Waits until every callback queued by CallRcu so far has run (rcu_barrier; implemented with a marker
-// callback on liburcu's default call_rcu thread, which the dma/ layer always uses).
+// callback on liburcu's default call_rcu thread, which pagepoold always uses).
 // REQUIRES: the caller holds no ReadLock and is not itself a callback.
 void Barrier();
 
-}  // namespace pagepool::dma::rcu
+}  // namespace pagepool::base::rcu
 
-#endif  // PAGEPOOL_DMA_RCU_H_
+#endif  // PAGEPOOL_BASE_RCU_H_

@@ -1,9 +1,9 @@
-#include "dma/rcu.h"
+#include "base/rcu.h"
 
 #include <cstddef>
 #include <future>
 
-namespace pagepool::dma::rcu {
+namespace pagepool::base::rcu {
 namespace internal {
 
 #ifdef PAGEPOOL_TSAN
@@ -79,4 +79,4 @@ void Barrier() {
   internal::TsanAcquire();
 }
 
-}  // namespace pagepool::dma::rcu
+}  // namespace pagepool::base::rcu

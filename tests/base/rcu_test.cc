@@ -1,5 +1,5 @@
-// Tests of dma/rcu.h: lazy registration, nesting, grace periods, call_rcu batching and the barrier.
-#include "dma/rcu.h"
+// Tests of base/rcu.h: lazy registration, nesting, grace periods, call_rcu batching and the barrier.
+#include "base/rcu.h"
 
 #include <atomic>
 #include <chrono>
@@ -9,7 +9,7 @@
 
 #include "gtest/gtest.h"
 
-namespace pagepool::dma {
+namespace pagepool::base {
 namespace {
 
 struct Node {
@@ -86,4 +86,4 @@ TEST(Rcu, CallRcuFromManyThreadsThenBarrier) {
 }
 
 }  // namespace
-}  // namespace pagepool::dma
+}  // namespace pagepool::base
