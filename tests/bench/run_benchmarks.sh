@@ -2,8 +2,9 @@
 # Runs every measurement behind BENCHMARKS.md, side by side in one run, and prints the raw lines.
 #   bash tests/bench/run_benchmarks.sh [BUILD_DIR]     (default build; built in Release if needed)
 # Sections: iova_stress (seed 000), dma_bench (Google Benchmark), page_pool_bench, destroy_bench,
-# and the daemon over loopback (ppctl traffic; CPU split from /proc). Needs about 10 GiB of free
-# memory (iova_stress with freeing off at 4 TiB holds 8 GiB of page tables) and ~5 minutes.
+# and the daemon over loopback beside null_server, the same .proto with no page work (ppctl
+# traffic; CPU split from /proc). Needs about 10 GiB of free memory (iova_stress with freeing off at
+# 4 TiB holds 8 GiB of page tables) and ~6 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${1:-build}
@@ -11,7 +12,7 @@ if [ ! -x "$B/server/pagepoold" ]; then
   cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 fi
 cmake --build "$B" -j "$(nproc)" --target iova_stress dma_bench page_pool_bench destroy_bench \
-  pagepoold ppctl >/dev/null
+  pagepoold ppctl null_server >/dev/null
 
 echo "## machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -40,38 +41,61 @@ for strat in xarray scan; do
   done
 done
 
-echo "## daemon over loopback"
+echo "## daemon over loopback, beside null_server (the same .proto, no page work), alternating"
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # utime + stime, in clock ticks
-port=$((20000 + RANDOM % 20000))
-"$B/server/pagepoold" --listen "127.0.0.1:$port" --metrics-listen off >/tmp/run_benchmarks.pagepoold.log 2>&1 &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null || true' EXIT
-for _ in $(seq 50); do "$B/client/ppctl" --target "127.0.0.1:$port" list-devices >/dev/null 2>&1 && break; sleep 0.2; done
 tck=$(getconf CLK_TCK)
-run() {  # label, ppctl traffic args...
-  local label=$1; shift
-  local d0 c0 d1 c1
-  d0=$(cpu_of $pid)
+pid=""
+trap '[ -n "$pid" ] && kill -TERM $pid 2>/dev/null || true' EXIT
+start_server() {  # name, command...: starts it on a free loopback port, sets pid and port
+  local name=$1; shift
+  "$@" >"/tmp/run_benchmarks.$name.log" 2>&1 &
+  pid=$!
+  port=""
+  for _ in $(seq 50); do
+    port=$(grep -om1 'port [0-9]*' "/tmp/run_benchmarks.$name.log" | awk '{print $2}')
+    [ -n "$port" ] && break
+    sleep 0.1
+  done
+  [ -n "$port" ] || { echo "run_benchmarks: $name did not start" >&2; exit 1; }
+}
+stop_server() { kill -TERM "$pid"; wait "$pid" || true; pid=""; }
+run() {  # server, label, ppctl traffic args...
+  local server=$1 label=$2; shift 2
+  local d0 d1
+  d0=$(cpu_of "$pid")
   /usr/bin/time -f '%U %S' -o /tmp/run_benchmarks.time "$B/client/ppctl" --target "127.0.0.1:$port" \
     traffic "$@" --out /tmp/run_benchmarks.json >/dev/null
-  d1=$(cpu_of $pid)
+  d1=$(cpu_of "$pid")
   read -r cu cs </tmp/run_benchmarks.time
-  /usr/bin/python3 - "$label" "$(( d1 - d0 ))" "$tck" "$cu" "$cs" <<'PY'
+  /usr/bin/python3 - "$server" "$label" "$(( d1 - d0 ))" "$tck" "$cu" "$cs" <<'PY'
 import json, sys
-label, dticks, tck, cu, cs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+server, label, dticks, tck = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+cu, cs = float(sys.argv[5]), float(sys.argv[6])
 r = json.load(open('/tmp/run_benchmarks.json'))
 extra = {}
 if label.startswith("unary"):  # batch 1: one Allocate + one Return per round trip, 2 page ops
     extra["round_trips_per_sec"] = round(r["page_ops_per_sec"] / 2)
-print(json.dumps({"run": label, "page_ops_per_sec": round(r["page_ops_per_sec"]), **extra,
-                  "rpc_p50_us": r["rpc_p50_us"], "rpc_p99_us": r["rpc_p99_us"],
+cpu = dticks / tck
+print(json.dumps({"server": server, "run": label, "page_ops_per_sec": round(r["page_ops_per_sec"]),
+                  **extra, "rpc_p50_us": r["rpc_p50_us"], "rpc_p99_us": r["rpc_p99_us"],
                   "errors": r["errors"], "violations": r["violations"],
-                  "daemon_cpu_s": round(dticks / tck, 2), "client_cpu_s": round(cu + cs, 2)}))
+                  "server_cpu_s": round(cpu, 2), "client_cpu_s": round(cu + cs, 2),
+                  "server_cpu_s_per_M_ops": round(cpu / (r["page_ops"] / 1e6), 3)
+                  if r.get("page_ops") else None}))
 PY
 }
-run steady_batch64_streams2 steady --duration 5 --streams 2 --batch 64
-run steady_batch64_streams4 steady --duration 5 --streams 4 --batch 64
-run unary_streams1 unary --duration 5 --streams 1 --batch 1
-run unary_streams4 unary --duration 5 --streams 4 --batch 1
-kill -TERM $pid; wait $pid
+for round in 1 2; do
+  start_server pagepoold "$B/server/pagepoold" --listen 127.0.0.1:0 --metrics-listen off
+  run pagepoold steady_batch64_streams2 steady --duration 5 --streams 2 --batch 64
+  run pagepoold steady_batch64_streams4 steady --duration 5 --streams 4 --batch 64
+  if [ "$round" = 1 ]; then
+    run pagepoold unary_streams1 unary --duration 5 --streams 1 --batch 1
+    run pagepoold unary_streams4 unary --duration 5 --streams 4 --batch 1
+  fi
+  stop_server
+  start_server null_server "$B/tests/bench/server/null_server" --listen 127.0.0.1:0
+  run null_server steady_batch64_streams2 steady --duration 5 --streams 2 --batch 64
+  run null_server steady_batch64_streams4 steady --duration 5 --streams 4 --batch 64
+  stop_server
+done
 trap - EXIT
