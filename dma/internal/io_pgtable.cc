@@ -14,11 +14,26 @@ namespace {
 
 constexpr uint64_t kLeafFlagMask = kPteAccessed | kPteDirty;
 
+// Sets `flags` (A, and D for a write) in the present leaf `slot`, last read as `e`: a CAS that
+// only succeeds on the unchanged entry (a blind fetch_or could write A/D bits into an entry that an
+// unmap just cleared). False if the entry changed other than in A/D (unmapped or remapped).
+bool SetLeafFlags(std::atomic<uint64_t>& slot, uint64_t e, uint64_t flags) {
+  while ((e & flags) != flags) {
+    uint64_t expected = e;
+    if (slot.compare_exchange_weak(expected, e | flags, std::memory_order_acq_rel,
+                                   std::memory_order_acquire)) {
+      return true;
+    }
+    if ((expected & ~kLeafFlagMask) != (e & ~kLeafFlagMask)) return false;  // remapped/unmapped
+    e = expected;
+  }
+  return true;
+}
+
 }  // namespace
 
 IoPageTable::IoPageTable(unsigned levels, bool free_empty_tables, DomainCounters* counters)
-    : levels_(levels),
-      top_(levels - 1),
+    : top_(levels - 1),
       limit_(uint64_t{1} << (12 + kPtLevelBits * levels)),
       free_empty_tables_(free_empty_tables),
       counters_(counters) {
@@ -180,92 +195,121 @@ absl::Status IoPageTable::Map(uint64_t iova, uint64_t phys, uint64_t size, uint6
 absl::Status IoPageTable::MapLeaves(uint64_t iova, uint64_t phys, unsigned leaf, uint32_t n,
                                     uint64_t bits, IotlbGather* gather) {
   Path path;
-  path.table[top_] = root_;
-retry:
-  PtTable* t = root_;
-  unsigned level = top_;
-  uint32_t held = 0;  // reservations we hold in t
-  while (level > leaf) {
-    const unsigned i = LevelIndex(iova, level);
-    path.index[level] = i;
-    uint64_t e = t->pte[i].load(std::memory_order_acquire);
-    if (e == 0) {
-      if (held == 0) {
-        if (!Reserve(t, 1)) {
-          WaitUnlinked(path, level, t);
-          goto retry;
-        }
-        held = 1;
-      }
-      PtTable* nt = AllocTable();
-      if (nt == nullptr) {
-        Drop(t, held, level, &path, gather);
-        return absl::ResourceExhaustedError(
-            absl::StrCat("Map: no memory for a page table at iova ", base::Hex(iova)));
-      }
-      // The new table comes with the reservation for what we install into it next.
-      if (install_hook_) install_hook_();
-      const uint32_t want = (level - 1 == leaf) ? n : 1;
-      nt->state.store(want, std::memory_order_relaxed);
-      uint64_t expected = 0;
-      if (t->pte[i].compare_exchange_strong(expected, MakeTablePte(nt), std::memory_order_acq_rel,
-                                            std::memory_order_acquire)) {
-        OnLinked();
-        t = nt;
-        --level;
-        path.table[level] = t;
-        held = want;
-        continue;
-      }
-      // Lost the race to install (live-free case 1): our table was never visible.
-      counters_->tables.install_races_lost.fetch_add(1, std::memory_order_relaxed);
-      FreeUnpublished(nt);
-      e = expected;
-    }
-    if (held != 0) {
-      // Usually e keeps t alive; if the winner's table e was emptied and unlinked meanwhile, this
-      // may drop t to 0 and free it, and the walk below finds e dying and restarts from the root.
-      Drop(t, held, level, &path, gather);
-      held = 0;
-    }
-    if (!PteIsTable(e)) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("Map: iova ", base::Hex(iova), " lies in a ", LevelSpan(level) >> 10,
-                       " KiB block already mapped at ", base::Hex(iova & ~(LevelSpan(level) - 1))));
-    }
-    t = PteTable(e);
-    --level;
-    path.table[level] = t;
-  }
+  absl::StatusOr<PtTable*> t = DescendAndReserve(iova, leaf, n, &path, gather);
+  if (!t.ok()) return t.status();
+  if (InstallLeavesFast(*t, iova, phys, leaf, n, bits)) return absl::OkStatus();
+  return InstallLeavesOverTables(*t, iova, phys, leaf, n, bits, &path, gather);
+}
 
-  if (held == 0) {
-    if (!Reserve(t, n)) {
-      WaitUnlinked(path, level, t);
-      goto retry;
+absl::StatusOr<PtTable*> IoPageTable::DescendAndReserve(uint64_t iova, unsigned leaf, uint32_t n,
+                                                        Path* path, IotlbGather* gather) {
+  path->table[top_] = root_;
+  for (;;) {  // one walk from the root; another only after meeting a dying table
+    PtTable* t = root_;
+    uint32_t held = 0;  // reservations we hold in t
+    for (unsigned level = top_; level > leaf && t != nullptr; --level) {
+      absl::StatusOr<PtTable*> child =
+          StepDown(t, level, iova, level - 1 == leaf ? n : 1, &held, path, gather);
+      if (!child.ok()) return child.status();
+      t = *child;
     }
-    held = n;
+    if (t == nullptr) continue;  // a dying table on the way, unlinked by now: walk again
+    // held is 0, or n if we linked t ourselves (it came pre-reserved).
+    if (held != 0 || ReserveOrWait(t, n, *path, leaf)) return t;
   }
+}
+
+absl::StatusOr<PtTable*> IoPageTable::StepDown(PtTable* t, unsigned level, uint64_t iova,
+                                               uint32_t want, uint32_t* held, Path* path,
+                                               IotlbGather* gather) {
+  const unsigned i = LevelIndex(iova, level);
+  path->index[level] = i;
+  uint64_t e = t->pte[i].load(std::memory_order_acquire);
+  if (e == 0) {
+    if (*held == 0) {
+      if (!ReserveOrWait(t, 1, *path, level)) return nullptr;
+      *held = 1;
+    }
+    PtTable* nt = AllocTable();
+    if (nt == nullptr) {
+      Drop(t, *held, level, path, gather);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("Map: no memory for a page table at iova ", base::Hex(iova)));
+    }
+    if (LinkNewTable(t, i, nt, want, &e)) {
+      // Our reservation in t is now nt's entry; nt holds `want` for what we install into it next.
+      *held = want;
+      path->table[level - 1] = nt;
+      return nt;
+    }
+  }
+  if (*held != 0) {
+    // Usually e keeps t alive; if the winner's table e was emptied and unlinked meanwhile, this
+    // may drop t to 0 and free it, and the walk below finds e dying and restarts from the root.
+    Drop(t, *held, level, path, gather);
+    *held = 0;
+  }
+  if (!PteIsTable(e)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("Map: iova ", base::Hex(iova), " lies in a ", LevelSpan(level) >> 10,
+                     " KiB block already mapped at ", base::Hex(iova & ~(LevelSpan(level) - 1))));
+  }
+  PtTable* child = PteTable(e);
+  path->table[level - 1] = child;
+  return child;
+}
+
+bool IoPageTable::ReserveOrWait(PtTable* t, uint32_t n, const Path& path, unsigned level) {
+  if (Reserve(t, n)) return true;
+  WaitUnlinked(path, level, t);
+  return false;
+}
+
+bool IoPageTable::LinkNewTable(PtTable* t, unsigned i, PtTable* nt, uint32_t want,
+                               uint64_t* winner) {
+  if (install_hook_) install_hook_();
+  nt->state.store(want, std::memory_order_relaxed);
+  uint64_t expected = 0;
+  if (t->pte[i].compare_exchange_strong(expected, MakeTablePte(nt), std::memory_order_acq_rel,
+                                        std::memory_order_acquire)) {
+    OnLinked();
+    return true;
+  }
+  // Lost the race to install (live-free case 1): our table was never visible.
+  counters_->tables.install_races_lost.fetch_add(1, std::memory_order_relaxed);
+  FreeUnpublished(nt);
+  *winner = expected;
+  return false;
+}
+
+bool IoPageTable::InstallLeavesFast(PtTable* t, uint64_t iova, uint64_t phys, unsigned leaf,
+                                    uint32_t n, uint64_t bits) {
   const unsigned i0 = LevelIndex(iova, leaf);
   const uint64_t span = LevelSpan(leaf);
-  // Fast path: every entry empty (the caller owns the range, so no one else can fill them).
-  {
-    uint32_t j = 0;
-    for (; j < n; ++j) {
-      std::atomic<uint64_t>& slot = t->pte[i0 + j];
-      if (slot.load(std::memory_order_relaxed) != 0) break;
-      slot.store((phys + j * span) | bits | kPtePresent, std::memory_order_release);
-    }
-    if (j == n) return absl::OkStatus();
-    // Something is there: take back what we wrote and do it the careful way.
-    for (uint32_t k = 0; k < j; ++k) t->pte[i0 + k].store(0, std::memory_order_release);
+  uint32_t j = 0;
+  for (; j < n; ++j) {
+    std::atomic<uint64_t>& slot = t->pte[i0 + j];
+    if (slot.load(std::memory_order_relaxed) != 0) break;
+    slot.store((phys + j * span) | bits | kPtePresent, std::memory_order_release);
   }
+  if (j == n) return true;
+  // Something is there: take back what we wrote; the caller does it the careful way.
+  for (uint32_t k = 0; k < j; ++k) t->pte[i0 + k].store(0, std::memory_order_release);
+  return false;
+}
+
+absl::Status IoPageTable::InstallLeavesOverTables(PtTable* t, uint64_t iova, uint64_t phys,
+                                                  unsigned leaf, uint32_t n, uint64_t bits,
+                                                  Path* path, IotlbGather* gather) {
+  const unsigned i0 = LevelIndex(iova, leaf);
+  const uint64_t span = LevelSpan(leaf);
   // Check first, so that a failure leaves this table untouched. The caller owns the range: no one
   // else can make these entries non-zero meanwhile.
   for (uint32_t j = 0; j < n; ++j) {
     const uint64_t e = t->pte[i0 + j].load(std::memory_order_acquire);
     if (e == 0) continue;
     if (leaf > 0 && PteIsTable(e) && !SubtreeHasLeaves(PteTable(e), leaf - 1)) continue;
-    Drop(t, held, leaf, &path, gather);
+    Drop(t, n, leaf, path, gather);
     return absl::AlreadyExistsError(
         absl::StrCat("Map: iova ", base::Hex(iova + j * span), " is already mapped"));
   }
@@ -281,7 +325,7 @@ retry:
       ++replaced;
     }
   }
-  if (replaced != 0) Drop(t, replaced, leaf, &path, gather);  // those entries were counted already
+  if (replaced != 0) Drop(t, replaced, leaf, path, gather);  // those entries were counted already
   return absl::OkStatus();
 }
 
@@ -413,32 +457,25 @@ absl::StatusOr<uint64_t> IoPageTable::Translate(uint64_t iova, bool write) {
   base::rcu::ReadLock rl;
   const uint64_t want = kPteAccessed | (write ? kPteDirty : 0);
   const uint64_t need = write ? kPteWrite : kPteRead;
-restart:
-  PtTable* t = root_;
-  for (unsigned level = top_;; --level) {
-    std::atomic<uint64_t>& slot = t->pte[LevelIndex(iova, level)];
-    uint64_t e = slot.load(std::memory_order_acquire);
+  for (;;) {  // one walk; another only if the leaf was unmapped or remapped under the A/D update
+    PtTable* t = root_;
+    unsigned level = top_;
+    std::atomic<uint64_t>* slot = &t->pte[LevelIndex(iova, level)];
+    uint64_t e = slot->load(std::memory_order_acquire);
+    while (PteIsPresent(e) && PteIsTable(e)) {
+      t = PteTable(e);
+      --level;
+      slot = &t->pte[LevelIndex(iova, level)];
+      e = slot->load(std::memory_order_acquire);
+    }
     if (!PteIsPresent(e)) {
       return absl::NotFoundError(absl::StrCat("DMA fault: iova ", base::Hex(iova), " is not mapped"));
-    }
-    if (PteIsTable(e)) {
-      t = PteTable(e);
-      continue;
     }
     if ((e & need) == 0) {
       return absl::PermissionDeniedError(absl::StrCat("DMA fault: ", write ? "write to" : "read of",
                                                       " iova ", base::Hex(iova), " not permitted"));
     }
-    while ((e & want) != want) {
-      uint64_t expected = e;
-      if (slot.compare_exchange_weak(expected, e | want, std::memory_order_acq_rel,
-                                     std::memory_order_acquire)) {
-        break;
-      }
-      if ((expected & ~kLeafFlagMask) != (e & ~kLeafFlagMask)) goto restart;  // remapped/unmapped
-      e = expected;
-    }
-    return PteLeafAddr(e) + (iova & (LevelSpan(level) - 1));
+    if (SetLeafFlags(*slot, e, want)) return PteLeafAddr(e) + (iova & (LevelSpan(level) - 1));
   }
 }
 

@@ -28,7 +28,7 @@
 // mapping disjoint ranges still bounce it, and a freeing unmap stalls every other map/unmap of the
 // domain. The per-table word is only contended by operations that really share a table, nothing
 // blocks, and the price is a retry from the root in the (rare) case of racing with a table's death.
-// Lockless walkers (Translate, ForEachPresent, SweepDirty) take neither: they rely on RCU, and so do
+// Lockless walkers (Translate, ForEachLeaf, SweepDirty) take neither: they rely on RCU, and so do
 // map/unmap for reading the state word of a table that may be dying.
 //
 // Leaf PTEs inside a range the caller owns are written with plain (release) stores: nobody else may
@@ -122,8 +122,6 @@ class IoPageTable {
 
   // False if the root table could not be allocated (the object is then unusable).
   bool ok() const { return root_ != nullptr; }
-  unsigned levels() const { return levels_; }
-  uint64_t address_limit() const { return limit_; }
 
  private:
   struct Path {
@@ -140,8 +138,36 @@ class IoPageTable {
   void Drop(PtTable* t, uint32_t n, unsigned level, Path* path, IotlbGather* gather);
   static void WaitUnlinked(const Path& path, unsigned level, PtTable* dying);
 
+  // Reserves n entries in t (at `level`) unless t is dying; then waits until its killer has
+  // cleared the parent entry and returns false (the caller walks again from the root).
+  static bool ReserveOrWait(PtTable* t, uint32_t n, const Path& path, unsigned level);
+
+  // Maps n consecutive leaves of level `leaf` from iova, all in one table: descend, then install.
   absl::Status MapLeaves(uint64_t iova, uint64_t phys, unsigned leaf, uint32_t n, uint64_t bits,
                          IotlbGather* gather);
+  // Walks from the root to the table at level `leaf` that covers iova, linking missing tables on
+  // the way, and returns it with n reservations held in it. Meeting a dying table sends the walk
+  // back to the root. ALREADY_EXISTS (a block on the way) or RESOURCE_EXHAUSTED with nothing held.
+  absl::StatusOr<PtTable*> DescendAndReserve(uint64_t iova, unsigned leaf, uint32_t n, Path* path,
+                                             IotlbGather* gather);
+  // One step of the descent from t (at `level`, where we hold *held reservations) to the child
+  // covering iova, linking a new child pre-reserved with `want` entries into an empty entry.
+  // *held becomes what we hold in the child. nullptr: t is dying (and unlinked by now), walk again.
+  absl::StatusOr<PtTable*> StepDown(PtTable* t, unsigned level, uint64_t iova, uint32_t want,
+                                    uint32_t* held, Path* path, IotlbGather* gather);
+  // Links nt, pre-reserved with `want` entries, into t's empty entry i. The loser of that race
+  // frees nt at once (live-free case 1) and gets the winner's entry in *winner.
+  // REQUIRES: the caller holds a reservation in t for the entry.
+  bool LinkNewTable(PtTable* t, unsigned i, PtTable* nt, uint32_t want, uint64_t* winner);
+  // Fast path: writes the n leaves if all n entries are empty. Otherwise takes back what it wrote
+  // and returns false. REQUIRES: n reservations held in t (they become the leaves).
+  bool InstallLeavesFast(PtTable* t, uint64_t iova, uint64_t phys, unsigned leaf, uint32_t n,
+                         uint64_t bits);
+  // The careful way: ALREADY_EXISTS (and the n reservations dropped) if an entry holds a leaf or a
+  // table with leaves under it; else writes the leaves, unlinking the empty tables they replace
+  // (live-free case 2) into `gather`. REQUIRES: n reservations held in t.
+  absl::Status InstallLeavesOverTables(PtTable* t, uint64_t iova, uint64_t phys, unsigned leaf,
+                                       uint32_t n, uint64_t bits, Path* path, IotlbGather* gather);
   // Unmaps [start, end) within t (which maps [base, base + 512 * span)). Sets *cut and stops at a
   // leaf only partly inside the range.
   uint64_t UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint64_t start, uint64_t end,
@@ -163,7 +189,6 @@ class IoPageTable {
   void TrimCache();  // back to kCacheMax tables
   void DeleteSubtree(PtTable* t, unsigned level);
 
-  const unsigned levels_;
   const unsigned top_;          // level of the root
   const uint64_t limit_;        // 1 << address width
   const bool free_empty_tables_;
