@@ -81,6 +81,39 @@ struct Device::Impl {
         "DMA-API call ", base::AbslView(call), " on unbound device ", config.name));
   }
 
+  // INVALID_ARGUMENT (not counted by the checker) for a direction outside the enum.
+  absl::Status CheckDirection(std::string_view call, DmaDirection dir) const {
+    if (ValidDirection(dir)) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(base::AbslView(call), " on device ",
+                                                   config.name, ": invalid direction ",
+                                                   static_cast<int>(dir)));
+  }
+
+  // Unmaps a mapping the checker has just accepted from the domain, releasing its IOVA range after
+  // the invalidation (now in strict mode, at the flush in lazy mode). Passthrough: nothing to do.
+  absl::Status UnmapFromDomain(DmaAddr addr, uint64_t size) {
+    if (domain == nullptr) return absl::OkStatus();
+    absl::Status st = domain->Unmap(addr, PagesOf(size) << kPageShift, /*release_iova=*/true);
+    if (st.ok()) return st;
+    return absl::InternalError(absl::StrCat(
+        "unmap_page on device ", config.name, " (iova ", base::Hex(addr), ", ", size,
+        " bytes): the checker knew the mapping but the domain refused: ", st.ToString()));
+  }
+
+  // dma_sync_single_for_device / _for_cpu: both only check and count (see device.h).
+  absl::Status Sync(std::string_view call, DmaAddr addr, uint64_t offset, uint64_t size,
+                    DmaDirection dir) {
+    if (!bound.load(std::memory_order_acquire)) return RefuseUnbound(call);
+    CallGuard guard(*this);
+    if (!guard.ok()) return RefuseUnbound(call);
+    if (absl::Status st = CheckDirection(call, dir); !st.ok()) return st;
+    if (absl::Status st = checker.OnSync(addr, offset, size, dir); !st.ok()) {
+      return base::Annotate(st, absl::StrCat(base::AbslView(call), " on device ", config.name));
+    }
+    guard.slot().sync_calls.fetch_add(1, std::memory_order_relaxed);
+    return absl::OkStatus();
+  }
+
   template <typename Member>
   uint64_t SumSlots(Member member) const {
     uint64_t n = 0;
@@ -179,23 +212,12 @@ absl::Status Device::UnmapPage(DmaAddr addr, uint64_t size, DmaDirection dir) {
   if (!d.bound.load(std::memory_order_acquire)) return d.RefuseUnbound("unmap_page");
   Impl::CallGuard guard(d);
   if (!guard.ok()) return d.RefuseUnbound("unmap_page");
-  if (!ValidDirection(dir)) {
-    return absl::InvalidArgumentError(absl::StrCat("unmap_page on device ", d.config.name,
-                                                   ": invalid direction ", static_cast<int>(dir)));
-  }
+  if (absl::Status st = d.CheckDirection("unmap_page", dir); !st.ok()) return st;
   // The checker accepts only the exact size and direction of a live mapping (so size > 0 here).
   if (absl::Status st = d.checker.OnUnmap(addr, size, dir); !st.ok()) {
     return base::Annotate(st, absl::StrCat("unmap_page on device ", d.config.name));
   }
-  if (d.domain != nullptr) {
-    // Releases the IOVA range after the invalidation (now in strict mode, at the flush in lazy).
-    absl::Status st = d.domain->Unmap(addr, PagesOf(size) << kPageShift, /*release_iova=*/true);
-    if (!st.ok()) {
-      return absl::InternalError(absl::StrCat("unmap_page on device ", d.config.name, " (iova ",
-                                              base::Hex(addr), ", ", size, " bytes): the checker knew the "
-                                              "mapping but the domain refused: ", st.ToString()));
-    }
-  }
+  if (absl::Status st = d.UnmapFromDomain(addr, size); !st.ok()) return st;
   guard.slot().unmap_calls.fetch_add(1, std::memory_order_relaxed);
   return absl::OkStatus();
 }
@@ -211,10 +233,7 @@ absl::Status Device::UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size,
   if (!d.bound.load(std::memory_order_acquire)) return refuse_all();
   Impl::CallGuard guard(d);
   if (!guard.ok()) return refuse_all();
-  if (!ValidDirection(dir)) {
-    return absl::InvalidArgumentError(absl::StrCat("unmap_page on device ", d.config.name,
-                                                   ": invalid direction ", static_cast<int>(dir)));
-  }
+  if (absl::Status st = d.CheckDirection("unmap_page", dir); !st.ok()) return st;
   absl::Status first_error;
   uint64_t unmapped = 0;
   constexpr size_t kChunk = 256;
@@ -227,18 +246,9 @@ absl::Status Device::UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size,
     }
     for (size_t i = 0; i < chunk.size(); ++i) {
       if (!ok[i]) continue;
-      if (d.domain != nullptr) {
-        // As UnmapPage: the IOVA range is released after the invalidation.
-        absl::Status st =
-            d.domain->Unmap(chunk[i], PagesOf(size) << kPageShift, /*release_iova=*/true);
-        if (!st.ok()) {
-          if (first_error.ok()) {
-            first_error = absl::InternalError(absl::StrCat(
-                "unmap_page on device ", d.config.name, " (iova ", base::Hex(chunk[i]), ", ", size,
-                " bytes): the checker knew the mapping but the domain refused: ", st.ToString()));
-          }
-          continue;
-        }
+      if (absl::Status st = d.UnmapFromDomain(chunk[i], size); !st.ok()) {
+        if (first_error.ok()) first_error = std::move(st);
+        continue;
       }
       ++unmapped;
     }
@@ -249,37 +259,11 @@ absl::Status Device::UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size,
 
 absl::Status Device::SyncForDevice(DmaAddr addr, uint64_t offset, uint64_t size,
                                    DmaDirection dir) {
-  Impl& d = *impl_;
-  if (!d.bound.load(std::memory_order_acquire)) return d.RefuseUnbound("sync_single_for_device");
-  Impl::CallGuard guard(d);
-  if (!guard.ok()) return d.RefuseUnbound("sync_single_for_device");
-  if (!ValidDirection(dir)) {
-    return absl::InvalidArgumentError(absl::StrCat("sync_single_for_device on device ", d.config.name,
-                                                   ": invalid direction ",
-                                                   static_cast<int>(dir)));
-  }
-  if (absl::Status st = d.checker.OnSync(addr, offset, size, dir); !st.ok()) {
-    return base::Annotate(st, absl::StrCat("sync_single_for_device on device ", d.config.name));
-  }
-  guard.slot().sync_calls.fetch_add(1, std::memory_order_relaxed);
-  return absl::OkStatus();
+  return impl_->Sync("sync_single_for_device", addr, offset, size, dir);
 }
 
 absl::Status Device::SyncForCpu(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir) {
-  Impl& d = *impl_;
-  if (!d.bound.load(std::memory_order_acquire)) return d.RefuseUnbound("sync_single_for_cpu");
-  Impl::CallGuard guard(d);
-  if (!guard.ok()) return d.RefuseUnbound("sync_single_for_cpu");
-  if (!ValidDirection(dir)) {
-    return absl::InvalidArgumentError(absl::StrCat("sync_single_for_cpu on device ", d.config.name,
-                                                   ": invalid direction ",
-                                                   static_cast<int>(dir)));
-  }
-  if (absl::Status st = d.checker.OnSync(addr, offset, size, dir); !st.ok()) {
-    return base::Annotate(st, absl::StrCat("sync_single_for_cpu on device ", d.config.name));
-  }
-  guard.slot().sync_calls.fetch_add(1, std::memory_order_relaxed);
-  return absl::OkStatus();
+  return impl_->Sync("sync_single_for_cpu", addr, offset, size, dir);
 }
 
 absl::Status Device::Unbind() {
@@ -315,7 +299,6 @@ const std::string& Device::name() const { return impl_->config.name; }
 IommuMode Device::mode() const { return impl_->config.mode; }
 unsigned Device::address_width() const { return impl_->config.address_width; }
 IommuDomain* Device::domain() const { return impl_->domain.get(); }
-const MappingChecker& Device::checker() const { return impl_->checker; }
 CheckerCounters Device::violations() const { return impl_->checker.counters(); }
 uint64_t Device::live_mappings() const { return impl_->checker.live_mappings(); }
 uint64_t Device::map_calls() const { return impl_->SumSlots(&Slot::map_calls); }

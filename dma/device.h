@@ -37,7 +37,6 @@
 namespace pagepool::dma {
 
 class IommuDomain;
-class MappingChecker;
 
 struct DeviceConfig {
   std::string name;
@@ -96,7 +95,6 @@ class Device {
   IommuMode mode() const;
   // The device's domain; nullptr in passthrough.
   IommuDomain* domain() const;
-  const MappingChecker& checker() const;
   CheckerCounters violations() const;
   // Live mappings right now, as the checker knows them.
   uint64_t live_mappings() const;

@@ -1,12 +1,6 @@
 #include "dma/iommu_domain.h"
 
-#include <time.h>
-
-#include <chrono>
 #include <memory>
-#include <new>
-#include <string>
-#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -120,13 +114,6 @@ absl::StatusOr<std::unique_ptr<IommuDomain>> IommuDomain::Create(const DomainCon
   std::unique_ptr<IommuDomain> d(new IommuDomain());
   Impl& impl = *d->impl_;
   impl.config = config;
-  base::Clock* fq_clock = impl.config.clock;
-  if (impl.config.clock == nullptr) {
-    // The flush queue reads the tick: its 10 ms deadline needs no better, and every lazy unmap
-    // reads it.
-    impl.config.clock = base::Clock::Real();
-    fq_clock = base::Clock::Coarse();
-  }
   impl.levels = levels;
   impl.limit = uint64_t{1} << config.address_width;
   if (config.mode == IommuMode::kPassthrough) return d;
@@ -136,6 +123,9 @@ absl::StatusOr<std::unique_ptr<IommuDomain>> IommuDomain::Create(const DomainCon
   if (!impl.pt->ok()) return absl::ResourceExhaustedError("no memory for the root page table");
   if (config.model_iotlb) impl.iotlb = std::make_unique<internal::Iotlb>();
   if (config.mode == IommuMode::kLazy) {
+    // By default the flush queue reads the tick: its 10 ms deadline needs no better, and every
+    // lazy unmap reads it.
+    base::Clock* fq_clock = config.clock != nullptr ? config.clock : base::Clock::Coarse();
     Impl* p = &impl;
     impl.fq = std::make_unique<FlushQueue>(fq_clock, config.fq_size, config.fq_timeout_ns,
                                            [p](std::vector<FqEntry>& e) { p->FlushBatch(e); });

@@ -8,23 +8,22 @@
 // refcount others may touch: seed 000). With free_empty_tables (on by default) an unmap that leaves a
 // table empty unlinks it, cascading upward; the three live-free cases of seed 001 are handled whatever
 // the policy. Unlinked tables go on a freelist, are invalidated from the IOTLB, and are released only
-// after an RCU grace period, so lockless walkers (Translate, DumpPageTable, SweepDirty) never read
+// after an RCU grace period, so lockless walkers (Translate, ForEachPresent, SweepDirty) never read
 // freed memory.
 //
 // Thread safety: Map/Unmap of disjoint IOVA ranges may run concurrently even when the ranges share
 // tables. Translate, ForEachPresent and SweepDirty are lockless and may run concurrently with
 // anything. Callers never map or unmap overlapping ranges at the same time (the DMA API's rule).
 //
-// Design choice (measured in tests/bench/dma): lock-free, not seed 000's per-domain rwlock. Each table
-// has one atomic word, present count | DYING. Installing into a table first reserves a slot
-// (count + 1 unless DYING, else restart from the root once the parent entry is cleared); the unmap that
-// drops the count to 0 must win CAS 0 -> DYING before it may unlink the table. Reservation and death
-// are atomic operations on the same word, so a table being freed can never swallow a neighbour's new
-// mapping. The rwlock makes every map/unmap write one shared line and stalls the whole domain while
-// a table is freed; the per-table word is contended only by operations that really share a table.
-// Measured (dma_bench, CPU time, busy 2-core VM): map/unmap 4K 25/35 ns on one thread; wrapping each
-// op in a shared_mutex read lock alone (the rwlock's cheapest path) costs +7/+5 ns on one thread and
-// +18/+15 ns per op with two threads mapping disjoint ranges. Full protocol: dma/internal/io_pgtable.h.
+// Design choice: lock-free, not seed 000's per-domain rwlock. Each table has one atomic word,
+// present count | DYING. Installing into a table first reserves a slot (count + 1 unless DYING,
+// else restart from the root once the parent entry is cleared); the unmap that drops the count to 0
+// must win CAS 0 -> DYING before it may unlink the table. Reservation and death are atomic
+// operations on the same word, so a table being freed can never swallow a neighbour's new mapping.
+// The rwlock makes every map/unmap write one shared line and stalls the whole domain while a table
+// is freed; the per-table word is contended only by operations that really share a table (the cost
+// of both, measured by tests/bench/dma/dma_bench, is in BENCHMARKS.md). Full protocol:
+// dma/internal/io_pgtable.h.
 #ifndef PAGEPOOL_DMA_IOMMU_DOMAIN_H_
 #define PAGEPOOL_DMA_IOMMU_DOMAIN_H_
 
@@ -49,7 +48,7 @@ struct DomainConfig {
   IommuMode mode = IommuMode::kStrict;
   bool free_empty_tables = true;
   unsigned address_width = 48;   // 39, 48 or 57
-  base::Clock* clock = nullptr;        // nullptr: the real clock (the flush queue reads a coarse one)
+  base::Clock* clock = nullptr;  // the flush queue's clock; nullptr: base::Clock::Coarse()
   unsigned fq_size = 256;        // lazy mode: entries per flush queue before a flush
   uint64_t fq_timeout_ns = 10'000'000;  // lazy mode: oldest entry flushed after 10 ms
   // Model an IOTLB that Translate consults (a small cache of 4 KiB read translations; see

@@ -246,9 +246,6 @@ unsigned IovaAllocator::OrderOf(uint64_t pages) {
   return pages <= 1 ? 0 : static_cast<unsigned>(std::bit_width(pages - 1));
 }
 
-uint64_t IovaAllocator::start_pfn() const { return impl_->start_pfn; }
-uint64_t IovaAllocator::limit_pfn() const { return impl_->limit_pfn; }
-
 absl::StatusOr<uint64_t> IovaAllocator::Alloc(uint64_t pages) {
   if (pages == 0) return absl::InvalidArgumentError("IOVA alloc of 0 pages");
   const unsigned order = OrderOf(pages);

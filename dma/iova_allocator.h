@@ -68,9 +68,6 @@ class IovaAllocator {
 
   IovaStats stats() const;
 
-  uint64_t start_pfn() const;
-  uint64_t limit_pfn() const;
-
   // The order (log2 of the rounded page count) a request of `pages` pages uses. REQUIRES: pages > 0.
   static unsigned OrderOf(uint64_t pages);
 

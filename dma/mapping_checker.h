@@ -12,11 +12,11 @@
 // Double unmap vs unknown unmap: an unmapped entry is not erased at once but kept as a tombstone
 // (the address, size, direction and phys it had), and its address goes into a per-shard FIFO of the
 // last kRecentUnmapsPerShard unmaps; when the FIFO wraps, the oldest tombstone is erased (unless the
-// address was mapped again since, or is still in the FIFO from a later unmap). An unmap that finds a tombstone is a double unmap; one that finds
-// nothing is an unknown unmap. So memory stays bounded (live mappings + kShards * FIFO size), and a
-// double unmap is recognised as such as long as it comes within the last ~kShards *
-// kRecentUnmapsPerShard unmaps; an older one is reported as an unknown unmap (still counted and
-// refused, only under the other name).
+// address was mapped again since, or is still in the FIFO from a later unmap). An unmap that finds
+// a tombstone is a double unmap; one that finds nothing is an unknown unmap. So memory stays
+// bounded (live mappings + kShards * FIFO size), and a double unmap is recognised as such as long
+// as it comes within the last ~kShards * kRecentUnmapsPerShard unmaps; an older one is reported as
+// an unknown unmap (still counted and refused, only under the other name).
 //
 // Rules follow the kernel's dma-debug (kernel/dma/debug.c): an unmap must give the mapping's exact
 // size and direction; a sync must stay within the mapping and, unless the mapping is bidirectional,

@@ -3,8 +3,6 @@
 #include <atomic>
 #include <utility>
 
-#include "dma/iommu_domain.h"
-
 namespace pagepool::dma::internal {
 
 FlushQueue::FlushQueue(base::Clock* clock, unsigned size, uint64_t timeout_ns, FlushFn flush)

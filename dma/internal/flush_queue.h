@@ -22,9 +22,6 @@
 #include "base/mutex.h"
 #include "dma/internal/pt_table.h"
 
-namespace pagepool::dma {
-}  // namespace pagepool::dma
-
 namespace pagepool::dma::internal {
 
 struct FqEntry {
