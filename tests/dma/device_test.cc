@@ -14,15 +14,12 @@
 #include "dma/mapping_checker.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/dma/dma_test_util.h"
 
 namespace pagepool::dma {
 namespace {
 
 using ::testing::HasSubstr;
-
-constexpr DmaDirection kBi = DmaDirection::kBidirectional;
-constexpr DmaDirection kTo = DmaDirection::kToDevice;
-constexpr DmaDirection kFrom = DmaDirection::kFromDevice;
 
 std::unique_ptr<Device> MakeDevice(IommuMode mode, bool free_empty_tables = true,
                                    unsigned width = 48) {
@@ -363,6 +360,51 @@ TEST(DeviceTest, PassthroughSamePageMappedTwice) {
   EXPECT_TRUE(dev->UnmapPage(*a, 4096, kBi).ok());
   EXPECT_TRUE(dev->UnmapPage(*b, 4096, kBi).ok());
   EXPECT_EQ(dev->violations().Total(), 0u);
+}
+
+// dma_sync_single_for_{device,cpu} with a direction outside the enum (the kernel BUG()s on
+// !valid_dma_direction) must be refused like map_page and unmap_page refuse it, also on a
+// bidirectional mapping (whose direction check accepts any direction).
+TEST(DeviceTest, SyncRefusesAnInvalidDirection) {
+  for (IommuMode mode : {IommuMode::kStrict, IommuMode::kPassthrough}) {
+    DeviceConfig c;
+    c.name = "sync";
+    c.mode = mode;
+    absl::StatusOr<std::unique_ptr<Device>> dev = Device::Create(c);
+    ASSERT_TRUE(dev.ok());
+    absl::StatusOr<DmaAddr> a = (*dev)->MapPage(0x200000, 4096, DmaDirection::kBidirectional);
+    ASSERT_TRUE(a.ok());
+    const auto bad = static_cast<DmaDirection>(7);
+    EXPECT_EQ((*dev)->SyncForDevice(*a, 0, 4096, bad).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ((*dev)->SyncForCpu(*a, 0, 4096, bad).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ((*dev)->sync_calls(), 0u);
+    EXPECT_TRUE((*dev)->SyncForCpu(*a, 0, 4096, DmaDirection::kFromDevice).ok());
+    EXPECT_TRUE((*dev)->UnmapPage(*a, 4096, DmaDirection::kBidirectional).ok());
+  }
+}
+
+// The Device's size arithmetic near 2^64 and the address width.
+TEST(DeviceTest, HugeSizesAreRefusedWithoutWrapping) {
+  for (IommuMode mode : {IommuMode::kStrict, IommuMode::kLazy, IommuMode::kPassthrough}) {
+    DeviceConfig c;
+    c.name = "huge";
+    c.mode = mode;
+    c.address_width = 39;
+    absl::StatusOr<std::unique_ptr<Device>> dev = Device::Create(c);
+    ASSERT_TRUE(dev.ok());
+    Device& d = **dev;
+    for (uint64_t size : {~uint64_t{0}, ~uint64_t{0} - 4095, uint64_t{1} << 63,
+                          (uint64_t{1} << 39) + 1}) {
+      EXPECT_FALSE(d.MapPage(0, size, DmaDirection::kToDevice).ok()) << size;
+    }
+    EXPECT_FALSE(d.MapPage(~uint64_t{0} - 4095, 8192, DmaDirection::kToDevice).ok());
+    EXPECT_FALSE(d.MapPage(0, 0, DmaDirection::kToDevice).ok());
+    EXPECT_FALSE(d.SyncForCpu(0, ~uint64_t{0}, 2, DmaDirection::kToDevice).ok());
+    EXPECT_EQ(d.live_mappings(), 0u);
+    EXPECT_EQ(d.domain_stats().mapped_pages, 0u);
+    EXPECT_TRUE(d.Unbind().ok());
+    EXPECT_EQ(d.violations().live_at_unbind, 0u);
+  }
 }
 
 TEST(DeviceTest, UnbindWithoutFreeingTablesStillUnmapsEverything) {

@@ -1,40 +1,31 @@
 // Concurrency stress of IommuDomain: neighbouring 4 KiB mappings that share (and keep emptying) leaf
 // tables, 2 MiB blocks and block-sized unmaps in the same 1 GiB table, lockless Translate and dump
-// walkers, and a dirty sweeper, all at once; plus a lock-step test that a device write is reported by
-// exactly one sweep.
+// walkers, and a dirty sweeper, all at once; a lock-step test that a device write is reported by
+// exactly one sweep; and a device reading through the IOTLB model while maps fail.
+// Label: concurrency (run under TSan).
 //
 // PAGEPOOL_STRESS_ITERS overrides the iterations per mapper thread.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
-#include <cstdlib>
+#include <cstdio>
 #include <memory>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "dma/iommu_domain.h"
 #include "gtest/gtest.h"
+#include "tests/dma/dma_test_util.h"
 
 namespace pagepool::dma {
 namespace {
 
-constexpr uint64_t k4K = kPageSize;
-constexpr uint64_t k2M = kSize2M;
-constexpr uint64_t k1G = kSize1G;
-
 uint64_t Iterations() {
-  if (const char* env = std::getenv("PAGEPOOL_STRESS_ITERS")) {
-    return std::strtoull(env, nullptr, 10);
-  }
-#if defined(PAGEPOOL_TSAN)
-  return 60'000;
-#elif defined(PAGEPOOL_ASAN)
-  return 100'000;
-#else
-  return 200'000;
-#endif
+  return ScaledCount("PAGEPOOL_STRESS_ITERS", 200'000, 100'000, 60'000);
 }
 
 constexpr uint64_t kRegion = 5 * k1G;     // all threads work inside this 1 GiB
@@ -247,6 +238,47 @@ TEST(DirtyConcurrency, EveryWriteReportedExactlyOnce) {
   });
   EXPECT_EQ(reports.load(), writes);
   EXPECT_EQ(errors.load(), 0u);
+}
+
+// A Map that fails (ALREADY_EXISTS) leaves nothing mapped, but its fast path writes leaves before it
+// finds the conflict and takes them back. A device read that walked one of those transient leaves
+// fills the IOTLB model; without an invalidation that translation outlives the failed map, and a
+// later mapping of the same IOVA would be served the old physical address (strict mode too).
+TEST(IotlbConcurrency, FailedMapLeavesNoTranslationBehind) {
+  DomainConfig c;
+  c.model_iotlb = true;
+  absl::StatusOr<std::unique_ptr<IommuDomain>> created = IommuDomain::Create(c);
+  ASSERT_TRUE(created.ok());
+  IommuDomain& d = **created;
+  const uint64_t base = 64 * k1G;
+  // Page 8 is mapped; the failing maps cover pages 0..8 (8 transient leaves, then the conflict).
+  ASSERT_TRUE(d.Map(base + 8 * k4K, 0x5000'0000, k4K, kRW).ok());
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> ghost_reads{0};
+  std::thread device([&] {
+    uint64_t i = 0;
+    while (!stop.load(std::memory_order_relaxed)) {
+      if (d.Translate(base + (i++ % 8) * k4K, false).ok()) ghost_reads.fetch_add(1);
+    }
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  for (uint64_t i = 0; ghost_reads.load() < 50 &&
+                       (i % 1024 != 0 || std::chrono::steady_clock::now() < deadline);
+       ++i) {
+    absl::Status s = d.Map(base, 0x1000'0000, 9 * k4K, kRW);
+    ASSERT_EQ(s.code(), absl::StatusCode::kAlreadyExists);
+  }
+  stop.store(true);
+  device.join();
+  std::printf("device reads that found a translation: %llu\n",
+              static_cast<unsigned long long>(ghost_reads.load()));
+  for (uint64_t p = 0; p < 8; ++p) {
+    EXPECT_FALSE(d.Translate(base + p * k4K, false).ok()) << "page " << p;
+    ASSERT_TRUE(d.Map(base + p * k4K, 0x2000'0000 + p * k4K, k4K, kRW).ok());
+    absl::StatusOr<PhysAddr> pa = d.Translate(base + p * k4K, false);
+    ASSERT_TRUE(pa.ok());
+    EXPECT_EQ(*pa, 0x2000'0000 + p * k4K) << "page " << p;
+  }
 }
 
 }  // namespace

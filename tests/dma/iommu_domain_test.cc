@@ -1,6 +1,5 @@
 // Unit tests of IommuDomain and its I/O page table (single-threaded).
 #include "dma/iommu_domain.h"
-#include "tests/support/fake_clock.h"
 
 #include <cstdint>
 #include <memory>
@@ -11,13 +10,11 @@
 #include "dma/internal/io_pgtable.h"
 #include "dma/iova_allocator.h"
 #include "gtest/gtest.h"
+#include "tests/dma/dma_test_util.h"
+#include "tests/support/fake_clock.h"
 
 namespace pagepool::dma {
 namespace {
-
-constexpr uint64_t k4K = kPageSize;
-constexpr uint64_t k2M = kSize2M;
-constexpr uint64_t k1G = kSize1G;
 
 std::unique_ptr<IommuDomain> MakeDomain(DomainConfig config = {}) {
   absl::StatusOr<std::unique_ptr<IommuDomain>> d = IommuDomain::Create(config);
@@ -34,7 +31,13 @@ std::unique_ptr<IommuDomain> MakeDomain(unsigned width, bool free_tables,
   return MakeDomain(c);
 }
 
-constexpr uint32_t kRW = kProtRead | kProtWrite;
+// A lazy-mode domain's configuration whose flush queue reads `clock`.
+DomainConfig LazyConfig(testing::FakeClock* clock) {
+  DomainConfig c;
+  c.mode = IommuMode::kLazy;
+  c.clock = clock;
+  return c;
+}
 
 // Tables that should be linked with free_empty_tables on: root + one per level above each leaf.
 uint64_t TablesFor(unsigned levels, unsigned leaf_level) { return 1 + (levels - 1 - leaf_level); }
@@ -219,6 +222,54 @@ TEST(IommuDomainErrors, DoubleMapLeavesNothingHalfMapped) {
   EXPECT_EQ(d->Map(8 * k2M + k4K, 0, k4K, kRW).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(d->Map(0, 0, k2M, kRW).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(*d->Translate(0x3000, false), 0x9000u);
+}
+
+// Edges of the address space and of the argument ranges: nothing may abort, wrap or misbehave.
+TEST(IommuDomainErrors, AddressWidthEdgesAndHugeArguments) {
+  for (unsigned width : {39u, 48u, 57u}) {
+    DomainConfig c;
+    c.address_width = width;
+    absl::StatusOr<std::unique_ptr<IommuDomain>> made = IommuDomain::Create(c);
+    ASSERT_TRUE(made.ok());
+    IommuDomain& d = **made;
+    const uint64_t limit = uint64_t{1} << width;
+    const uint32_t rw = kProtRead | kProtWrite;
+    // The last page, the last 2 MiB and the last 1 GiB of the space.
+    for (uint64_t size : {uint64_t{4096}, kSize2M, kSize1G}) {
+      ASSERT_TRUE(d.Map(limit - size, kSize1G, size, rw).ok()) << width << " " << size;
+      absl::StatusOr<PhysAddr> pa = d.Translate(limit - 1, true);
+      ASSERT_TRUE(pa.ok());
+      EXPECT_EQ(*pa, kSize1G + size - 1);
+      uint64_t n = 0;
+      d.ForEachPresent(limit - 1, ~uint64_t{0}, [&](const PresentEntry& e) {
+        EXPECT_EQ(e.iova, limit - size);
+        ++n;
+        return true;
+      });
+      EXPECT_EQ(n, 1u);
+      EXPECT_EQ(d.SweepDirty(0, ~uint64_t{0}, [](DmaAddr, uint64_t) {}), 1u);
+      ASSERT_TRUE(d.Unmap(limit - size, size).ok());
+    }
+    EXPECT_FALSE(d.Translate(limit, false).ok());
+    EXPECT_FALSE(d.Translate(~uint64_t{0}, true).ok());
+    // Ranges that reach or wrap past the width or 2^64.
+    EXPECT_EQ(d.Map(limit - 4096, 0, 8192, rw).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(d.Map(4096, 0, ~uint64_t{0} - 4095, rw).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(d.Map(~uint64_t{0} - 4095, 0, 8192, rw).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(d.Map(0, ~uint64_t{0} - 4095, 4096, rw).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(d.Map(0, (uint64_t{1} << 52) - 4096, 8192, rw).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(d.Map(0, 0, 0, rw).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(d.Unmap(0, 0).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(d.Unmap(limit - 4096, 8192).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(d.Unmap(4096, ~uint64_t{0} - 4095).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(d.Unmap(0, limit).code(), absl::StatusCode::kNotFound);
+    d.ForEachPresent(~uint64_t{0}, 0, [](const PresentEntry&) { return true; });
+    EXPECT_EQ(d.SweepDirty(limit, ~uint64_t{0}, [](DmaAddr, uint64_t) {}), 0u);
+    d.Quiesce();
+    EXPECT_EQ(d.stats().table_pages, 1u);
+    EXPECT_EQ(d.stats().mapped_pages, 0u);
+  }
 }
 
 TEST(IommuDomainErrors, UnmapNotFound) {
@@ -406,9 +457,7 @@ TEST(IommuDomainModes, StrictFlushesEveryUnmapAndReleasesIova) {
 
 TEST(IommuDomainModes, LazyFlushesByCount) {
   testing::FakeClock clock;
-  DomainConfig c;
-  c.mode = IommuMode::kLazy;
-  c.clock = &clock;
+  DomainConfig c = LazyConfig(&clock);
   c.fq_size = 4;
   auto d = MakeDomain(c);
   std::vector<uint64_t> iovas;
@@ -439,10 +488,7 @@ TEST(IommuDomainModes, LazyFlushesByCount) {
 
 TEST(IommuDomainModes, LazyTablesWaitForTheFlush) {
   testing::FakeClock clock;
-  DomainConfig c;
-  c.mode = IommuMode::kLazy;
-  c.clock = &clock;
-  auto d = MakeDomain(c);
+  auto d = MakeDomain(LazyConfig(&clock));
   ASSERT_TRUE(d->Map(7 * k1G, 0, k4K, kRW).ok());
   ASSERT_TRUE(d->Unmap(7 * k1G, k4K).ok());
   d->Quiesce();
@@ -460,10 +506,7 @@ TEST(IommuDomainModes, LazyTablesWaitForTheFlush) {
 
 TEST(IommuDomainModes, LazyFlushesByFakeClockTimeout) {
   testing::FakeClock clock;
-  DomainConfig c;
-  c.mode = IommuMode::kLazy;
-  c.clock = &clock;
-  auto d = MakeDomain(c);
+  auto d = MakeDomain(LazyConfig(&clock));
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(d->Map(i * k4K, 0, k4K, kRW).ok());
   ASSERT_TRUE(d->Unmap(0, k4K).ok());
   clock.Advance(9'999'999);
@@ -500,9 +543,7 @@ TEST(IommuDomainModes, Passthrough) {
 
 TEST(IommuDomainIotlb, LazyShowsStaleTranslationsUntilTheFlush) {
   testing::FakeClock clock;
-  DomainConfig c;
-  c.mode = IommuMode::kLazy;
-  c.clock = &clock;
+  DomainConfig c = LazyConfig(&clock);
   c.model_iotlb = true;
   auto d = MakeDomain(c);
   ASSERT_TRUE(d->Map(0x40000, 0x9000, k4K, kRW).ok());

@@ -10,17 +10,20 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/dma/dma_test_util.h"
 
 namespace pagepool::dma {
 namespace {
 
 using ::testing::HasSubstr;
 
-constexpr DmaDirection kBi = DmaDirection::kBidirectional;
-constexpr DmaDirection kTo = DmaDirection::kToDevice;
-constexpr DmaDirection kFrom = DmaDirection::kFromDevice;
-
 bool AllZero(const CheckerCounters& c) { return c.Total() == 0; }
+
+// The checker's shard of an address (white box: mirrors MappingChecker::Impl::ShardIndexFor).
+unsigned ShardOf(DmaAddr addr) {
+  const uint64_t h = (addr >> kPageShift) * 0x9E3779B97F4A7C15ull;
+  return static_cast<unsigned>(h >> 60 & (MappingChecker::kShards - 1));
+}
 
 TEST(MappingCheckerTest, MapUnmapCountsNothing) {
   MappingChecker c;
@@ -87,6 +90,33 @@ TEST(MappingCheckerTest, OldDoubleUnmapBecomesUnknownUnmap) {
   const DmaAddr last = 0x100000000ull + (n - 1) * 4096;
   EXPECT_FALSE(c.OnUnmap(last, 4096, kBi).ok());
   EXPECT_EQ(c.counters().double_unmap, 1u);
+}
+
+// An address unmapped again and again (the IOVA magazines hand the same IOVA back at once, so this
+// is the common case) fills the per-shard FIFO of recent unmaps with copies of itself. When the
+// oldest copy leaves the FIFO, the tombstone must stay: the address was unmapped far more recently
+// than that. A double unmap right after must count as double_unmap, not unknown_unmap.
+TEST(MappingCheckerTest, RepeatedlyUnmappedAddressKeepsItsTombstone) {
+  MappingChecker checker;
+  const DmaAddr hot = 0x7000;
+  const unsigned shard = ShardOf(hot);
+  constexpr unsigned kFifo = MappingChecker::kRecentUnmapsPerShard;
+  for (unsigned i = 0; i < kFifo / 2; ++i) {
+    checker.OnMap(hot, 0x100000, 4096, DmaDirection::kToDevice);
+    ASSERT_TRUE(checker.OnUnmap(hot, 4096, DmaDirection::kToDevice).ok());
+  }
+  // Other unmaps in the same shard: fewer than the FIFO holds since hot's last unmap.
+  unsigned others = 0;
+  for (DmaAddr a = 0x10000000; others < kFifo / 2 + 16; a += 4096) {
+    if (ShardOf(a) != shard || a == hot) continue;
+    checker.OnMap(a, a, 4096, DmaDirection::kToDevice);
+    ASSERT_TRUE(checker.OnUnmap(a, 4096, DmaDirection::kToDevice).ok());
+    ++others;
+  }
+  EXPECT_FALSE(checker.OnUnmap(hot, 4096, DmaDirection::kToDevice).ok());
+  const CheckerCounters c = checker.counters();
+  EXPECT_EQ(c.double_unmap, 1u);
+  EXPECT_EQ(c.unknown_unmap, 0u);
 }
 
 TEST(MappingCheckerTest, SizeMismatchKeepsMappingLive) {
@@ -205,6 +235,35 @@ TEST(MappingCheckerTest, UnbindReportsAndForgetsLiveMappings) {
   // A torn-down mapping unmapped later is a double unmap.
   EXPECT_FALSE(c.OnUnmap(0x10000, 4096, kFrom).ok());
   EXPECT_EQ(c.counters().double_unmap, 1u);
+}
+
+// Unbind tombstones every live mapping; pushing them into a full FIFO must not erase the tombstone
+// of another address of the same unbind whose older copy is evicted (a double unmap after unbind).
+TEST(MappingCheckerTest, UnbindTombstonesSurviveAFullFifo) {
+  MappingChecker checker;
+  const DmaAddr first = 0x7000;
+  const unsigned shard = ShardOf(first);
+  std::vector<DmaAddr> same;
+  for (DmaAddr a = 0x10000000; same.size() < MappingChecker::kRecentUnmapsPerShard; a += 4096) {
+    if (ShardOf(a) == shard) same.push_back(a);
+  }
+  // first is the oldest FIFO slot, then the FIFO fills up.
+  checker.OnMap(first, 0, 4096, DmaDirection::kToDevice);
+  ASSERT_TRUE(checker.OnUnmap(first, 4096, DmaDirection::kToDevice).ok());
+  for (size_t i = 0; i + 1 < same.size(); ++i) {
+    checker.OnMap(same[i], 0, 4096, DmaDirection::kToDevice);
+    ASSERT_TRUE(checker.OnUnmap(same[i], 4096, DmaDirection::kToDevice).ok());
+  }
+  // Live at unbind: first again and another address.
+  checker.OnMap(first, 0, 4096, DmaDirection::kToDevice);
+  checker.OnMap(same.back(), 0, 4096, DmaDirection::kToDevice);
+  uint64_t torn_down = 0;
+  checker.OnUnbind([&](DmaAddr, uint64_t, DmaDirection) { ++torn_down; });
+  EXPECT_EQ(torn_down, 2u);
+  EXPECT_FALSE(checker.OnUnmap(first, 4096, DmaDirection::kToDevice).ok());
+  EXPECT_FALSE(checker.OnUnmap(same.back(), 4096, DmaDirection::kToDevice).ok());
+  EXPECT_EQ(checker.counters().double_unmap, 2u);
+  EXPECT_EQ(checker.counters().unknown_unmap, 0u);
 }
 
 TEST(MappingCheckerTest, UnbindWithNothingLiveCountsNothing) {

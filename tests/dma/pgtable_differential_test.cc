@@ -8,7 +8,6 @@
 //
 // PAGEPOOL_DIFF_OPS overrides the op count (default 1,000,000; 500,000 under ASan, 200,000 under TSan).
 #include <cstdint>
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <random>
@@ -17,24 +16,12 @@
 #include "absl/status/status.h"
 #include "dma/iommu_domain.h"
 #include "gtest/gtest.h"
+#include "tests/dma/dma_test_util.h"
 
 namespace pagepool::dma {
 namespace {
 
-constexpr uint64_t k4K = kPageSize;
-constexpr uint64_t k2M = kSize2M;
-constexpr uint64_t k1G = kSize1G;
-
-uint64_t OpCount() {
-  if (const char* env = std::getenv("PAGEPOOL_DIFF_OPS")) return std::strtoull(env, nullptr, 10);
-#if defined(PAGEPOOL_ASAN)
-  return 500'000;
-#elif defined(PAGEPOOL_TSAN)
-  return 200'000;
-#else
-  return 1'000'000;
-#endif
-}
+uint64_t OpCount() { return ScaledCount("PAGEPOOL_DIFF_OPS", 1'000'000, 500'000, 200'000); }
 
 unsigned Shift(unsigned level) { return 12 + 9 * level; }
 

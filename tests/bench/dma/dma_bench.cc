@@ -64,49 +64,25 @@ void Check(const absl::Status& s, benchmark::State& state) {
   if (!s.ok()) state.SkipWithError(s.ToString().c_str());
 }
 
-void BM_Map4K(benchmark::State& state) {
+// Each timed operation runs inside `around` (NoLock, or the rwlock reader below).
+struct NoLock {
+  template <typename Op>
+  void operator()(Op op) const {
+    op();
+  }
+};
+
+// Maps kPages 4 KiB pages per iteration, run after run through a window of kWindowPages; the
+// window is unmapped with the timer paused.
+template <uint64_t kPages, typename Around>
+void MapRuns(benchmark::State& state, Around around) {
   IommuDomain* d = DomainFor(state);
   const uint64_t base = ThreadBase(state);
+  constexpr uint64_t kRun = kPages * k4K;
+  constexpr uint64_t kRuns = kWindowPages / kPages;
   uint64_t i = 0;
   for (auto _ : state) {
-    Check(d->Map(base + i * k4K, kPhys + i * k4K, k4K, kRW), state);
-    if (++i == kWindowPages) {
-      state.PauseTiming();
-      Check(d->Unmap(base, kWindowPages * k4K), state);
-      i = 0;
-      state.ResumeTiming();
-    }
-  }
-  if (i != 0) Check(d->Unmap(base, i * k4K), state);
-  Label(state);
-}
-
-void BM_Unmap4K(benchmark::State& state) {
-  IommuDomain* d = DomainFor(state);
-  const uint64_t base = ThreadBase(state);
-  uint64_t i = kWindowPages;
-  for (auto _ : state) {
-    if (i == kWindowPages) {
-      state.PauseTiming();
-      Check(d->Map(base, kPhys, kWindowPages * k4K, kRW), state);
-      i = 0;
-      state.ResumeTiming();
-    }
-    Check(d->Unmap(base + i * k4K, k4K), state);
-    ++i;
-  }
-  if (i != kWindowPages) Check(d->Unmap(base + i * k4K, (kWindowPages - i) * k4K), state);
-  Label(state);
-}
-
-void BM_Map256x4K(benchmark::State& state) {
-  IommuDomain* d = DomainFor(state);
-  const uint64_t base = ThreadBase(state);
-  constexpr uint64_t kRun = 256 * k4K;
-  constexpr uint64_t kRuns = kWindowPages / 256;
-  uint64_t i = 0;
-  for (auto _ : state) {
-    Check(d->Map(base + i * kRun, kPhys + i * kRun, kRun, kRW), state);
+    around([&] { Check(d->Map(base + i * kRun, kPhys + i * kRun, kRun, kRW), state); });
     if (++i == kRuns) {
       state.PauseTiming();
       Check(d->Unmap(base, kRuns * kRun), state);
@@ -118,11 +94,14 @@ void BM_Map256x4K(benchmark::State& state) {
   Label(state);
 }
 
-void BM_Unmap256x4K(benchmark::State& state) {
+// Unmaps kPages 4 KiB pages per iteration, run after run through a window of kWindowPages; the
+// window is mapped with the timer paused.
+template <uint64_t kPages, typename Around>
+void UnmapRuns(benchmark::State& state, Around around) {
   IommuDomain* d = DomainFor(state);
   const uint64_t base = ThreadBase(state);
-  constexpr uint64_t kRun = 256 * k4K;
-  constexpr uint64_t kRuns = kWindowPages / 256;
+  constexpr uint64_t kRun = kPages * k4K;
+  constexpr uint64_t kRuns = kWindowPages / kPages;
   uint64_t i = kRuns;
   for (auto _ : state) {
     if (i == kRuns) {
@@ -131,12 +110,17 @@ void BM_Unmap256x4K(benchmark::State& state) {
       i = 0;
       state.ResumeTiming();
     }
-    Check(d->Unmap(base + i * kRun, kRun), state);
+    around([&] { Check(d->Unmap(base + i * kRun, kRun), state); });
     ++i;
   }
   if (i != kRuns) Check(d->Unmap(base + i * kRun, (kRuns - i) * kRun), state);
   Label(state);
 }
+
+void BM_Map4K(benchmark::State& state) { MapRuns<1>(state, NoLock()); }
+void BM_Unmap4K(benchmark::State& state) { UnmapRuns<1>(state, NoLock()); }
+void BM_Map256x4K(benchmark::State& state) { MapRuns<256>(state, NoLock()); }
+void BM_Unmap256x4K(benchmark::State& state) { UnmapRuns<256>(state, NoLock()); }
 
 void BM_Translate(benchmark::State& state) {
   IommuDomain* d = DomainFor(state);
@@ -156,46 +140,16 @@ void BM_Translate(benchmark::State& state) {
 // on that design's cost). Shows the shared reader-count line bouncing between two threads.
 std::shared_mutex g_domain_rwlock;
 
-void BM_Map4K_RwlockReader(benchmark::State& state) {
-  IommuDomain* d = DomainFor(state);
-  const uint64_t base = ThreadBase(state);
-  uint64_t i = 0;
-  for (auto _ : state) {
-    {
-      std::shared_lock<std::shared_mutex> l(g_domain_rwlock);
-      Check(d->Map(base + i * k4K, kPhys + i * k4K, k4K, kRW), state);
-    }
-    if (++i == kWindowPages) {
-      state.PauseTiming();
-      Check(d->Unmap(base, kWindowPages * k4K), state);
-      i = 0;
-      state.ResumeTiming();
-    }
+struct RwlockReader {
+  template <typename Op>
+  void operator()(Op op) const {
+    std::shared_lock<std::shared_mutex> l(g_domain_rwlock);
+    op();
   }
-  if (i != 0) Check(d->Unmap(base, i * k4K), state);
-  Label(state);
-}
+};
 
-void BM_Unmap4K_RwlockReader(benchmark::State& state) {
-  IommuDomain* d = DomainFor(state);
-  const uint64_t base = ThreadBase(state);
-  uint64_t i = kWindowPages;
-  for (auto _ : state) {
-    if (i == kWindowPages) {
-      state.PauseTiming();
-      Check(d->Map(base, kPhys, kWindowPages * k4K, kRW), state);
-      i = 0;
-      state.ResumeTiming();
-    }
-    {
-      std::shared_lock<std::shared_mutex> l(g_domain_rwlock);
-      Check(d->Unmap(base + i * k4K, k4K), state);
-    }
-    ++i;
-  }
-  if (i != kWindowPages) Check(d->Unmap(base + i * k4K, (kWindowPages - i) * k4K), state);
-  Label(state);
-}
+void BM_Map4K_RwlockReader(benchmark::State& state) { MapRuns<1>(state, RwlockReader()); }
+void BM_Unmap4K_RwlockReader(benchmark::State& state) { UnmapRuns<1>(state, RwlockReader()); }
 
 void Modes(benchmark::internal::Benchmark* b) {
   for (int64_t mode : {0, 1}) {
