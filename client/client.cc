@@ -7,6 +7,7 @@
 
 namespace pagepool::client {
 namespace v1 = ::pagepool::v1;
+using Stub = v1::PagePoolService::Stub;
 
 absl::Status FromGrpc(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
@@ -19,7 +20,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!options.tls_ca.empty()) {
     std::ifstream in(options.tls_ca);
-    if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read --tls-ca ", options.tls_ca));
+    if (!in) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot read --tls-ca ", options.tls_ca));
+    }
     std::stringstream ss;
     ss << in.rdbuf();
     grpc::SslCredentialsOptions ssl;
@@ -42,8 +45,30 @@ void Client::SetDeadline(grpc::ClientContext* ctx) const {
   ctx->set_deadline(std::chrono::system_clock::now() + options_.timeout);
 }
 
-template <typename Req, typename Resp, typename Method>
-absl::StatusOr<Resp> Client::Unary(Method method, const Req& req) {
+namespace {
+
+// A request whose one field is the device id (GetDevice, UnbindDevice, ListPools, GetDomain).
+template <typename Req>
+Req DeviceRequest(uint64_t device_id) {
+  Req req;
+  req.set_device_id(device_id);
+  return req;
+}
+
+// A request whose one field is the pool id (GetPool, DestroyPool).
+template <typename Req>
+Req PoolRequest(uint64_t pool_id) {
+  Req req;
+  req.set_pool_id(pool_id);
+  return req;
+}
+
+}  // namespace
+
+template <typename Req, typename Resp>
+absl::StatusOr<Resp> Client::Unary(
+    grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+    const Req& req) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
   Resp resp;
@@ -52,102 +77,82 @@ absl::StatusOr<Resp> Client::Unary(Method method, const Req& req) {
   return resp;
 }
 
+template <typename Req, typename Resp>
+absl::StatusOr<Resp> Client::Collect(
+    std::unique_ptr<grpc::ClientReader<Resp>> (Stub::*method)(grpc::ClientContext*, const Req&),
+    const Req& req) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  auto reader = (stub_.get()->*method)(&ctx, req);
+  Resp all, part;
+  // The answers carry only repeated fields: merging appends them.
+  while (reader->Read(&part)) all.MergeFrom(part);
+  grpc::Status s = reader->Finish();
+  if (!s.ok()) return FromGrpc(s);
+  return all;
+}
+
 absl::StatusOr<v1::CreateDeviceResponse> Client::CreateDevice(const v1::CreateDeviceRequest& req) {
-  return Unary<v1::CreateDeviceRequest, v1::CreateDeviceResponse>(
-      &v1::PagePoolService::Stub::CreateDevice, req);
+  return Unary(&Stub::CreateDevice, req);
 }
 
 absl::StatusOr<v1::GetDeviceResponse> Client::GetDevice(uint64_t device_id) {
-  v1::GetDeviceRequest req;
-  req.set_device_id(device_id);
-  return Unary<v1::GetDeviceRequest, v1::GetDeviceResponse>(&v1::PagePoolService::Stub::GetDevice,
-                                                            req);
+  return Unary(&Stub::GetDevice, DeviceRequest<v1::GetDeviceRequest>(device_id));
 }
 
 absl::StatusOr<v1::ListDevicesResponse> Client::ListDevices() {
-  return Unary<v1::ListDevicesRequest, v1::ListDevicesResponse>(
-      &v1::PagePoolService::Stub::ListDevices, v1::ListDevicesRequest());
+  return Unary(&Stub::ListDevices, v1::ListDevicesRequest());
 }
 
 absl::StatusOr<v1::UnbindDeviceResponse> Client::UnbindDevice(uint64_t device_id) {
-  v1::UnbindDeviceRequest req;
-  req.set_device_id(device_id);
-  return Unary<v1::UnbindDeviceRequest, v1::UnbindDeviceResponse>(
-      &v1::PagePoolService::Stub::UnbindDevice, req);
+  return Unary(&Stub::UnbindDevice, DeviceRequest<v1::UnbindDeviceRequest>(device_id));
 }
 
 absl::StatusOr<v1::CreatePoolResponse> Client::CreatePool(const v1::CreatePoolRequest& req) {
-  return Unary<v1::CreatePoolRequest, v1::CreatePoolResponse>(
-      &v1::PagePoolService::Stub::CreatePool, req);
+  return Unary(&Stub::CreatePool, req);
 }
 
 absl::StatusOr<v1::GetPoolResponse> Client::GetPool(uint64_t pool_id) {
-  v1::GetPoolRequest req;
-  req.set_pool_id(pool_id);
-  return Unary<v1::GetPoolRequest, v1::GetPoolResponse>(&v1::PagePoolService::Stub::GetPool, req);
+  return Unary(&Stub::GetPool, PoolRequest<v1::GetPoolRequest>(pool_id));
 }
 
 absl::StatusOr<v1::ListPoolsResponse> Client::ListPools(uint64_t device_id) {
-  v1::ListPoolsRequest req;
-  req.set_device_id(device_id);
-  return Unary<v1::ListPoolsRequest, v1::ListPoolsResponse>(&v1::PagePoolService::Stub::ListPools,
-                                                            req);
+  return Unary(&Stub::ListPools, DeviceRequest<v1::ListPoolsRequest>(device_id));
 }
 
 absl::StatusOr<v1::DestroyPoolResponse> Client::DestroyPool(uint64_t pool_id) {
-  v1::DestroyPoolRequest req;
-  req.set_pool_id(pool_id);
-  return Unary<v1::DestroyPoolRequest, v1::DestroyPoolResponse>(
-      &v1::PagePoolService::Stub::DestroyPool, req);
+  return Unary(&Stub::DestroyPool, PoolRequest<v1::DestroyPoolRequest>(pool_id));
 }
 
 absl::StatusOr<v1::AllocateResponse> Client::Allocate(uint64_t pool_id, uint32_t count) {
   v1::AllocateRequest req;
   req.set_pool_id(pool_id);
   req.set_count(count);
-  return Unary<v1::AllocateRequest, v1::AllocateResponse>(&v1::PagePoolService::Stub::Allocate,
-                                                          req);
+  return Unary(&Stub::Allocate, req);
 }
 
 absl::StatusOr<v1::RecycleResponse> Client::Recycle(const v1::RecycleRequest& req) {
-  return Unary<v1::RecycleRequest, v1::RecycleResponse>(&v1::PagePoolService::Stub::Recycle, req);
+  return Unary(&Stub::Recycle, req);
 }
 
 absl::StatusOr<v1::ReturnResponse> Client::Return(const v1::ReturnRequest& req) {
-  return Unary<v1::ReturnRequest, v1::ReturnResponse>(&v1::PagePoolService::Stub::Return, req);
+  return Unary(&Stub::Return, req);
 }
 
 absl::StatusOr<v1::GetDomainResponse> Client::GetDomain(uint64_t device_id) {
-  v1::GetDomainRequest req;
-  req.set_device_id(device_id);
-  return Unary<v1::GetDomainRequest, v1::GetDomainResponse>(&v1::PagePoolService::Stub::GetDomain,
-                                                            req);
+  return Unary(&Stub::GetDomain, DeviceRequest<v1::GetDomainRequest>(device_id));
 }
 
 absl::StatusOr<v1::ListInflightResponse> Client::ListInflight(uint64_t pool_id, uint64_t limit) {
   v1::ListInflightRequest req;
   req.set_pool_id(pool_id);
   req.set_limit(limit);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  auto reader = stub_->ListInflight(&ctx, req);
-  v1::ListInflightResponse all, part;
-  while (reader->Read(&part)) all.mutable_pages()->MergeFrom(part.pages());
-  grpc::Status s = reader->Finish();
-  if (!s.ok()) return FromGrpc(s);
-  return all;
+  return Collect(&Stub::ListInflight, req);
 }
 
 absl::StatusOr<v1::DumpPageTableResponse> Client::DumpPageTable(
     const v1::DumpPageTableRequest& req) {
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  auto reader = stub_->DumpPageTable(&ctx, req);
-  v1::DumpPageTableResponse all, part;
-  while (reader->Read(&part)) all.mutable_entries()->MergeFrom(part.entries());
-  grpc::Status s = reader->Finish();
-  if (!s.ok()) return FromGrpc(s);
-  return all;
+  return Collect(&Stub::DumpPageTable, req);
 }
 
 }  // namespace pagepool::client

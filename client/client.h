@@ -1,8 +1,8 @@
 // File: client/client.h
 //
 // Client: a thin, typed C++ client of pagepool.v1.PagePoolService. Each unary call returns
-// absl::StatusOr of its response; a gRPC status becomes an absl::Status by casting its code (the codes
-// are the same), so callers test `status.code() == absl::StatusCode::kNotFound` and so on.
+// absl::StatusOr of its response; a gRPC status becomes an absl::Status by casting its code (the
+// codes are the same), so callers test `status.code() == absl::StatusCode::kNotFound` and so on.
 //
 // Thread safety: a Client may be used from many threads at once (gRPC stubs are thread-safe).
 #ifndef PAGEPOOL_CLIENT_CLIENT_H_
@@ -66,8 +66,18 @@ class Client {
 
  private:
   Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
-  template <typename Req, typename Resp, typename Method>
-  absl::StatusOr<Resp> Unary(Method method, const Req& req);
+  // A unary call of the stub's `method`, within the deadline.
+  template <typename Req, typename Resp>
+  absl::StatusOr<Resp> Unary(grpc::Status (pagepool::v1::PagePoolService::Stub::*method)(
+                                 grpc::ClientContext*, const Req&, Resp*),
+                             const Req& req);
+  // A server-streaming call of `method`, every message merged into one (the repeated fields
+  // appended), within the deadline.
+  template <typename Req, typename Resp>
+  absl::StatusOr<Resp> Collect(
+      std::unique_ptr<grpc::ClientReader<Resp>> (pagepool::v1::PagePoolService::Stub::*method)(
+          grpc::ClientContext*, const Req&),
+      const Req& req);
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pagepool::v1::PagePoolService::Stub> stub_;
