@@ -1,10 +1,11 @@
 #include "client/format.h"
 
+#include <cctype>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace pagepool::client {
@@ -12,10 +13,17 @@ namespace v1 = ::pagepool::v1;
 
 namespace {
 
-std::string Lower(std::string s, const std::string& prefix) {
-  if (s.rfind(prefix, 0) == 0) s = s.substr(prefix.size());
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
+// `format(item)` of every item, or `none` when there are none.
+template <typename Items, typename Format>
+std::string JoinOr(const Items& items, Format format, const char* none) {
+  std::string text;
+  for (const auto& item : items) text += format(item);
+  return text.empty() ? none : text;
+}
+
+// "FRAME:GEN dma_addr 0x...\n", how allocate and list-inflight print a page.
+std::string PageLine(const v1::PageHandle& handle, uint64_t dma_addr) {
+  return absl::StrFormat("%s dma_addr 0x%x\n", FormatHandle(handle), dma_addr);
 }
 
 }  // namespace
@@ -49,6 +57,12 @@ bool ParseHandle(const std::string& text, v1::PageHandle* out) {
   return true;
 }
 
+std::string EnumLabel(const std::string& name, const std::string& prefix) {
+  std::string s = name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name;
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
 std::string FormatDomain(const v1::DomainInfo& d) {
   const v1::Violations& v = d.violations();
   return absl::StrFormat(
@@ -60,25 +74,24 @@ std::string FormatDomain(const v1::DomainInfo& d) {
       "faults %d\n"
       "  violations:  %d (double_unmap %d, unknown_unmap %d, size_mismatch %d, "
       "direction_mismatch %d, live_at_unbind %d, call_after_unbind %d, sync_unknown %d)\n",
-      d.device_id(), Lower(v1::IommuMode_Name(d.iommu_mode()), "IOMMU_MODE_"), d.address_width(),
-      d.levels(), d.free_empty_tables() ? "on" : "off", d.table_pages(), d.table_bytes(),
-      d.peak_table_pages(), d.tables_allocated(), d.tables_freed(), d.tables_released(),
-      d.pending_free_pages(), d.mapped_pages(), d.live_mappings(), d.maps(), d.unmaps(),
-      d.iova_allocated_pages(), d.map_calls(), d.unmap_calls(), d.sync_calls(), d.iotlb_flushes(),
-      d.iotlb_flushed_entries(), d.fq_pending(), d.faults(), v.total(), v.double_unmap(),
-      v.unknown_unmap(), v.size_mismatch(), v.direction_mismatch(), v.live_at_unbind(),
-      v.call_after_unbind(), v.sync_unknown());
+      d.device_id(), EnumLabel(v1::IommuMode_Name(d.iommu_mode()), "IOMMU_MODE_"),
+      d.address_width(), d.levels(), d.free_empty_tables() ? "on" : "off", d.table_pages(),
+      d.table_bytes(), d.peak_table_pages(), d.tables_allocated(), d.tables_freed(),
+      d.tables_released(), d.pending_free_pages(), d.mapped_pages(), d.live_mappings(), d.maps(),
+      d.unmaps(), d.iova_allocated_pages(), d.map_calls(), d.unmap_calls(), d.sync_calls(),
+      d.iotlb_flushes(), d.iotlb_flushed_entries(), d.fq_pending(), d.faults(), v.total(),
+      v.double_unmap(), v.unknown_unmap(), v.size_mismatch(), v.direction_mismatch(),
+      v.live_at_unbind(), v.call_after_unbind(), v.sync_unknown());
 }
 
 std::string FormatDevice(const v1::Device& d) {
-  std::string s = absl::StrFormat(
+  return absl::StrFormat(
       "device %d \"%s\" (ifindex %d): %s, iommu %s, %d-bit, pools [%s], mapped %d pages, "
       "page tables %d, violations %d\n",
-      d.id(), d.name(), d.ifindex(), Lower(v1::DeviceState_Name(d.state()), "DEVICE_STATE_"),
-      Lower(v1::IommuMode_Name(d.iommu_mode()), "IOMMU_MODE_"), d.address_width(),
+      d.id(), d.name(), d.ifindex(), EnumLabel(v1::DeviceState_Name(d.state()), "DEVICE_STATE_"),
+      EnumLabel(v1::IommuMode_Name(d.iommu_mode()), "IOMMU_MODE_"), d.address_width(),
       absl::StrJoin(d.pool_ids(), " "), d.domain().mapped_pages(), d.domain().table_pages(),
       d.domain().violations().total());
-  return s;
 }
 
 std::string FormatPool(const v1::Pool& p) {
@@ -89,7 +102,7 @@ std::string FormatPool(const v1::Pool& p) {
       "  alloc:   fast %d, slow %d, slow_high_order %d, empty %d, refill %d, waive %d\n"
       "  recycle: cached %d, cache_full %d, ring %d, ring_full %d, released_refcnt %d\n",
       p.id(), p.device_id(), p.ifindex(), p.napi_id(), p.order(),
-      Lower(v1::Strategy_Name(p.strategy()), "STRATEGY_"), p.destroyed() ? ", destroyed" : "",
+      EnumLabel(v1::Strategy_Name(p.strategy()), "STRATEGY_"), p.destroyed() ? ", destroyed" : "",
       p.inflight(), p.inflight_mem(), p.dma_mapped(), p.detach_time(), st.alloc_fast(),
       st.alloc_slow(), st.alloc_slow_high_order(), st.alloc_empty(), st.alloc_refill(),
       st.alloc_waive(), st.recycle_cached(), st.recycle_cache_full(), st.recycle_ring(),
@@ -103,17 +116,79 @@ std::string FormatEvent(const v1::Event& e) {
                            e.pool().device_id(), e.pool().inflight(), e.pool().detach_time());
   } else if (e.has_device()) {
     what = absl::StrFormat("device %d \"%s\" %s", e.device().id(), e.device().name(),
-                           Lower(v1::DeviceState_Name(e.device().state()), "DEVICE_STATE_"));
+                           EnumLabel(v1::DeviceState_Name(e.device().state()), "DEVICE_STATE_"));
   }
-  return absl::StrFormat("#%d %s %s\n", e.seq(), Lower(v1::EventType_Name(e.type()), "EVENT_TYPE_"),
-                         what);
+  return absl::StrFormat("#%d %s %s\n", e.seq(),
+                         EnumLabel(v1::EventType_Name(e.type()), "EVENT_TYPE_"), what);
 }
 
-std::string FormatText(const google::protobuf::Message& message) {
-  std::string out;
-  google::protobuf::TextFormat::PrintToString(message, &out);
-  if (out.empty()) out = "ok\n";
-  return out;
+std::string FormatResponse(const v1::CreateDeviceResponse& r) { return FormatDevice(r.device()); }
+
+std::string FormatResponse(const v1::GetDeviceResponse& r) {
+  return FormatDevice(r.device()) + FormatDomain(r.device().domain());
+}
+
+std::string FormatResponse(const v1::ListDevicesResponse& r) {
+  return JoinOr(r.devices(), FormatDevice, "no devices\n");
+}
+
+std::string FormatResponse(const v1::UnbindDeviceResponse& r) {
+  return absl::StrCat("unbound: ", r.pools_destroyed(), " pools destroyed, ",
+                      r.inflight_at_destroy(), " pages in flight, ", r.pages_unmapped(),
+                      " unmapped\n", FormatDevice(r.device()));
+}
+
+std::string FormatResponse(const v1::CreatePoolResponse& r) { return FormatPool(r.pool()); }
+
+std::string FormatResponse(const v1::GetPoolResponse& r) { return FormatPool(r.pool()); }
+
+std::string FormatResponse(const v1::ListPoolsResponse& r) {
+  return JoinOr(r.pools(), FormatPool, "no pools\n");
+}
+
+std::string FormatResponse(const v1::DestroyPoolResponse& r) {
+  return absl::StrFormat("pool %d destroyed (%s): %d pages in flight, %d unmapped, %.3f ms\n",
+                         r.pool_id(), EnumLabel(v1::Strategy_Name(r.strategy()), "STRATEGY_"),
+                         r.inflight_at_destroy(), r.pages_unmapped(), r.duration_ns() / 1e6);
+}
+
+std::string FormatResponse(const v1::AllocateResponse& r) {
+  std::string text;
+  for (const v1::Page& p : r.pages()) text += PageLine(p.handle(), p.dma_addr());
+  return text;
+}
+
+std::string FormatResponse(const v1::RecycleResponse& r) {
+  return absl::StrCat("recycled: ", r.cached(), " cached, ", r.ring(), " ring, ", r.released(),
+                      " released\n");
+}
+
+std::string FormatResponse(const v1::ReturnResponse& r) {
+  return absl::StrCat("returned: ", r.returned(), " pages, ", r.unmapped(),
+                      " unmapped by this call\n");
+}
+
+std::string FormatResponse(const v1::ListInflightResponse& r) {
+  std::string text;
+  for (const v1::InflightPage& p : r.pages()) {
+    absl::StrAppend(&text, "id ", p.index_id(), " ", PageLine(p.handle(), p.dma_addr()));
+  }
+  absl::StrAppend(&text, r.pages_size(), " pages tracked\n");
+  return text;
+}
+
+std::string FormatResponse(const v1::GetDomainResponse& r) { return FormatDomain(r.domain()); }
+
+std::string FormatResponse(const v1::DumpPageTableResponse& r) {
+  std::string text;
+  for (const v1::PageTableEntry& e : r.entries()) {
+    absl::StrAppend(&text, absl::StrFormat("iova 0x%012x -> phys 0x%012x size %d prot %d%s%s\n",
+                                           e.iova(), e.phys(), e.size(), e.prot(),
+                                           e.dirty() ? " dirty" : "",
+                                           e.accessed() ? " accessed" : ""));
+  }
+  absl::StrAppend(&text, r.entries_size(), " entries\n");
+  return text;
 }
 
 }  // namespace pagepool::client

@@ -2,6 +2,8 @@
 //
 // Output of ppctl: human-readable text (the default) or JSON with the .proto's field names
 // (protobuf JsonPrintOptions: preserve_proto_field_names, always_print_primitive_fields).
+// FormatResponse has one overload per call's answer: the text ppctl prints for it. Every text ends
+// in a newline. Enum values print in lower case without their prefix (IOMMU_MODE_STRICT: "strict").
 #ifndef PAGEPOOL_CLIENT_FORMAT_H_
 #define PAGEPOOL_CLIENT_FORMAT_H_
 
@@ -20,12 +22,32 @@ std::string FormatHandle(const pagepool::v1::PageHandle& handle);
 // Parses "FRAME:GENERATION"; false when malformed.
 bool ParseHandle(const std::string& text, pagepool::v1::PageHandle* out);
 
+// "IOMMU_MODE_STRICT" without `prefix` ("IOMMU_MODE_"), in lower case: "strict".
+std::string EnumLabel(const std::string& name, const std::string& prefix);
+
 std::string FormatDevice(const pagepool::v1::Device& device);
 std::string FormatPool(const pagepool::v1::Pool& pool);
 std::string FormatDomain(const pagepool::v1::DomainInfo& domain);
 std::string FormatEvent(const pagepool::v1::Event& event);
-// Any other message: protobuf text format.
-std::string FormatText(const google::protobuf::Message& message);
+
+// The answer of each call as ppctl prints it.
+std::string FormatResponse(const pagepool::v1::CreateDeviceResponse& r);  // the device
+std::string FormatResponse(const pagepool::v1::GetDeviceResponse& r);     // device and domain
+std::string FormatResponse(const pagepool::v1::ListDevicesResponse& r);   // "no devices" if none
+std::string FormatResponse(const pagepool::v1::UnbindDeviceResponse& r);
+std::string FormatResponse(const pagepool::v1::CreatePoolResponse& r);
+std::string FormatResponse(const pagepool::v1::GetPoolResponse& r);
+std::string FormatResponse(const pagepool::v1::ListPoolsResponse& r);     // "no pools" if none
+std::string FormatResponse(const pagepool::v1::DestroyPoolResponse& r);
+// One line a page: "FRAME:GEN dma_addr 0x...".
+std::string FormatResponse(const pagepool::v1::AllocateResponse& r);
+std::string FormatResponse(const pagepool::v1::RecycleResponse& r);
+std::string FormatResponse(const pagepool::v1::ReturnResponse& r);
+// One line a page ("id N FRAME:GEN dma_addr 0x..."), then the count.
+std::string FormatResponse(const pagepool::v1::ListInflightResponse& r);
+std::string FormatResponse(const pagepool::v1::GetDomainResponse& r);
+// One line an entry, then the count.
+std::string FormatResponse(const pagepool::v1::DumpPageTableResponse& r);
 
 }  // namespace pagepool::client
 

@@ -1,8 +1,7 @@
-// Client library tests: handle syntax, JSON field names, and every traffic pattern of RunTraffic
-// against an in-process pagepoold on 127.0.0.1:0.
+// Client library tests: every traffic pattern of RunTraffic against an in-process pagepoold on
+// 127.0.0.1:0, and the result's JSON, HTML and summary. (client/format: format_test.cc.)
 #include "client/client.h"
 
-#include "client/format.h"
 #include "client/traffic.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -14,29 +13,6 @@ namespace {
 namespace v1 = ::pagepool::v1;
 using ::testing::HasSubstr;
 using testing::InProcessDaemon;
-
-TEST(FormatTest, HandlesRoundTrip) {
-  v1::PageHandle h;
-  ASSERT_TRUE(client::ParseHandle("123:7", &h));
-  EXPECT_EQ(h.frame(), 123u);
-  EXPECT_EQ(h.generation(), 7u);
-  EXPECT_EQ(client::FormatHandle(h), "123:7");
-  EXPECT_FALSE(client::ParseHandle("123", &h));
-  EXPECT_FALSE(client::ParseHandle("x:1", &h));
-  EXPECT_FALSE(client::ParseHandle("1:-1", &h));
-}
-
-TEST(FormatTest, JsonKeepsProtoFieldNames) {
-  v1::Pool p;
-  p.set_napi_id(3);
-  p.set_inflight_mem(4096);
-  p.mutable_stats()->set_recycle_released_refcnt(1);
-  std::string json = client::ToJson(p);
-  EXPECT_THAT(json, HasSubstr("\"napi_id\": 3"));
-  EXPECT_THAT(json, HasSubstr("\"inflight_mem\": \"4096\""));
-  EXPECT_THAT(json, HasSubstr("\"recycle_released_refcnt\""));
-  EXPECT_THAT(json, HasSubstr("\"detach_time\""));  // zero fields are printed too
-}
 
 class TrafficTest : public ::testing::Test {
  protected:
