@@ -1,7 +1,8 @@
 // File: client/traffic.h
 //
-// Traffic patterns driven over the Traffic stream (one bidirectional stream per --streams, each on
-// its own thread, one batch in flight per stream: send, wait for the answer, send the next):
+// RunTraffic: traffic patterns driven over the Traffic stream (one bidirectional stream per
+// --streams, each on its own thread, one batch in flight per stream: send, wait for the answer,
+// send the next):
 //   steady                 allocate a batch, recycle the previous batch (napi_local).
 //   burst                  allocate 8 batches without giving anything back, then recycle them all.
 //   hold                   allocate batches and keep each page for hold_seconds, then Return it
@@ -10,13 +11,14 @@
 //                          the pool is left as it is, pages in flight.
 //   destroy-under-traffic  steady traffic with `hold_batches` batches held per stream for half of
 //                          duration_s; then the pool is destroyed (or the device unbound, with
-//                          unbind) while the pages are held and the streams keep allocating (refused
-//                          once the pool is gone: expected_refusals); then the streams return every
-//                          page they hold and the run ends. Checks via GetDomain that the device saw
-//                          zero violations.
+//                          unbind) while the pages are held and the streams keep allocating
+//                          (refused once the pool is gone: expected_refusals); then the streams
+//                          return every page they hold and the run ends. Checks via GetDomain
+//                          that the device saw zero violations.
 //   unary                  (for comparison) unary Allocate then Return of `batch` pages.
 // Unless pool_id is given, the run creates its own device and pool first (and destroys the pool at
-// the end, except for leak).
+// the end, except for leak). The result and its JSON, HTML and text renderings are in
+// client/traffic_report.h; the stream threads in client/internal/traffic_stream.h.
 //
 // Thread safety: RunTraffic may be called from any thread; it starts and joins its own threads.
 #ifndef PAGEPOOL_CLIENT_TRAFFIC_H_
@@ -25,10 +27,10 @@
 #include <cstdint>
 #include <functional>
 #include <string>
-#include <vector>
 
 #include "absl/status/statusor.h"
 #include "client/client.h"
+#include "client/traffic_report.h"
 
 namespace pagepool::client {
 
@@ -46,48 +48,10 @@ struct TrafficOptions {
   double hold_s = 2;                 // hold: how long pages are kept
   uint32_t max_held = 16384;         // hold, leak: pages held per stream at most
   uint32_t hold_batches = 4;         // destroy-under-traffic: batches held per stream
-  bool unbind = false;               // destroy-under-traffic: unbind the device instead of DestroyPool
+  bool unbind = false;               // destroy-under-traffic: UnbindDevice instead of DestroyPool
   bool keep = false;                 // keep the pool the run created
   // Called about once a second with a one-line progress report (nullptr: none).
   std::function<void(const std::string&)> progress;
-};
-
-// One sample of a run, taken about once a second.
-struct TrafficSample {
-  double t_s = 0;                    // seconds since the streams started
-  double page_ops_per_sec = 0;       // over the interval ending at t_s
-  int64_t held = 0;                  // pages the client held at t_s
-  uint64_t errors = 0;               // unexpected refusals so far
-};
-
-struct TrafficResult {
-  std::string pattern;
-  uint32_t streams = 0;
-  uint32_t batch = 0;
-  double duration_s = 0;             // measured
-  uint64_t batches = 0;              // batches (or unary calls) answered
-  uint64_t page_ops = 0;             // pages allocated + recycled + returned
-  double page_ops_per_sec = 0;
-  double rpc_p50_us = 0;             // per batch / per unary call, client-side
-  double rpc_p99_us = 0;
-  uint64_t errors = 0;               // refused operations that the pattern did not expect
-  uint64_t expected_refusals = 0;    // destroy-under-traffic: refusals after the destroy
-  uint64_t violations = 0;           // GetDomain violations.total of the device at the end
-  uint64_t inflight = 0;             // pool inflight at the end (0 once the pool is deleted)
-  uint64_t held_at_destroy = 0;      // destroy-under-traffic: pages the client held at the destroy
-  uint64_t pages_unmapped_at_destroy = 0;
-  uint64_t device_id = 0;
-  uint64_t pool_id = 0;
-  std::string first_error;
-  std::vector<TrafficSample> timeline;
-
-  // {"page_ops_per_sec": ..., "rpc_p50_us": ..., "rpc_p99_us": ..., "errors": ..., ...,
-  //  "timeline": [{"t_s": ..., "page_ops_per_sec": ..., "held": ..., "errors": ...}, ...]}
-  std::string ToJson() const;
-  // A self-contained HTML report: the figures and SVG charts of ops/s and held pages over time.
-  std::string ToHtml() const;
-  // A few human-readable lines.
-  std::string Summary() const;
 };
 
 // Runs one pattern. INVALID_ARGUMENT for an unknown pattern, a zero batch/stream count, more than

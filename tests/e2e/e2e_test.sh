@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test: the real pagepoold on a free port (127.0.0.1:0, port read back from its first
-# line), driven by the real ppctl: device and pool calls, an error, traffic patterns (steady and
-# destroy-under-traffic with zero violations; NONE + unbind must show violations and exit 3), the
-# /metrics endpoint, then SIGTERM: exit status 0 and the summary.
+# line), driven by the real ppctl: device and pool calls, an error, global options after the
+# subcommand, health, traffic patterns (steady and destroy-under-traffic with zero violations; NONE
+# + unbind must show violations and exit 3), the /metrics endpoint, then SIGTERM: exit status 0 and
+# the summary, and health then exits 1.
 # Usage: e2e_test.sh PAGEPOOLD PPCTL
 set -euo pipefail
 PAGEPOOLD=$1
@@ -58,6 +59,26 @@ pp list-devices | grep -q "e2e0" || fail "list-devices"
 pp get-domain 1 | grep -q "violations:  0" || fail "get-domain"
 ok "list-devices, get-domain"
 
+# Global options are accepted after the subcommand too (the load-test form, `ppctl traffic steady
+# --target HOST:PORT`), and in between its arguments.
+"$PPCTL" get-pool "$pool" --json --target "127.0.0.1:$port" | grep -q '"napi_id": 3' \
+  || fail "get-pool with --json --target after the subcommand"
+"$PPCTL" traffic --target "127.0.0.1:$port" steady --duration 1 --streams 1 \
+  --out "$tmp/late.json" --json >"$tmp/late.txt" \
+  || fail "traffic with --target after the subcommand: $(cat "$tmp/late.txt")"
+grep -q '"errors": 0,' "$tmp/late.json" || fail "traffic with --target after the subcommand: errors"
+grep -q '"page_ops_per_sec": ' "$tmp/late.txt" || fail "traffic ... --json: no JSON summary"
+ok "global options after the subcommand"
+
+# ppctl health (the containers' health check): SERVING and exit 0; an unknown service exits 1.
+[ "$("$PPCTL" health --target "127.0.0.1:$port")" = SERVING ] || fail "health: not SERVING"
+pp --json health | grep -q '"status": "SERVING"' || fail "health --json"
+rc=0
+pp health --service no.such.Service 2>"$tmp/err" || rc=$?
+[ "$rc" -eq 1 ] || fail "health of an unknown service should exit 1, got $rc"
+grep -q "NOT_FOUND" "$tmp/err" || fail "health of an unknown service: $(cat "$tmp/err")"
+ok "health: SERVING, exit 0; unknown service: NOT_FOUND, exit 1"
+
 pp traffic steady --duration 2 --streams 2 --batch 64 --out "$tmp/steady.json" >"$tmp/steady.txt" \
   || fail "traffic steady: $(cat "$tmp/steady.txt")"
 cat "$tmp/steady.txt"
@@ -107,4 +128,8 @@ grep -q "pages unmapped at shutdown:  5" "$tmp/log" || fail "summary: unmapped a
 grep -q "Traffic " "$tmp/log" || fail "summary: rpc counts"
 sed -n '/pagepoold summary/,$p' "$tmp/log"
 ok "SIGTERM: exit 0 and summary"
+rc=0
+pp health --timeout-ms 2000 >"$tmp/health.txt" 2>&1 || rc=$?
+[ "$rc" -eq 1 ] || fail "health, daemon gone: exit 1 expected, got $rc: $(cat "$tmp/health.txt")"
+ok "health with the daemon gone: exit 1 ($(cat "$tmp/health.txt"))"
 echo PASS

@@ -1,0 +1,252 @@
+#include "client/command_line.h"
+
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+
+#include <CLI/CLI.hpp>
+
+namespace pagepool::client {
+namespace {
+
+// For uint64_t options: CLI11 turns "-1" into 18446744073709551615 and a value above the range
+// into the largest one without a word; refuse both (CLI11's own conversion then reads the value).
+const CLI::Validator kUint64(
+    [](std::string& text) -> std::string {
+      errno = 0;
+      char* end = nullptr;
+      const char* begin = text.c_str();
+      while (std::isspace(static_cast<unsigned char>(*begin))) ++begin;
+      (void)std::strtoull(begin, &end, 0);
+      if (*begin == '-' || *begin == '\0' || *end != '\0' || errno == ERANGE) {
+        return "'" + text + "' is not a number in 0.." + std::to_string(UINT64_MAX);
+      }
+      return std::string();
+    },
+    "UINT64");
+
+constexpr char kGlobalsFooter[] =
+    "Global options (--target, --json, --timeout-ms, --tls-ca: see ppctl --help) are accepted "
+    "here too.";
+
+void AddGlobalOptions(CLI::App* app, GlobalOptions* g) {
+  app->add_option("--target", g->target, "daemon address host:port")
+      ->envname("PPCTL_TARGET")
+      ->capture_default_str();
+  app->add_flag("--json", g->json, "print JSON (field names as in the .proto)");
+  app->add_option("--timeout-ms", g->timeout_ms, "deadline of each unary call")
+      ->capture_default_str();
+  app->add_option("--tls-ca", g->tls_ca, "PEM CA file: connect with TLS");
+}
+
+// A required uint64 positional: a device or pool id.
+void AddId(CLI::App* cmd, const char* name, uint64_t* id) {
+  cmd->add_option(name, *id)->required()->check(kUint64);
+}
+
+// The subcommands' own options, bound to their fields of CommandArgs.
+void AddNoOptions(CLI::App*, CommandArgs*) {}
+void AddDeviceId(CLI::App* cmd, CommandArgs* a) { AddId(cmd, "device_id", &a->id); }
+void AddPoolId(CLI::App* cmd, CommandArgs* a) { AddId(cmd, "pool_id", &a->id); }
+
+void AddCreateDeviceOptions(CLI::App* cmd, CommandArgs* args) {
+  CreateDeviceArgs& a = args->create_device;
+  cmd->add_option("--name", a.name, "device name (default devN)");
+  cmd->add_option("--iommu-mode", a.iommu_mode, "strict, lazy or passthrough")
+      ->capture_default_str();
+  cmd->add_flag("--no-free-empty-tables", a.no_free_empty_tables,
+                "keep page tables emptied by unmaps");
+  cmd->add_option("--address-width", a.address_width, "39, 48 or 57")->capture_default_str();
+}
+
+void AddCreatePoolOptions(CLI::App* cmd, CommandArgs* args) {
+  CreatePoolArgs& a = args->create_pool;
+  AddId(cmd, "device_id", &a.device_id);
+  cmd->add_option("--order", a.order, "page order 0..10")->capture_default_str();
+  cmd->add_option("--pool-size", a.pool_size, "ptr_ring size (0: 1024)");
+  cmd->add_option("--strategy", a.strategy, "xarray, scan or none")->capture_default_str();
+  cmd->add_option("--napi-id", a.napi_id, "NAPI instance id");
+  cmd->add_flag("--no-dma-map", a.no_dma_map, "do not DMA-map pages (no PP_FLAG_DMA_MAP)");
+  cmd->add_flag("--dma-sync-dev", a.dma_sync_dev, "PP_FLAG_DMA_SYNC_DEV");
+  cmd->add_option("--max-len", a.max_len, "bytes synced for the device");
+  cmd->add_option("--offset", a.offset, "offset of the device's writes");
+}
+
+void AddListPoolsOptions(CLI::App* cmd, CommandArgs* a) {
+  cmd->add_option("--device", a->list_pools_device, "only pools of this device")->check(kUint64);
+}
+
+void AddAllocateOptions(CLI::App* cmd, CommandArgs* a) {
+  AddId(cmd, "pool_id", &a->allocate.pool_id);
+  cmd->add_option("--count", a->allocate.count, "pages")->capture_default_str();
+}
+
+void AddReturnOptions(CLI::App* cmd, CommandArgs* a) {
+  AddId(cmd, "pool_id", &a->pages.pool_id);
+  cmd->add_option("handles", a->pages.handles, "FRAME:GEN handles")->required();
+}
+
+void AddRecycleOptions(CLI::App* cmd, CommandArgs* a) {
+  AddReturnOptions(cmd, a);
+  cmd->add_flag("--napi-local", a->pages.napi_local, "recycle directly (NAPI context)");
+}
+
+void AddListInflightOptions(CLI::App* cmd, CommandArgs* a) {
+  AddId(cmd, "pool_id", &a->list_inflight.pool_id);
+  cmd->add_option("--limit", a->list_inflight.limit, "at most this many (0: all)")
+      ->check(kUint64);
+}
+
+void AddDumpPageTableOptions(CLI::App* cmd, CommandArgs* args) {
+  DumpPageTableArgs& a = args->dump_page_table;
+  AddId(cmd, "device_id", &a.device_id);
+  cmd->add_option("--start", a.start, "first IOVA")->check(kUint64);
+  cmd->add_option("--end", a.end, "end IOVA (0: end of space)")->check(kUint64);
+  cmd->add_option("--limit", a.limit, "at most this many entries (0: all)")->check(kUint64);
+}
+
+void AddWatchEventsOptions(CLI::App* cmd, CommandArgs* args) {
+  WatchEventsArgs& a = args->watch_events;
+  cmd->add_option("--type", a.types,
+                  "device-add, device-change, pool-add, pool-change, pool-detach, pool-delete "
+                  "(repeatable)");
+  cmd->add_flag("--include-existing", a.include_existing, "start with existing devices/pools");
+  cmd->add_option("--count", a.count, "stop after this many events (0: never)")->check(kUint64);
+}
+
+void AddTrafficOptions(CLI::App* cmd, CommandArgs* args) {
+  TrafficArgs& a = args->traffic;
+  TrafficOptions& o = a.options;
+  cmd->add_option("pattern", o.pattern,
+                  "steady, burst, hold, leak, destroy-under-traffic (or unary)")
+      ->required();
+  cmd->add_option("--duration", o.duration_s, "seconds")->capture_default_str();
+  cmd->add_option("--streams", o.streams, "concurrent Traffic streams")->capture_default_str();
+  cmd->add_option("--batch", o.batch, "pages per batch")->capture_default_str();
+  cmd->add_option("--pool-id", o.pool_id, "use this pool (default: create device + pool)")
+      ->check(kUint64);
+  cmd->add_option("--strategy", a.strategy, "strategy of the pool created: xarray, scan, none")
+      ->capture_default_str();
+  cmd->add_option("--iommu-mode", a.iommu_mode, "mode of the device created")
+      ->capture_default_str();
+  cmd->add_option("--order", o.order, "page order of the pool created");
+  cmd->add_option("--hold", o.hold_s, "hold: seconds each page is kept")->capture_default_str();
+  cmd->add_option("--max-held", o.max_held, "hold, leak: pages held per stream at most")
+      ->capture_default_str();
+  cmd->add_option("--hold-batches", o.hold_batches,
+                  "destroy-under-traffic: batches held per stream")
+      ->capture_default_str();
+  cmd->add_flag("--unbind", o.unbind,
+                "destroy-under-traffic: unbind the device instead of destroying the pool");
+  cmd->add_flag("--keep", o.keep, "keep the pool the run created");
+  cmd->add_flag("--no-napi-local", a.no_napi_local, "recycle into the ptr_ring, not the cache");
+  cmd->add_option("--out", a.out_path, "write the result as JSON to this file");
+  cmd->add_option("--html", a.html_path, "write an HTML report with charts to this file");
+}
+
+void AddHealthOptions(CLI::App* cmd, CommandArgs* a) {
+  cmd->add_option("--service", a->health.service,
+                  "service name (default: the whole server), e.g. pagepool.v1.PagePoolService");
+}
+
+// One row of the table: a subcommand's name, help line, options, and run.
+struct Subcommand {
+  const char* name;
+  const char* help;
+  void (*add_options)(CLI::App* cmd, CommandArgs* args);
+  int (*run)(CommandContext& ctx, const CommandArgs& args);
+};
+
+using Args = const CommandArgs&;
+const Subcommand kSubcommands[] = {
+    {"create-device", "CreateDevice: a simulated NIC", AddCreateDeviceOptions,
+     [](CommandContext& c, Args a) { return RunCreateDevice(c, a.create_device); }},
+    {"get-device", "GetDevice", AddDeviceId,
+     [](CommandContext& c, Args a) { return RunGetDevice(c, a.id); }},
+    {"list-devices", "ListDevices", AddNoOptions,
+     [](CommandContext& c, Args) { return RunListDevices(c); }},
+    {"unbind-device", "UnbindDevice: destroy pools, unbind", AddDeviceId,
+     [](CommandContext& c, Args a) { return RunUnbindDevice(c, a.id); }},
+    {"create-pool", "CreatePool on a device", AddCreatePoolOptions,
+     [](CommandContext& c, Args a) { return RunCreatePool(c, a.create_pool); }},
+    {"get-pool", "GetPool", AddPoolId,
+     [](CommandContext& c, Args a) { return RunGetPool(c, a.id); }},
+    {"list-pools", "ListPools", AddListPoolsOptions,
+     [](CommandContext& c, Args a) { return RunListPools(c, a.list_pools_device); }},
+    {"destroy-pool", "DestroyPool with in-flight unmap", AddPoolId,
+     [](CommandContext& c, Args a) { return RunDestroyPool(c, a.id); }},
+    {"allocate", "Allocate pages (prints FRAME:GEN handles)", AddAllocateOptions,
+     [](CommandContext& c, Args a) { return RunAllocate(c, a.allocate); }},
+    {"recycle", "Recycle pages FRAME:GEN ...", AddRecycleOptions,
+     [](CommandContext& c, Args a) { return RunRecycle(c, a.pages); }},
+    {"return", "Return pages FRAME:GEN ... to the page allocator", AddReturnOptions,
+     [](CommandContext& c, Args a) { return RunReturn(c, a.pages); }},
+    {"list-inflight", "ListInflight: a pool's tracked pages", AddListInflightOptions,
+     [](CommandContext& c, Args a) { return RunListInflight(c, a.list_inflight); }},
+    {"get-domain", "GetDomain: page tables and violations", AddDeviceId,
+     [](CommandContext& c, Args a) { return RunGetDomain(c, a.id); }},
+    {"dump-page-table", "DumpPageTable: present leaves", AddDumpPageTableOptions,
+     [](CommandContext& c, Args a) { return RunDumpPageTable(c, a.dump_page_table); }},
+    {"watch-events", "WatchEvents until interrupted", AddWatchEventsOptions,
+     [](CommandContext& c, Args a) { return RunWatchEvents(c, a.watch_events); }},
+    {"traffic", "drive a traffic pattern over the Traffic stream", AddTrafficOptions,
+     [](CommandContext& c, Args a) { return RunTrafficCommand(c, a.traffic); }},
+    {"health", "grpc.health.v1 Check: prints the serving status; exit 0 only when SERVING",
+     AddHealthOptions, [](CommandContext& c, Args a) { return RunHealth(c, a.health); }},
+};
+
+}  // namespace
+
+CommandLine ParseCommandLine(int argc, const char* const* argv, std::ostream& out,
+                             std::ostream& err) {
+  CommandLine cl;
+  CLI::App app{"ppctl: command-line client of pagepoold (pagepool.v1.PagePoolService)"};
+  app.require_subcommand(1);
+  // Options a subcommand does not know fall through to ppctl's own: the global options work after
+  // the subcommand too. Set before add_subcommand, which copies it into each subcommand.
+  app.fallthrough();
+  AddGlobalOptions(&app, &cl.globals);
+  for (const Subcommand& s : kSubcommands) {
+    CLI::App* cmd = app.add_subcommand(s.name, s.help);
+    cmd->footer(kGlobalsFooter);
+    s.add_options(cmd, &cl.args);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help prints and exits 0; any other bad command line exits 2 as documented (CLI11's own
+    // codes, 104-120, are not ppctl's).
+    cl.exit_status = app.exit(e, out, err) == 0 ? kExitOk : kExitUsage;
+    return cl;
+  }
+  cl.subcommand = app.get_subcommands().front()->get_name();
+  return cl;
+}
+
+int RunCommand(const CommandLine& command_line, std::ostream& out, std::ostream& err) {
+  const GlobalOptions& g = command_line.globals;
+  ClientOptions options;
+  options.timeout = std::chrono::milliseconds(g.timeout_ms);
+  options.tls_ca = g.tls_ca;
+  auto client = Client::Connect(g.target, options);
+  if (!client.ok()) {
+    err << "ppctl: " << client.status().message() << std::endl;
+    return kExitUsage;
+  }
+  CommandContext ctx{**client, g.json, out, err};
+  for (const Subcommand& s : kSubcommands) {
+    if (command_line.subcommand == s.name) return s.run(ctx, command_line.args);
+  }
+  err << "ppctl: no subcommand" << std::endl;
+  return kExitUsage;
+}
+
+std::vector<std::string> SubcommandNames() {
+  std::vector<std::string> names;
+  for (const Subcommand& s : kSubcommands) names.emplace_back(s.name);
+  return names;
+}
+
+}  // namespace pagepool::client

@@ -1,0 +1,226 @@
+#include "client/internal/traffic_stream.h"
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace pagepool::client::internal {
+namespace v1 = ::pagepool::v1;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr uint32_t kBurstBatches = 8;
+
+float MicrosSince(Clock::time_point t0) {
+  return std::chrono::duration<float, std::micro>(Clock::now() - t0).count();
+}
+
+void Take(const v1::TrafficResponse& resp, std::vector<v1::PageHandle>* into) {
+  for (const v1::Page& p : resp.allocated()) into->push_back(p.handle());
+}
+
+}  // namespace
+
+void TrafficShared::CountErrors(uint64_t n, absl::string_view message) {
+  errors.fetch_add(n, std::memory_order_relaxed);
+  base::MutexLock l(&mu);
+  if (first_error.empty()) first_error = std::string(message);
+}
+
+void TrafficShared::NoteBrokenStream(absl::string_view message) {
+  base::MutexLock l(&mu);
+  if (broken_stream.empty()) broken_stream = std::string(message);
+}
+
+StreamWorker::StreamWorker(Client& client, const TrafficOptions& options, uint64_t pool_id,
+                           TrafficShared& shared)
+    : client_(client), o_(options), pool_id_(pool_id), sh_(shared) {
+  latencies_us_.reserve(1 << 16);
+}
+
+void StreamWorker::Run() {
+  if (o_.pattern == "unary") {
+    RunUnary();
+    return;
+  }
+  rw_ = client_.stub()->Traffic(&ctx_);
+  const bool ok = RunPattern();
+  rw_->WritesDone();
+  grpc::Status s = rw_->Finish();
+  if (!ok || !s.ok()) {
+    sh_.NoteBrokenStream(absl::StrCat("Traffic stream ended: ",
+                                      s.ok() ? "write/read failed" : s.error_message()));
+  }
+}
+
+bool StreamWorker::RunPattern() {
+  if (o_.pattern == "steady") return Steady();
+  if (o_.pattern == "burst") return Burst();
+  if (o_.pattern == "hold") return Hold();
+  if (o_.pattern == "leak") return Leak();
+  if (o_.pattern == "destroy-under-traffic") return DestroyUnderTraffic();
+  return true;
+}
+
+bool StreamWorker::Exchange() {
+  req_.set_pool_id(pool_id_);
+  req_.set_seq(++seq_);
+  req_.set_napi_local(o_.napi_local);
+  auto t0 = Clock::now();
+  if (!rw_->Write(req_)) return false;
+  if (!rw_->Read(&resp_)) return false;
+  latencies_us_.push_back(MicrosSince(t0));
+  uint64_t ops = resp_.allocated_size() + resp_.recycled_cached() + resp_.recycled_ring() +
+                 resp_.recycled_released() + resp_.returned();
+  sh_.batches.fetch_add(1, std::memory_order_relaxed);
+  sh_.page_ops.fetch_add(ops, std::memory_order_relaxed);
+  sh_.held.fetch_add(int64_t(resp_.allocated_size()) - req_.recycle_size() -
+                         req_.return_pages_size(),
+                     std::memory_order_relaxed);
+  if (resp_.errors() > 0) {
+    if (sh_.destroying.load()) {
+      sh_.expected.fetch_add(resp_.errors(), std::memory_order_relaxed);
+    } else {
+      sh_.CountErrors(resp_.errors(), resp_.error_message());
+    }
+  }
+  return true;
+}
+
+bool StreamWorker::GiveBack(std::vector<v1::PageHandle>* pages, bool ret) {
+  size_t pos = 0;
+  while (pos < pages->size()) {
+    req_.Clear();
+    size_t end = std::min(pages->size(), pos + std::max<size_t>(o_.batch, 64));
+    for (; pos < end; ++pos) {
+      *(ret ? req_.add_return_pages() : req_.add_recycle()) = (*pages)[pos];
+    }
+    if (!Exchange()) return false;
+  }
+  pages->clear();
+  return true;
+}
+
+bool StreamWorker::Steady() {
+  std::vector<v1::PageHandle> prev;
+  while (!sh_.stop.load(std::memory_order_relaxed)) {
+    req_.Clear();
+    for (auto& h : prev) *req_.add_recycle() = h;
+    prev.clear();
+    req_.set_allocate(o_.batch);
+    if (!Exchange()) return false;
+    Take(resp_, &prev);
+  }
+  return GiveBack(&prev, false);
+}
+
+bool StreamWorker::Burst() {
+  std::vector<v1::PageHandle> held;
+  while (!sh_.stop.load(std::memory_order_relaxed)) {
+    for (uint32_t i = 0; i < kBurstBatches && !sh_.stop.load(); ++i) {
+      req_.Clear();
+      req_.set_allocate(o_.batch);
+      if (!Exchange()) return false;
+      Take(resp_, &held);
+    }
+    if (!GiveBack(&held, false)) return false;
+  }
+  return GiveBack(&held, false);
+}
+
+bool StreamWorker::Hold() {
+  struct Held {
+    Clock::time_point until;
+    v1::PageHandle handle;
+  };
+  std::deque<Held> held;
+  const auto hold = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(o_.hold_s));
+  while (!sh_.stop.load(std::memory_order_relaxed)) {
+    req_.Clear();
+    auto now = Clock::now();
+    while (!held.empty() && held.front().until <= now &&
+           req_.return_pages_size() < int(std::max<uint32_t>(o_.batch, 64) * 4)) {
+      *req_.add_return_pages() = held.front().handle;
+      held.pop_front();
+    }
+    if (held.size() + o_.batch <= o_.max_held) req_.set_allocate(o_.batch);
+    if (req_.allocate() == 0 && req_.return_pages().empty()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      continue;
+    }
+    if (!Exchange()) return false;
+    auto until = Clock::now() + hold;
+    for (const v1::Page& p : resp_.allocated()) held.push_back({until, p.handle()});
+  }
+  std::vector<v1::PageHandle> rest;
+  for (auto& h : held) rest.push_back(h.handle);
+  return GiveBack(&rest, true);
+}
+
+bool StreamWorker::Leak() {
+  size_t held = 0;
+  while (!sh_.stop.load(std::memory_order_relaxed)) {
+    if (held + o_.batch > o_.max_held) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      continue;
+    }
+    req_.Clear();
+    req_.set_allocate(o_.batch);
+    if (!Exchange()) return false;
+    held += resp_.allocated_size();
+  }
+  return true;  // the pages stay in flight: that is the pattern
+}
+
+bool StreamWorker::DestroyUnderTraffic() {
+  std::deque<std::vector<v1::PageHandle>> held;  // batches, oldest first
+  while (!sh_.stop.load(std::memory_order_relaxed) && !sh_.destroyed.load()) {
+    req_.Clear();
+    if (held.size() >= o_.hold_batches) {
+      for (auto& h : held.front()) *req_.add_recycle() = h;
+      held.pop_front();
+    }
+    // Allocation goes on while the destroy runs (it is refused once the pool is gone).
+    req_.set_allocate(o_.batch);
+    if (!Exchange()) return false;
+    std::vector<v1::PageHandle> got;
+    Take(resp_, &got);
+    if (!got.empty()) held.push_back(std::move(got));
+  }
+  // The pool is gone (or the run ended): return every page still held.
+  std::vector<v1::PageHandle> rest;
+  for (auto& b : held) rest.insert(rest.end(), b.begin(), b.end());
+  return GiveBack(&rest, true);
+}
+
+void StreamWorker::RunUnary() {
+  v1::ReturnRequest ret;
+  ret.set_pool_id(pool_id_);
+  while (!sh_.stop.load(std::memory_order_relaxed)) UnaryRound(&ret);
+}
+
+void StreamWorker::UnaryRound(v1::ReturnRequest* ret) {
+  auto t0 = Clock::now();
+  auto a = client_.Allocate(pool_id_, o_.batch);
+  latencies_us_.push_back(MicrosSince(t0));
+  if (!a.ok()) {
+    sh_.CountErrors(1, a.status().message());
+    return;
+  }
+  ret->clear_pages();
+  for (const v1::Page& p : a->pages()) *ret->add_pages() = p.handle();
+  auto t2 = Clock::now();
+  auto r = client_.Return(*ret);
+  latencies_us_.push_back(MicrosSince(t2));
+  sh_.batches.fetch_add(2, std::memory_order_relaxed);
+  sh_.page_ops.fetch_add(a->pages_size() + (r.ok() ? r->returned() : 0),
+                         std::memory_order_relaxed);
+  if (!r.ok()) sh_.CountErrors(1, r.status().message());
+}
+
+}  // namespace pagepool::client::internal
