@@ -49,6 +49,21 @@ namespace {
 // needs no special case. Readers never return it.
 void* const kReserved = reinterpret_cast<void*>(uintptr_t{1});
 
+// Stores `page` in the empty slot i of `leaf` and takes the slot's free mark.
+inline void StoreInLeaf(IndexNode* leaf, unsigned i, PageRecord* page) {
+  leaf->slots[i].store(page, std::memory_order_release);
+  ++leaf->count;
+  leaf->free_mask &= ~(uint64_t{1} << i);
+}
+
+// A node that just became full clears its free mark in its parent, and so on up.
+inline void ClearFullMarksUpward(IndexNode* node) {
+  while (node->free_mask == 0 && node->parent != nullptr) {
+    node->parent->free_mask &= ~(uint64_t{1} << node->offset);
+    node = node->parent;
+  }
+}
+
 // Frees a chain of retired nodes linked through `parent` (see InflightIndex::DeleteNodeLocked).
 void FreeNodeChainCallback(base::rcu::Head* head) {
   base::rcu::CallbackBegin();
@@ -168,94 +183,104 @@ size_t InflightIndex::AllocBulk(absl::Span<PageRecord* const> pages, absl::Span<
 }
 
 absl::StatusOr<uint32_t> InflightIndex::AllocLocked(PageRecord* page, LeafHint* hint) {
+  uint32_t id = AllocFromHintLocked(page, *hint);
+  if (id == 0) {
+    absl::StatusOr<IndexNode*> root = RootWithRoomLocked();
+    if (!root.ok()) return root.status();
+    absl::StatusOr<uint32_t> stored = DescendAndStoreLocked(*root, page, hint);
+    if (!stored.ok()) return stored.status();
+    id = *stored;
+  }
+  LockedAdd(entries_, 1);
+  return id;
+}
+
+uint32_t InflightIndex::AllocFromHintLocked(PageRecord* page, const LeafHint& hint) {
   // The leaf that held the previous lowest free id still holds the next one if it has room: every
   // id below the previous one is taken, and every id above this leaf is above its free slots.
-  if (IndexNode* leaf = hint->leaf; leaf != nullptr && leaf->free_mask != 0) {
-    const unsigned i = unsigned(std::countr_zero(leaf->free_mask));
-    const uint64_t id = hint->base | i;
-    if (id <= limit_) {
-      leaf->slots[i].store(page, std::memory_order_release);
-      ++leaf->count;
-      leaf->free_mask &= ~(uint64_t{1} << i);
-      IndexNode* node = leaf;
-      while (node->free_mask == 0 && node->parent != nullptr) {
-        node->parent->free_mask &= ~(uint64_t{1} << node->offset);
-        node = node->parent;
-      }
-      LockedAdd(entries_, 1);
-      return uint32_t(id);
-    }
-  }
+  IndexNode* leaf = hint.leaf;
+  if (leaf == nullptr || leaf->free_mask == 0) return 0;
+  const unsigned i = unsigned(std::countr_zero(leaf->free_mask));
+  const uint64_t id = hint.base | i;
+  if (id > limit_) return 0;
+  internal::StoreInLeaf(leaf, i, page);
+  internal::ClearFullMarksUpward(leaf);
+  return uint32_t(id);
+}
+
+absl::StatusOr<IndexNode*> InflightIndex::RootWithRoomLocked() {
   IndexNode* root = root_.load(std::memory_order_relaxed);
   if (root == nullptr) {
-    root = new (std::nothrow) IndexNode(0);
-    if (root == nullptr) return absl::ResourceExhaustedError("in-flight index: out of memory");
+    root = NewNodeLocked(0);
+    if (root == nullptr) return NodeOutOfMemory();
     root->slots[0].store(internal::kReserved, std::memory_order_relaxed);
     root->count = 1;
     root->free_mask = ~uint64_t{1};
-    LockedAdd(nodes_, 1);
-    LockedAdd(nodes_allocated_, 1);
     root_.store(root, std::memory_order_release);
   }
   // Grow upward while the tree is full and the limit allows ids beyond its reach (xas_expand).
   while (root->free_mask == 0) {
     const uint64_t capacity = uint64_t{1} << (root->shift + kChunkShift);
-    if (capacity - 1 >= limit_) {
-      LockedAdd(alloc_failures_, 1);
-      return absl::ResourceExhaustedError(
-          absl::StrCat("in-flight index ID space full: every id 1..", limit_, " in use"));
-    }
-    IndexNode* top = new (std::nothrow) IndexNode(root->shift + kChunkShift);
-    if (top == nullptr) return absl::ResourceExhaustedError("in-flight index: out of memory");
+    if (capacity - 1 >= limit_) return IdSpaceFullLocked();
+    IndexNode* top = NewNodeLocked(root->shift + kChunkShift);
+    if (top == nullptr) return NodeOutOfMemory();
     top->slots[0].store(root, std::memory_order_relaxed);
     top->count = 1;
     top->free_mask = ~uint64_t{1};
     root->parent = top;
     root->offset = 0;
-    LockedAdd(nodes_, 1);
-    LockedAdd(nodes_allocated_, 1);
     root_.store(top, std::memory_order_release);
     root = top;
   }
-  // Descend along the lowest free mark.
+  return root;
+}
+
+absl::StatusOr<uint32_t> InflightIndex::DescendAndStoreLocked(IndexNode* root, PageRecord* page,
+                                                              LeafHint* hint) {
+  // Descend along the lowest free mark, creating the nodes that are missing.
   IndexNode* node = root;
   uint64_t id = 0;
   for (;;) {
     const unsigned i = unsigned(std::countr_zero(node->free_mask));
     id |= uint64_t{i} << node->shift;
-    if (id > limit_) {
-      LockedAdd(alloc_failures_, 1);
-      return absl::ResourceExhaustedError(
-          absl::StrCat("in-flight index ID space full: every id 1..", limit_, " in use"));
-    }
+    if (id > limit_) return IdSpaceFullLocked();
     if (node->shift == 0) {
       hint->leaf = node;
       hint->base = id & ~uint64_t{kChunkMask};
-      node->slots[i].store(page, std::memory_order_release);
-      ++node->count;
-      node->free_mask &= ~(uint64_t{1} << i);
-      break;
+      internal::StoreInLeaf(node, i, page);
+      internal::ClearFullMarksUpward(node);
+      return uint32_t(id);
     }
     IndexNode* child = static_cast<IndexNode*>(node->slots[i].load(std::memory_order_relaxed));
     if (child == nullptr) {
-      child = new (std::nothrow) IndexNode(node->shift - kChunkShift);
-      if (child == nullptr) return absl::ResourceExhaustedError("in-flight index: out of memory");
+      child = NewNodeLocked(node->shift - kChunkShift);
+      if (child == nullptr) return NodeOutOfMemory();
       child->parent = node;
       child->offset = uint8_t(i);
       node->slots[i].store(child, std::memory_order_release);
       ++node->count;
-      LockedAdd(nodes_, 1);
-      LockedAdd(nodes_allocated_, 1);
     }
     node = child;
   }
-  // A node that just became full clears its mark in the parent, and so on up.
-  while (node->free_mask == 0 && node->parent != nullptr) {
-    node->parent->free_mask &= ~(uint64_t{1} << node->offset);
-    node = node->parent;
+}
+
+IndexNode* InflightIndex::NewNodeLocked(unsigned shift) {
+  IndexNode* node = new (std::nothrow) IndexNode(shift);
+  if (node != nullptr) {
+    LockedAdd(nodes_, 1);
+    LockedAdd(nodes_allocated_, 1);
   }
-  LockedAdd(entries_, 1);
-  return uint32_t(id);
+  return node;
+}
+
+absl::Status InflightIndex::IdSpaceFullLocked() {
+  LockedAdd(alloc_failures_, 1);
+  return absl::ResourceExhaustedError(
+      absl::StrCat("in-flight index ID space full: every id 1..", limit_, " in use"));
+}
+
+absl::Status InflightIndex::NodeOutOfMemory() {
+  return absl::ResourceExhaustedError("in-flight index: out of memory");
 }
 
 PageRecord* InflightIndex::Load(uint32_t id) const {

@@ -32,6 +32,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "base/mutex.h"
@@ -102,7 +103,6 @@ class InflightIndex {
 
   bool empty() const { return entries_.load(std::memory_order_relaxed) == 0; }
   uint64_t size() const { return entries_.load(std::memory_order_relaxed); }
-  uint32_t limit() const { return limit_; }
   // Bytes of nodes linked in the tree now (nodes * NodeSize()).
   uint64_t memory_bytes() const;
   InflightIndexStats stats() const;
@@ -114,8 +114,27 @@ class InflightIndex {
     internal::IndexNode* leaf = nullptr;
     uint64_t base = 0;
   };
+  // xa_alloc of one page: the hinted leaf if it still has the lowest free id, else a descent from
+  // the root (grown first if full). Updates *hint to the leaf used.
   absl::StatusOr<uint32_t> AllocLocked(PageRecord* page, LeafHint* hint)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  // AllocLocked's shortcut: the id taken in the hinted leaf, or 0 (never an id) when it cannot
+  // give the lowest free id. Does not count the entry.
+  uint32_t AllocFromHintLocked(PageRecord* page, const LeafHint& hint)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  // The root, created if the tree is empty and grown upward while it is full (xas_expand).
+  // RESOURCE_EXHAUSTED when the limit allows no more ids or a node cannot be allocated.
+  absl::StatusOr<internal::IndexNode*> RootWithRoomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  // Stores `page` at the lowest free id under `root`, creating missing nodes on the way down.
+  // Does not count the entry.
+  // REQUIRES: root has room (RootWithRoomLocked).
+  absl::StatusOr<uint32_t> DescendAndStoreLocked(internal::IndexNode* root, PageRecord* page,
+                                                 LeafHint* hint)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  // A new node, counted; nullptr when memory is exhausted.
+  internal::IndexNode* NewNodeLocked(unsigned shift) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  absl::Status IdSpaceFullLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);  // counts the failure
+  static absl::Status NodeOutOfMemory();
   void DeleteNodeLocked(internal::IndexNode* node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void RemoveLocked(internal::IndexNode* leaf, unsigned offset) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   internal::IndexNode* LeafForLocked(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);

@@ -25,6 +25,26 @@ inline void BumpSingle(std::atomic<uint64_t>& c) {
 }
 inline void BumpShared(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
 
+// The status for an allocation that came back empty, by its AllocError.
+absl::Status AllocErrorStatus(int err, uint64_t pool_id) {
+  switch (err) {
+    case kDestroyed:
+      return absl::FailedPreconditionError(absl::StrCat("pool ", pool_id, " is destroyed"));
+    case kIovaFull:
+      return absl::ResourceExhaustedError(
+          absl::StrCat("pool ", pool_id, ": IOVA space exhausted (dma_map failed)"));
+    case kMapFailed:
+      return absl::FailedPreconditionError(
+          absl::StrCat("pool ", pool_id, ": dma_map failed (device unbound?)"));
+    case kIndexFull:
+      return absl::ResourceExhaustedError(
+          absl::StrCat("pool ", pool_id, ": in-flight index ID space exhausted"));
+    default:
+      return absl::ResourceExhaustedError(
+          absl::StrCat("pool ", pool_id, ": out of simulated memory"));
+  }
+}
+
 }  // namespace
 
 std::string_view DestroyStrategyName(DestroyStrategy strategy) {
@@ -156,9 +176,7 @@ void PagePool::SetPpInfo(PageRecord* page) {
   page->pp_magic.store(page->pp_magic.load(std::memory_order_relaxed) | kPpSignature,
                        std::memory_order_relaxed);
   page->pp_ref_count.store(1, std::memory_order_relaxed);
-  const uint64_t og = page->owner_gen.load(std::memory_order_relaxed);
-  page->owner_gen.store(PageRecord::MakeOwnerGen(id_, PageRecord::GenerationOf(og)),
-                        std::memory_order_release);
+  page->SetOwnerKeepGeneration(id_, std::memory_order_release);
 }
 
 bool PagePool::DmaMapOnly(PageRecord* page) {
@@ -182,11 +200,7 @@ bool PagePool::DmaMap(PageRecord* page) {
     // page_pool_register_dma_index
     absl::StatusOr<uint32_t> id = index_->Alloc(page);
     if (!id.ok()) {
-      // ID space exhausted: unmap and fail the page, as upstream.
-      const dma::DmaAddr dma = page->dma_addr.exchange(0, std::memory_order_relaxed);
-      (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
-      index_exhausted_.fetch_add(1, std::memory_order_relaxed);
-      last_alloc_error_.store(kIndexFull, std::memory_order_relaxed);
+      UnmapUntrackable(page);
       return false;
     }
     page->pp_magic.store(uint64_t{*id} << kPpDmaIndexShift, std::memory_order_release);
@@ -195,6 +209,13 @@ bool PagePool::DmaMap(PageRecord* page) {
   }
   DmaSyncForDevice(page, dma_sync_max_len_);
   return true;
+}
+
+void PagePool::UnmapUntrackable(PageRecord* page) {
+  const dma::DmaAddr dma = page->dma_addr.exchange(0, std::memory_order_relaxed);
+  (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
+  index_exhausted_.fetch_add(1, std::memory_order_relaxed);
+  last_alloc_error_.store(kIndexFull, std::memory_order_relaxed);
 }
 
 PageRecord* PagePool::AllocPageOrder() {
@@ -247,12 +268,8 @@ PageRecord* PagePool::AllocSlow() {
       pages[i]->pp_magic.store(uint64_t{ids[i]} << kPpDmaIndexShift, std::memory_order_release);
     }
     for (size_t i = tracked; i < n; ++i) {
-      // ID space exhausted: unmap and drop the page, as upstream.
-      const dma::DmaAddr dma = pages[i]->dma_addr.exchange(0, std::memory_order_relaxed);
-      (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
+      UnmapUntrackable(pages[i]);
       memory_->PutPage(memory_->FrameOf(pages[i]));
-      index_exhausted_.fetch_add(1, std::memory_order_relaxed);
-      last_alloc_error_.store(kIndexFull, std::memory_order_relaxed);
     }
     n = tracked;
   }
@@ -355,9 +372,7 @@ bool PagePool::ReturnPageLocked(PageRecord* page) {
   // page_pool_clear_pp_info; keep the generation.
   page->pp_magic.store(0, std::memory_order_relaxed);
   page->pp_ref_count.store(0, std::memory_order_relaxed);
-  const uint64_t og = page->owner_gen.load(std::memory_order_relaxed);
-  page->owner_gen.store(PageRecord::MakeOwnerGen(0, PageRecord::GenerationOf(og)),
-                        std::memory_order_release);
+  page->SetOwnerKeepGeneration(0, std::memory_order_release);
   release_cnt_.fetch_add(1, std::memory_order_acq_rel);
   memory_->PutPage(memory_->FrameOf(page));
   return unmapped;
@@ -439,29 +454,8 @@ absl::StatusOr<PageRecord*> PagePool::ClaimHandle(PageHandle handle, const char*
                                                     ", the frame is at generation ", gen));
 }
 
-static absl::Status AllocErrorStatus(int err, uint64_t pool_id) {
-  switch (err) {
-    case kDestroyed:
-      return absl::FailedPreconditionError(absl::StrCat("pool ", pool_id, " is destroyed"));
-    case kIovaFull:
-      return absl::ResourceExhaustedError(
-          absl::StrCat("pool ", pool_id, ": IOVA space exhausted (dma_map failed)"));
-    case kMapFailed:
-      return absl::FailedPreconditionError(
-          absl::StrCat("pool ", pool_id, ": dma_map failed (device unbound?)"));
-    case kIndexFull:
-      return absl::ResourceExhaustedError(
-          absl::StrCat("pool ", pool_id, ": in-flight index ID space exhausted"));
-    default:
-      return absl::ResourceExhaustedError(
-          absl::StrCat("pool ", pool_id, ": out of simulated memory"));
-  }
-}
-
 absl::StatusOr<PoolPage> PagePool::Allocate() {
-  if (destroyed()) {
-    return absl::FailedPreconditionError(absl::StrCat("pool ", id_, " is destroyed"));
-  }
+  if (destroyed()) return AllocErrorStatus(kDestroyed, id_);
   last_alloc_error_.store(kAllocOk, std::memory_order_relaxed);
   PageRecord* page = AllocPage();
   if (page == nullptr) return AllocErrorStatus(last_alloc_error_.load(), id_);
@@ -471,9 +465,7 @@ absl::StatusOr<PoolPage> PagePool::Allocate() {
 }
 
 absl::Status PagePool::AllocateBulk(size_t count, std::vector<PoolPage>* out) {
-  if (destroyed()) {
-    return absl::FailedPreconditionError(absl::StrCat("pool ", id_, " is destroyed"));
-  }
+  if (destroyed()) return AllocErrorStatus(kDestroyed, id_);
   const size_t start = out->size();
   out->reserve(start + count);
   for (size_t i = 0; i < count; ++i) {
@@ -562,7 +554,6 @@ uint64_t PagePool::UnmapAllTracked() {
   });
   if (n > 0) flush();
   return unmapped;  // dma_mapped is the index's count: each claim already took its page out
-
 }
 
 uint64_t PagePool::UnmapAllScanned(uint64_t* frames_scanned) {

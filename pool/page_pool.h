@@ -44,7 +44,8 @@
 //
 // Thread safety ("Context:" on each method):
 //   * Allocate*, AllocPage, direct recycling (napi_local / allow_direct = true) and SetNid: the pool's
-//     NAPI context only, one thread at a time (the server runs it on a strand).
+//     NAPI context only, one thread at a time. The caller provides that exclusion (the server holds
+//     a per-pool NAPI mutex around these calls).
 //   * Recycle/PutFullPage with napi_local = false, Return, ReleasePage, GetPage, info(), stats(),
 //     ForEachInflight: any thread.
 //   * Destroy: any thread, may race with returns and ring recycles on other threads.
@@ -65,11 +66,12 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "base/clock.h"
+#include "base/mutex.h"
 #include "dma/device.h"
 #include "dma/iommu_domain.h"
 #include "dma/types.h"
 #include "pool/inflight_index.h"
-#include "base/mutex.h"
 #include "pool/phys_memory.h"
 
 namespace pagepool::pool {
@@ -244,9 +246,6 @@ class PagePool {
   // page_pool_return_page: unmap (if this call wins the claim) and free. Returns true if it unmapped.
   // REQUIRES: as PutFullPage. Context: any thread.
   bool ReleasePage(PageRecord* page);
-  dma::DmaAddr DmaAddrOf(const PageRecord* page) const {
-    return page->dma_addr.load(std::memory_order_relaxed);
-  }
 
   // ---- Destroy ----
 
@@ -284,8 +283,6 @@ class PagePool {
   PagePoolStats stats() const;
   PagePoolInfo info() const;
   const InflightIndex* index() const { return index_.get(); }  // null unless tracking
-  PhysMemory& memory() const { return *memory_; }
-  dma::Device* device() const { return device_.get(); }
 
  private:
   PagePool(std::shared_ptr<PhysMemory> memory, std::shared_ptr<dma::Device> device,
@@ -296,6 +293,8 @@ class PagePool {
   PageRecord* AllocPageOrder();
   bool DmaMap(PageRecord* page);      // map + track + sync (one page)
   bool DmaMapOnly(PageRecord* page);  // dma_map_page and record the address
+  // The in-flight index is full: unmap the page and count it (upstream fails the page).
+  void UnmapUntrackable(PageRecord* page);
   void SetPpInfo(PageRecord* page);
   void DmaSyncForDevice(PageRecord* page, uint32_t dma_sync_size);
   [[gnu::noinline]] RecycleResult RecycleInRingOrRelease(PageRecord* page);

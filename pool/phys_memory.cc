@@ -41,6 +41,16 @@ inline void LockedSub(std::atomic<uint64_t>& c, uint64_t d) {
   c.store(c.load(std::memory_order_relaxed) - d, std::memory_order_relaxed);
 }
 
+// The head record of a block just taken off a free list or the frontier (allocator lock held):
+// allocated with page_ref 1, pp fields cleared, the generation kept (stale handles stay stale).
+inline void MarkAllocated(PageRecord& r, unsigned order) {
+  r.state.store(MakeState(kKindAllocated, order), std::memory_order_relaxed);
+  r.pp_magic.store(0, std::memory_order_relaxed);
+  r.SetOwnerKeepGeneration(0, std::memory_order_relaxed);
+  r.pp_ref_count.store(0, std::memory_order_relaxed);
+  r.page_ref.store(1, std::memory_order_release);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PhysMemory>> PhysMemory::Create(const PhysMemoryConfig& config) {
@@ -144,16 +154,8 @@ absl::StatusOr<FrameNumber> PhysMemory::AllocLocked(unsigned order) {
     --o;
     ListPush(o, frame + (uint64_t{1} << o));
   }
-  PageRecord& r = records_[frame];
-  r.state.store(MakeState(kKindAllocated, order), std::memory_order_relaxed);
-  r.pp_magic.store(0, std::memory_order_relaxed);
-  r.dma_addr.store(0, std::memory_order_relaxed);
-  // Keep the generation (stale handles stay stale), drop the owner.
-  const uint64_t og = r.owner_gen.load(std::memory_order_relaxed);
-  r.owner_gen.store(PageRecord::MakeOwnerGen(0, PageRecord::GenerationOf(og)),
-                    std::memory_order_relaxed);
-  r.pp_ref_count.store(0, std::memory_order_relaxed);
-  r.page_ref.store(1, std::memory_order_release);
+  records_[frame].dma_addr.store(0, std::memory_order_relaxed);
+  MarkAllocated(records_[frame], order);
   LockedSub(frames_free_, uint64_t{1} << order);
   LockedAdd(alloc_calls_, 1);
   return frame;
@@ -188,18 +190,11 @@ size_t PhysMemory::AllocBulk(absl::Span<FrameNumber> out) {
   base::MutexLock l(&lock_);
   size_t n = 0;
   for (; n < out.size(); ++n) {
-    // Fast case inline: an order-0 page on its list.
+    // Fast case inline: an order-0 page on its list (ListRemove clears its dma_addr word).
     if (free_head_[0] != kNil) {
       const FrameNumber f = free_head_[0];
       ListRemove(0, f);
-      PageRecord& r = records_[f];
-      r.state.store(MakeState(kKindAllocated, 0), std::memory_order_relaxed);
-      r.pp_magic.store(0, std::memory_order_relaxed);
-      const uint64_t og = r.owner_gen.load(std::memory_order_relaxed);
-      r.owner_gen.store(PageRecord::MakeOwnerGen(0, PageRecord::GenerationOf(og)),
-                        std::memory_order_relaxed);
-      r.pp_ref_count.store(0, std::memory_order_relaxed);
-      r.page_ref.store(1, std::memory_order_release);
+      MarkAllocated(records_[f], 0);
       LockedSub(frames_free_, 1);
       LockedAdd(alloc_calls_, 1);
       out[n] = f;

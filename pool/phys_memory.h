@@ -31,8 +31,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "dma/types.h"
 #include "base/mutex.h"
+#include "dma/types.h"
 
 namespace pagepool::pool {
 
@@ -65,7 +65,8 @@ struct PageRecord {
   // the whole word, so a stale, double or wrong-pool give-back fails exactly once. Never reset, so a
   // handle stays stale across frees and reallocations.
   std::atomic<uint64_t> owner_gen{0};
-  // Allocator state: bits 0-4 order, bits 5-7 kind (internal::FrameKind). Allocator lock only.
+  // Allocator state: bits 0-4 order, bits 5-7 kind (FrameKind in phys_memory.cc). Allocator lock
+  // only.
   std::atomic<uint32_t> state{0};
   // The kernel's page->_refcount (get_page/put_page): 1 when allocated; the frame block is freed
   // when it drops to 0.
@@ -77,6 +78,13 @@ struct PageRecord {
   static constexpr uint32_t GenerationOf(uint64_t owner_gen) { return uint32_t(owner_gen); }
   static constexpr uint64_t MakeOwnerGen(uint32_t owner, uint32_t gen) {
     return (uint64_t{owner} << 32) | gen;
+  }
+  // Sets the owning pool id (0: none) and keeps the generation, so stale handles stay stale.
+  // REQUIRES: the caller owns the page (nobody else writes owner_gen meanwhile): a plain load and
+  // store, no read-modify-write.
+  void SetOwnerKeepGeneration(uint32_t owner, std::memory_order order) {
+    const uint64_t og = owner_gen.load(std::memory_order_relaxed);
+    owner_gen.store(MakeOwnerGen(owner, GenerationOf(og)), order);
   }
   // True when pp_magic carries the page_pool signature (the kernel's page_pool_page_is_pp()).
   bool IsPagePool() const {
@@ -161,7 +169,6 @@ class PhysMemory {
   uint64_t frames() const { return frames_; }
   uint64_t bytes() const { return frames_ << dma::kPageShift; }
   uint64_t frames_free() const { return frames_free_.load(std::memory_order_relaxed); }
-  unsigned numa_nodes() const { return numa_nodes_; }
   PhysMemoryStats stats() const;
 
  private:
