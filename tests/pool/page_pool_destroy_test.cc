@@ -9,30 +9,24 @@
 #include <vector>
 
 #include "dma/device.h"
-#include "dma/iommu_domain.h"
-#include "dma/iova_allocator.h"
 #include "gtest/gtest.h"
 #include "pool/nic.h"
 #include "pool/page_pool.h"
+#include "tests/support/pool_fixtures.h"
 #include "tests/support/test_env.h"
 
 namespace pagepool::pool {
 namespace {
 
-constexpr uint64_t kMiB = uint64_t{1} << 20;
+using ::pagepool::testing::kMiB;
 
 using Param = std::tuple<DestroyStrategy, dma::IommuMode>;
 
-class DestroyScenarioTest : public ::testing::TestWithParam<Param> {
+class PagePoolDestroyTest : public ::testing::TestWithParam<Param>, public testing::NicFixture {
  protected:
   void SetUp() override {
-    memory_ = std::shared_ptr<PhysMemory>(*PhysMemory::Create({64 * kMiB, 1}));
-    NicConfig config;
-    config.device.name = "eth0";
-    config.device.mode = std::get<1>(GetParam());
-    config.clock = &clock_;
-    config.warn = [this](std::string_view line) { warnings_.emplace_back(line); };
-    nic_ = std::move(*Nic::Create(memory_, config));
+    const absl::Status s = CreateNic(64 * kMiB, 1, std::get<1>(GetParam()));
+    ASSERT_TRUE(s.ok()) << s;
   }
 
   std::shared_ptr<PagePool> MakePool() {
@@ -45,28 +39,19 @@ class DestroyScenarioTest : public ::testing::TestWithParam<Param> {
 
   // The domain is back to empty: nothing mapped, no IOVA allocated, only the root table.
   void ExpectEmptyDomain() {
-    EXPECT_EQ(nic_->device().live_mappings(), 0u);
-    dma::IommuDomain* domain = nic_->device().domain();
-    if (domain == nullptr) return;  // passthrough
-    domain->FlushQueues();
-    domain->Quiesce();
-    const dma::DomainStats s = domain->stats();
-    EXPECT_EQ(s.mapped_pages, 0u);
-    EXPECT_EQ(s.table_pages, 1u);
-    EXPECT_EQ(s.pending_free_pages, 0u);
-    if (domain->iova() != nullptr) {
-      domain->iova()->FlushCaches();
-      EXPECT_EQ(domain->iova()->stats().allocated_pages, 0u);
+    const testing::DomainResidue r = testing::DrainDomain(nic_->device());
+    EXPECT_EQ(r.live_mappings, 0u);
+    if (!r.has_domain) return;  // passthrough
+    EXPECT_EQ(r.mapped_pages, 0u);
+    EXPECT_EQ(r.table_pages, 1u);
+    EXPECT_EQ(r.pending_free_pages, 0u);
+    if (r.has_iova) {
+      EXPECT_EQ(r.iova_allocated_pages, 0u);
     }
   }
-
-  testing::FakeClock clock_;
-  std::vector<std::string> warnings_;
-  std::shared_ptr<PhysMemory> memory_;
-  std::unique_ptr<Nic> nic_;
 };
 
-TEST_P(DestroyScenarioTest, PagesHeldAcrossDestroyAndUnbind) {
+TEST_P(PagePoolDestroyTest, PagesHeldAcrossDestroyAndUnbind) {
   const DestroyStrategy strategy = std::get<0>(GetParam());
   auto pool = MakePool();
   std::vector<PoolPage> pages;
@@ -113,15 +98,13 @@ TEST_P(DestroyScenarioTest, PagesHeldAcrossDestroyAndUnbind) {
     // As in page_pool_scrub: the walk also unmaps the 50 pages still in the ring, which
     // page_pool_empty_ring then frees without a DMA-API call.
     EXPECT_EQ(u->pages_unmapped, uint64_t(held) + 50);
-    EXPECT_EQ(v.Total(), 0u) << "double " << v.double_unmap << " unknown " << v.unknown_unmap
-                             << " live_at_unbind " << v.live_at_unbind << " after_unbind "
-                             << v.call_after_unbind << " sync_unknown " << v.sync_unknown;
+    EXPECT_EQ(v.Total(), 0u) << testing::ViolationSummary(v);
     EXPECT_EQ(pool->info().dma_mapped, 0u);
   }
   ExpectEmptyDomain();
 }
 
-TEST_P(DestroyScenarioTest, DestroyThenLateReturnsThenUnbind) {
+TEST_P(PagePoolDestroyTest, DestroyThenLateReturnsThenUnbind) {
   const DestroyStrategy strategy = std::get<0>(GetParam());
   auto pool = MakePool();
   std::vector<PoolPage> pages;
@@ -131,7 +114,9 @@ TEST_P(DestroyScenarioTest, DestroyThenLateReturnsThenUnbind) {
   EXPECT_EQ(d->strategy, strategy);
   EXPECT_EQ(d->inflight_at_destroy, 100);
   EXPECT_EQ(d->pages_unmapped, strategy == DestroyStrategy::kNone ? 0u : 100u);
-  if (strategy == DestroyStrategy::kScan) EXPECT_EQ(d->frames_scanned, memory_->frames());
+  if (strategy == DestroyStrategy::kScan) {
+    EXPECT_EQ(d->frames_scanned, memory_->frames());
+  }
   const uint64_t unmaps = nic_->device().unmap_calls();
   for (int i = 0; i < 50; ++i) ASSERT_TRUE(pool->Return(pages[i].handle).ok());
   // Only kNone still unmaps after destroy (the device is bound yet: no violation).
@@ -149,7 +134,7 @@ TEST_P(DestroyScenarioTest, DestroyThenLateReturnsThenUnbind) {
   ExpectEmptyDomain();
 }
 
-TEST_P(DestroyScenarioTest, DestroyWithNothingInFlightReleasesAtOnce) {
+TEST_P(PagePoolDestroyTest, DestroyWithNothingInFlightReleasesAtOnce) {
   auto pool = MakePool();
   std::vector<PoolPage> pages;
   ASSERT_TRUE(pool->AllocateBulk(10, &pages).ok());
@@ -166,7 +151,7 @@ TEST_P(DestroyScenarioTest, DestroyWithNothingInFlightReleasesAtOnce) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Strategies, DestroyScenarioTest,
+    Strategies, PagePoolDestroyTest,
     ::testing::Combine(::testing::Values(DestroyStrategy::kXarray, DestroyStrategy::kScan,
                                          DestroyStrategy::kNone),
                        ::testing::Values(dma::IommuMode::kStrict, dma::IommuMode::kLazy,

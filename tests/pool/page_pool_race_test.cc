@@ -12,17 +12,17 @@
 #include <vector>
 
 #include "dma/device.h"
-#include "dma/iommu_domain.h"
-#include "dma/iova_allocator.h"
 #include "gtest/gtest.h"
 #include "pool/nic.h"
 #include "pool/page_pool.h"
+#include "tests/support/pool_fixtures.h"
 #include "tests/support/test_env.h"
 
 namespace pagepool::pool {
 namespace {
 
-constexpr uint64_t kMiB = uint64_t{1} << 20;
+using ::pagepool::testing::kMiB;
+
 constexpr int kThreads = 4;
 constexpr int kPagesPerThread = 48;
 
@@ -72,17 +72,15 @@ void Worker(PagePool* pool, PhysMemory* memory, std::vector<PoolPage> pages, uin
 
 TEST(PagePoolRaceTest, ReturnsRaceDestroyAndUnbind) {
   const long iterations = testing::EnvOr("POOL_RACE_ITERATIONS", 1000);
-  std::shared_ptr<PhysMemory> memory(*PhysMemory::Create({16 * kMiB, 1}));
+  std::shared_ptr<PhysMemory> memory = *testing::MakeSharedMemory(16 * kMiB);
   const dma::IommuMode modes[] = {dma::IommuMode::kStrict, dma::IommuMode::kLazy,
                                   dma::IommuMode::kPassthrough};
   uint64_t unmapped_by_destroy = 0, total_returned = 0;
   for (long it = 0; it < iterations; ++it) {
     SCOPED_TRACE(::testing::Message() << "iteration " << it);
     const DestroyStrategy strategy = it % 2 == 0 ? DestroyStrategy::kXarray : DestroyStrategy::kScan;
-    NicConfig config;
-    config.device.name = "race";
-    config.device.mode = modes[(it / 2) % 3];
-    absl::StatusOr<std::unique_ptr<Nic>> nic_or = Nic::Create(memory, config);
+    absl::StatusOr<std::unique_ptr<Nic>> nic_or =
+        Nic::Create(memory, testing::MakeNicConfig("race", modes[(it / 2) % 3]));
     ASSERT_TRUE(nic_or.ok()) << nic_or.status();
     std::unique_ptr<Nic> nic = std::move(*nic_or);
     PagePoolParams params;
@@ -132,23 +130,18 @@ TEST(PagePoolRaceTest, ReturnsRaceDestroyAndUnbind) {
     total_returned += counts.returned.load() + counts.recycled.load();
 
     const dma::CheckerCounters v = nic->device().violations();
-    ASSERT_EQ(v.Total(), 0u) << "double " << v.double_unmap << " unknown " << v.unknown_unmap
-                             << " live_at_unbind " << v.live_at_unbind << " after_unbind "
-                             << v.call_after_unbind << " sync_unknown " << v.sync_unknown
-                             << " strategy " << DestroyStrategyName(strategy);
+    ASSERT_EQ(v.Total(), 0u) << testing::ViolationSummary(v) << " strategy "
+                             << DestroyStrategyName(strategy);
     ASSERT_EQ(nic->device().live_mappings(), 0u);
     ASSERT_EQ(pool->inflight(), 0);
     ASSERT_EQ(pool->info().dma_mapped, 0u);
     ASSERT_EQ(memory->frames_free(), memory->frames() - 1);
     ASSERT_EQ(counts.refused.load(), uint64_t(kThreads * kPagesPerThread));
-    if (dma::IommuDomain* domain = nic->device().domain()) {
-      domain->FlushQueues();
-      domain->Quiesce();
-      const dma::DomainStats s = domain->stats();
-      ASSERT_EQ(s.mapped_pages, 0u);
-      ASSERT_EQ(s.table_pages, 1u);
-      domain->iova()->FlushCaches();
-      ASSERT_EQ(domain->iova()->stats().allocated_pages, 0u);
+    if (const testing::DomainResidue r = testing::DrainDomain(nic->device()); r.has_domain) {
+      ASSERT_EQ(r.mapped_pages, 0u);
+      ASSERT_EQ(r.table_pages, 1u);
+      ASSERT_TRUE(r.has_iova);
+      ASSERT_EQ(r.iova_allocated_pages, 0u);
     }
     ASSERT_EQ(nic->ReleaseRetry(0), 0u);
     ASSERT_TRUE(nic->Pools().empty());

@@ -11,30 +11,20 @@
 #include "dma/device.h"
 #include "gtest/gtest.h"
 #include "pool/nic.h"
+#include "tests/support/pool_fixtures.h"
 #include "tests/support/test_env.h"
 
 namespace pagepool::pool {
 namespace {
 
-constexpr uint64_t kMiB = uint64_t{1} << 20;
+using ::pagepool::testing::kMiB;
 
-class PagePoolTest : public ::testing::Test {
+class PagePoolTest : public ::testing::Test, public testing::NicFixture {
  protected:
   void SetUpNic(uint64_t memory_bytes = 64 * kMiB, unsigned numa_nodes = 1,
                 dma::IommuMode mode = dma::IommuMode::kStrict) {
-    absl::StatusOr<std::unique_ptr<PhysMemory>> m =
-        PhysMemory::Create({memory_bytes, numa_nodes});
-    ASSERT_TRUE(m.ok()) << m.status();
-    memory_ = std::move(*m);
-    NicConfig config;
-    config.device.name = "eth0";
-    config.device.mode = mode;
-    config.ifindex = 3;
-    config.clock = &clock_;
-    config.warn = [this](std::string_view line) { warnings_.emplace_back(line); };
-    absl::StatusOr<std::unique_ptr<Nic>> nic = Nic::Create(memory_, config);
-    ASSERT_TRUE(nic.ok()) << nic.status();
-    nic_ = std::move(*nic);
+    const absl::Status s = CreateNic(memory_bytes, numa_nodes, mode, /*ifindex=*/3);
+    ASSERT_TRUE(s.ok()) << s;
   }
   void SetUp() override { SetUpNic(); }
 
@@ -43,11 +33,6 @@ class PagePoolTest : public ::testing::Test {
     EXPECT_TRUE(pool.ok()) << pool.status();
     return pool.ok() ? *pool : nullptr;
   }
-
-  testing::FakeClock clock_;
-  std::vector<std::string> warnings_;
-  std::shared_ptr<PhysMemory> memory_;
-  std::unique_ptr<Nic> nic_;
 };
 
 TEST_F(PagePoolTest, SlowThenFastPath) {

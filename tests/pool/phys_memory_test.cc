@@ -9,13 +9,14 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/support/pool_fixtures.h"
 #include "tests/support/test_env.h"
 
 namespace pagepool::pool {
 namespace {
 
-constexpr uint64_t kMiB = uint64_t{1} << 20;
-constexpr uint64_t kGiB = uint64_t{1} << 30;
+using ::pagepool::testing::kGiB;
+using ::pagepool::testing::kMiB;
 
 std::unique_ptr<PhysMemory> MakeMemory(uint64_t bytes, unsigned nodes = 1) {
   absl::StatusOr<std::unique_ptr<PhysMemory>> m = PhysMemory::Create({bytes, nodes});

@@ -18,6 +18,7 @@
 #include "dma/device.h"
 #include "pool/nic.h"
 #include "pool/page_pool.h"
+#include "tests/support/pool_fixtures.h"
 
 int main(int argc, char** argv) {
   using namespace pagepool;
@@ -37,26 +38,21 @@ int main(int argc, char** argv) {
   app.add_option("--repeat", repeat, "runs; one JSON line each")->check(CLI::Range(1, 100));
   CLI11_PARSE(app, argc, argv);
 
-  absl::StatusOr<std::unique_ptr<PhysMemory>> mem =
-      PhysMemory::Create({uint64_t(memory_gib * double(uint64_t{1} << 30)), 1});
+  absl::StatusOr<std::shared_ptr<PhysMemory>> mem =
+      testing::MakeSharedMemory(uint64_t(memory_gib * double(testing::kGiB)));
   if (!mem.ok()) {
     std::fprintf(stderr, "%s\n", mem.status().ToString().c_str());
     return 1;
   }
-  std::shared_ptr<PhysMemory> memory(std::move(*mem));
+  std::shared_ptr<PhysMemory> memory = std::move(*mem);
+  // Both names are checked by CLI11 above.
+  const dma::IommuMode mode = *testing::IommuModeFromName(dma_mode);
   for (int run = 0; run < repeat; ++run) {
-    NicConfig config;
-    config.device.name = "bench";
-    config.device.mode = dma_mode == "strict" ? dma::IommuMode::kStrict
-                         : dma_mode == "lazy" ? dma::IommuMode::kLazy
-                                              : dma::IommuMode::kPassthrough;
-    config.warn = [](std::string_view) {};
-    std::unique_ptr<Nic> nic = std::move(*Nic::Create(memory, config));
+    std::unique_ptr<Nic> nic = std::move(*Nic::Create(
+        memory, testing::MakeNicConfig("bench", mode, nullptr, [](std::string_view) {})));
     PagePoolParams params;
     params.flags = kPpFlagDmaMap;
-    params.strategy = strategy == "xarray" ? DestroyStrategy::kXarray
-                      : strategy == "scan" ? DestroyStrategy::kScan
-                                           : DestroyStrategy::kNone;
+    params.strategy = *testing::DestroyStrategyFromName(strategy);
     std::shared_ptr<PagePool> pool = *nic->CreatePool(params);
     std::vector<PoolPage> pages;
     if (absl::Status s = pool->AllocateBulk(inflight, &pages); !s.ok()) {

@@ -12,7 +12,8 @@
 // Each case runs --repeat times; the best run is reported, one JSON line per case:
 //   {"test":"fast_path","tracking":"xarray","dma":"strict","loops":L,"ns_per_op":X}
 //   {"test":"baseline_array","loops":L,"ns_per_op":X}
-// The kernel's figures (E5-1650 v4): fast 5.4 ns, ptr_ring 15.1 ns, slow 66.1 ns (no DMA mapping).
+// The kernel's own figures for comparison are in DESIGN.md ("The anchors' figures"); this tree's
+// are in BENCHMARKS.md with the command that made them.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -24,6 +25,7 @@
 #include "dma/device.h"
 #include "pool/nic.h"
 #include "pool/page_pool.h"
+#include "tests/support/pool_fixtures.h"
 
 namespace pagepool::pool {
 namespace {
@@ -74,13 +76,10 @@ struct Setup {
 
 Setup MakeSetup(const std::string& tracking, const std::string& dma) {
   Setup s;
-  s.memory = std::shared_ptr<PhysMemory>(*PhysMemory::Create({uint64_t{256} << 20, 1}));
-  NicConfig config;
-  config.device.name = "bench";
-  config.device.mode = dma == "strict"  ? dma::IommuMode::kStrict
-                       : dma == "lazy" ? dma::IommuMode::kLazy
-                                       : dma::IommuMode::kPassthrough;
-  s.nic = std::move(*Nic::Create(s.memory, config));
+  s.memory = *testing::MakeSharedMemory(256 * testing::kMiB);
+  const dma::IommuMode mode =
+      testing::IommuModeFromName(dma).value_or(dma::IommuMode::kPassthrough);
+  s.nic = std::move(*Nic::Create(s.memory, testing::MakeNicConfig("bench", mode)));
   PagePoolParams params;
   params.flags = kPpFlagDmaMap;
   params.strategy = tracking == "xarray" ? DestroyStrategy::kXarray : DestroyStrategy::kNone;
