@@ -21,18 +21,9 @@ Nic::Nic(std::shared_ptr<PhysMemory> memory, std::shared_ptr<dma::Device> device
          const NicConfig& config)
     : memory_(std::move(memory)), device_(std::move(device)), config_(config) {}
 
-Nic::~Nic() {
-  std::map<uint64_t, std::shared_ptr<PagePool>> pools;
-  {
-    base::MutexLock l(&mu_);
-    pools.swap(pools_);
-  }
-  for (auto& [id, pool] : pools) {
-    if (!pool->destroyed()) (void)pool->Destroy();
-  }
-}
+Nic::~Nic() { (void)DestroyLivePools(); }
 
-absl::StatusOr<std::shared_ptr<PagePool>> Nic::CreatePool(PagePoolParams params) {
+absl::StatusOr<std::shared_ptr<NicPool>> Nic::CreateNicPool(PagePoolParams params) {
   params.ifindex = config_.ifindex;
   if (params.clock == nullptr) params.clock = config_.clock;
   if (!params.warn) params.warn = config_.warn;
@@ -43,85 +34,144 @@ absl::StatusOr<std::shared_ptr<PagePool>> Nic::CreatePool(PagePoolParams params)
   }
   absl::StatusOr<std::shared_ptr<PagePool>> pool = PagePool::Create(memory_, device_, params);
   if (!pool.ok()) return pool.status();
-  pools_.emplace((*pool)->id(), *pool);
-  return pool;
+  std::shared_ptr<NicPool> entry(new NicPool(std::move(*pool)));
+  pools_.emplace(entry->id(), Entry{entry});
+  return entry;
+}
+
+absl::StatusOr<std::shared_ptr<PagePool>> Nic::CreatePool(PagePoolParams params) {
+  absl::StatusOr<std::shared_ptr<NicPool>> p = CreateNicPool(std::move(params));
+  if (!p.ok()) return p.status();
+  return (*p)->shared_pool();
+}
+
+std::shared_ptr<NicPool> Nic::FindNicPool(uint64_t pool_id) const {
+  base::MutexLock l(&mu_);
+  auto it = pools_.find(pool_id);
+  return it == pools_.end() ? nullptr : it->second.pool;
 }
 
 std::shared_ptr<PagePool> Nic::FindPool(uint64_t pool_id) const {
+  std::shared_ptr<NicPool> p = FindNicPool(pool_id);
+  return p == nullptr ? nullptr : p->shared_pool();
+}
+
+std::vector<std::shared_ptr<NicPool>> Nic::NicPools() const {
   base::MutexLock l(&mu_);
-  auto it = pools_.find(pool_id);
-  return it == pools_.end() ? nullptr : it->second;
+  std::vector<std::shared_ptr<NicPool>> out;
+  out.reserve(pools_.size());
+  for (const auto& [id, e] : pools_) out.push_back(e.pool);
+  return out;
 }
 
 std::vector<std::shared_ptr<PagePool>> Nic::Pools() const {
   base::MutexLock l(&mu_);
   std::vector<std::shared_ptr<PagePool>> out;
   out.reserve(pools_.size());
-  for (const auto& [id, pool] : pools_) out.push_back(pool);
+  for (const auto& [id, e] : pools_) out.push_back(e.pool->shared_pool());
+  return out;
+}
+
+size_t Nic::pool_count() const {
+  base::MutexLock l(&mu_);
+  return pools_.size();
+}
+
+bool Nic::ForgetLocked(uint64_t pool_id) {
+  auto it = pools_.find(pool_id);
+  if (it == pools_.end()) return false;
+  it->second.pool->registered_.store(false, std::memory_order_release);
+  pools_.erase(it);
+  return true;
+}
+
+absl::StatusOr<PoolDestroyed> Nic::DestroyPool(NicPool& pool) {
+  const uint64_t id = pool.id();
+  absl::StatusOr<DestroyResult> result;
+  {
+    base::MutexLock napi(&pool.napi_mu_);
+    if (pool.napi_stopped_ || pool.pool_->destroyed()) {
+      return absl::FailedPreconditionError(absl::StrCat("pool ", id, " is already destroyed"));
+    }
+    pool.napi_stopped_ = true;  // napi_disable: the context never allocates again
+    {
+      base::MutexLock l(&mu_);
+      auto it = pools_.find(id);
+      if (it != pools_.end()) it->second.destroying = true;
+    }
+    result = pool.pool_->Destroy();
+  }
+  PoolDestroyed out;
+  out.pool = pool.pool_;
+  base::MutexLock l(&mu_);
+  auto it = pools_.find(id);
+  if (it != pools_.end()) it->second.destroying = false;
+  if (!result.ok()) return result.status();
+  out.result = *result;
+  if (result->released) out.forgotten = ForgetLocked(id);
   return out;
 }
 
 absl::StatusOr<DestroyResult> Nic::DestroyPool(uint64_t pool_id) {
-  std::shared_ptr<PagePool> pool = FindPool(pool_id);
+  std::shared_ptr<NicPool> pool = FindNicPool(pool_id);
   if (pool == nullptr) {
     return absl::NotFoundError(absl::StrCat("pool ", pool_id, " not found on device ",
                                             device_->name()));
   }
-  absl::StatusOr<DestroyResult> result = pool->Destroy();
-  if (result.ok() && result->released) {
-    base::MutexLock l(&mu_);
-    pools_.erase(pool_id);
+  absl::StatusOr<PoolDestroyed> d = DestroyPool(*pool);
+  if (!d.ok()) return d.status();
+  return d->result;
+}
+
+UnbindResult Nic::DestroyLivePools() {
+  const uint64_t start = base::MonotonicNanos();
+  UnbindResult sum;
+  for (const std::shared_ptr<NicPool>& pool : NicPools()) {
+    if (pool->pool().destroyed()) continue;
+    absl::StatusOr<PoolDestroyed> d = DestroyPool(*pool);
+    if (!d.ok()) continue;  // destroyed concurrently by someone else
+    ++sum.pools_destroyed;
+    sum.inflight_at_destroy += d->result.inflight_at_destroy;
+    sum.pages_unmapped += d->result.pages_unmapped;
+    sum.destroyed.push_back(*std::move(d));
   }
-  return result;
+  sum.duration_ns = base::MonotonicNanos() - start;
+  return sum;
 }
 
 absl::StatusOr<UnbindResult> Nic::Unbind() {
   const uint64_t start = base::MonotonicNanos();
-  std::vector<std::shared_ptr<PagePool>> pools;
   {
     base::MutexLock l(&mu_);
     if (unbinding_) {
       return absl::FailedPreconditionError(
           absl::StrCat("device ", device_->name(), " is already unbound"));
     }
-    unbinding_ = true;
-    for (const auto& [id, pool] : pools_) pools.push_back(pool);
+    unbinding_ = true;  // no pool can be created from here on
   }
-  UnbindResult result;
-  for (const std::shared_ptr<PagePool>& pool : pools) {
-    if (pool->destroyed()) continue;
-    absl::StatusOr<DestroyResult> d = pool->Destroy();
-    if (!d.ok()) continue;  // destroyed concurrently by someone else
-    ++result.pools_destroyed;
-    result.inflight_at_destroy += d->inflight_at_destroy;
-    result.pages_unmapped += d->pages_unmapped;
-    if (d->released) {
-      base::MutexLock l(&mu_);
-      pools_.erase(pool->id());
-    }
-  }
+  UnbindResult result = DestroyLivePools();
   absl::Status unbound = device_->Unbind();
   if (!unbound.ok()) return unbound;
   result.duration_ns = base::MonotonicNanos() - start;
   return result;
 }
 
-size_t Nic::ReleaseRetry(uint64_t now_ns) {
-  std::vector<std::shared_ptr<PagePool>> detached;
+size_t Nic::ReleaseRetry(uint64_t now_ns, std::vector<std::shared_ptr<PagePool>>* released) {
+  std::vector<std::shared_ptr<NicPool>> detached;
   {
     base::MutexLock l(&mu_);
-    for (const auto& [id, pool] : pools_) {
-      if (pool->destroyed()) detached.push_back(pool);
+    for (const auto& [id, e] : pools_) {
+      if (!e.destroying && e.pool->pool().destroyed()) detached.push_back(e.pool);
     }
   }
   size_t waiting = 0;
-  for (const std::shared_ptr<PagePool>& pool : detached) {
-    if (pool->ReleaseRetry(now_ns)) {
+  for (const std::shared_ptr<NicPool>& pool : detached) {
+    if (pool->pool().ReleaseRetry(now_ns)) {
       ++waiting;
-    } else {
-      base::MutexLock l(&mu_);
-      pools_.erase(pool->id());
+      continue;
     }
+    base::MutexLock l(&mu_);
+    if (ForgetLocked(pool->id()) && released != nullptr) released->push_back(pool->shared_pool());
   }
   return waiting;
 }
