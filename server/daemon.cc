@@ -1,3 +1,4 @@
+// File: server/daemon.cc
 #include "server/daemon.h"
 
 #include <csignal>
@@ -23,6 +24,33 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) 
   return ss.str();
 }
 
+// Options Start refuses before it builds anything.
+absl::Status CheckOptions(const DaemonOptions& options) {
+  if (!(options.memory_gib > 0) || options.memory_gib > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("memory-gib ", options.memory_gib, " is not in (0, 1024]"));
+  }
+  if (options.max_pages_per_call == 0 || options.max_message_bytes < 1024) {
+    return absl::InvalidArgumentError("max-pages-per-call must be > 0, max-message-bytes >= 1024");
+  }
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError("tls-cert and tls-key go together: give both or neither");
+  }
+  return absl::OkStatus();
+}
+
+// TLS from the PEM files when both are given, else plaintext.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const DaemonOptions& options) {
+  if (options.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  auto cert = ReadFile(options.tls_cert, "tls-cert");
+  if (!cert.ok()) return cert.status();
+  auto key = ReadFile(options.tls_key, "tls-key");
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions ssl;
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  return grpc::SslServerCredentials(ssl);
+}
+
 }  // namespace
 
 Daemon::Daemon(const DaemonOptions& options, std::ostream* log)
@@ -34,100 +62,85 @@ Daemon::~Daemon() {
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& options,
                                                       std::ostream* log) {
-  if (!(options.memory_gib > 0) || options.memory_gib > 1024) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("memory-gib ", options.memory_gib, " is not in (0, 1024]"));
-  }
-  if (options.max_pages_per_call == 0 || options.max_message_bytes < 1024) {
-    return absl::InvalidArgumentError("max-pages-per-call must be > 0, max-message-bytes >= 1024");
-  }
-  if (options.tls_cert.empty() != options.tls_key.empty()) {
-    return absl::InvalidArgumentError("tls-cert and tls-key go together: give both or neither");
-  }
+  if (absl::Status s = CheckOptions(options); !s.ok()) return s;
   std::unique_ptr<Daemon> d(new Daemon(options, log));
   d->started_ = std::chrono::steady_clock::now();
-
-  RuntimeOptions ro;
-  ro.memory_bytes = static_cast<uint64_t>(options.memory_gib * double(uint64_t{1} << 30));
-  ro.max_devices = options.max_devices;
-  ro.max_pools = options.max_pools;
-  ro.max_pages_per_call = options.max_pages_per_call;
-  auto runtime = Runtime::Create(ro);
-  if (!runtime.ok()) return runtime.status();
-  d->runtime_ = std::move(*runtime);
-  d->service_ = std::make_unique<PagePoolServiceImpl>(d->runtime_.get(), &d->stats_,
-                                                    options.max_message_bytes);
-
-  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
-  if (!options.tls_cert.empty()) {
-    auto cert = ReadFile(options.tls_cert, "tls-cert");
-    if (!cert.ok()) return cert.status();
-    auto key = ReadFile(options.tls_key, "tls-key");
-    if (!key.ok()) return key.status();
-    grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({*key, *cert});
-    creds = grpc::SslServerCredentials(ssl);
+  if (absl::Status s = d->StartRuntime(); !s.ok()) return s;
+  if (absl::Status s = d->StartGrpc(); !s.ok()) return s;
+  if (absl::Status s = d->StartMetrics(); !s.ok()) {
+    d->server_->Shutdown();
+    d->stopping_ = true;
+    return s;
   }
-
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
-  // Our reflection, not the stock plugin: it serves the .proto comments (server/reflection_service.h).
-  if (absl::Status s = EnableServerReflection(&builder); !s.ok()) return s;
-  builder.AddListeningPort(options.listen, creds, &d->grpc_port_);
-  builder.RegisterService(d->service_.get());
-  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
-  d->server_ = builder.BuildAndStart();
-  if (!d->server_ || d->grpc_port_ == 0) {
-    d->server_.reset();
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on '", options.listen, "' (in use, or not host:port)"));
-  }
-  d->server_->GetHealthCheckService()->SetServingStatus(true);
-
-  if (!options.metrics_listen.empty() && options.metrics_listen != "off") {
-    Daemon* self = d.get();
-    auto m = MetricsHttpServer::Start(d->io_, options.metrics_listen,
-                                      [self] { return self->RenderMetrics(); });
-    if (!m.ok()) {
-      d->server_->Shutdown();
-      d->stopping_ = true;
-      return m.status();
-    }
-    d->metrics_ = std::move(*m);
-  }
-
-  if (options.handle_signals) {
-    d->signals_.add(SIGINT);
-    d->signals_.add(SIGTERM);
-    Daemon* self = d.get();
-    d->signals_.async_wait([self](const boost::system::error_code& ec, int signo) {
-      if (ec) return;
-      *self->log_ << "pagepoold: " << (signo == SIGINT ? "SIGINT" : "SIGTERM")
-                  << ", shutting down" << std::endl;
-      self->Shutdown();
-    });
-  }
-  d->ArmTick();
-  d->ArmFlushTick();
+  if (options.handle_signals) d->WatchSignals();
+  d->ArmTimer(d->tick_, std::chrono::seconds(1), &Runtime::ReleaseRetryTick);
+  d->ArmTimer(d->flush_tick_, std::chrono::milliseconds(10), &Runtime::FlushQueueTick);
   return d;
 }
 
-void Daemon::ArmTick() {
-  tick_.expires_after(std::chrono::seconds(1));
-  tick_.async_wait([this](const boost::system::error_code& ec) {
-    if (ec || stopping_) return;
-    runtime_->ReleaseRetryTick();
-    ArmTick();
+absl::Status Daemon::StartRuntime() {
+  RuntimeOptions ro;
+  ro.memory_bytes = static_cast<uint64_t>(options_.memory_gib * double(uint64_t{1} << 30));
+  ro.max_devices = options_.max_devices;
+  ro.max_pools = options_.max_pools;
+  ro.max_pages_per_call = options_.max_pages_per_call;
+  auto runtime = Runtime::Create(ro);
+  if (!runtime.ok()) return runtime.status();
+  runtime_ = std::move(*runtime);
+  service_ = std::make_unique<PagePoolServiceImpl>(runtime_.get(), &stats_,
+                                                   options_.max_message_bytes);
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::StartGrpc() {
+  auto creds = Credentials(options_);
+  if (!creds.ok()) return creds.status();
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  // Our reflection, not the stock plugin: it serves the .proto comments
+  // (server/reflection_service.h).
+  if (absl::Status s = EnableServerReflection(&builder); !s.ok()) return s;
+  builder.AddListeningPort(options_.listen, *creds, &grpc_port_);
+  builder.RegisterService(service_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));
+  server_ = builder.BuildAndStart();
+  if (!server_ || grpc_port_ == 0) {
+    server_.reset();
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on '", options_.listen, "' (in use, or not host:port)"));
+  }
+  server_->GetHealthCheckService()->SetServingStatus(true);
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::StartMetrics() {
+  if (options_.metrics_listen.empty() || options_.metrics_listen == "off") return absl::OkStatus();
+  auto m = MetricsHttpServer::Start(io_, options_.metrics_listen,
+                                    [this] { return RenderMetrics(); });
+  if (!m.ok()) return m.status();
+  metrics_ = std::move(*m);
+  return absl::OkStatus();
+}
+
+void Daemon::WatchSignals() {
+  signals_.add(SIGINT);
+  signals_.add(SIGTERM);
+  signals_.async_wait([this](const boost::system::error_code& ec, int signo) {
+    if (ec) return;
+    *log_ << "pagepoold: " << (signo == SIGINT ? "SIGINT" : "SIGTERM") << ", shutting down"
+          << std::endl;
+    Shutdown();
   });
 }
 
-void Daemon::ArmFlushTick() {
-  flush_tick_.expires_after(std::chrono::milliseconds(10));
-  flush_tick_.async_wait([this](const boost::system::error_code& ec) {
+void Daemon::ArmTimer(boost::asio::steady_timer& timer, std::chrono::milliseconds period,
+                      void (Runtime::*tick)()) {
+  timer.expires_after(period);
+  timer.async_wait([this, &timer, period, tick](const boost::system::error_code& ec) {
     if (ec || stopping_) return;
-    runtime_->FlushQueueTick();
-    ArmFlushTick();
+    (runtime_.get()->*tick)();
+    ArmTimer(timer, period, tick);
   });
 }
 
@@ -151,6 +164,11 @@ void Daemon::Shutdown() {
   flush_tick_.cancel();
   if (metrics_) metrics_->Stop();
 
+  summary_ = Summary(r);
+  io_.stop();
+}
+
+std::string Daemon::Summary(const ShutdownReport& r) const {
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
   std::string s;
   absl::StrAppend(&s, "pagepoold summary (up ", absl::StrFormat("%.1f", secs), " s)\n");
@@ -166,8 +184,7 @@ void Daemon::Shutdown() {
   line("traffic:", absl::StrCat(stats_.traffic_batches(), " batches, ", stats_.traffic_page_ops(),
                                 " page ops, ", stats_.traffic_errors(), " refused"));
   absl::StrAppend(&s, "  rpc calls:\n", stats_.Summary());
-  summary_ = s;
-  io_.stop();
+  return s;
 }
 
 int Daemon::Run() {

@@ -65,7 +65,6 @@ class Daemon {
 
   int grpc_port() const { return grpc_port_; }
   uint16_t metrics_port() const { return metrics_ ? metrics_->port() : 0; }
-  Runtime* runtime() { return runtime_.get(); }
   const RpcStats& rpc_stats() const { return stats_; }
   // The Prometheus text the endpoint serves. Context: any thread.
   std::string RenderMetrics();
@@ -74,10 +73,18 @@ class Daemon {
 
  private:
   Daemon(const DaemonOptions& options, std::ostream* log);
-  void ArmTick();
-  // Re-arms the 10 ms lazy flush-queue timer (Runtime::FlushQueueTick).
-  void ArmFlushTick();
+  // The steps of Start, in order; each fails as Start says.
+  absl::Status StartRuntime();
+  absl::Status StartGrpc();
+  absl::Status StartMetrics();
+  void WatchSignals();
+  // Runs (runtime_->*tick)() every `period` on `timer` until shutdown: the 1 s release-retry tick
+  // and the 10 ms lazy flush-queue timer. Context: the io_context thread (or before it runs).
+  void ArmTimer(boost::asio::steady_timer& timer, std::chrono::milliseconds period,
+                void (Runtime::*tick)());
   void Shutdown();  // Context: the io_context thread.
+  // The summary printed at shutdown, from the teardown's report and the RPC counters.
+  std::string Summary(const ShutdownReport& report) const;
 
   const DaemonOptions options_;
   std::ostream* const log_;

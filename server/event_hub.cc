@@ -1,3 +1,4 @@
+// File: server/event_hub.cc
 #include "server/event_hub.h"
 
 #include <algorithm>
@@ -33,16 +34,6 @@ void EventHub::Close() {
   closed_ = true;
   for (EventSink* s : sinks_) s->OnClose();
   sinks_.clear();
-}
-
-uint64_t EventHub::published() const {
-  base::MutexLock l(&mu_);
-  return seq_;
-}
-
-size_t EventHub::subscribers() const {
-  base::MutexLock l(&mu_);
-  return sinks_.size();
 }
 
 }  // namespace pagepool::server

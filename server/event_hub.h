@@ -2,10 +2,12 @@
 //
 // Fan-out of device and pool notifications (WatchEvents), like the netlink page-pool
 // add/change/del notifications. The Runtime publishes; each WatchEvents call subscribes a sink.
+// Events are numbered 1, 2, ... (seq) in the order Publish was called and stamped with the wall
+// time; every sink sees them in that order.
 //
-// Thread safety: every method may be called from any thread. Lock order: a publisher may hold its own
-// locks while calling Publish; the hub calls sinks under the hub's mutex, so a sink must never call
-// back into the hub or the Runtime from OnEvent/OnClose.
+// Thread safety: every method may be called from any thread. Lock order: a publisher may hold its
+// own locks while calling Publish; the hub calls sinks under the hub's mutex, so a sink must never
+// call back into the hub or the Runtime from OnEvent/OnClose.
 #ifndef PAGEPOOL_SERVER_EVENT_HUB_H_
 #define PAGEPOOL_SERVER_EVENT_HUB_H_
 
@@ -38,9 +40,6 @@ class EventHub {
   void Unsubscribe(EventSink* sink);
   // Calls OnClose on every sink and refuses further subscriptions and events.
   void Close();
-
-  uint64_t published() const;
-  size_t subscribers() const;
 
  private:
   mutable base::Mutex mu_;

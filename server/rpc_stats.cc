@@ -1,3 +1,4 @@
+// File: server/rpc_stats.cc
 #include "server/rpc_stats.h"
 
 #include "absl/strings/str_cat.h"
@@ -21,12 +22,6 @@ constexpr std::string_view kCodeNames[RpcStats::kCodes] = {
 };
 
 }  // namespace
-
-std::string_view RpcMethodName(RpcMethod method) {
-  int i = static_cast<int>(method);
-  if (i < 0 || i >= RpcStats::kMethods) return "unknown";
-  return kMethodNames[i];
-}
 
 uint64_t RpcStats::Total(RpcMethod method) const {
   uint64_t n = 0;

@@ -1,7 +1,7 @@
 // File: server/rpc_stats.h
 //
-// Per-call counters of the PagePoolService: calls started, and calls finished per status code, plus
-// the page operations and batches carried by the Traffic stream. Read by /metrics and by the summary
+// Per-call counters of the PagePoolService: calls finished per method and status code, plus the
+// page operations and batches carried by the Traffic stream. Read by /metrics and by the summary
 // the daemon prints at shutdown.
 //
 // Thread safety: every method may be called from any thread (relaxed atomics; figures are
@@ -40,9 +40,6 @@ enum class RpcMethod : int {
   kCount,
 };
 
-// The method's name as on the wire ("CreateDevice").
-std::string_view RpcMethodName(RpcMethod method);
-
 class RpcStats {
  public:
   static constexpr int kMethods = static_cast<int>(RpcMethod::kCount);
@@ -74,7 +71,7 @@ class RpcStats {
 
   // Appends the Prometheus text exposition of these counters (pagepool_rpc_*).
   void AppendMetrics(std::string* out) const;
-  // One line per method that was called: "  CreateDevice 3 (errors 1)".
+  // One line per method that was called: "    CreateDevice 3 (1 errors)"; "    none" if none was.
   std::string Summary() const;
 
  private:

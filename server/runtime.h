@@ -1,8 +1,12 @@
 // File: server/runtime.h
 //
-// The daemon's backend: the registry of simulated devices (dma::Device) and their page pools
-// (pool/), with ids, limits, the event hub behind WatchEvents, and the shutdown teardown. The gRPC
-// service classes (server/service.h) are thin adapters over this class; tests may drive it directly.
+// The daemon's backend: the simulated devices (one pool::Nic each) with ids and limits, the event
+// hub behind WatchEvents, the release-retry and flush-queue ticks, and the shutdown teardown. The
+// gRPC service classes (server/service.h) are adapters over this class; tests drive it directly.
+//
+// Pools have one registry, pool/'s: each device's Nic lists its live and detached pools and owns
+// each pool's NAPI context (pool/nic.h). The runtime keeps devices only and finds a pool by asking
+// the Nics; it announces a pool's POOL_DELETE when, and only when, a Nic says it forgot the pool.
 //
 // Requests and answers are the wire messages of pagepool.v1 (this is the server layer); every error
 // is an absl::Status whose code is the one DESIGN.md prescribes and whose message names what was
@@ -10,25 +14,27 @@
 //   NOT_FOUND            unknown device or pool id;
 //   INVALID_ARGUMENT     count 0, empty page list, enum out of range, unsupported order / width;
 //   FAILED_PRECONDITION  page not in flight in that pool, destroyed pool, unbound device;
-//   RESOURCE_EXHAUSTED   simulated memory, IOVA, ID space, or a limit of RuntimeOptions.
+//   RESOURCE_EXHAUSTED   simulated memory, IOVA, ID space, or a limit of RuntimeOptions;
+//   UNAVAILABLE          after Shutdown.
 //
-// NAPI context: a kernel page_pool allocates and recycles directly (into its lockless alloc cache)
-// only from the softirq of the one NAPI instance it belongs to. Here each pool's NAPI context is a
-// per-pool mutex (`napi_mu`): Allocate and napi_local Recycle run while holding it, so however many
+// NAPI context: Allocate and napi_local Recycle run holding the pool's NAPI mutex, so however many
 // gRPC threads and clients work on one pool, at most one is "in NAPI" at a time, exactly as the
 // pool's fast path requires. Recycle without napi_local and Return run outside it, from any thread,
-// like put_page from another CPU (the ptr_ring has its own lock in pool/).
+// like put_page from another CPU (the ptr_ring has its own lock in pool/). DestroyPool,
+// UnbindDevice and Shutdown destroy through the Nic, which stops the NAPI context first.
 //
-// Thread safety: every public method may be called from any thread concurrently. The registry is
-// guarded by `mu_` (readers share it); each pool entry has its own NAPI mutex; pool/ and dma/ objects
-// are thread-safe as their headers say.
+// Thread safety: every public method may be called from any thread concurrently. The device map,
+// the event publication and the tick's memory are guarded by `mu_`; lock order: mu_, then a Nic's
+// registry mutex. Events are published under mu_, so Subscribe's replay sees no event half-done.
 #ifndef PAGEPOOL_SERVER_RUNTIME_H_
 #define PAGEPOOL_SERVER_RUNTIME_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -37,25 +43,28 @@
 #include "base/mutex.h"
 #include "google/protobuf/repeated_field.h"
 #include "pagepool/v1/pagepool.pb.h"
+#include "pool/nic.h"
+#include "pool/phys_memory.h"
 #include "server/event_hub.h"
+#include "server/wire_convert.h"
 
 namespace pagepool::server {
 
 struct RuntimeOptions {
   uint64_t memory_bytes = uint64_t{4} << 30;  // simulated physical memory
   uint32_t max_devices = 64;                  // devices ever created (unbound ones count)
-  uint32_t max_pools = 1024;                  // pools not yet deleted
+  uint32_t max_pools = 1024;                  // pools not yet deleted (live or detached)
   uint32_t max_pages_per_call = 65536;        // pages in one Allocate/Recycle/Return/Traffic batch
 };
 
 // What the shutdown teardown did (printed in the daemon's summary).
 struct ShutdownReport {
-  uint64_t devices = 0;             // devices that existed
-  uint64_t pools_created = 0;       // pools ever created
-  uint64_t pools = 0;               // pools destroyed by the teardown
-  uint64_t inflight_at_destroy = 0; // pages still in flight in those pools
-  uint64_t pages_unmapped = 0;      // pages the destroy paths unmapped
-  uint64_t violations = 0;          // mapping-checker violations over all devices, ever
+  uint64_t devices = 0;              // devices that existed
+  uint64_t pools_created = 0;        // pools ever created
+  uint64_t pools = 0;                // pools destroyed by the teardown
+  uint64_t inflight_at_destroy = 0;  // pages still in flight in those pools
+  uint64_t pages_unmapped = 0;       // pages the destroy paths unmapped
+  uint64_t violations = 0;           // mapping-checker violations over all devices, ever
 };
 
 // One page of a pool's in-flight index (ListInflight).
@@ -67,12 +76,33 @@ struct InflightRecord {
 };
 
 namespace internal {
-struct DeviceEntry;
-struct PoolEntry;
+
+// A device: what CreateDevice settled, and its Nic (the registry of its pools).
+struct DeviceEntry {
+  DeviceSpec spec;
+  std::unique_ptr<pool::Nic> nic;
+  // Set under Runtime::mu_ when UnbindDevice starts: no pool may be created from then on.
+  bool unbinding = false;
+};
+
+// A pool found by id, with its device.
+struct PoolRef {
+  std::shared_ptr<DeviceEntry> device;
+  std::shared_ptr<pool::NicPool> pool;
+};
+
 }  // namespace internal
 
 class Runtime {
  public:
+  // What one Traffic stream remembers between its batches: the pool its last batch used, so that
+  // a batch on the same pool, still registered, needs no lookup. Context: one stream at a time.
+  class TrafficCache {
+   private:
+    friend class Runtime;
+    internal::PoolRef pool_;
+  };
+
   // INVALID_ARGUMENT if memory_bytes is below one page; RESOURCE_EXHAUSTED if it cannot be had.
   static absl::StatusOr<std::unique_ptr<Runtime>> Create(const RuntimeOptions& options);
   ~Runtime();
@@ -80,7 +110,8 @@ class Runtime {
   Runtime& operator=(const Runtime&) = delete;
 
   // Devices. Context: any thread.
-  absl::Status CreateDevice(const pagepool::v1::CreateDeviceRequest& req, pagepool::v1::Device* out);
+  absl::Status CreateDevice(const pagepool::v1::CreateDeviceRequest& req,
+                            pagepool::v1::Device* out);
   absl::Status GetDevice(uint64_t device_id, pagepool::v1::Device* out);
   void ListDevices(pagepool::v1::ListDevicesResponse* out);
   // Destroys the device's pools (with in-flight unmap per their strategy), then unbinds it.
@@ -94,10 +125,11 @@ class Runtime {
   // Pools. Context: any thread.
   absl::Status CreatePool(const pagepool::v1::CreatePoolRequest& req, pagepool::v1::Pool* out);
   absl::Status GetPool(uint64_t pool_id, pagepool::v1::Pool* out);
+  // Pools of one device (0: of all devices), in id order.
   void ListPools(uint64_t device_id, pagepool::v1::ListPoolsResponse* out);
   absl::Status DestroyPool(uint64_t pool_id, pagepool::v1::DestroyPoolResponse* out);
   // Tracked pages of the pool's in-flight index, at most `limit` (0: no limit), as compact records
-  // (a pool may track a million pages: 24 bytes each here, about 70 as protobuf messages).
+  // (24 bytes a page here; a pool may track a million pages).
   absl::Status ListInflight(uint64_t pool_id, uint64_t limit, std::vector<InflightRecord>* out);
 
   // Pages. Allocate runs in the pool's NAPI context; on any error no page is handed out.
@@ -113,17 +145,19 @@ class Runtime {
                       const google::protobuf::RepeatedPtrField<pagepool::v1::PageHandle>& pages,
                       pagepool::v1::ReturnResponse* out);
   // One Traffic batch: recycle, return, allocate; errors are reported in `out`, never thrown.
-  // Returns the number of page operations done.
-  uint64_t Traffic(const pagepool::v1::TrafficRequest& req, pagepool::v1::TrafficResponse* out);
+  // `cache` (may be null) is the stream's; with it a batch looks its pool up only when the pool
+  // differs from the previous batch's or was forgotten. Returns the number of page operations done.
+  uint64_t Traffic(const pagepool::v1::TrafficRequest& req, pagepool::v1::TrafficResponse* out,
+                   TrafficCache* cache = nullptr);
 
   // Events (WatchEvents). Subscribes `sink`; with include_existing, first hands it an ADD event for
   // every device and pool, atomically with the subscription. False once the hub is closed.
   bool Subscribe(EventSink* sink, bool include_existing);
   void Unsubscribe(EventSink* sink);
 
-  // The 1 s release-retry tick: STRATEGY_NONE pools retry releasing their pages; pools destroyed
-  // whose in-flight count reached 0 are deleted (POOL_DELETE). Warns every 60 s per stalled pool.
-  // Context: the daemon's timer (any thread).
+  // The 1 s release-retry tick: every Nic's ReleaseRetry (STRATEGY_NONE pools warn every 60 s while
+  // stalled); POOL_DELETE for each pool a Nic forgot, POOL_CHANGE for each detached pool whose
+  // inflight changed since the tick last reported it. Context: the daemon's timer (any thread).
   void ReleaseRetryTick();
 
   // The lazy-mode flush-queue timer (the kernel's fq_timer, 10 ms): every IOMMU_MODE_LAZY domain
@@ -138,28 +172,57 @@ class Runtime {
   // UNAVAILABLE. Context: any thread, once no RPC is running.
   ShutdownReport Shutdown();
 
-  // Prometheus text of pool, domain and memory figures (pagepool_pool_*, pagepool_domain_*, ...).
+  // Prometheus text of memory, device, pool and domain figures (server/runtime_metrics.cc).
   void AppendMetrics(std::string* out);
 
-  const RuntimeOptions& options() const { return options_; }
-
  private:
-  explicit Runtime(const RuntimeOptions& options);
-  // Lookups; NOT_FOUND naming the id.
+  using DeviceList = std::vector<std::shared_ptr<internal::DeviceEntry>>;
+
+  explicit Runtime(const RuntimeOptions& options, std::shared_ptr<pool::PhysMemory> memory);
+
+  // Lookups; UNAVAILABLE after Shutdown, NOT_FOUND naming the id.
   absl::StatusOr<std::shared_ptr<internal::DeviceEntry>> FindDevice(uint64_t id);
-  absl::StatusOr<std::shared_ptr<internal::PoolEntry>> FindPool(uint64_t id);
+  absl::StatusOr<internal::PoolRef> FindPool(uint64_t id);
+  // The pool of `pool_id` on any device; nullptr pool if none has it.
+  internal::PoolRef FindPoolLocked(uint64_t pool_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Every device's live and detached pools (device_id 0: all devices), in pool id order.
+  std::vector<internal::PoolRef> PoolsLocked(uint64_t device_id = 0) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  DeviceList DevicesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  DeviceList Devices() const;
+  size_t PoolCountLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // RESOURCE_EXHAUSTED "<call>: <before><n><after> is above the limit ..." when n is above
+  // max_pages_per_call.
+  absl::Status CheckPageLimit(uint64_t n, std::string_view call, std::string_view before,
+                              std::string_view after) const;
+  // Allocate on a pool already found (Allocate, Traffic).
+  absl::Status AllocateFrom(const internal::PoolRef& ref, uint32_t count,
+                            google::protobuf::RepeatedPtrField<pagepool::v1::Page>* out);
+
+  // Publishes a pool or device event. Context: mu_ held (see the class comment).
+  void PublishPool(pagepool::v1::EventType type, const internal::DeviceEntry& device,
+                   const pool::PagePool& pool) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PublishDevice(pagepool::v1::EventType type, const pagepool::v1::Device& device)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // POOL_DELETE or POOL_DETACH for each pool a destroy path destroyed, as it left the pool.
+  void PublishDestroyed(const internal::DeviceEntry& device,
+                        const std::vector<pool::PoolDestroyed>& destroyed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const RuntimeOptions options_;
+  const std::shared_ptr<pool::PhysMemory> memory_;
+  std::atomic<uint64_t> pools_created_{0};
+  // Written under mu_; read without it on the Traffic fast path.
+  std::atomic<bool> shut_down_{false};
   EventHub events_;
-  struct Backend;
-  std::unique_ptr<Backend> backend_;  // simulated memory (pool/)
 
   mutable base::Mutex mu_;
   std::map<uint64_t, std::shared_ptr<internal::DeviceEntry>> devices_ ABSL_GUARDED_BY(mu_);
-  std::map<uint64_t, std::shared_ptr<internal::PoolEntry>> pools_ ABSL_GUARDED_BY(mu_);
   uint64_t next_device_id_ ABSL_GUARDED_BY(mu_) = 1;
-  uint64_t next_pool_id_ ABSL_GUARDED_BY(mu_) = 1;
-  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  // The release-retry tick's memory: the inflight it last reported (POOL_CHANGE) per detached pool,
+  // rebuilt by every tick from what the Nics list.
+  std::map<uint64_t, int64_t> reported_inflight_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace pagepool::server

@@ -1,3 +1,4 @@
+// File: server/service.cc
 #include "server/service.h"
 
 #include <algorithm>
@@ -158,7 +159,7 @@ class TrafficReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       return;
     }
     resp_.Clear();
-    uint64_t ops = runtime_->Traffic(req_, &resp_);
+    uint64_t ops = runtime_->Traffic(req_, &resp_, &cache_);
     if (max_message_bytes_ != 0 && resp_.allocated_size() > 0) {
       size_t bytes = resp_.ByteSizeLong();
       if (bytes > max_message_bytes_) {
@@ -211,12 +212,12 @@ class TrafficReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   grpc::ByteBuffer out_;
   v1::TrafficRequest req_;
   v1::TrafficResponse resp_;
+  Runtime::TrafficCache cache_;
 };
 
 // DumpPageTable: one message at a time, each a fresh lockless walk of [cursor, end) for up to
 // kStreamBatch leaves (fewer when the message limit is small), the cursor moving past the last leaf
-// sent. Memory is one message whatever the size of the table (a snapshot of the whole range took
-// about 70 bytes per present leaf, per call, before the first byte was sent).
+// sent. Memory is one message whatever the size of the table.
 class DumpReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   // Largest PageTableEntry on the wire (iova, phys and size varints, prot, dirty, accessed) plus
@@ -337,10 +338,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
     }
     base::MutexLock l(&mu_);
     if (finishing_) return;
-    if (queue_.size() >= kMaxQueued) {
-      ++dropped_;
-      return;
-    }
+    if (queue_.size() >= kMaxQueued) return;  // a reader that far behind loses the newest
     queue_.push_back(event);
     if (!writing_) WriteNextLocked();
   }
@@ -402,7 +400,6 @@ class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace

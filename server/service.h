@@ -1,19 +1,23 @@
 // File: server/service.h
 //
-// PagePoolServiceImpl: the gRPC callback-API service of pagepoold. Each call validates nothing
-// itself and decides nothing: it hands the request to the Runtime, converts the absl::Status to a
-// grpc::Status (a cast) and counts the call in RpcStats. Streams:
-//   Traffic        a ServerBidiReactor that answers each batch before reading the next one (raw:
-//                  a message that does not parse ends the stream with INVALID_ARGUMENT);
+// PagePoolServiceImpl: the gRPC callback-API service of pagepoold. Each call parses its request
+// (INVALID_ARGUMENT naming the message type when it does not parse), hands it to the Runtime, which
+// validates it and does the work, converts the absl::Status to a grpc::Status (a cast) and counts
+// the call in RpcStats. What the service itself decides is what only the wire knows: an answer
+// above the message limit (--max-message-bytes) gives its pages back and is refused with
+// RESOURCE_EXHAUSTED, and stream messages are cut to fit the limit. Streams:
+//   Traffic        a ServerBidiReactor that answers each batch before reading the next one (a
+//                  message that does not parse ends the stream with INVALID_ARGUMENT);
 //   ListInflight   a ServerWriteReactor over a snapshot taken when the call starts (an RCU walk of
 //                  the index), 256 entries per message (fewer if --max-message-bytes is small);
 //   DumpPageTable  a ServerWriteReactor that walks the page table one message at a time (a fresh
 //                  lockless walk from a cursor for each message), so memory stays one message;
 //   WatchEvents    a ServerWriteReactor subscribed to the Runtime's event hub until the client
-//                  cancels or the daemon shuts down (it then finishes with OK).
+//                  cancels or the daemon shuts down (it then finishes with OK); it queues at most
+//                  65536 events and drops the newest beyond that.
 //
-// Thread safety: gRPC calls the methods from its callback threads concurrently; the class holds only
-// pointers to thread-safe objects, which must outlive the grpc::Server.
+// Thread safety: gRPC calls the methods from its callback threads concurrently; the class holds
+// only pointers to thread-safe objects, which must outlive the grpc::Server.
 #ifndef PAGEPOOL_SERVER_SERVICE_H_
 #define PAGEPOOL_SERVER_SERVICE_H_
 
@@ -25,11 +29,10 @@
 
 namespace pagepool::server {
 
-// The generated service with every method raw (ByteBuffer in and out, parsed and serialized here):
-// with the typed callback API a request that does not parse (not protobuf, or a string that is not
-// UTF-8) was answered UNIMPLEMENTED with an empty message, and a Traffic message that does not
-// parse ended the stream with OK as if the client had half-closed. Now both get INVALID_ARGUMENT
-// naming the message.
+// The generated service with every method raw (ByteBuffer in and out, parsed and serialized here),
+// so that a request or a Traffic message that does not parse gets INVALID_ARGUMENT naming the
+// message (the typed callback API answers UNIMPLEMENTED with no message, and reports a Traffic
+// message that does not parse as a client half-close).
 namespace internal {
 using V1 = ::pagepool::v1::PagePoolService;
 using PagePoolServiceBase = V1::WithRawCallbackMethod_CreateDevice<
@@ -90,8 +93,7 @@ class PagePoolServiceImpl final : public internal::PagePoolServiceBase {
 
  private:
   // A raw unary call: parses the request (INVALID_ARGUMENT naming the message type when it does not
-  // parse; the typed API answered UNIMPLEMENTED with no message), runs fn(req, &resp), serializes
-  // the answer and finishes, counting the call.
+  // parse), runs fn(req, &resp), serializes the answer and finishes, counting the call.
   template <typename Req, typename Resp, typename Fn>
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, RpcMethod method,
                                   const char* name, const grpc::ByteBuffer* in,

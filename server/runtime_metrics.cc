@@ -1,0 +1,173 @@
+// File: server/runtime_metrics.cc
+//
+// Runtime::AppendMetrics: the Prometheus families of simulated memory and devices, of each pool
+// (labels pool_id, ifindex, strategy) and of each device's IOMMU domain (labels device_id,
+// iommu_mode). One function per group; each reads a snapshot taken under the runtime's mutex.
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "server/metrics_text.h"
+#include "server/runtime.h"
+
+namespace pagepool::server {
+namespace v1 = ::pagepool::v1;
+namespace {
+
+void AppendMemoryAndDeviceMetrics(MetricsText& m, const pool::PhysMemory& mem,
+                                  const std::vector<const internal::DeviceEntry*>& devs,
+                                  uint64_t pools_created) {
+  m.Family("memory_frames", "gauge", "Frames (4 KiB) of simulated physical memory.");
+  m.Sample("memory_frames", {}, mem.frames());
+  m.Family("memory_frames_free", "gauge", "Free frames of simulated physical memory.");
+  m.Sample("memory_frames_free", {}, mem.frames_free());
+  m.Family("devices", "gauge", "Devices by state.");
+  uint64_t bound = 0;
+  for (const internal::DeviceEntry* d : devs) bound += d->nic->bound() ? 1 : 0;
+  m.Sample("devices", {{"state", "bound"}}, bound);
+  m.Sample("devices", {{"state", "unbound"}}, uint64_t(devs.size() - bound));
+  m.Family("pools_created_total", "counter", "Pools ever created.");
+  m.Sample("pools_created_total", {}, pools_created);
+}
+
+// One row per pool: its labels and figures.
+struct PoolRow {
+  std::string id, ifindex, strategy;
+  pool::PagePoolInfo info;
+};
+
+// A per-pool family: HELP, TYPE and one sample per pool of get(info).
+template <typename Get>
+void PoolFamily(MetricsText& m, const std::vector<PoolRow>& rows, const char* name,
+                const char* type, const char* help, Get get) {
+  m.Family(name, type, help);
+  for (const PoolRow& r : rows) {
+    m.Sample(name, {{"pool_id", r.id}, {"ifindex", r.ifindex}, {"strategy", r.strategy}},
+             uint64_t(get(r.info)));
+  }
+}
+
+void AppendPoolMetrics(MetricsText& m, const std::vector<PoolRow>& rows) {
+  using I = pool::PagePoolInfo;
+  PoolFamily(m, rows, "pool_inflight", "gauge",
+             "Pages of the pool in flight (hold_cnt - release_cnt).",
+             [](const I& i) { return i.inflight > 0 ? i.inflight : 0; });
+  PoolFamily(m, rows, "pool_inflight_mem_bytes", "gauge", "Bytes of the pool's pages in flight.",
+             [](const I& i) { return i.inflight_mem; });
+  PoolFamily(m, rows, "pool_dma_mapped", "gauge", "Pages of the pool DMA-mapped now.",
+             [](const I& i) { return i.dma_mapped; });
+  PoolFamily(m, rows, "pool_detached", "gauge",
+             "1 when the pool was destroyed with pages still in flight.",
+             [](const I& i) { return i.destroyed ? 1 : 0; });
+  // The kernel's page_pool stats, as counters.
+  using S = pool::PagePoolStats;
+  const struct {
+    const char* name;
+    const char* help;
+    uint64_t S::*field;
+  } stats[] = {
+      {"pool_alloc_fast_total", "Allocations from the alloc cache.", &S::alloc_fast},
+      {"pool_alloc_slow_total", "Order-0 slow-path allocations.", &S::alloc_slow},
+      {"pool_alloc_slow_high_order_total", "Higher-order slow-path allocations.",
+       &S::alloc_slow_high_order},
+      {"pool_alloc_empty_total", "Refills that found the ptr_ring empty.", &S::alloc_empty},
+      {"pool_alloc_refill_total", "Alloc cache refills from the ptr_ring.", &S::alloc_refill},
+      {"pool_alloc_waive_total", "Ring pages waived at refill (other NUMA node).",
+       &S::alloc_waive},
+      {"pool_recycle_cached_total", "Pages recycled into the alloc cache.", &S::recycle_cached},
+      {"pool_recycle_cache_full_total", "Direct recycles that found the cache full.",
+       &S::recycle_cache_full},
+      {"pool_recycle_ring_total", "Pages recycled into the ptr_ring.", &S::recycle_ring},
+      {"pool_recycle_ring_full_total", "Recycles that found the ptr_ring full.",
+       &S::recycle_ring_full},
+      {"pool_recycle_released_refcnt_total", "Pages released because their refcount was not 1.",
+       &S::recycle_released_refcnt},
+  };
+  for (const auto& s : stats) {
+    PoolFamily(m, rows, s.name, "counter", s.help, [&](const I& i) { return i.stats.*s.field; });
+  }
+  PoolFamily(m, rows, "pool_index_bytes", "gauge", "Bytes of the pool's in-flight index nodes.",
+             [](const I& i) { return i.index.node_bytes; });
+}
+
+// One row per device: its labels and its domain's figures.
+struct DeviceRow {
+  std::string id, mode;
+  dma::DomainStats s;
+  dma::CheckerCounters v;
+  uint64_t live = 0;
+};
+
+void AppendDomainMetrics(MetricsText& m, const std::vector<DeviceRow>& rows) {
+  using S = dma::DomainStats;
+  const struct {
+    const char* name;
+    const char* type;
+    const char* help;
+    uint64_t S::*field;  // nullptr: the checker's live mappings
+  } families[] = {
+      {"domain_table_pages", "gauge", "I/O page-table pages linked now.", &S::table_pages},
+      {"domain_table_bytes", "gauge", "I/O page-table bytes linked now.", &S::table_bytes},
+      {"domain_mapped_pages", "gauge", "4 KiB pages mapped now.", &S::mapped_pages},
+      {"domain_live_mappings", "gauge", "DMA mappings live now (mapping checker).", nullptr},
+      {"domain_tables_freed_total", "counter", "Page tables unlinked from the table.",
+       &S::tables_freed},
+      {"domain_maps_total", "counter", "Page-table map operations.", &S::maps},
+      {"domain_unmaps_total", "counter", "Page-table unmap operations.", &S::unmaps},
+      {"domain_iotlb_flushes_total", "counter", "IOTLB invalidations issued.", &S::iotlb_flushes},
+  };
+  for (const auto& f : families) {
+    m.Family(f.name, f.type, f.help);
+    for (const DeviceRow& r : rows) {
+      m.Sample(f.name, {{"device_id", r.id}, {"iommu_mode", r.mode}},
+               uint64_t(f.field == nullptr ? r.live : r.s.*f.field));
+    }
+  }
+  m.Family("domain_violations_total", "counter", "Mapping-checker violations, by kind.");
+  for (const DeviceRow& r : rows) {
+    const std::pair<const char*, uint64_t> kinds[] = {
+        {"double_unmap", r.v.double_unmap},
+        {"unknown_unmap", r.v.unknown_unmap},
+        {"size_mismatch", r.v.size_mismatch},
+        {"direction_mismatch", r.v.direction_mismatch},
+        {"live_at_unbind", r.v.live_at_unbind},
+        {"call_after_unbind", r.v.call_after_unbind},
+        {"sync_unknown", r.v.sync_unknown},
+    };
+    for (const auto& [kind, v] : kinds) {
+      m.Sample("domain_violations_total", {{"device_id", r.id}, {"kind", kind}}, v);
+    }
+  }
+}
+
+}  // namespace
+
+void Runtime::AppendMetrics(std::string* out) {
+  DeviceList devs;
+  std::vector<internal::PoolRef> pools;
+  {
+    base::MutexLock l(&mu_);
+    devs = DevicesLocked();
+    pools = PoolsLocked();
+  }
+  std::vector<const internal::DeviceEntry*> dev_ptrs;
+  std::vector<DeviceRow> dev_rows;
+  for (const auto& d : devs) {
+    const dma::Device& dev = d->nic->device();
+    dev_ptrs.push_back(d.get());
+    dev_rows.push_back({std::to_string(d->spec.id), v1::IommuMode_Name(d->spec.mode),
+                        dev.domain_stats(), dev.violations(), dev.live_mappings()});
+  }
+  std::vector<PoolRow> pool_rows;
+  for (const internal::PoolRef& p : pools) {
+    const pool::PagePool& pp = p.pool->pool();
+    pool_rows.push_back({std::to_string(pp.id()), std::to_string(p.device->spec.id),
+                         std::string(pool::DestroyStrategyName(pp.strategy())), pp.info()});
+  }
+  MetricsText m(out);
+  AppendMemoryAndDeviceMetrics(m, *memory_, dev_ptrs, pools_created_.load());
+  AppendPoolMetrics(m, pool_rows);
+  AppendDomainMetrics(m, dev_rows);
+}
+
+}  // namespace pagepool::server

@@ -1,0 +1,346 @@
+// File: tests/server/runtime_test.cc
+//
+// server::Runtime driven directly, without gRPC: devices and pools, pages allocated, recycled and
+// returned, a pool destroyed with pages in flight, unbind, the limits, the events each call
+// publishes, the release-retry tick, and the shutdown report.
+#include "server/runtime.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/test_env.h"
+
+namespace pagepool::server {
+namespace {
+
+namespace v1 = ::pagepool::v1;
+using ::testing::HasSubstr;
+using Handles = google::protobuf::RepeatedPtrField<v1::PageHandle>;
+using Pages = google::protobuf::RepeatedPtrField<v1::Page>;
+
+// Collects events (the hub calls it under its mutex; the test reads after the calls return).
+class Recorder final : public EventSink {
+ public:
+  void OnEvent(const v1::Event& e) override { events.push_back(e); }
+  void OnClose() override { closed = true; }
+  std::vector<v1::EventType> Types() const {
+    std::vector<v1::EventType> t;
+    for (const v1::Event& e : events) t.push_back(e.type());
+    return t;
+  }
+  std::vector<v1::Event> events;
+  bool closed = false;
+};
+
+class RuntimeTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start(RuntimeOptions{uint64_t{64} << 20, 4, 3, 1000}); }
+  void TearDown() override {
+    if (rt_ != nullptr) rt_->Unsubscribe(&events_);
+  }
+
+  void Start(const RuntimeOptions& o) {
+    if (rt_ != nullptr) rt_->Unsubscribe(&events_);
+    auto rt = Runtime::Create(o);
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    rt_ = std::move(*rt);
+    events_ = Recorder();
+    ASSERT_TRUE(rt_->Subscribe(&events_, false));
+  }
+
+  uint64_t NewDevice() {
+    v1::Device d;
+    EXPECT_TRUE(rt_->CreateDevice(v1::CreateDeviceRequest(), &d).ok());
+    return d.id();
+  }
+  absl::StatusOr<uint64_t> TryNewPool(uint64_t device, v1::Strategy s = v1::STRATEGY_XARRAY) {
+    v1::CreatePoolRequest req;
+    req.set_device_id(device);
+    req.set_strategy(s);
+    v1::Pool p;
+    absl::Status st = rt_->CreatePool(req, &p);
+    if (!st.ok()) return st;
+    return p.id();
+  }
+  uint64_t NewPool(uint64_t device, v1::Strategy s = v1::STRATEGY_XARRAY) {
+    absl::StatusOr<uint64_t> id = TryNewPool(device, s);
+    EXPECT_TRUE(id.ok()) << id.status();
+    return id.ok() ? *id : 0;
+  }
+  Handles Alloc(uint64_t pool, uint32_t n) {
+    Pages pages;
+    absl::Status s = rt_->Allocate(pool, n, &pages);
+    EXPECT_TRUE(s.ok()) << s;
+    Handles out;
+    for (const v1::Page& p : pages) *out.Add() = p.handle();
+    return out;
+  }
+  absl::Status ReturnAll(uint64_t pool, const Handles& pages) {
+    v1::ReturnResponse r;
+    return rt_->Return(pool, pages, &r);
+  }
+
+  std::unique_ptr<Runtime> rt_;
+  Recorder events_;
+};
+
+TEST_F(RuntimeTest, DevicePoolAndPageCalls) {
+  uint64_t dev = NewDevice();
+  uint64_t pool = NewPool(dev);
+  v1::Pool got;
+  ASSERT_TRUE(rt_->GetPool(pool, &got).ok());
+  EXPECT_EQ(got.device_id(), dev);
+  EXPECT_EQ(got.ifindex(), dev);
+  EXPECT_TRUE(got.flags().has_dma_map());
+  EXPECT_TRUE(got.flags().dma_map());
+  EXPECT_EQ(got.strategy(), v1::STRATEGY_XARRAY);
+
+  Handles pages = Alloc(pool, 4);
+  ASSERT_EQ(pages.size(), 4);
+  v1::RecycleResponse rec;
+  Handles two(pages.begin(), pages.begin() + 2);
+  ASSERT_TRUE(rt_->Recycle(pool, two, /*napi_local=*/true, &rec).ok());
+  EXPECT_EQ(rec.cached(), 2u);
+  Handles rest(pages.begin() + 2, pages.end());
+  v1::ReturnResponse ret;
+  ASSERT_TRUE(rt_->Return(pool, rest, &ret).ok());
+  EXPECT_EQ(ret.returned(), 2u);
+  EXPECT_EQ(ret.unmapped(), 2u);
+  // A double return names the page and the pool.
+  absl::Status twice = rt_->Return(pool, rest, &ret);
+  EXPECT_EQ(twice.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(twice.message()), HasSubstr("Return on pool " + std::to_string(pool)));
+  EXPECT_THAT(std::string(twice.message()), HasSubstr("(2 pages refused in all)"));
+
+  v1::Device d;
+  ASSERT_TRUE(rt_->GetDevice(dev, &d).ok());
+  ASSERT_EQ(d.pool_ids_size(), 1);
+  EXPECT_EQ(d.pool_ids(0), pool);
+  v1::ListPoolsResponse list;
+  rt_->ListPools(0, &list);
+  EXPECT_EQ(list.pools_size(), 1);
+  ASSERT_TRUE(rt_->GetPool(pool, &got).ok());
+  std::vector<InflightRecord> inflight;
+  ASSERT_TRUE(rt_->ListInflight(pool, 0, &inflight).ok());
+  EXPECT_EQ(inflight.size(), got.dma_mapped());
+  inflight.clear();
+  ASSERT_TRUE(rt_->ListInflight(pool, 5, &inflight).ok());
+  EXPECT_EQ(inflight.size(), 5u);
+  EXPECT_EQ(events_.Types(),
+            (std::vector<v1::EventType>{v1::EVENT_TYPE_DEVICE_ADD, v1::EVENT_TYPE_POOL_ADD}));
+}
+
+TEST_F(RuntimeTest, DestroyWithPagesInFlightDetachesAndTheTickDeletes) {
+  uint64_t dev = NewDevice();
+  uint64_t pool = NewPool(dev);
+  Handles held = Alloc(pool, 3);
+  v1::DestroyPoolResponse d;
+  ASSERT_TRUE(rt_->DestroyPool(pool, &d).ok());
+  EXPECT_EQ(d.inflight_at_destroy(), 3u);
+  EXPECT_EQ(d.strategy(), v1::STRATEGY_XARRAY);
+  v1::Pool got;
+  ASSERT_TRUE(rt_->GetPool(pool, &got).ok());  // detached, still listed
+  EXPECT_TRUE(got.destroyed());
+  v1::DestroyPoolResponse again;
+  absl::Status s = rt_->DestroyPool(pool, &again);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.message(), "DestroyPool: pool " + std::to_string(pool) + " is already destroyed");
+  Pages none;
+  s = rt_->Allocate(pool, 1, &none);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.message(), "Allocate: pool " + std::to_string(pool) + " is destroyed");
+
+  rt_->ReleaseRetryTick();  // still waiting: one CHANGE with the inflight
+  rt_->ReleaseRetryTick();  // nothing changed: no event
+  ASSERT_TRUE(ReturnAll(pool, held).ok());
+  rt_->ReleaseRetryTick();  // the last page came back: DELETE
+  rt_->ReleaseRetryTick();  // and only once
+  EXPECT_EQ(events_.Types(),
+            (std::vector<v1::EventType>{v1::EVENT_TYPE_DEVICE_ADD, v1::EVENT_TYPE_POOL_ADD,
+                                        v1::EVENT_TYPE_POOL_DETACH, v1::EVENT_TYPE_POOL_CHANGE,
+                                        v1::EVENT_TYPE_POOL_DELETE}));
+  EXPECT_EQ(events_.events[3].pool().inflight(), 3u);
+  EXPECT_EQ(rt_->GetPool(pool, &got).code(), absl::StatusCode::kNotFound);
+  for (size_t i = 1; i < events_.events.size(); ++i) {
+    EXPECT_EQ(events_.events[i].seq(), events_.events[i - 1].seq() + 1);
+  }
+}
+
+TEST_F(RuntimeTest, DestroyWithNothingInFlightDeletesAtOnce) {
+  uint64_t pool = NewPool(NewDevice());
+  v1::DestroyPoolResponse d;
+  ASSERT_TRUE(rt_->DestroyPool(pool, &d).ok());
+  EXPECT_EQ(events_.Types().back(), v1::EVENT_TYPE_POOL_DELETE);
+  v1::Pool got;
+  EXPECT_EQ(rt_->GetPool(pool, &got).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(RuntimeTest, UnbindDestroysThePoolsOnceAndAnnouncesThem) {
+  uint64_t dev = NewDevice();
+  uint64_t held_pool = NewPool(dev);
+  uint64_t empty_pool = NewPool(dev);
+  uint64_t detached = NewPool(dev);
+  Handles held = Alloc(held_pool, 5);
+  Handles kept = Alloc(detached, 1);
+  v1::DestroyPoolResponse dr;
+  ASSERT_TRUE(rt_->DestroyPool(detached, &dr).ok());
+  events_.events.clear();
+  v1::UnbindDeviceResponse u;
+  ASSERT_TRUE(rt_->UnbindDevice(dev, &u).ok());
+  EXPECT_EQ(u.pools_destroyed(), 2u);  // the one destroyed before is not destroyed again
+  EXPECT_EQ(u.inflight_at_destroy(), 5u);
+  EXPECT_EQ(u.pages_unmapped(), 5u);
+  EXPECT_EQ(u.device().state(), v1::DEVICE_STATE_UNBOUND);
+  // Pools still waiting for pages stay on the device.
+  EXPECT_THAT(std::vector<uint64_t>(u.device().pool_ids().begin(), u.device().pool_ids().end()),
+              ::testing::ElementsAre(held_pool, detached));
+  ASSERT_EQ(events_.events.size(), 3u);
+  EXPECT_EQ(events_.events[0].type(), v1::EVENT_TYPE_POOL_DETACH);
+  EXPECT_EQ(events_.events[0].pool().id(), held_pool);
+  EXPECT_EQ(events_.events[1].type(), v1::EVENT_TYPE_POOL_DELETE);
+  EXPECT_EQ(events_.events[1].pool().id(), empty_pool);
+  EXPECT_EQ(events_.events[2].type(), v1::EVENT_TYPE_DEVICE_CHANGE);
+
+  v1::UnbindDeviceResponse twice;
+  absl::Status s = rt_->UnbindDevice(dev, &twice);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.message(), "UnbindDevice: device " + std::to_string(dev) + " is already unbound");
+  s = TryNewPool(dev).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.message(), "CreatePool: device " + std::to_string(dev) + " is unbound");
+  // Held pages come back with no DMA-API call after the unbind.
+  ASSERT_TRUE(ReturnAll(held_pool, held).ok());
+  ASSERT_TRUE(ReturnAll(detached, kept).ok());
+  v1::DomainInfo dom;
+  ASSERT_TRUE(rt_->GetDomain(dev, &dom).ok());
+  EXPECT_EQ(dom.violations().total(), 0u);
+}
+
+TEST_F(RuntimeTest, LimitsAnswerResourceExhaustedNamingTheFlag) {
+  uint64_t dev = NewDevice();
+  // max_pools 3 counts live and detached pools.
+  uint64_t a = NewPool(dev);
+  uint64_t pool = NewPool(dev);
+  Handles held = Alloc(a, 1);
+  v1::DestroyPoolResponse d;
+  ASSERT_TRUE(rt_->DestroyPool(a, &d).ok());  // detached: still counts
+  NewPool(dev);
+  absl::Status s = TryNewPool(dev).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(s.message(), "CreatePool: pool limit reached (3 pools exist, --max-pools)");
+  ASSERT_TRUE(ReturnAll(a, held).ok());
+  rt_->ReleaseRetryTick();  // a is deleted: room for one more
+  EXPECT_TRUE(TryNewPool(dev).ok());
+
+  for (int i = 0; i < 3; ++i) NewDevice();
+  v1::Device extra;
+  s = rt_->CreateDevice(v1::CreateDeviceRequest(), &extra);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(s.message(), "CreateDevice: device limit reached (4, --max-devices)");
+
+  Pages pages;
+  s = rt_->Allocate(pool, 1001, &pages);
+  EXPECT_EQ(s.message(), "Allocate: count 1001 is above the limit 1000 (--max-pages-per-call)");
+  Handles many;
+  for (int i = 0; i < 1001; ++i) many.Add();
+  v1::RecycleResponse rec;
+  s = rt_->Recycle(pool, many, false, &rec);
+  EXPECT_EQ(s.message(), "Recycle: 1001 pages is above the limit 1000 (--max-pages-per-call)");
+  v1::ReturnResponse ret;
+  s = rt_->Return(pool, many, &ret);
+  EXPECT_EQ(s.message(), "Return: 1001 pages is above the limit 1000 (--max-pages-per-call)");
+  v1::TrafficRequest req;
+  req.set_pool_id(pool);
+  req.set_allocate(1001);
+  v1::TrafficResponse resp;
+  EXPECT_EQ(rt_->Traffic(req, &resp), 0u);
+  EXPECT_EQ(resp.error_code(), int(absl::StatusCode::kResourceExhausted));
+  EXPECT_EQ(resp.error_message(),
+            "Traffic: batch of 1001 page ops is above the limit 1000 (--max-pages-per-call)");
+}
+
+TEST_F(RuntimeTest, TrafficBatchesReuseTheirPoolUntilItIsDeleted) {
+  uint64_t pool = NewPool(NewDevice());
+  Runtime::TrafficCache cache;
+  v1::TrafficRequest req;
+  v1::TrafficResponse resp;
+  req.set_pool_id(pool);
+  req.set_allocate(16);
+  req.set_napi_local(true);
+  ASSERT_EQ(rt_->Traffic(req, &resp, &cache), 16u) << resp.error_message();
+  Handles prev;
+  for (const v1::Page& p : resp.allocated()) *prev.Add() = p.handle();
+  req.set_seq(2);
+  *req.mutable_recycle() = prev;
+  resp.Clear();
+  EXPECT_EQ(rt_->Traffic(req, &resp, &cache), 32u);
+  EXPECT_EQ(resp.seq(), 2u);
+  EXPECT_EQ(resp.recycled_cached(), 16u);
+  // Give everything back and delete the pool: the next batch no longer finds it.
+  req.Clear();
+  req.set_pool_id(pool);
+  for (const v1::Page& p : resp.allocated()) *req.add_return_pages() = p.handle();
+  resp.Clear();
+  EXPECT_EQ(rt_->Traffic(req, &resp, &cache), 16u);
+  v1::DestroyPoolResponse d;
+  ASSERT_TRUE(rt_->DestroyPool(pool, &d).ok());
+  req.Clear();
+  req.set_pool_id(pool);
+  req.set_allocate(1);
+  resp.Clear();
+  EXPECT_EQ(rt_->Traffic(req, &resp, &cache), 0u);
+  EXPECT_EQ(resp.error_code(), int(absl::StatusCode::kNotFound));
+  EXPECT_THAT(resp.error_message(), HasSubstr("Traffic: pool " + std::to_string(pool)));
+}
+
+TEST_F(RuntimeTest, SubscribeReplaysWhatExistsInIdOrder) {
+  uint64_t d1 = NewDevice();
+  uint64_t d2 = NewDevice();
+  uint64_t p1 = NewPool(d1);
+  uint64_t p2 = NewPool(d2);
+  uint64_t p3 = NewPool(d1);
+  Recorder late;
+  ASSERT_TRUE(rt_->Subscribe(&late, /*include_existing=*/true));
+  ASSERT_EQ(late.events.size(), 5u);
+  EXPECT_EQ(late.events[0].device().id(), d1);
+  EXPECT_EQ(late.events[1].device().id(), d2);
+  EXPECT_EQ(late.events[2].pool().id(), p1);
+  EXPECT_EQ(late.events[3].pool().id(), p2);
+  EXPECT_EQ(late.events[4].pool().id(), p3);
+  for (const v1::Event& e : late.events) EXPECT_EQ(e.seq(), 0u);
+  v1::ListPoolsResponse all;
+  rt_->ListPools(0, &all);
+  ASSERT_EQ(all.pools_size(), 3);
+  EXPECT_EQ(all.pools(1).id(), p2);
+  rt_->Unsubscribe(&late);
+}
+
+TEST_F(RuntimeTest, ShutdownDestroysLivePoolsReportsAndRefusesCalls) {
+  uint64_t dev = NewDevice();
+  uint64_t a = NewPool(dev);
+  uint64_t b = NewPool(dev, v1::STRATEGY_SCAN);
+  Alloc(a, 7);
+  Alloc(b, 2);
+  ShutdownReport r = rt_->Shutdown();
+  EXPECT_TRUE(events_.closed);
+  EXPECT_EQ(r.devices, 1u);
+  EXPECT_EQ(r.pools_created, 2u);
+  EXPECT_EQ(r.pools, 2u);
+  EXPECT_EQ(r.inflight_at_destroy, 9u);
+  EXPECT_GE(r.pages_unmapped, 9u);  // SCAN may unmap more than the pages users hold
+  EXPECT_EQ(r.violations, 0u);
+  v1::Pool got;
+  absl::Status s = rt_->GetPool(a, &got);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  v1::Device d;
+  s = rt_->CreateDevice(v1::CreateDeviceRequest(), &d);
+  EXPECT_EQ(s.message(), "CreateDevice: the daemon is shutting down");
+  Recorder late;
+  EXPECT_FALSE(rt_->Subscribe(&late, false));
+}
+
+}  // namespace
+}  // namespace pagepool::server
