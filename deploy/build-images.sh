@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds the load-test images (layer-cached: a rebuild with unchanged sources takes seconds):
+#   localhost/debian:bookworm-slim        deploy/base-image.sh (podman with a localhost/ base only)
+#   localhost/pagepoold:latest            deploy/Containerfile (pagepoold + ppctl; build context: repo)
+#   localhost/pagepool-prometheus:latest  deploy/prometheus/Containerfile
+#
+#   bash deploy/build-images.sh [LOG_DIR]   build logs go to LOG_DIR (default: a temp folder)
+#
+# Environment: ENGINE=podman|docker (default podman when installed), BASE_IMAGE (default
+# localhost/debian:bookworm-slim with podman, debian:bookworm-slim with docker), PAGEPOOLD_IMAGE,
+# PROMETHEUS_IMAGE, BUILD_JOBS (ninja jobs in the build stage, default 2), SOURCE_REV: build the
+# sources of this git revision (git archive, read-only) instead of the working tree, with deploy/
+# from the working tree, e.g. SOURCE_REV=HEAD while the working tree is mid-change.
+# The first pagepoold build compiles the project inside the container (see deploy/README.md for
+# the measured time); later builds reuse the layers, and after a source change ccache (in a cache
+# mount) recompiles only what it touches.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
+log() { echo "build-images: $*"; }
+ENGINE="${ENGINE:-$(command -v podman >/dev/null && echo podman || echo docker)}"
+case "$ENGINE" in
+  podman) flags=(--format docker --jobs 1); BASE_IMAGE="${BASE_IMAGE:-localhost/debian:bookworm-slim}" ;;
+  docker) flags=(); BASE_IMAGE="${BASE_IMAGE:-debian:bookworm-slim}" ;;
+  *) echo "build-images: ENGINE must be podman or docker" >&2; exit 2 ;;
+esac
+command -v "$ENGINE" >/dev/null || { echo "build-images: $ENGINE is not installed" >&2; exit 1; }
+PAGEPOOLD_IMAGE="${PAGEPOOLD_IMAGE:-localhost/pagepoold:latest}"
+PROMETHEUS_IMAGE="${PROMETHEUS_IMAGE:-localhost/pagepool-prometheus:latest}"
+logs="${1:-$(mktemp -d /tmp/pagepool-build.XXXXXX)}"
+mkdir -p "$logs"
+
+if [ "$ENGINE" = podman ] && [[ "$BASE_IMAGE" == localhost/* ]]; then
+  BASE_IMAGE="$BASE_IMAGE" bash "$here/base-image.sh"
+fi
+build() {  # image log context args...
+  local image="$1" logf="$2" t; t=$(date +%s); shift 2
+  log "building $image (log: $logf)"
+  if ! "$ENGINE" build "${flags[@]}" --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$image" "$@" >"$logf" 2>&1; then
+    tail -30 "$logf" >&2
+    log "building $image failed (log: $logf)" >&2
+    exit 1
+  fi
+  log "$image ready in $(( $(date +%s) - t )) s"
+}
+context="$repo"
+if [ -n "${SOURCE_REV:-}" ]; then
+  context="$(mktemp -d /tmp/pagepool-context.XXXXXX)"
+  trap 'rm -rf "$context"' EXIT
+  rev="$(git -C "$repo" rev-parse --short "$SOURCE_REV")"
+  log "context: sources of $SOURCE_REV ($rev) from git archive, deploy/ from the working tree"
+  git -C "$repo" archive "$SOURCE_REV" CMakeLists.txt base dma pool proto server client tests \
+    | tar -x -C "$context"
+  mkdir -p "$context/deploy"
+  cp -r "$here/Containerfile" "$here/bin" "$context/deploy/"
+fi
+build "$PAGEPOOLD_IMAGE" "$logs/build-pagepoold.log" --build-arg BUILD_JOBS="${BUILD_JOBS:-2}" \
+  -f "$context/deploy/Containerfile" "$context"
+build "$PROMETHEUS_IMAGE" "$logs/build-prometheus.log" "$here/prometheus"
