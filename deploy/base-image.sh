@@ -5,14 +5,29 @@
 #
 #   bash deploy/base-image.sh [--force]
 #
-# Environment: BASE_IMAGE (default localhost/debian:bookworm-slim), DEBIAN_MIRROR
-# (default http://deb.debian.org/debian), SUITE (default bookworm).
+# Environment: BASE_IMAGE (default localhost/debian:bookworm-slim), SUITE (default bookworm),
+# DEBIAN_MIRROR and DEBIAN_SECURITY_MIRROR (default: the mirrors this host's apt uses for SUITE and
+# SUITE-security, read from /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
 BASE_IMAGE="${BASE_IMAGE:-localhost/debian:bookworm-slim}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SUITE="${SUITE:-bookworm}"
+
+# The first URI this host's apt uses for suite $1 (deb822 .sources files, then sources.list).
+host_mirror() {
+  {
+    for f in /etc/apt/sources.list.d/*.sources; do
+      [ -f "$f" ] || continue
+      awk -v want="$1" '/^[[:space:]]*$/ {u = ""} /^URIs:/ {u = $2}
+        /^Suites:/ {for (i = 2; i <= NF; i++) if ($i == want && u != "") {print u; exit}}' "$f"
+    done
+    [ -f /etc/apt/sources.list ] &&
+      awk -v want="$1" '$1 == "deb" && $3 == want {print $2; exit}' /etc/apt/sources.list
+  } | head -n 1
+}
+MIRROR="${DEBIAN_MIRROR:-$(host_mirror "$SUITE")}"
+SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-$(host_mirror "$SUITE-security")}"
 force=0
 case "${1:-}" in
   --force) force=1 ;;
@@ -26,6 +41,10 @@ for tool in podman debootstrap; do
   command -v "$tool" >/dev/null || { log "$tool is missing: apt-get install -y podman runc debootstrap" >&2; exit 1; }
 done
 [ "$(id -u)" -eq 0 ] || { log "debootstrap needs root" >&2; exit 1; }
+if [ -z "$MIRROR" ]; then
+  log "this host's apt has no mirror for $SUITE: set DEBIAN_MIRROR to a Debian mirror URL" >&2
+  exit 1
+fi
 
 if [ "$force" -eq 0 ] && podman image exists "$BASE_IMAGE"; then
   log "$BASE_IMAGE exists ($(podman image inspect --format '{{.Created}}' "$BASE_IMAGE" | cut -d. -f1)); nothing to do (--force rebuilds it)"
@@ -43,8 +62,8 @@ if ! debootstrap --variant=minbase "$SUITE" "$rootfs" "$MIRROR" >"$work/debootst
   exit 1
 fi
 printf 'deb %s %s main\n' "$MIRROR" "$SUITE" "$MIRROR" "$SUITE-updates" > "$rootfs/etc/apt/sources.list"
-if [ "$MIRROR" = "http://deb.debian.org/debian" ]; then
-  echo "deb http://deb.debian.org/debian-security $SUITE-security main" >> "$rootfs/etc/apt/sources.list"
+if [ -n "$SECURITY_MIRROR" ]; then
+  echo "deb $SECURITY_MIRROR $SUITE-security main" >> "$rootfs/etc/apt/sources.list"
 fi
 # Slim: no downloaded packages, no package lists (each image's RUN apt-get update fetches them).
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
