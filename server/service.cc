@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/mutex.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "server/status_convert.h"
 
@@ -130,41 +132,104 @@ class InflightWriter final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   grpc::ByteBuffer out_;
 };
 
-// Traffic: read a batch, run it, answer it, read the next. Messages are reused across batches so
-// that repeated fields keep their allocations. The method is raw (ByteBuffers): the typed callback
-// API reports a message that does not parse exactly as a client half-close, so a malformed batch
-// ended the stream with OK; here it ends it with INVALID_ARGUMENT naming the message.
+// Traffic: read a batch, run it, queue its answer, and read the next batch while the answers are
+// being written, so a client that keeps several batches in flight (ppctl traffic --window) is not
+// held to one round trip per batch. Batches of one stream are run one at a time, in order (one read
+// is outstanding at most); answers go out in the same order. At most kMaxQueuedAnswers answers wait
+// for the client: past that the stream stops reading until it has taken some (flow control). The
+// request message is reused across batches so that repeated fields keep their allocations. The
+// method is raw (ByteBuffers): the typed callback API reports a message that does not parse exactly
+// as a client half-close, so a malformed batch ended the stream with OK; here it ends it with
+// INVALID_ARGUMENT naming the message, once the answers before it are written.
+//
+// Thread safety: OnReadDone and OnWriteDone may run at once on different gRPC threads; the queue
+// and the stream's state are under mu_, and gRPC calls are made after dropping it.
 class TrafficReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
+  static constexpr size_t kMaxQueuedAnswers = 32;
+
   TrafficReactor(Runtime* runtime, RpcStats* stats, uint32_t max_message_bytes)
       : runtime_(runtime), stats_(stats), max_message_bytes_(max_message_bytes) {
     StartRead(&in_);
   }
+
   void OnReadDone(bool ok) override {
-    if (!ok) {  // client half-closed (or went away): the call is complete
-      Done(grpc::Status::OK, absl::StatusCode::kOk);
+    if (!ok) {  // client half-closed (or went away): finish once the answers are written
+      Act(Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        EndLocked(grpc::Status::OK, absl::StatusCode::kOk);
+      }));
       return;
     }
     ++messages_;
     req_.Clear();
     grpc::Status parsed = grpc::SerializationTraits<v1::TrafficRequest>::Deserialize(&in_, &req_);
     if (!parsed.ok()) {
-      Done(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        absl::StrCat("Traffic: message #", messages_,
-                                     " is not a valid pagepool.v1.TrafficRequest (",
-                                     parsed.error_message().empty() ? "it does not parse"
-                                                                    : parsed.error_message(),
-                                     "); the batches before it were done")),
-           absl::StatusCode::kInvalidArgument);
+      grpc::Status bad(grpc::StatusCode::INVALID_ARGUMENT,
+                       absl::StrCat("Traffic: message #", messages_,
+                                    " is not a valid pagepool.v1.TrafficRequest (",
+                                    parsed.error_message().empty() ? "it does not parse"
+                                                                   : parsed.error_message(),
+                                    "); the batches before it were done"));
+      Act(Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        EndLocked(bad, absl::StatusCode::kInvalidArgument);
+      }));
       return;
     }
+    {
+      base::MutexLock l(&mu_);
+      if (ending_) return;  // the client went away while this batch was on its way: drop it
+    }
+    grpc::ByteBuffer answer;
+    grpc::Status ser = RunBatch(&answer);
+    Act(Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      if (!ser.ok()) {
+        EndLocked(ser, static_cast<absl::StatusCode>(ser.error_code()));
+        return;
+      }
+      answers_.push_back(std::move(answer));
+      if (answers_.size() < kMaxQueuedAnswers) {
+        read_next_ = true;
+      } else {
+        read_paused_ = true;
+      }
+    }));
+  }
+
+  void OnWriteDone(bool ok) override {
+    Act(Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      writing_ = false;
+      answers_.pop_front();
+      if (!ok) {
+        answers_.clear();
+        EndLocked(grpc::Status(grpc::StatusCode::CANCELLED, "Traffic: client went away"),
+                  absl::StatusCode::kCancelled);
+        return;
+      }
+      if (read_paused_ && !ending_) {
+        read_paused_ = false;
+        read_next_ = true;
+      }
+    }));
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  // What to do after dropping mu_: at most one of each gRPC call.
+  struct Actions {
+    bool read = false;
+    const grpc::ByteBuffer* write = nullptr;
+    std::optional<grpc::Status> finish;
+  };
+
+  // Runs req_ through the runtime and serializes its answer (refusing pages whose answer would be
+  // above the message limit, as for any other failed allocation).
+  grpc::Status RunBatch(grpc::ByteBuffer* answer) {
     resp_.Clear();
     uint64_t ops = runtime_->Traffic(req_, &resp_, &cache_);
     if (max_message_bytes_ != 0 && resp_.allocated_size() > 0) {
       size_t bytes = resp_.ByteSizeLong();
       if (bytes > max_message_bytes_) {
-        // The allocated pages cannot reach the client: give them back and report the refusal
-        // in the answer, as for any other failed allocation.
         int n = resp_.allocated_size();
         GiveBack(runtime_, req_.pool_id(), resp_.allocated());
         resp_.clear_allocated();
@@ -178,41 +243,67 @@ class TrafficReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       }
     }
     stats_->OnTrafficBatch(ops, resp_.errors());
-    out_.Clear();
     bool own = false;
-    grpc::Status ser =
-        grpc::SerializationTraits<v1::TrafficResponse>::Serialize(resp_, &out_, &own);
-    if (!ser.ok()) {
-      Done(ser, static_cast<absl::StatusCode>(ser.error_code()));
-      return;
-    }
-    StartWrite(&out_);
+    return grpc::SerializationTraits<v1::TrafficResponse>::Serialize(resp_, answer, &own);
   }
-  void OnWriteDone(bool ok) override {
-    if (!ok) {
-      Done(grpc::Status(grpc::StatusCode::CANCELLED, "Traffic: client went away"),
-           absl::StatusCode::kCancelled);
-      return;
-    }
-    in_.Clear();
-    StartRead(&in_);
-  }
-  void OnDone() override { delete this; }
 
- private:
-  void Done(const grpc::Status& status, absl::StatusCode code) {
-    stats_->OnFinished(RpcMethod::kTraffic, code);
-    Finish(status);
+  // Applies `change` under mu_, then decides the next write and the finish.
+  template <typename Fn>
+  Actions Update(Fn change) {
+    base::MutexLock l(&mu_);
+    change();
+    Actions a;
+    a.read = read_next_;
+    read_next_ = false;
+    if (!writing_ && !answers_.empty() && !finished_) {
+      writing_ = true;
+      a.write = &answers_.front();  // deque: stays put while later answers are pushed
+    }
+    if (ending_ && !writing_ && answers_.empty() && !finished_) {
+      finished_ = true;
+      stats_->OnFinished(RpcMethod::kTraffic, end_code_);
+      a.finish = end_status_;
+    }
+    return a;
   }
+
+  void Act(const Actions& a) {
+    if (a.write != nullptr) StartWrite(a.write);
+    if (a.read) {
+      in_.Clear();
+      StartRead(&in_);
+    }
+    if (a.finish) Finish(*a.finish);
+  }
+
+  // The stream ends with `status` once the queued answers are written (at once if none are).
+  void EndLocked(const grpc::Status& status, absl::StatusCode code)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (ending_) return;
+    ending_ = true;
+    end_status_ = status;
+    end_code_ = code;
+  }
+
   Runtime* const runtime_;
   RpcStats* const stats_;
   const uint32_t max_message_bytes_;
+  // Touched only by OnReadDone, which never runs twice at once (one read is outstanding).
   uint64_t messages_ = 0;
   grpc::ByteBuffer in_;
-  grpc::ByteBuffer out_;
   v1::TrafficRequest req_;
   v1::TrafficResponse resp_;
   Runtime::TrafficCache cache_;
+
+  base::Mutex mu_;
+  std::deque<grpc::ByteBuffer> answers_ ABSL_GUARDED_BY(mu_);  // front: being written
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_next_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
+  bool ending_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status end_status_ ABSL_GUARDED_BY(mu_);
+  absl::StatusCode end_code_ ABSL_GUARDED_BY(mu_) = absl::StatusCode::kOk;
 };
 
 // DumpPageTable: one message at a time, each a fresh lockless walk of [cursor, end) for up to

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "client/health.h"
 #include "tests/support/daemon_harness.h"
 
 namespace pagepool {
@@ -199,6 +201,61 @@ TEST_F(ServiceTest, PoolAndPageCalls) {
   ASSERT_TRUE(dom.ok());
   EXPECT_EQ(dom->domain().violations().total(), 0u);
   EXPECT_EQ(dom->domain().mapped_pages(), 0u);
+}
+
+// grpc.health.v1 answers for the empty name and for the service's own name (Kubernetes' grpc probe
+// may name it); unknown names are NOT_FOUND.
+TEST_F(ServiceTest, HealthServesTheServiceName) {
+  for (const char* name : {"", "pagepool.v1.PagePoolService"}) {
+    auto status = client::CheckHealth(c(), name);
+    ASSERT_TRUE(status.ok()) << name << ": " << status.status();
+    EXPECT_EQ(*status, client::ServingStatus::kServing) << name;
+  }
+  EXPECT_EQ(client::CheckHealth(c(), "pagepool.v1.NoSuchService").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+// A client may keep many batches in flight (ppctl traffic --window): the stream reads ahead while
+// it answers, past the point where it pauses reading for the client to catch up, and answers in
+// order.
+TEST_F(ServiceTest, TrafficStreamAnswersPipelinedBatchesInOrder) {
+  uint64_t pool = NewPool(NewDevice());
+  grpc::ClientContext ctx;
+  auto rw = c().stub()->Traffic(&ctx);
+  constexpr int kBatches = 80;  // more than the stream queues before it stops reading
+  v1::TrafficRequest req;
+  for (int i = 1; i <= kBatches; ++i) {
+    req.Clear();
+    req.set_pool_id(pool);
+    req.set_seq(i);
+    req.set_allocate(8);
+    ASSERT_TRUE(rw->Write(req));
+  }
+  v1::TrafficResponse resp;
+  std::vector<v1::PageHandle> held;
+  for (int i = 1; i <= kBatches; ++i) {
+    ASSERT_TRUE(rw->Read(&resp));
+    EXPECT_EQ(resp.seq(), uint64_t(i));
+    EXPECT_EQ(resp.errors(), 0u) << resp.error_message();
+    ASSERT_EQ(resp.allocated_size(), 8);
+    for (const auto& p : resp.allocated()) held.push_back(p.handle());
+  }
+  req.Clear();
+  req.set_pool_id(pool);
+  req.set_seq(kBatches + 1);
+  for (const auto& h : held) *req.add_return_pages() = h;
+  ASSERT_TRUE(rw->Write(req));
+  ASSERT_TRUE(rw->Read(&resp));
+  EXPECT_EQ(resp.returned(), held.size());
+  EXPECT_EQ(resp.errors(), 0u) << resp.error_message();
+  rw->WritesDone();
+  EXPECT_TRUE(rw->Finish().ok());
+  std::sort(held.begin(), held.end(), [](const auto& a, const auto& b) {
+    return a.frame() < b.frame();
+  });
+  for (size_t i = 1; i < held.size(); ++i) {
+    EXPECT_NE(held[i].frame(), held[i - 1].frame()) << "a page handed out twice";
+  }
 }
 
 TEST_F(ServiceTest, TrafficStream) {
