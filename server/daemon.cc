@@ -110,7 +110,11 @@ absl::Status Daemon::StartGrpc() {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on '", options_.listen, "' (in use, or not host:port)"));
   }
-  server_->GetHealthCheckService()->SetServingStatus(true);
+  // The empty name and the service's own (Kubernetes' grpc probe may name either); Shutdown's
+  // SetServingStatus(false) turns both NOT_SERVING.
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus(pagepool::v1::PagePoolService::service_full_name(), true);
+  health->SetServingStatus(true);
   return absl::OkStatus();
 }
 
