@@ -7,7 +7,12 @@ pkgs=(
   libabsl-dev libboost-dev libboost-system-dev liburcu-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-grpcio python3-protobuf curl openssl time
+  # containerized load tests (deploy/, ../shared/CONTAINERS.md) and the report test (chromium)
+  podman runc crun debootstrap podman-compose slirp4netns uidmap fuse-overlayfs chromium
 )
+# npm brings the chart library ppctl report inlines (client/report/) and the manifest validator's
+# packages (tests/deploy/); Debian's nodejs/npm unless a node with npm is already installed.
+command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

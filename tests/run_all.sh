@@ -3,13 +3,15 @@
 #   1. Release (gcc): every test (ctest), benchmarks built but not run.
 #   2. AddressSanitizer + UndefinedBehaviorSanitizer (clang): unit and concurrency tests of dma/ and pool/.
 #   3. ThreadSanitizer (clang): concurrency tests.
-# Usage: bash tests/run_all.sh [release|asan|tsan]...   (default: all three)
+#   4. deploy: Kubernetes manifests validated offline, a short containerized load test (podman:
+#      the daemon, two generators, Prometheus), the daemon's pod under podman kube play.
+# Usage: bash tests/run_all.sh [release|asan|tsan|deploy]...   (default: all four)
 # Build trees go to build/, build-asan/, build-tsan/. JOBS overrides the parallelism.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc)}
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(release asan tsan)
+[ ${#stages[@]} -gt 0 ] || stages=(release asan tsan deploy)
 
 configure() {  # dir, extra cmake args...
   local dir=$1; shift
@@ -44,7 +46,12 @@ for stage in "${stages[@]}"; do
       TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
         ctest --test-dir build-tsan --output-on-failure -L concurrency -j 1
       ;;
-    *) echo "unknown stage '$stage' (release, asan, tsan)" >&2; exit 2 ;;
+    deploy)
+      bash tests/deploy/validate_manifests.sh
+      bash tests/deploy/container_loadtest.sh
+      bash deploy/k8s/podman-play.sh
+      ;;
+    *) echo "unknown stage '$stage' (release, asan, tsan, deploy)" >&2; exit 2 ;;
   esac
   echo "run_all: stage $stage passed in $(( $(date +%s) - start )) s"
 done
