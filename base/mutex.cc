@@ -1,10 +1,10 @@
 #include "base/mutex.h"
 
-#include <linux/futex.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "base/cpu_relax.h"
+#include <linux/futex.h>
+#include <sys/syscall.h>
 
 namespace pagepool::base {
 namespace {

@@ -4,11 +4,11 @@
 // clang's -Wthread-safety checks every ABSL_GUARDED_BY field and ThreadSanitizer sees every
 // acquire/release.
 //
-// Why not absl::Mutex: Debian's abseil 20220623 is built without ThreadSanitizer, so its Mutex (plain
-// atomics inside the shared library) carries no happens-before edge TSan can see. Why not std::mutex:
-// an uncontended lock/unlock pair is two calls into libpthread, too much for the page_pool hot paths
-// (the ptr_ring producer lock, the in-flight index's writer lock), which the kernel guards with a
-// spinlock.
+// Why not absl::Mutex: Debian's abseil 20220623 is built without ThreadSanitizer, so its Mutex
+// (plain atomics inside the shared library) carries no happens-before edge TSan can see. Why not
+// std::mutex: an uncontended lock/unlock pair is two calls into libpthread, too much for the
+// page_pool hot paths (the ptr_ring producer lock, the in-flight index's writer lock), which the
+// kernel guards with a spinlock.
 //
 // What it is: a futex mutex (Drepper, "Futexes Are Tricky", mutex 2). The word is 0 (unlocked), 1
 // (locked) or 2 (locked, maybe with sleepers). Lock is one CAS when uncontended; a contended Lock

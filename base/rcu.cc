@@ -66,11 +66,11 @@ void BarrierMarkerRun(Head* head) {
 }  // namespace
 
 void Barrier() {
-  // Not urcu_memb_barrier(): its completion record is calloc'ed here and freed by the call_rcu thread
-  // with only liburcu's (uninstrumented) ordering in between, which TSan reports in every binary
-  // that destroys a domain. Every call_rcu of this process goes to liburcu's default call_rcu
-  // thread (nothing here creates per-CPU or per-thread call_rcu data), whose queue runs in FIFO
-  // order, so a marker queued now runs after every callback queued before it.
+  // Not urcu_memb_barrier(): its completion record is calloc'ed here and freed by the call_rcu
+  // thread with only liburcu's (uninstrumented) ordering in between, which TSan reports in every
+  // binary that destroys a domain. Every call_rcu of this process goes to liburcu's default
+  // call_rcu thread (nothing here creates per-CPU or per-thread call_rcu data), whose queue runs in
+  // FIFO order, so a marker queued now runs after every callback queued before it.
   EnsureThreadRegistered();
   auto* m = new BarrierMarker{Head{}, new std::promise<void>()};
   std::future<void> done = m->done->get_future();

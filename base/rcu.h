@@ -8,9 +8,9 @@
 //   rcu::CallRcu(h, fn)  runs fn(h) after a grace period, on liburcu's call_rcu thread.
 //   rcu::Barrier()       waits until every callback queued so far has run (before teardown).
 //
-// Thread registration is automatic: the first ReadLock (or CallRcu/Barrier) on a thread registers it
-// with liburcu, and a thread_local registrar unregisters it when the thread exits. pool/ and server/
-// threads therefore never call anything RCU-specific before using the domain.
+// Thread registration is automatic: the first ReadLock (or CallRcu/Barrier) on a thread registers
+// it with liburcu, and a thread_local registrar unregisters it when the thread exits. pool/ and
+// server/ threads therefore never call anything RCU-specific before using the domain.
 //
 // Fast path: outside ThreadSanitizer builds this header defines _LGPL_SOURCE before including
 // liburcu, so the read-side lock and unlock are liburcu's inline versions (urcu/static/urcu-memb.h)
@@ -87,9 +87,7 @@ class ReadLock {
 };
 
 // True if the calling thread is inside a ReadLock.
-inline bool ReadLockHeld() {
-  return internal::thread_registered && urcu_memb_read_ongoing() != 0;
-}
+inline bool ReadLockHeld() { return internal::thread_registered && urcu_memb_read_ongoing() != 0; }
 
 // Waits for a grace period. REQUIRES: the caller holds no ReadLock.
 void Synchronize();
@@ -101,9 +99,9 @@ void CallRcu(Head* head, Callback fn);
 // First statement of every callback handed to CallRcu.
 inline void CallbackBegin() { internal::TsanAcquire(); }
 
-// Waits until every callback queued by CallRcu so far has run (rcu_barrier; implemented with a marker
-// callback on liburcu's default call_rcu thread, which pagepoold always uses).
-// REQUIRES: the caller holds no ReadLock and is not itself a callback.
+// Waits until every callback queued by CallRcu so far has run (rcu_barrier; implemented with a
+// marker callback on liburcu's default call_rcu thread, which pagepoold always uses). REQUIRES: the
+// caller holds no ReadLock and is not itself a callback.
 void Barrier();
 
 }  // namespace pagepool::base::rcu

@@ -18,7 +18,9 @@ namespace pagepool::base {
 inline std::string Hex(uint64_t v) { return absl::StrCat("0x", absl::Hex(v)); }
 
 // A std::string_view as an absl::string_view (Debian's abseil keeps its own type).
-inline absl::string_view AbslView(std::string_view v) { return absl::string_view(v.data(), v.size()); }
+inline absl::string_view AbslView(std::string_view v) {
+  return absl::string_view(v.data(), v.size());
+}
 
 // `s` with "what: " in front of its message, same code; OK stays OK.
 inline absl::Status Annotate(const absl::Status& s, std::string_view what) {

@@ -1,9 +1,9 @@
 // File: base/thread_slot.h
 //
 // A small per-thread number used to spread threads over per-thread-ish shards (the IOVA magazine
-// caches, the Device's in-flight call counters, the checker's shards) the way the kernel uses the CPU
-// number. Threads get consecutive numbers, so N threads land on N different shards when there are at
-// least N.
+// caches, the Device's in-flight call counters, the checker's shards) the way the kernel uses the
+// CPU number. Threads get consecutive numbers, so N threads land on N different shards when there
+// are at least N.
 #ifndef PAGEPOOL_BASE_THREAD_SLOT_H_
 #define PAGEPOOL_BASE_THREAD_SLOT_H_
 

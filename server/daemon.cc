@@ -6,12 +6,11 @@
 #include <sstream>
 #include <utility>
 
-#include <boost/asio/post.hpp>
-#include <grpcpp/health_check_service_interface.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/reflection_service.h"
+#include <boost/asio/post.hpp>
+#include <grpcpp/health_check_service_interface.h>
 
 namespace pagepool::server {
 namespace {
@@ -87,8 +86,8 @@ absl::Status Daemon::StartRuntime() {
   auto runtime = Runtime::Create(ro);
   if (!runtime.ok()) return runtime.status();
   runtime_ = std::move(*runtime);
-  service_ = std::make_unique<PagePoolServiceImpl>(runtime_.get(), &stats_,
-                                                   options_.max_message_bytes);
+  service_ =
+      std::make_unique<PagePoolServiceImpl>(runtime_.get(), &stats_, options_.max_message_bytes);
   return absl::OkStatus();
 }
 
@@ -120,8 +119,8 @@ absl::Status Daemon::StartGrpc() {
 
 absl::Status Daemon::StartMetrics() {
   if (options_.metrics_listen.empty() || options_.metrics_listen == "off") return absl::OkStatus();
-  auto m = MetricsHttpServer::Start(io_, options_.metrics_listen,
-                                    [this] { return RenderMetrics(); });
+  auto m =
+      MetricsHttpServer::Start(io_, options_.metrics_listen, [this] { return RenderMetrics(); });
   if (!m.ok()) return m.status();
   metrics_ = std::move(*m);
   return absl::OkStatus();

@@ -19,31 +19,30 @@
 #include <ostream>
 #include <string>
 
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/signal_set.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <grpcpp/grpcpp.h>
-
 #include "absl/status/statusor.h"
 #include "server/metrics_http.h"
 #include "server/rpc_stats.h"
 #include "server/runtime.h"
 #include "server/service.h"
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <grpcpp/grpcpp.h>
 
 namespace pagepool::server {
 
 struct DaemonOptions {
-  std::string listen = "127.0.0.1:50051";        // gRPC address; port 0 picks a free one
-  std::string metrics_listen = "127.0.0.1:9464"; // "" or "off": no /metrics endpoint
+  std::string listen = "127.0.0.1:50051";         // gRPC address; port 0 picks a free one
+  std::string metrics_listen = "127.0.0.1:9464";  // "" or "off": no /metrics endpoint
   double memory_gib = 4;                          // simulated physical memory
   uint32_t max_devices = 64;
   uint32_t max_pools = 1024;
   uint32_t max_pages_per_call = 65536;
-  uint32_t max_message_bytes = 16 << 20;          // largest gRPC message, either direction
-  std::string tls_cert;                           // PEM files; both or neither (plaintext)
+  uint32_t max_message_bytes = 16 << 20;  // largest gRPC message, either direction
+  std::string tls_cert;                   // PEM files; both or neither (plaintext)
   std::string tls_key;
-  uint32_t shutdown_grace_ms = 2000;              // time calls in flight get at shutdown
-  bool handle_signals = true;                     // false in tests: stop with RequestStop()
+  uint32_t shutdown_grace_ms = 2000;  // time calls in flight get at shutdown
+  bool handle_signals = true;         // false in tests: stop with RequestStop()
 };
 
 class Daemon {

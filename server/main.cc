@@ -4,36 +4,43 @@
 #include <cstdlib>
 #include <iostream>
 
-#include <CLI/CLI.hpp>
-
 #include "absl/synchronization/mutex.h"
 #include "server/daemon.h"
+#include <CLI/CLI.hpp>
 
 int main(int argc, char** argv) {
   pagepool::server::DaemonOptions o;
   CLI::App app{"pagepoold: simulated NIC page pools over a modelled IOMMU, driven over gRPC"};
   app.add_option("--listen", o.listen, "gRPC address host:port (port 0: any free port)")
-      ->envname("PAGEPOOLD_LISTEN")->capture_default_str();
+      ->envname("PAGEPOOLD_LISTEN")
+      ->capture_default_str();
   app.add_option("--metrics-listen", o.metrics_listen,
                  "Prometheus /metrics address host:port; \"\" or \"off\" disables it")
-      ->envname("PAGEPOOLD_METRICS_LISTEN")->capture_default_str();
+      ->envname("PAGEPOOLD_METRICS_LISTEN")
+      ->capture_default_str();
   app.add_option("--memory-gib", o.memory_gib, "simulated physical memory in GiB")
-      ->envname("PAGEPOOLD_MEMORY_GIB")->capture_default_str();
+      ->envname("PAGEPOOLD_MEMORY_GIB")
+      ->capture_default_str();
   app.add_option("--max-devices", o.max_devices, "devices that may be created")
-      ->envname("PAGEPOOLD_MAX_DEVICES")->capture_default_str();
+      ->envname("PAGEPOOLD_MAX_DEVICES")
+      ->capture_default_str();
   app.add_option("--max-pools", o.max_pools, "pools that may exist at once")
-      ->envname("PAGEPOOLD_MAX_POOLS")->capture_default_str();
+      ->envname("PAGEPOOLD_MAX_POOLS")
+      ->capture_default_str();
   app.add_option("--max-pages-per-call", o.max_pages_per_call,
                  "pages in one Allocate/Recycle/Return call or Traffic batch")
-      ->envname("PAGEPOOLD_MAX_PAGES_PER_CALL")->capture_default_str();
+      ->envname("PAGEPOOLD_MAX_PAGES_PER_CALL")
+      ->capture_default_str();
   app.add_option("--max-message-bytes", o.max_message_bytes, "largest gRPC message")
-      ->envname("PAGEPOOLD_MAX_MESSAGE_BYTES")->capture_default_str();
+      ->envname("PAGEPOOLD_MAX_MESSAGE_BYTES")
+      ->capture_default_str();
   app.add_option("--tls-cert", o.tls_cert, "PEM certificate chain (with --tls-key: TLS)")
       ->envname("PAGEPOOLD_TLS_CERT");
   app.add_option("--tls-key", o.tls_key, "PEM private key")->envname("PAGEPOOLD_TLS_KEY");
   app.add_option("--shutdown-grace-ms", o.shutdown_grace_ms,
                  "at SIGINT/SIGTERM, time calls in flight get before they are cancelled")
-      ->envname("PAGEPOOLD_SHUTDOWN_GRACE_MS")->capture_default_str();
+      ->envname("PAGEPOOLD_SHUTDOWN_GRACE_MS")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   // CLI11 treats an empty environment variable as unset; an empty PAGEPOOLD_METRICS_LISTEN means
   // "no metrics endpoint", as an empty --metrics-listen does.

@@ -1,11 +1,12 @@
 // File: server/metrics_http.h
 //
-// A minimal HTTP/1.1 server (Boost.Beast) for the Prometheus scrape endpoint: GET /metrics answers the
-// text exposition format (text/plain; version=0.0.4) produced by a render callback; any other path is
-// 404, any other method 405. One request per connection; a connection idle for 10 s is closed.
+// A minimal HTTP/1.1 server (Boost.Beast) for the Prometheus scrape endpoint: GET /metrics answers
+// the text exposition format (text/plain; version=0.0.4) produced by a render callback; any other
+// path is 404, any other method 405. One request per connection; a connection idle for 10 s is
+// closed.
 //
-// Thread safety: runs entirely on one io_context. Start, port and Stop must be called from the thread
-// that runs the io_context (or before it runs); the render callback runs on that thread too.
+// Thread safety: runs entirely on one io_context. Start, port and Stop must be called from the
+// thread that runs the io_context (or before it runs); the render callback runs on that thread too.
 #ifndef PAGEPOOL_SERVER_METRICS_HTTP_H_
 #define PAGEPOOL_SERVER_METRICS_HTTP_H_
 
@@ -14,9 +15,8 @@
 #include <memory>
 #include <string>
 
-#include <boost/asio/io_context.hpp>
-
 #include "absl/status/statusor.h"
+#include <boost/asio/io_context.hpp>
 
 namespace pagepool::server {
 
@@ -27,8 +27,8 @@ class MetricsHttpServer {
   // Binds `address` ("host:port"; port 0 picks a free one) and starts accepting.
   // INVALID_ARGUMENT for a malformed address, UNAVAILABLE if it cannot be bound.
   static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(boost::asio::io_context& io,
-                                                                   const std::string& address,
-                                                                   Render render);
+                                                                  const std::string& address,
+                                                                  Render render);
   ~MetricsHttpServer();
 
   // The bound port.

@@ -8,10 +8,14 @@ namespace {
 // Label values escape backslash, double quote and newline.
 void AppendEscaped(std::string* out, std::string_view v) {
   for (char c : v) {
-    if (c == '\\') out->append("\\\\");
-    else if (c == '"') out->append("\\\"");
-    else if (c == '\n') out->append("\\n");
-    else out->push_back(c);
+    if (c == '\\')
+      out->append("\\\\");
+    else if (c == '"')
+      out->append("\\\"");
+    else if (c == '\n')
+      out->append("\\n");
+    else
+      out->push_back(c);
   }
 }
 

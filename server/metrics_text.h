@@ -1,7 +1,7 @@
 // File: server/metrics_text.h
 //
-// A small writer of the Prometheus text exposition format (version 0.0.4): one HELP and one TYPE line
-// per metric family, then its samples. Every name gets the `pagepool_` prefix.
+// A small writer of the Prometheus text exposition format (version 0.0.4): one HELP and one TYPE
+// line per metric family, then its samples. Every name gets the `pagepool_` prefix.
 #ifndef PAGEPOOL_SERVER_METRICS_TEXT_H_
 #define PAGEPOOL_SERVER_METRICS_TEXT_H_
 

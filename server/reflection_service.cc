@@ -5,12 +5,6 @@
 #include <unordered_set>
 #include <utility>
 
-#include <google/protobuf/descriptor.pb.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/impl/server_builder_option.h>
-#include <grpcpp/impl/server_builder_plugin.h>
-#include <grpcpp/impl/server_initializer.h>
-
 #include "absl/base/thread_annotations.h"
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
@@ -18,6 +12,11 @@
 #include "grpc/reflection/v1/reflection.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "proto/descriptor_set.h"
+#include <google/protobuf/descriptor.pb.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
+#include <grpcpp/impl/server_initializer.h>
 
 namespace pagepool::server {
 
@@ -75,7 +74,8 @@ std::vector<std::string> ReflectionIndex::WithDependencies(const gpb::FileDescri
   return out;
 }
 
-absl::StatusOr<std::vector<std::string>> ReflectionIndex::FileByName(const std::string& name) const {
+absl::StatusOr<std::vector<std::string>> ReflectionIndex::FileByName(
+    const std::string& name) const {
   const gpb::FileDescriptor* file = pool_.FindFileByName(name);
   if (file == nullptr) return absl::NotFoundError(absl::StrCat("file '", name, "' not found"));
   return WithDependencies(file);
@@ -105,7 +105,8 @@ absl::StatusOr<std::vector<std::string>> ReflectionIndex::FileContainingExtensio
 absl::StatusOr<std::vector<int>> ReflectionIndex::ExtensionNumbersOfType(
     const std::string& type) const {
   const gpb::Descriptor* desc = pool_.FindMessageTypeByName(type);
-  if (desc == nullptr) return absl::NotFoundError(absl::StrCat("message type '", type, "' not found"));
+  if (desc == nullptr)
+    return absl::NotFoundError(absl::StrCat("message type '", type, "' not found"));
   std::vector<const gpb::FieldDescriptor*> extensions;
   pool_.FindAllExtensions(desc, &extensions);
   std::vector<int> numbers;
@@ -153,9 +154,7 @@ void Answer(const ReflectionIndex& index, const ServiceNames& names, const Req& 
     for (std::string& f : *files) out->add_file_descriptor_proto(std::move(f));
   };
   switch (req.message_request_case()) {
-    case Req::kFileByFilename:
-      add_files(index.FileByName(req.file_by_filename()));
-      break;
+    case Req::kFileByFilename: add_files(index.FileByName(req.file_by_filename())); break;
     case Req::kFileContainingSymbol:
       add_files(index.FileContainingSymbol(req.file_containing_symbol()));
       break;

@@ -17,9 +17,9 @@
 //                            the built server really registered.
 //
 // Answers follow the stock implementation: a file comes with its transitive dependencies (each once
-// per answer); a question that cannot be answered gets an error_response (NOT_FOUND naming the file,
-// symbol or type), and the stream goes on. A request that asks nothing gets INVALID_ARGUMENT (the
-// stock one says UNIMPLEMENTED).
+// per answer); a question that cannot be answered gets an error_response (NOT_FOUND naming the
+// file, symbol or type), and the stream goes on. A request that asks nothing gets INVALID_ARGUMENT
+// (the stock one says UNIMPLEMENTED).
 #ifndef PAGEPOOL_SERVER_REFLECTION_SERVICE_H_
 #define PAGEPOOL_SERVER_REFLECTION_SERVICE_H_
 
@@ -28,19 +28,18 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor_database.h>
 #include <grpcpp/server_builder.h>
-
-#include "absl/status/status.h"
-#include "absl/status/statusor.h"
 
 namespace pagepool::server {
 
 // The descriptors reflection serves: the files of a serialized FileDescriptorSet (kept whole,
 // source_code_info included), then protobuf's generated pool for any file or symbol the set does
-// not hold. Each answer is a list of serialized FileDescriptorProtos: the file asked for first, then
-// its transitive dependencies, each once.
+// not hold. Each answer is a list of serialized FileDescriptorProtos: the file asked for first,
+// then its transitive dependencies, each once.
 //
 // Thread safety: immutable after Create; every method may be called from any thread concurrently
 // (DescriptorPool lookups lock the pool's own mutex when they load a file from the fallback).
@@ -67,8 +66,8 @@ class ReflectionIndex final {
 
   // The file that defines extension `number` of message type `containing_type`. NOT_FOUND if
   // the type is unknown or has no such extension.
-  absl::StatusOr<std::vector<std::string>> FileContainingExtension(const std::string& containing_type,
-                                                                  int number) const;
+  absl::StatusOr<std::vector<std::string>> FileContainingExtension(
+      const std::string& containing_type, int number) const;
 
   // The numbers of every known extension of message type `type`, ascending; empty for a type
   // nobody extends (every proto3 message). NOT_FOUND if the type is unknown.

@@ -8,17 +8,30 @@ namespace pagepool::server {
 namespace {
 
 constexpr std::string_view kMethodNames[] = {
-    "CreateDevice", "GetDevice",   "ListDevices",  "UnbindDevice", "CreatePool",   "GetPool",
-    "ListPools",    "DestroyPool", "Allocate",     "Recycle",      "Return",       "Traffic",
+    "CreateDevice", "GetDevice",   "ListDevices",   "UnbindDevice", "CreatePool", "GetPool",
+    "ListPools",    "DestroyPool", "Allocate",      "Recycle",      "Return",     "Traffic",
     "ListInflight", "GetDomain",   "DumpPageTable", "WatchEvents",
 };
 static_assert(std::size(kMethodNames) == RpcStats::kMethods);
 
 constexpr std::string_view kCodeNames[RpcStats::kCodes] = {
-    "OK",        "CANCELLED",          "UNKNOWN",        "INVALID_ARGUMENT",    "DEADLINE_EXCEEDED",
-    "NOT_FOUND", "ALREADY_EXISTS",     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION", "ABORTED",  "OUT_OF_RANGE",   "UNIMPLEMENTED",       "INTERNAL",
-    "UNAVAILABLE", "DATA_LOSS",        "UNAUTHENTICATED",
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
 };
 
 }  // namespace
@@ -35,7 +48,8 @@ uint64_t RpcStats::Errors(RpcMethod method) const {
 
 void RpcStats::AppendMetrics(std::string* out) const {
   MetricsText m(out);
-  m.Family("rpc_finished_total", "counter", "PagePoolService calls finished, by method and status code.");
+  m.Family("rpc_finished_total", "counter",
+           "PagePoolService calls finished, by method and status code.");
   for (int i = 0; i < kMethods; ++i) {
     for (int c = 0; c < kCodes; ++c) {
       uint64_t v = finished_[i][c].load(std::memory_order_relaxed);

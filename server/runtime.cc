@@ -178,8 +178,8 @@ void Runtime::CloseEvents() { events_.Close(); }
 
 absl::Status Runtime::CreateDevice(const v1::CreateDeviceRequest& req, v1::Device* out) {
   if (!v1::IommuMode_IsValid(req.iommu_mode())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "CreateDevice: iommu_mode ", req.iommu_mode(), " is not an IommuMode (0..3)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("CreateDevice: iommu_mode ", req.iommu_mode(), " is not an IommuMode (0..3)"));
   }
   if (req.name().size() > 64) {
     return absl::InvalidArgumentError(
@@ -192,16 +192,16 @@ absl::Status Runtime::CreateDevice(const v1::CreateDeviceRequest& req, v1::Devic
   }
   auto entry = std::make_shared<DeviceEntry>();
   DeviceSpec& spec = entry->spec;
-  spec.mode = req.iommu_mode() == v1::IOMMU_MODE_UNSPECIFIED ? v1::IOMMU_MODE_STRICT
-                                                              : req.iommu_mode();
+  spec.mode =
+      req.iommu_mode() == v1::IOMMU_MODE_UNSPECIFIED ? v1::IOMMU_MODE_STRICT : req.iommu_mode();
   spec.free_empty_tables = req.has_free_empty_tables() ? req.free_empty_tables() : true;
   spec.address_width = width;
 
   base::MutexLock l(&mu_);
   if (shut_down_) return ShuttingDown("CreateDevice");
   if (devices_.size() >= options_.max_devices) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "CreateDevice: device limit reached (", options_.max_devices, ", --max-devices)"));
+    return absl::ResourceExhaustedError(absl::StrCat("CreateDevice: device limit reached (",
+                                                     options_.max_devices, ", --max-devices)"));
   }
   spec.id = next_device_id_;
   spec.name = req.name().empty() ? absl::StrCat("dev", spec.id) : req.name();
@@ -279,9 +279,8 @@ absl::Status Runtime::DumpPageTable(uint64_t device_id, uint64_t start, uint64_t
   uint64_t space_end = uint64_t{1} << (*dev)->spec.address_width;
   if (end == 0) end = space_end;
   if (start >= end) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("DumpPageTable: start 0x", absl::Hex(start), " is not below end 0x",
-                     absl::Hex(end)));
+    return absl::InvalidArgumentError(absl::StrCat("DumpPageTable: start 0x", absl::Hex(start),
+                                                   " is not below end 0x", absl::Hex(end)));
   }
   dma::IommuDomain* dom = (*dev)->nic->device().domain();
   if (dom == nullptr) return absl::OkStatus();  // passthrough: no page table, nothing to dump

@@ -72,8 +72,7 @@ void AppendPoolMetrics(MetricsText& m, const std::vector<PoolRow>& rows) {
        &S::alloc_slow_high_order},
       {"pool_alloc_empty_total", "Refills that found the ptr_ring empty.", &S::alloc_empty},
       {"pool_alloc_refill_total", "Alloc cache refills from the ptr_ring.", &S::alloc_refill},
-      {"pool_alloc_waive_total", "Ring pages waived at refill (other NUMA node).",
-       &S::alloc_waive},
+      {"pool_alloc_waive_total", "Ring pages waived at refill (other NUMA node).", &S::alloc_waive},
       {"pool_recycle_cached_total", "Pages recycled into the alloc cache.", &S::recycle_cached},
       {"pool_recycle_cache_full_total", "Direct recycles that found the cache full.",
        &S::recycle_cache_full},
@@ -126,12 +125,9 @@ void AppendDomainMetrics(MetricsText& m, const std::vector<DeviceRow>& rows) {
   m.Family("domain_violations_total", "counter", "Mapping-checker violations, by kind.");
   for (const DeviceRow& r : rows) {
     const std::pair<const char*, uint64_t> kinds[] = {
-        {"double_unmap", r.v.double_unmap},
-        {"unknown_unmap", r.v.unknown_unmap},
-        {"size_mismatch", r.v.size_mismatch},
-        {"direction_mismatch", r.v.direction_mismatch},
-        {"live_at_unbind", r.v.live_at_unbind},
-        {"call_after_unbind", r.v.call_after_unbind},
+        {"double_unmap", r.v.double_unmap},     {"unknown_unmap", r.v.unknown_unmap},
+        {"size_mismatch", r.v.size_mismatch},   {"direction_mismatch", r.v.direction_mismatch},
+        {"live_at_unbind", r.v.live_at_unbind}, {"call_after_unbind", r.v.call_after_unbind},
         {"sync_unknown", r.v.sync_unknown},
     };
     for (const auto& [kind, v] : kinds) {

@@ -30,8 +30,8 @@ struct GiveBackTally {
 
   void Refuse(const absl::Status& s, int index, const char* what, uint64_t pool_id) {
     if (refused++ == 0) {
-      first_error = absl::Status(s.code(), absl::StrCat(what, " on pool ", pool_id, ": page #",
-                                                        index, ": ", s.message()));
+      first_error = absl::Status(
+          s.code(), absl::StrCat(what, " on pool ", pool_id, ": page #", index, ": ", s.message()));
     }
   }
   absl::Status Result() const {
@@ -44,8 +44,8 @@ struct GiveBackTally {
 
 // Recycles `pages` into the pool; direct (in the NAPI context) when napi_local and the context
 // still runs, else the ring way.
-void RecycleBatch(pool::NicPool& p, const RepeatedPtrField<v1::PageHandle>& pages,
-                  bool napi_local, GiveBackTally* t) {
+void RecycleBatch(pool::NicPool& p, const RepeatedPtrField<v1::PageHandle>& pages, bool napi_local,
+                  GiveBackTally* t) {
   auto all = [&](bool direct) {
     for (int i = 0; i < pages.size(); ++i) {
       auto r = p.pool().Recycle(FromWire(pages[i]), direct);
@@ -86,9 +86,9 @@ void ReturnBatch(pool::NicPool& p, const RepeatedPtrField<v1::PageHandle>& pages
 absl::Status Runtime::CheckPageLimit(uint64_t n, std::string_view call, std::string_view before,
                                      std::string_view after) const {
   if (n <= options_.max_pages_per_call) return absl::OkStatus();
-  return absl::ResourceExhaustedError(absl::StrCat(
-      base::AbslView(call), ": ", base::AbslView(before), n, base::AbslView(after),
-      " is above the limit ", options_.max_pages_per_call, " (--max-pages-per-call)"));
+  return absl::ResourceExhaustedError(
+      absl::StrCat(base::AbslView(call), ": ", base::AbslView(before), n, base::AbslView(after),
+                   " is above the limit ", options_.max_pages_per_call, " (--max-pages-per-call)"));
 }
 
 absl::Status Runtime::AllocateFrom(const PoolRef& ref, uint32_t count,

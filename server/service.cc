@@ -37,10 +37,10 @@ void GiveBack(Runtime* runtime, uint64_t pool_id,
 
 // RESOURCE_EXHAUSTED for an answer of `pages` pages and `bytes` bytes above `limit`.
 absl::Status AnswerTooBig(const char* call, int pages, size_t bytes, uint32_t limit) {
-  return absl::ResourceExhaustedError(absl::StrCat(
-      call, ": the answer with ", pages, " pages would be ", bytes,
-      " bytes, above the message limit of ", limit,
-      " bytes (--max-message-bytes); the pages were given back, ask for fewer"));
+  return absl::ResourceExhaustedError(
+      absl::StrCat(call, ": the answer with ", pages, " pages would be ", bytes,
+                   " bytes, above the message limit of ", limit,
+                   " bytes (--max-message-bytes); the pages were given back, ask for fewer"));
 }
 
 // Parses a raw request; INVALID_ARGUMENT naming the call and the message type when it does not.
@@ -48,9 +48,9 @@ template <typename Req>
 absl::Status ParseRequest(const char* name, const grpc::ByteBuffer* in, Req* req) {
   grpc::ByteBuffer buf(*in);  // a reference to the same slices; Deserialize consumes it
   if (grpc::SerializationTraits<Req>::Deserialize(&buf, req).ok()) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      name, ": the request is not a valid ", Req::descriptor()->full_name(),
-      " (it does not parse: not protobuf, or a string field that is not UTF-8)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(name, ": the request is not a valid ", Req::descriptor()->full_name(),
+                   " (it does not parse: not protobuf, or a string field that is not UTF-8)"));
 }
 
 // Serializes `m` into `out` for a raw write.
@@ -164,12 +164,12 @@ class TrafficReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     req_.Clear();
     grpc::Status parsed = grpc::SerializationTraits<v1::TrafficRequest>::Deserialize(&in_, &req_);
     if (!parsed.ok()) {
-      grpc::Status bad(grpc::StatusCode::INVALID_ARGUMENT,
-                       absl::StrCat("Traffic: message #", messages_,
-                                    " is not a valid pagepool.v1.TrafficRequest (",
-                                    parsed.error_message().empty() ? "it does not parse"
-                                                                   : parsed.error_message(),
-                                    "); the batches before it were done"));
+      grpc::Status bad(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrCat(
+              "Traffic: message #", messages_, " is not a valid pagepool.v1.TrafficRequest (",
+              parsed.error_message().empty() ? "it does not parse" : parsed.error_message(),
+              "); the batches before it were done"));
       Act(Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         EndLocked(bad, absl::StatusCode::kInvalidArgument);
       }));
@@ -323,10 +323,9 @@ class DumpReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
         cursor_(req.start()),
         end_(req.end()),
         limit_(req.limit()),
-        per_message_(max_message_bytes == 0
-                         ? kStreamBatch
-                         : std::clamp<size_t>(max_message_bytes / kMaxEntryBytes, 1,
-                                              kStreamBatch)) {
+        per_message_(max_message_bytes == 0 ? kStreamBatch
+                                            : std::clamp<size_t>(max_message_bytes / kMaxEntryBytes,
+                                                                 1, kStreamBatch)) {
     Next();
   }
 
@@ -416,9 +415,9 @@ class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
     // Subscribe last: events may arrive (on another thread) as soon as it returns.
     if (!runtime_->Subscribe(this, req.include_existing())) {
       base::MutexLock l(&mu_);
-      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                "WatchEvents: the daemon is shutting down"),
-                   absl::StatusCode::kUnavailable);
+      FinishLocked(
+          grpc::Status(grpc::StatusCode::UNAVAILABLE, "WatchEvents: the daemon is shutting down"),
+          absl::StatusCode::kUnavailable);
     }
   }
 
@@ -517,8 +516,8 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::Unary(grpc::CallbackServerContext
     bool own = false;
     grpc::Status ser = grpc::SerializationTraits<Resp>::Serialize(resp, out, &own);
     if (!ser.ok()) {
-      s = absl::InternalError(absl::StrCat(name, ": cannot serialize the answer: ",
-                                           ser.error_message()));
+      s = absl::InternalError(
+          absl::StrCat(name, ": cannot serialize the answer: ", ser.error_message()));
     }
   }
   return FinishUnary(ctx, method, s);
@@ -528,8 +527,7 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::CreateDevice(grpc::CallbackServer
                                                             const grpc::ByteBuffer* in,
                                                             grpc::ByteBuffer* out) {
   return Unary<v1::CreateDeviceRequest, v1::CreateDeviceResponse>(
-      ctx, RpcMethod::kCreateDevice, "CreateDevice", in, out,
-      [&](const auto& req, auto* resp) {
+      ctx, RpcMethod::kCreateDevice, "CreateDevice", in, out, [&](const auto& req, auto* resp) {
         return runtime_->CreateDevice(req, resp->mutable_device());
       });
 }

@@ -21,11 +21,10 @@
 #ifndef PAGEPOOL_SERVER_SERVICE_H_
 #define PAGEPOOL_SERVER_SERVICE_H_
 
-#include <grpcpp/grpcpp.h>
-
 #include "pagepool/v1/pagepool.grpc.pb.h"
 #include "server/rpc_stats.h"
 #include "server/runtime.h"
+#include <grpcpp/grpcpp.h>
 
 namespace pagepool::server {
 
@@ -36,15 +35,16 @@ namespace pagepool::server {
 namespace internal {
 using V1 = ::pagepool::v1::PagePoolService;
 using PagePoolServiceBase = V1::WithRawCallbackMethod_CreateDevice<
-    V1::WithRawCallbackMethod_GetDevice<
-    V1::WithRawCallbackMethod_ListDevices<V1::WithRawCallbackMethod_UnbindDevice<
-        V1::WithRawCallbackMethod_CreatePool<V1::WithRawCallbackMethod_GetPool<
-            V1::WithRawCallbackMethod_ListPools<V1::WithRawCallbackMethod_DestroyPool<
-                V1::WithRawCallbackMethod_Allocate<V1::WithRawCallbackMethod_Recycle<
-                    V1::WithRawCallbackMethod_Return<V1::WithRawCallbackMethod_Traffic<
-                        V1::WithRawCallbackMethod_ListInflight<V1::WithRawCallbackMethod_GetDomain<
-                            V1::WithRawCallbackMethod_DumpPageTable<
-                                V1::WithRawCallbackMethod_WatchEvents<V1::Service>>>>>>>>>>>>>>>>;
+    V1::WithRawCallbackMethod_GetDevice<V1::WithRawCallbackMethod_ListDevices<
+        V1::WithRawCallbackMethod_UnbindDevice<V1::WithRawCallbackMethod_CreatePool<
+            V1::WithRawCallbackMethod_GetPool<V1::WithRawCallbackMethod_ListPools<
+                V1::WithRawCallbackMethod_DestroyPool<V1::WithRawCallbackMethod_Allocate<
+                    V1::WithRawCallbackMethod_Recycle<V1::WithRawCallbackMethod_Return<
+                        V1::WithRawCallbackMethod_Traffic<V1::WithRawCallbackMethod_ListInflight<
+                            V1::WithRawCallbackMethod_GetDomain<
+                                V1::WithRawCallbackMethod_DumpPageTable<
+                                    V1::WithRawCallbackMethod_WatchEvents<
+                                        V1::Service>>>>>>>>>>>>>>>>;
 }  // namespace internal
 
 class PagePoolServiceImpl final : public internal::PagePoolServiceBase {
@@ -57,35 +57,40 @@ class PagePoolServiceImpl final : public internal::PagePoolServiceBase {
       : runtime_(runtime), stats_(stats), max_message_bytes_(max_message_bytes) {}
 
   grpc::ServerUnaryReactor* CreateDevice(grpc::CallbackServerContext* ctx,
-      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
-  grpc::ServerUnaryReactor* GetDevice(grpc::CallbackServerContext* ctx,
-      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+                                         const grpc::ByteBuffer* req,
+                                         grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* GetDevice(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                      grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* ListDevices(grpc::CallbackServerContext* ctx,
-      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+                                        const grpc::ByteBuffer* req,
+                                        grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* UnbindDevice(grpc::CallbackServerContext* ctx,
-      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+                                         const grpc::ByteBuffer* req,
+                                         grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* CreatePool(grpc::CallbackServerContext* ctx,
-      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
-  grpc::ServerUnaryReactor* GetPool(grpc::CallbackServerContext* ctx,
-      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
-  grpc::ServerUnaryReactor* ListPools(grpc::CallbackServerContext* ctx,
-      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+                                       const grpc::ByteBuffer* req,
+                                       grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* GetPool(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                    grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* ListPools(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                      grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* DestroyPool(grpc::CallbackServerContext* ctx,
-      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
-  grpc::ServerUnaryReactor* Allocate(grpc::CallbackServerContext* ctx,
-      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
-  grpc::ServerUnaryReactor* Recycle(grpc::CallbackServerContext* ctx,
-      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
-  grpc::ServerUnaryReactor* Return(grpc::CallbackServerContext* ctx,
-      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+                                        const grpc::ByteBuffer* req,
+                                        grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* Allocate(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                     grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* Recycle(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                    grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* Return(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                   grpc::ByteBuffer* resp) override;
   // Raw: reads TrafficRequest and writes TrafficResponse as ByteBuffers (see above).
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Traffic(
       grpc::CallbackServerContext* ctx) override;
   // Server streams, raw too: they write ListInflightResponse, DumpPageTableResponse and Event.
   grpc::ServerWriteReactor<grpc::ByteBuffer>* ListInflight(grpc::CallbackServerContext* ctx,
                                                            const grpc::ByteBuffer* req) override;
-  grpc::ServerUnaryReactor* GetDomain(grpc::CallbackServerContext* ctx,
-      const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* GetDomain(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                      grpc::ByteBuffer* resp) override;
   grpc::ServerWriteReactor<grpc::ByteBuffer>* DumpPageTable(grpc::CallbackServerContext* ctx,
                                                             const grpc::ByteBuffer* req) override;
   grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchEvents(grpc::CallbackServerContext* ctx,

@@ -1,14 +1,14 @@
 // File: server/status_convert.h
 //
-// absl::Status -> grpc::Status. absl's status codes are gRPC's, so the conversion is a cast (no table).
+// absl::Status -> grpc::Status. absl's status codes are gRPC's, so the conversion is a cast (no
+// table).
 #ifndef PAGEPOOL_SERVER_STATUS_CONVERT_H_
 #define PAGEPOOL_SERVER_STATUS_CONVERT_H_
 
 #include <string>
 
-#include <grpcpp/support/status.h>
-
 #include "absl/status/status.h"
+#include <grpcpp/support/status.h>
 
 namespace pagepool::server {
 

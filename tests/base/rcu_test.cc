@@ -1,4 +1,5 @@
-// Tests of base/rcu.h: lazy registration, nesting, grace periods, call_rcu batching and the barrier.
+// Tests of base/rcu.h: lazy registration, nesting, grace periods, call_rcu batching and the
+// barrier.
 #include "base/rcu.h"
 
 #include <atomic>

@@ -87,17 +87,39 @@ TEST(MetricsTextTest, RuntimeAndRpcFamiliesArePresentAndWellFormed) {
   stats.AppendMetrics(&text);
   std::set<std::string> families;
   ExpectWellFormed(text, &families);
-  for (const char* f :
-       {"memory_frames", "memory_frames_free", "devices", "pools_created_total", "pool_inflight",
-        "pool_inflight_mem_bytes", "pool_dma_mapped", "pool_detached", "pool_alloc_fast_total",
-        "pool_alloc_slow_total", "pool_alloc_slow_high_order_total", "pool_alloc_empty_total",
-        "pool_alloc_refill_total", "pool_alloc_waive_total", "pool_recycle_cached_total",
-        "pool_recycle_cache_full_total", "pool_recycle_ring_total", "pool_recycle_ring_full_total",
-        "pool_recycle_released_refcnt_total", "pool_index_bytes", "domain_table_pages",
-        "domain_table_bytes", "domain_mapped_pages", "domain_live_mappings",
-        "domain_tables_freed_total", "domain_maps_total", "domain_unmaps_total",
-        "domain_iotlb_flushes_total", "domain_violations_total", "rpc_finished_total",
-        "traffic_batches_total", "traffic_page_ops_total", "traffic_errors_total"}) {
+  for (const char* f : {"memory_frames",
+                        "memory_frames_free",
+                        "devices",
+                        "pools_created_total",
+                        "pool_inflight",
+                        "pool_inflight_mem_bytes",
+                        "pool_dma_mapped",
+                        "pool_detached",
+                        "pool_alloc_fast_total",
+                        "pool_alloc_slow_total",
+                        "pool_alloc_slow_high_order_total",
+                        "pool_alloc_empty_total",
+                        "pool_alloc_refill_total",
+                        "pool_alloc_waive_total",
+                        "pool_recycle_cached_total",
+                        "pool_recycle_cache_full_total",
+                        "pool_recycle_ring_total",
+                        "pool_recycle_ring_full_total",
+                        "pool_recycle_released_refcnt_total",
+                        "pool_index_bytes",
+                        "domain_table_pages",
+                        "domain_table_bytes",
+                        "domain_mapped_pages",
+                        "domain_live_mappings",
+                        "domain_tables_freed_total",
+                        "domain_maps_total",
+                        "domain_unmaps_total",
+                        "domain_iotlb_flushes_total",
+                        "domain_violations_total",
+                        "rpc_finished_total",
+                        "traffic_batches_total",
+                        "traffic_page_ops_total",
+                        "traffic_errors_total"}) {
     EXPECT_TRUE(families.count(std::string("pagepool_") + f)) << f;
   }
   const std::string id = std::to_string(pool.id()), ifindex = std::to_string(dev.id());

@@ -9,15 +9,14 @@
 #include <string>
 #include <vector>
 
-#include <google/protobuf/descriptor.pb.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
-
 #include "gmock/gmock.h"
 #include "grpc/reflection/v1/reflection.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "pagepool/v1/pagepool.grpc.pb.h"
+#include <google/protobuf/descriptor.pb.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 
 namespace pagepool {
 namespace {
@@ -252,16 +251,17 @@ TEST(ReflectionIndexTest, RefusesABrokenSet) {
   auto missing_dep = server::ReflectionIndex::Create(Set({File("t/a.proto", "A", {"t/x.proto"})}));
   EXPECT_EQ(missing_dep.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(missing_dep.status().message(), HasSubstr("t/a.proto"));
-  auto twice = server::ReflectionIndex::Create(Set({File("t/a.proto", "A"), File("t/b.proto", "A")}));
+  auto twice =
+      server::ReflectionIndex::Create(Set({File("t/a.proto", "A"), File("t/b.proto", "A")}));
   EXPECT_EQ(twice.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ReflectionIndexTest, TheEmbeddedSetBuilds) {
   auto index = server::ReflectionIndex::CreateEmbedded();
   ASSERT_TRUE(index.ok()) << index.status();
-  for (const char* symbol : {"pagepool.v1.PagePoolService", "grpc.health.v1.Health",
-                             "grpc.reflection.v1alpha.ServerReflection",
-                             "grpc.reflection.v1.ServerReflection"}) {
+  for (const char* symbol :
+       {"pagepool.v1.PagePoolService", "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}) {
     EXPECT_TRUE((*index)->FileContainingSymbol(symbol).ok()) << symbol;
   }
 }

@@ -5,13 +5,12 @@
 #include <thread>
 #include <vector>
 
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/impl/client_unary_call.h>
-
 #include "client/traffic.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/daemon_harness.h"
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/client_unary_call.h>
 
 namespace pagepool {
 namespace {

@@ -1,8 +1,5 @@
 // Service tests: every PagePoolService call against an in-process pagepoold on 127.0.0.1:0, and a
 // table of bad requests, each answered with its status code while the daemon keeps serving.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,10 +11,13 @@
 #include <thread>
 #include <vector>
 
+#include "client/health.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "client/health.h"
 #include "tests/support/daemon_harness.h"
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 namespace pagepool {
 namespace {
@@ -250,9 +250,8 @@ TEST_F(ServiceTest, TrafficStreamAnswersPipelinedBatchesInOrder) {
   EXPECT_EQ(resp.errors(), 0u) << resp.error_message();
   rw->WritesDone();
   EXPECT_TRUE(rw->Finish().ok());
-  std::sort(held.begin(), held.end(), [](const auto& a, const auto& b) {
-    return a.frame() < b.frame();
-  });
+  std::sort(held.begin(), held.end(),
+            [](const auto& a, const auto& b) { return a.frame() < b.frame(); });
   for (size_t i = 1; i < held.size(); ++i) {
     EXPECT_NE(held[i].frame(), held[i - 1].frame()) << "a page handed out twice";
   }
@@ -443,8 +442,7 @@ TEST_F(ServiceTest, BadRequestsGetTheirCodeAndTheDaemonKeepsServing) {
       {"Allocate unknown pool", C::kNotFound, [&] { return c().Allocate(999, 1).status(); }},
       {"Recycle unknown pool", C::kNotFound, [&] { return recycle(999, {mine[0]}); }},
       {"Return unknown pool", C::kNotFound, [&] { return ReturnPages(999, {mine[0]}); }},
-      {"ListInflight unknown pool", C::kNotFound,
-       [&] { return c().ListInflight(999).status(); }},
+      {"ListInflight unknown pool", C::kNotFound, [&] { return c().ListInflight(999).status(); }},
       {"DumpPageTable unknown device", C::kNotFound,
        [&] {
          v1::DumpPageTableRequest r;
@@ -459,8 +457,7 @@ TEST_F(ServiceTest, BadRequestsGetTheirCodeAndTheDaemonKeepsServing) {
        [&] { return ReturnPages(pool, {beyond}); }},
       {"CreateDevice iommu_mode 99", C::kInvalidArgument, [&] { return create_device(99, 0); }},
       {"CreateDevice iommu_mode -1", C::kInvalidArgument, [&] { return create_device(-1, 0); }},
-      {"CreateDevice address_width 40", C::kInvalidArgument,
-       [&] { return create_device(1, 40); }},
+      {"CreateDevice address_width 40", C::kInvalidArgument, [&] { return create_device(1, 40); }},
       {"CreatePool strategy 42", C::kInvalidArgument, [&] { return create_pool(dev, 42, 0); }},
       {"CreatePool order 11", C::kInvalidArgument, [&] { return create_pool(dev, 1, 11); }},
       {"DumpPageTable start >= end", C::kInvalidArgument,
@@ -486,7 +483,8 @@ TEST_F(ServiceTest, BadRequestsGetTheirCodeAndTheDaemonKeepsServing) {
        [&] { return recycle(pool, {theirs[0]}); }},
       {"Allocate on destroyed pool", C::kFailedPrecondition,
        [&] { return c().Allocate(doomed, 1).status(); }},
-      {"DestroyPool twice", C::kFailedPrecondition, [&] { return c().DestroyPool(doomed).status(); }},
+      {"DestroyPool twice", C::kFailedPrecondition,
+       [&] { return c().DestroyPool(doomed).status(); }},
       {"CreatePool on unbound device", C::kFailedPrecondition,
        [&] { return create_pool(gone_dev, 0, 0); }},
       {"UnbindDevice twice", C::kFailedPrecondition,
@@ -692,9 +690,10 @@ TEST(DaemonTlsTest, ServesOverTls) {
   char dir[] = "/tmp/pagepool-tls-XXXXXX";
   ASSERT_NE(mkdtemp(dir), nullptr);
   std::string d(dir);
-  std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
-                    "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " +
-                    d + "/key.pem -out " + d + "/cert.pem >/dev/null 2>&1";
+  std::string cmd =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " +
+      d + "/key.pem -out " + d + "/cert.pem >/dev/null 2>&1";
   if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "openssl not available";
   server::DaemonOptions o = InProcessDaemon::DefaultOptions();
   o.tls_cert = d + "/cert.pem";

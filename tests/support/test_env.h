@@ -1,8 +1,8 @@
 // File: tests/support/test_env.h
 //
 // Included by every test binary that frees RCU-protected memory: a test environment that drains RCU
-// callbacks at exit so LeakSanitizer does not report tables or index nodes still queued for freeing,
-// and EnvOr() for iteration counts a run may raise. Brings in the fake clock too.
+// callbacks at exit so LeakSanitizer does not report tables or index nodes still queued for
+// freeing, and EnvOr() for iteration counts a run may raise. Brings in the fake clock too.
 #ifndef PAGEPOOL_TESTS_SUPPORT_TEST_ENV_H_
 #define PAGEPOOL_TESTS_SUPPORT_TEST_ENV_H_
 
@@ -12,8 +12,8 @@
 #include <string>
 
 #include "base/rcu.h"
-#include "tests/support/fake_clock.h"
 #include "gtest/gtest.h"
+#include "tests/support/fake_clock.h"
 
 namespace pagepool::testing {
 

@@ -8,6 +8,8 @@
 // client that pipelines batches is not serialised here.
 //
 //   null_server [--listen 127.0.0.1:0]    prints "null_server: serving on PORT", runs until SIGTERM
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -15,13 +17,10 @@
 #include <memory>
 #include <string>
 
-#include <unistd.h>
-
-#include <grpcpp/grpcpp.h>
-
 #include "absl/base/thread_annotations.h"
 #include "base/mutex.h"
 #include "pagepool/v1/pagepool.grpc.pb.h"
+#include <grpcpp/grpcpp.h>
 
 namespace pagepool::bench {
 namespace {
@@ -127,8 +126,7 @@ class NullService final : public v1::PagePoolService::CallbackService {
     resp->mutable_pool()->set_ifindex(1);
     return Ok(ctx);
   }
-  grpc::ServerUnaryReactor* GetPool(grpc::CallbackServerContext* ctx,
-                                    const v1::GetPoolRequest* req,
+  grpc::ServerUnaryReactor* GetPool(grpc::CallbackServerContext* ctx, const v1::GetPoolRequest* req,
                                     v1::GetPoolResponse* resp) override {
     resp->mutable_pool()->set_id(req->pool_id());
     return Ok(ctx);
