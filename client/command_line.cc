@@ -95,8 +95,7 @@ void AddRecycleOptions(CLI::App* cmd, CommandArgs* a) {
 
 void AddListInflightOptions(CLI::App* cmd, CommandArgs* a) {
   AddId(cmd, "pool_id", &a->list_inflight.pool_id);
-  cmd->add_option("--limit", a->list_inflight.limit, "at most this many (0: all)")
-      ->check(kUint64);
+  cmd->add_option("--limit", a->list_inflight.limit, "at most this many (0: all)")->check(kUint64);
 }
 
 void AddDumpPageTableOptions(CLI::App* cmd, CommandArgs* args) {
@@ -116,15 +115,37 @@ void AddWatchEventsOptions(CLI::App* cmd, CommandArgs* args) {
   cmd->add_option("--count", a.count, "stop after this many events (0: never)")->check(kUint64);
 }
 
+constexpr char kTrafficFooter[] =
+    "Patterns:\n"
+    "  steady     allocate a batch, recycle the pages of the last answer\n"
+    "  burst      8 batches out, then all back\n"
+    "  hold       pages kept --hold seconds, then returned\n"
+    "  leak       pages never given back (--max-held per stream)\n"
+    "  destroy-under-traffic\n"
+    "             runs the whole --duration. At half time the pool is destroyed (or the device\n"
+    "             unbound, --unbind) while --hold-batches batches per stream are held; the\n"
+    "             streams return what they hold to the destroyed pool (refusals there are\n"
+    "             expected), then steady traffic goes on to a fresh pool on the same device\n"
+    "             (after --unbind: a fresh device) until the end. The destroy is an event on\n"
+    "             the timeline; the violations are those of the original device plus the fresh\n"
+    "             one; the run destroys the fresh pool at the end.\n"
+    "  unary      Allocate then Return as unary calls, for comparison\n"
+    "--window N keeps N batches in flight per stream (1..256; unary ignores it). The timeline is\n"
+    "sampled every 100 ms for the first 60 s, then every second.";
+
 void AddTrafficOptions(CLI::App* cmd, CommandArgs* args) {
   TrafficArgs& a = args->traffic;
   TrafficOptions& o = a.options;
+  cmd->footer(std::string(kTrafficFooter) + "\n\n" + kGlobalsFooter);
   cmd->add_option("pattern", o.pattern,
                   "steady, burst, hold, leak, destroy-under-traffic (or unary)")
       ->required();
   cmd->add_option("--duration", o.duration_s, "seconds")->capture_default_str();
   cmd->add_option("--streams", o.streams, "concurrent Traffic streams")->capture_default_str();
   cmd->add_option("--batch", o.batch, "pages per batch")->capture_default_str();
+  cmd->add_option("--window", o.window, "batches in flight per stream (1..256)")
+      ->check(CLI::Range(1u, kMaxTrafficWindow))
+      ->capture_default_str();
   cmd->add_option("--pool-id", o.pool_id, "use this pool (default: create device + pool)")
       ->check(kUint64);
   cmd->add_option("--strategy", a.strategy, "strategy of the pool created: xarray, scan, none")
@@ -143,7 +164,15 @@ void AddTrafficOptions(CLI::App* cmd, CommandArgs* args) {
   cmd->add_flag("--keep", o.keep, "keep the pool the run created");
   cmd->add_flag("--no-napi-local", a.no_napi_local, "recycle into the ptr_ring, not the cache");
   cmd->add_option("--out", a.out_path, "write the result as JSON to this file");
-  cmd->add_option("--html", a.html_path, "write an HTML report with charts to this file");
+  cmd->add_option("--html", a.html_path,
+                  "write this result's report page to this file (as ppctl report does)");
+}
+
+void AddReportOptions(CLI::App* cmd, CommandArgs* args) {
+  ReportArgs& a = args->report;
+  cmd->add_option("results", a.inputs, "ppctl traffic --out result files")->required();
+  cmd->add_option("-o,--out", a.out_path, "the HTML page to write")->required();
+  cmd->add_option("--title", a.title, "the page's title")->capture_default_str();
 }
 
 void AddHealthOptions(CLI::App* cmd, CommandArgs* a) {
@@ -151,12 +180,14 @@ void AddHealthOptions(CLI::App* cmd, CommandArgs* a) {
                   "service name (default: the whole server), e.g. pagepool.v1.PagePoolService");
 }
 
-// One row of the table: a subcommand's name, help line, options, and run.
+// One row of the table: a subcommand's name, help line, options, and run: `run` with a client of
+// the daemon, or `run_offline` for a subcommand that needs none.
 struct Subcommand {
   const char* name;
   const char* help;
   void (*add_options)(CLI::App* cmd, CommandArgs* args);
   int (*run)(CommandContext& ctx, const CommandArgs& args);
+  int (*run_offline)(std::ostream& out, std::ostream& err, const CommandArgs& args) = nullptr;
 };
 
 using Args = const CommandArgs&;
@@ -195,6 +226,9 @@ const Subcommand kSubcommands[] = {
      [](CommandContext& c, Args a) { return RunTrafficCommand(c, a.traffic); }},
     {"health", "grpc.health.v1 Check: prints the serving status; exit 0 only when SERVING",
      AddHealthOptions, [](CommandContext& c, Args a) { return RunHealth(c, a.health); }},
+    {"report", "render traffic results (--out JSON) as one HTML page with charts; no daemon",
+     AddReportOptions, nullptr,
+     [](std::ostream& out, std::ostream& err, Args a) { return RunReport(out, err, a.report); }},
 };
 
 }  // namespace
@@ -226,6 +260,11 @@ CommandLine ParseCommandLine(int argc, const char* const* argv, std::ostream& ou
 }
 
 int RunCommand(const CommandLine& command_line, std::ostream& out, std::ostream& err) {
+  for (const Subcommand& s : kSubcommands) {
+    if (command_line.subcommand == s.name && s.run_offline != nullptr) {
+      return s.run_offline(out, err, command_line.args);
+    }
+  }
   const GlobalOptions& g = command_line.globals;
   ClientOptions options;
   options.timeout = std::chrono::milliseconds(g.timeout_ms);
@@ -237,7 +276,9 @@ int RunCommand(const CommandLine& command_line, std::ostream& out, std::ostream&
   }
   CommandContext ctx{**client, g.json, out, err};
   for (const Subcommand& s : kSubcommands) {
-    if (command_line.subcommand == s.name) return s.run(ctx, command_line.args);
+    if (command_line.subcommand == s.name && s.run != nullptr) {
+      return s.run(ctx, command_line.args);
+    }
   }
   err << "ppctl: no subcommand" << std::endl;
   return kExitUsage;

@@ -2,7 +2,7 @@
 //
 // The command line of ppctl: ParseCommandLine reads it without touching the network (the global
 // options, which subcommand, its arguments); RunCommand connects to the daemon and runs that
-// subcommand (client/commands.h). ppctl's main is these two calls.
+// subcommand (client/commands.h; `report` needs no daemon). ppctl's main is these two calls.
 //
 // The subcommands come from one table (command_line.cc): name, help, options, and the Run* function
 // of client/commands.h. The global options --target (env PPCTL_TARGET), --json, --timeout-ms and
@@ -35,12 +35,13 @@ struct CommandArgs {
   CreatePoolArgs create_pool;
   uint64_t list_pools_device = 0;  // list-pools --device
   AllocateArgs allocate;
-  PagesArgs pages;                 // recycle, return
+  PagesArgs pages;  // recycle, return
   ListInflightArgs list_inflight;
   DumpPageTableArgs dump_page_table;
   WatchEventsArgs watch_events;
   TrafficArgs traffic;
   HealthArgs health;
+  ReportArgs report;
 };
 
 struct CommandLine {
@@ -59,6 +60,7 @@ CommandLine ParseCommandLine(int argc, const char* const* argv, std::ostream& ou
 // REQUIRES: !command_line.exit_status.
 // Connects to globals.target (lazily: no call is made until the subcommand's) and runs the
 // subcommand; its exit status (kExitUsage when the target or the TLS CA file is unusable).
+// `report` runs without connecting.
 int RunCommand(const CommandLine& command_line, std::ostream& out, std::ostream& err);
 
 // The subcommands, in the order of --help.

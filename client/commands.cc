@@ -5,11 +5,14 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "absl/status/status.h"
 #include "client/format.h"
 #include "client/health.h"
+#include "client/report_page.h"
 
 namespace pagepool::client {
 namespace v1 = ::pagepool::v1;
@@ -71,6 +74,12 @@ bool WriteFileIfAsked(const std::string& path, const std::string& content) {
   std::ofstream out(path);
   out << content;
   return static_cast<bool>(out);
+}
+
+// The name a result goes by in a report: its file name without ".json".
+std::string ResultName(const std::string& path) {
+  std::filesystem::path p(path);
+  return p.extension() == ".json" ? p.stem().string() : p.filename().string();
 }
 
 }  // namespace
@@ -213,8 +222,13 @@ int RunTrafficCommand(CommandContext& ctx, const TrafficArgs& args) {
   if (!WriteFileIfAsked(args.out_path, r->ToJson())) {
     return Usage(ctx, "cannot write --out " + args.out_path);
   }
-  if (!WriteFileIfAsked(args.html_path, r->ToHtml())) {
-    return Usage(ctx, "cannot write --html " + args.html_path);
+  if (!args.html_path.empty()) {
+    const std::string name = args.out_path.empty() ? options.pattern : ResultName(args.out_path);
+    auto page = RenderReportPage({{name, r->ToJson()}}, "ppctl traffic " + options.pattern);
+    if (!page.ok()) return Fail(ctx, page.status());
+    if (!WriteFileIfAsked(args.html_path, *page)) {
+      return Usage(ctx, "cannot write --html " + args.html_path);
+    }
   }
   ctx.out << (ctx.json ? r->ToJson() : r->Summary()) << std::flush;
   if (r->violations > 0) return kExitViolations;
@@ -232,6 +246,36 @@ int RunHealth(CommandContext& ctx, const HealthArgs& args) {
     ctx.out << name << "\n";
   }
   return *status == ServingStatus::kServing ? kExitOk : kExitRefused;
+}
+
+int RunReport(std::ostream& out, std::ostream& err, const ReportArgs& args) {
+  if (args.inputs.empty() || args.out_path.empty()) {
+    err << "ppctl: report: name RESULT.json files and -o REPORT.html" << std::endl;
+    return kExitUsage;
+  }
+  std::vector<ReportInput> inputs;
+  for (const std::string& path : args.inputs) {
+    std::ifstream in(path);
+    std::stringstream text;
+    if (in.is_open()) text << in.rdbuf();
+    if (!in.is_open() || in.bad()) {
+      err << "ppctl: report: cannot read " << path << std::endl;
+      return kExitRefused;
+    }
+    inputs.push_back({ResultName(path), text.str(), path});
+  }
+  auto page = RenderReportPage(inputs, args.title);
+  if (!page.ok()) {
+    err << "ppctl: report: " << page.status().message() << std::endl;
+    return kExitRefused;
+  }
+  if (!WriteFileIfAsked(args.out_path, *page)) {
+    err << "ppctl: report: cannot write " << args.out_path << std::endl;
+    return kExitRefused;
+  }
+  out << "report: " << inputs.size() << (inputs.size() == 1 ? " result" : " results") << " -> "
+      << args.out_path << std::endl;
+  return kExitOk;
 }
 
 }  // namespace pagepool::client

@@ -25,7 +25,8 @@ namespace pagepool::client {
 
 // ppctl's exit statuses.
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitRefused = 1;     // the daemon refused the call, could not be reached, or
+inline constexpr int kExitRefused = 1;     // the daemon refused the call, could not be reached,
+                                           // (report) an input or output file failed, or
                                            // (health) is not SERVING
 inline constexpr int kExitUsage = 2;       // bad command line
 inline constexpr int kExitViolations = 3;  // traffic: the device saw DMA-API violations
@@ -40,7 +41,7 @@ struct CommandContext {
 };
 
 struct CreateDeviceArgs {
-  std::string name;                  // "": the daemon names it devN
+  std::string name;                   // "": the daemon names it devN
   std::string iommu_mode = "strict";  // strict, lazy, passthrough
   bool no_free_empty_tables = false;
   uint32_t address_width = 48;
@@ -85,16 +86,22 @@ struct DumpPageTableArgs {
 struct WatchEventsArgs {
   std::vector<std::string> types;  // device-add, pool-detach, ...
   bool include_existing = false;
-  uint64_t count = 0;              // stop after this many events (0: never)
+  uint64_t count = 0;  // stop after this many events (0: never)
 };
 
 struct TrafficArgs {
-  TrafficOptions options;            // pattern, sizes, hold times ...; the enums come from:
+  TrafficOptions options;  // pattern, sizes, hold times ...; the enums come from:
   std::string strategy = "xarray";
   std::string iommu_mode = "strict";
   bool no_napi_local = false;
-  std::string out_path;              // --out: the result as JSON
-  std::string html_path;             // --html: the HTML report
+  std::string out_path;   // --out: the result as JSON
+  std::string html_path;  // --html: the report page of this one result
+};
+
+struct ReportArgs {
+  std::vector<std::string> inputs;  // `ppctl traffic --out` result files
+  std::string out_path;             // -o: the HTML page
+  std::string title = "pagepoold load report";
 };
 
 struct HealthArgs {
@@ -118,10 +125,15 @@ int RunDumpPageTable(CommandContext& ctx, const DumpPageTableArgs& args);
 // Prints events as they come, until args.count events or the stream ends.
 int RunWatchEvents(CommandContext& ctx, const WatchEventsArgs& args);
 // Runs a pattern (client/traffic.h); a progress line on stderr once a second when it is a terminal.
+// --out writes the JSON result, --html its report page (client/report_page.h).
 // kExitViolations when the device saw violations, kExitErrors on unexpected refusals.
 int RunTrafficCommand(CommandContext& ctx, const TrafficArgs& args);
 // Prints the serving status (grpc.health.v1); kExitOk only when SERVING.
 int RunHealth(CommandContext& ctx, const HealthArgs& args);
+// Writes the report page (client/report_page.h) of args.inputs to args.out_path; needs no daemon.
+// kExitRefused when an input cannot be read or is not a traffic result, or the page cannot be
+// written (the message names the file); kExitUsage when no input or output is named.
+int RunReport(std::ostream& out, std::ostream& err, const ReportArgs& args);
 
 }  // namespace pagepool::client
 

@@ -1,27 +1,23 @@
 #include "client/internal/traffic_stream.h"
 
 #include <algorithm>
-#include <chrono>
-#include <deque>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 
 namespace pagepool::client::internal {
 namespace v1 = ::pagepool::v1;
-using Clock = std::chrono::steady_clock;
 
 namespace {
 
 constexpr uint32_t kBurstBatches = 8;
 
-float MicrosSince(Clock::time_point t0) {
-  return std::chrono::duration<float, std::micro>(Clock::now() - t0).count();
-}
-
 void Take(const v1::TrafficResponse& resp, std::vector<v1::PageHandle>* into) {
   for (const v1::Page& p : resp.allocated()) into->push_back(p.handle());
 }
+
+// Pages a give-back batch carries at most.
+size_t GiveBackBatch(uint32_t batch) { return std::max<size_t>(batch, 64); }
 
 }  // namespace
 
@@ -38,7 +34,7 @@ void TrafficShared::NoteBrokenStream(absl::string_view message) {
 
 StreamWorker::StreamWorker(Client& client, const TrafficOptions& options, uint64_t pool_id,
                            TrafficShared& shared)
-    : client_(client), o_(options), pool_id_(pool_id), sh_(shared) {
+    : client_(client), o_(options), original_pool_id_(pool_id), pool_id_(pool_id), sh_(shared) {
   latencies_us_.reserve(1 << 16);
 }
 
@@ -52,8 +48,8 @@ void StreamWorker::Run() {
   rw_->WritesDone();
   grpc::Status s = rw_->Finish();
   if (!ok || !s.ok()) {
-    sh_.NoteBrokenStream(absl::StrCat("Traffic stream ended: ",
-                                      s.ok() ? "write/read failed" : s.error_message()));
+    sh_.NoteBrokenStream(
+        absl::StrCat("Traffic stream ended: ", s.ok() ? "write/read failed" : s.error_message()));
   }
 }
 
@@ -66,23 +62,33 @@ bool StreamWorker::RunPattern() {
   return true;
 }
 
-bool StreamWorker::Exchange() {
+void StreamWorker::CountLatency(Clock::time_point sent) {
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - sent);
+  latencies_us_.push_back(float(ns.count()) / 1000.0f);
+  histogram_.Record(uint64_t(std::max<int64_t>(0, ns.count())));
+}
+
+bool StreamWorker::Send() {
   req_.set_pool_id(pool_id_);
   req_.set_seq(++seq_);
   req_.set_napi_local(o_.napi_local);
-  auto t0 = Clock::now();
-  if (!rw_->Write(req_)) return false;
+  sh_.held.fetch_sub(req_.recycle_size() + req_.return_pages_size(), std::memory_order_relaxed);
+  sent_.push_back(Clock::now());
+  return rw_->Write(req_);
+}
+
+bool StreamWorker::ReceiveOne() {
   if (!rw_->Read(&resp_)) return false;
-  latencies_us_.push_back(MicrosSince(t0));
+  CountLatency(sent_.front());
+  sent_.pop_front();
   uint64_t ops = resp_.allocated_size() + resp_.recycled_cached() + resp_.recycled_ring() +
                  resp_.recycled_released() + resp_.returned();
   sh_.batches.fetch_add(1, std::memory_order_relaxed);
   sh_.page_ops.fetch_add(ops, std::memory_order_relaxed);
-  sh_.held.fetch_add(int64_t(resp_.allocated_size()) - req_.recycle_size() -
-                         req_.return_pages_size(),
-                     std::memory_order_relaxed);
+  sh_.held.fetch_add(resp_.allocated_size(), std::memory_order_relaxed);
   if (resp_.errors() > 0) {
-    if (sh_.destroying.load()) {
+    // Refusals by the original pool once its destroy was asked for are the pattern's point.
+    if (pool_id_ == original_pool_id_ && sh_.destroying.load()) {
       sh_.expected.fetch_add(resp_.errors(), std::memory_order_relaxed);
     } else {
       sh_.CountErrors(resp_.errors(), resp_.error_message());
@@ -91,18 +97,36 @@ bool StreamWorker::Exchange() {
   return true;
 }
 
+bool StreamWorker::Exchange() {
+  if (!Send()) return false;
+  if (sent_.size() < std::max<uint32_t>(o_.window, 1)) {
+    resp_.Clear();
+    return true;
+  }
+  return ReceiveOne();
+}
+
+bool StreamWorker::Drain(std::vector<v1::PageHandle>* into) {
+  while (!sent_.empty()) {
+    if (!ReceiveOne()) return false;
+    Take(resp_, into);
+  }
+  return true;
+}
+
 bool StreamWorker::GiveBack(std::vector<v1::PageHandle>* pages, bool ret) {
+  if (!Drain(pages)) return false;
   size_t pos = 0;
   while (pos < pages->size()) {
     req_.Clear();
-    size_t end = std::min(pages->size(), pos + std::max<size_t>(o_.batch, 64));
+    size_t end = std::min(pages->size(), pos + GiveBackBatch(o_.batch));
     for (; pos < end; ++pos) {
       *(ret ? req_.add_return_pages() : req_.add_recycle()) = (*pages)[pos];
     }
-    if (!Exchange()) return false;
+    if (!Exchange()) return false;  // every answer now is a give-back's: no pages in it
   }
   pages->clear();
-  return true;
+  return Drain(pages);
 }
 
 bool StreamWorker::Steady() {
@@ -138,24 +162,34 @@ bool StreamWorker::Hold() {
     v1::PageHandle handle;
   };
   std::deque<Held> held;
-  const auto hold = std::chrono::duration_cast<Clock::duration>(
-      std::chrono::duration<double>(o_.hold_s));
+  const auto hold =
+      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.hold_s));
+  auto keep = [&] {
+    auto until = Clock::now() + hold;
+    for (const v1::Page& p : resp_.allocated()) held.push_back({until, p.handle()});
+  };
   while (!sh_.stop.load(std::memory_order_relaxed)) {
     req_.Clear();
     auto now = Clock::now();
     while (!held.empty() && held.front().until <= now &&
-           req_.return_pages_size() < int(std::max<uint32_t>(o_.batch, 64) * 4)) {
+           req_.return_pages_size() < int(GiveBackBatch(o_.batch) * 4)) {
       *req_.add_return_pages() = held.front().handle;
       held.pop_front();
     }
-    if (held.size() + o_.batch <= o_.max_held) req_.set_allocate(o_.batch);
+    // Outstanding batches may each bring `batch` pages.
+    if (held.size() + (sent_.size() + 1) * o_.batch <= o_.max_held) req_.set_allocate(o_.batch);
     if (req_.allocate() == 0 && req_.return_pages().empty()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      if (sent_.empty()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      } else if (ReceiveOne()) {
+        keep();
+      } else {
+        return false;
+      }
       continue;
     }
     if (!Exchange()) return false;
-    auto until = Clock::now() + hold;
-    for (const v1::Page& p : resp_.allocated()) held.push_back({until, p.handle()});
+    keep();
   }
   std::vector<v1::PageHandle> rest;
   for (auto& h : held) rest.push_back(h.handle);
@@ -165,8 +199,14 @@ bool StreamWorker::Hold() {
 bool StreamWorker::Leak() {
   size_t held = 0;
   while (!sh_.stop.load(std::memory_order_relaxed)) {
-    if (held + o_.batch > o_.max_held) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (held + (sent_.size() + 1) * o_.batch > o_.max_held) {
+      if (sent_.empty()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      } else if (ReceiveOne()) {
+        held += resp_.allocated_size();
+      } else {
+        return false;
+      }
       continue;
     }
     req_.Clear();
@@ -174,10 +214,11 @@ bool StreamWorker::Leak() {
     if (!Exchange()) return false;
     held += resp_.allocated_size();
   }
-  return true;  // the pages stay in flight: that is the pattern
+  std::vector<v1::PageHandle> rest;
+  return Drain(&rest);  // the pages stay in flight: that is the pattern
 }
 
-bool StreamWorker::DestroyUnderTraffic() {
+bool StreamWorker::HoldUntilDestroyed(std::vector<v1::PageHandle>* rest) {
   std::deque<std::vector<v1::PageHandle>> held;  // batches, oldest first
   while (!sh_.stop.load(std::memory_order_relaxed) && !sh_.destroyed.load()) {
     req_.Clear();
@@ -192,10 +233,22 @@ bool StreamWorker::DestroyUnderTraffic() {
     Take(resp_, &got);
     if (!got.empty()) held.push_back(std::move(got));
   }
-  // The pool is gone (or the run ended): return every page still held.
-  std::vector<v1::PageHandle> rest;
-  for (auto& b : held) rest.insert(rest.end(), b.begin(), b.end());
-  return GiveBack(&rest, true);
+  for (auto& b : held) rest->insert(rest->end(), b.begin(), b.end());
+  return true;
+}
+
+bool StreamWorker::DestroyUnderTraffic() {
+  std::vector<v1::PageHandle> held;
+  if (!HoldUntilDestroyed(&held)) return false;
+  // The pool is gone (or the run ended): return every page still held, outstanding answers' too.
+  if (!GiveBack(&held, true)) return false;
+  while (!sh_.fresh_ready.load()) {
+    if (sh_.stop.load()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  pool_id_ = sh_.fresh_pool_id.load();
+  if (pool_id_ == 0) return true;  // no fresh pool: the run reports why
+  return Steady();
 }
 
 void StreamWorker::RunUnary() {
@@ -207,7 +260,7 @@ void StreamWorker::RunUnary() {
 void StreamWorker::UnaryRound(v1::ReturnRequest* ret) {
   auto t0 = Clock::now();
   auto a = client_.Allocate(pool_id_, o_.batch);
-  latencies_us_.push_back(MicrosSince(t0));
+  CountLatency(t0);
   if (!a.ok()) {
     sh_.CountErrors(1, a.status().message());
     return;
@@ -216,10 +269,9 @@ void StreamWorker::UnaryRound(v1::ReturnRequest* ret) {
   for (const v1::Page& p : a->pages()) *ret->add_pages() = p.handle();
   auto t2 = Clock::now();
   auto r = client_.Return(*ret);
-  latencies_us_.push_back(MicrosSince(t2));
+  CountLatency(t2);
   sh_.batches.fetch_add(2, std::memory_order_relaxed);
-  sh_.page_ops.fetch_add(a->pages_size() + (r.ok() ? r->returned() : 0),
-                         std::memory_order_relaxed);
+  sh_.page_ops.fetch_add(a->pages_size() + (r.ok() ? r->returned() : 0), std::memory_order_relaxed);
   if (!r.ok()) sh_.CountErrors(1, r.status().message());
 }
 

@@ -23,12 +23,15 @@ using ::testing::Not;
 // The smallest valid arguments of each subcommand.
 const std::map<std::string, std::vector<std::string>>& MinimalArgs() {
   static const auto* args = new std::map<std::string, std::vector<std::string>>{
-      {"create-device", {}},        {"get-device", {"1"}},        {"list-devices", {}},
-      {"unbind-device", {"1"}},     {"create-pool", {"1"}},       {"get-pool", {"1"}},
-      {"list-pools", {}},           {"destroy-pool", {"1"}},      {"allocate", {"1"}},
-      {"recycle", {"1", "2:3"}},    {"return", {"1", "2:3"}},     {"list-inflight", {"1"}},
-      {"get-domain", {"1"}},        {"dump-page-table", {"1"}},   {"watch-events", {}},
-      {"traffic", {"steady"}},      {"health", {}},
+      {"create-device", {}},    {"get-device", {"1"}},
+      {"list-devices", {}},     {"unbind-device", {"1"}},
+      {"create-pool", {"1"}},   {"get-pool", {"1"}},
+      {"list-pools", {}},       {"destroy-pool", {"1"}},
+      {"allocate", {"1"}},      {"recycle", {"1", "2:3"}},
+      {"return", {"1", "2:3"}}, {"list-inflight", {"1"}},
+      {"get-domain", {"1"}},    {"dump-page-table", {"1"}},
+      {"watch-events", {}},     {"traffic", {"steady"}},
+      {"health", {}},           {"report", {"r.json", "-o", "r.html"}},
   };
   return *args;
 }
@@ -75,7 +78,7 @@ TEST_F(CommandLineTest, DefaultsWithoutGlobalOptions) {
 
 // Every subcommand with its minimal arguments, and the global options before or after it.
 TEST_F(CommandLineTest, GlobalOptionsBeforeOrAfterEverySubcommand) {
-  const std::vector<std::string> globals = {"--target", "h:1",     "--json", "--timeout-ms",
+  const std::vector<std::string> globals = {"--target", "h:1",      "--json", "--timeout-ms",
                                             "5",        "--tls-ca", "ca.pem"};
   for (bool after : {false, true}) {
     for (const auto& [name, args] : MinimalArgs()) {
@@ -159,6 +162,17 @@ TEST_F(CommandLineTest, ArgumentsLandInTheirSubcommandsFields) {
   EXPECT_EQ(t.out_path, "r.json");
   EXPECT_EQ(t.html_path, "r.html");
 
+  cl = Parse({"traffic", "steady", "--window", "16"});
+  ASSERT_FALSE(cl.exit_status) << err_.str();
+  EXPECT_EQ(cl.args.traffic.options.window, 16u);
+  EXPECT_EQ(Parse({"traffic", "steady"}).args.traffic.options.window, 1u);
+
+  cl = Parse({"report", "a.json", "b.json", "-o", "r.html", "--title", "XARRAY vs SCAN"});
+  ASSERT_FALSE(cl.exit_status) << err_.str();
+  EXPECT_THAT(cl.args.report.inputs, ::testing::ElementsAre("a.json", "b.json"));
+  EXPECT_EQ(cl.args.report.out_path, "r.html");
+  EXPECT_EQ(cl.args.report.title, "XARRAY vs SCAN");
+
   cl = Parse({"health", "--service", "pagepool.v1.PagePoolService"});
   ASSERT_FALSE(cl.exit_status) << err_.str();
   EXPECT_EQ(cl.args.health.service, "pagepool.v1.PagePoolService");
@@ -180,6 +194,10 @@ TEST_F(CommandLineTest, BadCommandLinesExit2WithAMessage) {
       {"traffic", "steady", "--target"},
       {"traffic"},
       {"recycle", "1"},
+      {"traffic", "steady", "--window", "0"},
+      {"traffic", "steady", "--window", "257"},
+      {"report", "r.json"},
+      {"report", "-o", "r.html"},
   };
   for (const auto& args : bad) {
     SCOPED_TRACE(::testing::PrintToString(args));
@@ -201,7 +219,17 @@ TEST_F(CommandLineTest, HelpExits0AndNamesTheGlobalOptions) {
   ASSERT_TRUE(cl.exit_status);
   EXPECT_EQ(*cl.exit_status, kExitOk);
   EXPECT_THAT(out_.str(), HasSubstr("--duration"));
+  EXPECT_THAT(out_.str(), HasSubstr("--window"));
+  EXPECT_THAT(out_.str(), HasSubstr("fresh pool"));  // what destroy-under-traffic does
   EXPECT_THAT(out_.str(), HasSubstr("Global options"));
+}
+
+// report needs no daemon: an unreadable input is exit 1 whatever the target.
+TEST_F(CommandLineTest, ReportRunsWithoutADaemon) {
+  EXPECT_EQ(
+      ParseAndRun({"report", "/nonexistent/r.json", "-o", "/nonexistent/r.html", "--target", ""}),
+      kExitRefused);
+  EXPECT_EQ(err_.str(), "ppctl: report: cannot read /nonexistent/r.json\n");
 }
 
 // Arguments only the subcommand can check: refused with exit 2 before any call (the target does

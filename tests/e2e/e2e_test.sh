@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end test: the real pagepoold on a free port (127.0.0.1:0, port read back from its first
 # line), driven by the real ppctl: device and pool calls, an error, global options after the
-# subcommand, health, traffic patterns (steady and destroy-under-traffic with zero violations; NONE
-# + unbind must show violations and exit 3), the /metrics endpoint, then SIGTERM: exit status 0 and
-# the summary, and health then exits 1.
+# subcommand, health, traffic patterns (steady, --window, destroy-under-traffic for the whole
+# duration with zero violations and its destroy event; NONE + unbind must show violations and exit
+# 3), ppctl report, the /metrics endpoint, then SIGTERM: exit status 0 and the summary, and health
+# then exits 1.
 # Usage: e2e_test.sh PAGEPOOLD PPCTL
 set -euo pipefail
 PAGEPOOLD=$1
@@ -93,6 +94,38 @@ pp traffic destroy-under-traffic --duration 2 --out "$tmp/dut.json" >"$tmp/dut.t
 cat "$tmp/dut.txt"
 grep -q '"violations": 0,' "$tmp/dut.json" || fail "destroy-under-traffic violations"
 ok "destroy-under-traffic (destroy pool): zero violations"
+# It runs the whole duration (traffic goes on to a fresh pool) with the destroy on the timeline.
+python3 - "$tmp/dut.json" <<'PY' || fail "destroy-under-traffic result: $(head -c 2000 "$tmp/dut.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["duration_s"] >= 1.95, r["duration_s"]
+assert [e["kind"] for e in r["events"]] == ["destroy"], r["events"]
+assert 0.8 < r["events"][0]["t_s"] < 1.3, r["events"]
+assert r["fresh_pool_id"] not in (0, r["pool_id"]), r["fresh_pool_id"]
+assert r["timeline"][-1]["t_s"] > 1.8 and len(r["timeline"]) >= 15, len(r["timeline"])
+for key in ("t_s", "page_ops_per_sec", "rpc_p50_us", "rpc_p99_us", "held", "inflight",
+            "table_bytes", "errors"):
+    assert all(key in s for s in r["timeline"]), key
+assert r["strategy"] == "xarray" and r["iommu_mode"] == "strict" and r["window"] == 1
+PY
+ok "destroy-under-traffic: the whole duration, destroy event at half time, fresh pool"
+
+# --window: batches in flight per stream; 1..256.
+pp traffic steady --duration 1 --window 8 --out "$tmp/w8.json" >"$tmp/w8.txt" \
+  || fail "traffic --window 8: $(cat "$tmp/w8.txt")"
+grep -q '"window": 8,' "$tmp/w8.json" && grep -q '"errors": 0,' "$tmp/w8.json" \
+  || fail "traffic --window 8 result"
+rc=0
+pp traffic steady --window 0 >"$tmp/w0.txt" 2>&1 || rc=$?
+[ "$rc" -eq 2 ] || fail "traffic --window 0 should exit 2, got $rc"
+ok "traffic --window 8; --window 0 refused"
+
+# ppctl report (no daemon needed: a target nobody listens on).
+"$PPCTL" report "$tmp/steady.json" "$tmp/dut.json" -o "$tmp/report.html" --target 127.0.0.1:1 \
+  >"$tmp/report.txt" || fail "ppctl report: $(cat "$tmp/report.txt")"
+grep -q 'id="pp-data"' "$tmp/report.html" && grep -q 'uPlot' "$tmp/report.html" \
+  || fail "ppctl report: not the report page"
+ok "ppctl report: $(cat "$tmp/report.txt")"
 pp traffic destroy-under-traffic --duration 2 --unbind >"$tmp/dut2.txt" \
   || fail "destroy-under-traffic --unbind: $(cat "$tmp/dut2.txt")"
 grep -q "violations: 0 (clean)" "$tmp/dut2.txt" || fail "unbind violations"
