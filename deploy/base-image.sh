@@ -22,9 +22,10 @@ host_mirror() {
       awk -v want="$1" '/^[[:space:]]*$/ {u = ""} /^URIs:/ {u = $2}
         /^Suites:/ {for (i = 2; i <= NF; i++) if ($i == want && u != "") {print u; exit}}' "$f"
     done
-    [ -f /etc/apt/sources.list ] &&
+    if [ -f /etc/apt/sources.list ]; then
       awk -v want="$1" '$1 == "deb" && $3 == want {print $2; exit}' /etc/apt/sources.list
-  } | head -n 1
+    fi
+  } | head -n 1 || true
 }
 MIRROR="${DEBIAN_MIRROR:-$(host_mirror "$SUITE")}"
 SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-$(host_mirror "$SUITE-security")}"
