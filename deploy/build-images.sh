@@ -55,6 +55,19 @@ if [ -n "${SOURCE_REV:-}" ]; then
   mkdir -p "$context/deploy"
   cp -r "$here/Containerfile" "$here/bin" "$context/deploy/"
 fi
+# uPlot for ppctl report, from npm on this host (client/report/package-lock.json): the build
+# stage then needs neither npm nor the registry's certificate chain, which only the host trusts.
+uplot_npm="$(mktemp -d /tmp/pagepool-uplot.XXXXXX)"
+cp "$repo/client/report/package.json" "$repo/client/report/package-lock.json" "$uplot_npm/"
+if ! (cd "$uplot_npm" && npm ci --no-audit --no-fund --loglevel=error) >"$logs/npm-uplot.log" 2>&1; then
+  cat "$logs/npm-uplot.log" >&2
+  log "npm ci of client/report failed (log: $logs/npm-uplot.log)" >&2
+  exit 1
+fi
+mkdir -p "$context/deploy/.uplot"
+cp "$uplot_npm"/node_modules/uplot/dist/uPlot.iife.min.js \
+  "$uplot_npm"/node_modules/uplot/dist/uPlot.min.css "$context/deploy/.uplot/"
+rm -rf "$uplot_npm"
 build "$PAGEPOOLD_IMAGE" "$logs/build-pagepoold.log" --build-arg BUILD_JOBS="${BUILD_JOBS:-2}" \
   -f "$context/deploy/Containerfile" "$context"
 build "$PROMETHEUS_IMAGE" "$logs/build-prometheus.log" "$here/prometheus"
