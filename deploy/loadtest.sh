@@ -41,11 +41,11 @@ fi
 scenario="$(basename "$scenario_file" .env)"
 
 # --- the scenario: KEY=VALUE lines (shell syntax, see deploy/scenarios/README.md) -----------------
-PATTERN=steady GENERATORS=2 STREAMS=2 BATCH=64 DURATION=10 STRATEGIES=xarray IOMMU_MODE=strict
+PATTERN=steady GENERATORS=2 STREAMS=2 BATCH=64 WINDOW=1 DURATION=10 STRATEGIES=xarray IOMMU_MODE=strict
 TRAFFIC_ARGS="" EXPECT_VIOLATIONS="" MEMORY_GIB=4 DESCRIPTION=""
 # shellcheck disable=SC1090
 . "$scenario_file"
-for v in GENERATORS STREAMS BATCH DURATION MEMORY_GIB; do
+for v in GENERATORS STREAMS BATCH WINDOW DURATION MEMORY_GIB; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$scenario_file: $v must be a positive integer, not '${!v}'"
 done
 for s in $STRATEGIES $EXPECT_VIOLATIONS; do
@@ -147,6 +147,24 @@ queries=(
 )
 
 # --- one run: the stack for one strategy -----------------------------------------------------------
+# The host pid of the daemon container's pagepoold (under `init: true` a child of the container's
+# init), or nothing when it cannot be found (then no CPU figure is kept).
+daemon_pid() {
+  local init
+  init="$("$ENGINE" inspect -f '{{.State.Pid}}' "$(containers_of pagepoold)" 2>/dev/null)" || return 0
+  [ -n "$init" ] && [ "$init" != 0 ] || return 0
+  if [ "$(cat "/proc/$init/comm" 2>/dev/null)" = pagepoold ]; then
+    echo "$init"
+  else
+    pgrep -P "$init" -x pagepoold | head -n 1 || true
+  fi
+}
+# utime + stime of pid $1 in clock ticks, or nothing.
+cpu_ticks() {
+  [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 0
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
 run_one() {  # strategy dir
   local strategy="$1" dir="$2" t0 t1 id n waited
   mkdir -p "$dir/prometheus" "$dir/logs"
@@ -162,7 +180,7 @@ run_one() {  # strategy dir
   "$ENGINE" network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true
   stack_up=1
   compose_env=(GENERATORS="$GENERATORS" PATTERN="$PATTERN" DURATION="$DURATION" STREAMS="$STREAMS"
-    BATCH="$BATCH" STRATEGY="$strategy" IOMMU_MODE="$IOMMU_MODE" TRAFFIC_ARGS="$TRAFFIC_ARGS"
+    BATCH="$BATCH" WINDOW="$WINDOW" STRATEGY="$strategy" IOMMU_MODE="$IOMMU_MODE" TRAFFIC_ARGS="$TRAFFIC_ARGS"
     MEMORY_GIB="$MEMORY_GIB" START_SIGNAL=/results/.start RESULTS_DIR="$dir")
   (cd "$here" && env "${compose_env[@]}" "${compose[@]}" -p "$PROJECT" up -d --no-build) \
     >"$dir/logs/compose-up.log" 2>&1 \
@@ -184,6 +202,9 @@ run_one() {  # strategy dir
     [ "$waited" -le 120 ] || die "[$strategy] Prometheus did not scrape pagepoold:9464 within 60 s"
     sleep 0.5
   done
+  local dpid cpu0
+  dpid="$(daemon_pid)"
+  cpu0="$(cpu_ticks "$dpid")"
   t0=$(date +%s)
   touch "$dir/.start"
   log "[$strategy] Prometheus scrapes the daemon; generators started (${DURATION} s, $STREAMS streams x batch $BATCH each)"
@@ -196,6 +217,10 @@ run_one() {  # strategy dir
     echo "$name $code" >>"$dir/generators.exit"   # judged by merge_results.py
   done
   t1=$(date +%s)
+  # The daemon's CPU time over the generators' run (user + system, from the host's /proc).
+  if [ -n "$cpu0" ]; then
+    echo "$cpu0 $(cpu_ticks "$dpid") $(getconf CLK_TCK)" >"$dir/daemon_cpu"
+  fi
   log "[$strategy] generators done in $((t1 - t0)) s"
   # Wait for a scrape that began at least a second after the generators ended, so the series hold
   # the final counters (the violations of a late return are counted at the very end of a run).
@@ -238,7 +263,7 @@ log "runs done in $(( $(date +%s) - t_runs )) s"
 # --- merge, summary, verdict ---------------------------------------------------------------------
 set +e
 SCENARIO="$scenario" STRATEGIES="$STRATEGIES" EXPECT_VIOLATIONS="$EXPECT_VIOLATIONS" \
-  GENERATORS="$GENERATORS" PATTERN="$PATTERN" STREAMS="$STREAMS" BATCH="$BATCH" \
+  GENERATORS="$GENERATORS" PATTERN="$PATTERN" STREAMS="$STREAMS" BATCH="$BATCH" WINDOW="$WINDOW" \
   DURATION="$DURATION" IOMMU_MODE="$IOMMU_MODE" TRAFFIC_ARGS="$TRAFFIC_ARGS" \
   "$PY" "$here/merge_results.py" "$out" | tee "$out/summary.txt"
 verdict=${PIPESTATUS[0]}

@@ -117,6 +117,15 @@ def merge_run(out, strategy, expected_gens, expect_violations):
         window = {"start": int(t0), "end": int(t1)}
     except (OSError, ValueError):
         pass
+    daemon_cpu_s = None
+    try:
+        c0, c1, tck = open(os.path.join(d, "daemon_cpu")).read().split()
+        daemon_cpu_s = (int(c1) - int(c0)) / int(tck)
+    except (OSError, ValueError):
+        pass
+    if daemon_cpu_s is not None and totals.get("page_ops"):
+        totals["daemon_cpu_s"] = round(daemon_cpu_s, 2)
+        totals["daemon_cpu_s_per_M_ops"] = round(daemon_cpu_s / (totals["page_ops"] / 1e6), 3)
     return {"strategy": strategy, "expect_violations": expect_violations, "window": window,
             "generators": gens, "container_exits": exits, "totals": totals,
             "prometheus": prom, "problems": problems, "passed": not problems}
@@ -131,7 +140,7 @@ def main():
     strategies = env_list("STRATEGIES")
     expect = set(env_list("EXPECT_VIOLATIONS"))
     scenario = {k.lower(): os.environ.get(k, "") for k in
-                ("SCENARIO", "PATTERN", "GENERATORS", "STREAMS", "BATCH", "DURATION",
+                ("SCENARIO", "PATTERN", "GENERATORS", "STREAMS", "BATCH", "WINDOW", "DURATION",
                  "STRATEGIES", "IOMMU_MODE", "TRAFFIC_ARGS", "EXPECT_VIOLATIONS")}
     gens = int(scenario["generators"] or 0)
     runs = [merge_run(out, s, gens, s in expect) for s in strategies]
@@ -159,6 +168,9 @@ def main():
         print(f"{r['strategy']:8} {'all':>3} {t['page_ops_per_sec']:>12,.0f} {'':>8} "
               f"{t['rpc_p99_us_max']:>8.1f} {t['errors']:>6} {t['violations']:>6} "
               f"{t['held_at_destroy']:>12} {t['pages_unmapped_at_destroy']:>9}")
+        if "daemon_cpu_s" in t:
+            print(f"{r['strategy']:8} daemon CPU {t['daemon_cpu_s']:.2f} s over the run, "
+                  f"{t['daemon_cpu_s_per_M_ops']:.3f} s per million page ops")
     print(f"\nPrometheus, max over the run:\n{'strategy':8} {'scrapes':>7} {'inflight':>10} "
           f"{'table bytes':>12} {'violations':>10} {'page ops/s':>12}")
     for r in runs:
