@@ -27,11 +27,12 @@ constexpr unsigned kChunkShift = 6;  // XA_CHUNK_SHIFT
 constexpr unsigned kChunkSize = 1u << kChunkShift;
 constexpr unsigned kChunkMask = kChunkSize - 1;
 
-// xa_node. `slots` is read lock-free by RCU readers; every other field is the writers' (index lock).
-// A node's `shift` is set before the node is published and never changes.
+// xa_node. `slots` is read lock-free by RCU readers; every other field is the writers' (index
+// lock). A node's `shift` is set before the node is published and never changes.
 struct IndexNode {
   std::atomic<void*> slots[kChunkSize];
-  uint64_t free_mask = ~uint64_t{0};  // XA_FREE_MARK: bit i set when slot i (or its subtree) has room
+  uint64_t free_mask =
+      ~uint64_t{0};  // XA_FREE_MARK: bit i set when slot i (or its subtree) has room
   IndexNode* parent = nullptr;
   uint8_t shift = 0;
   uint8_t offset = 0;  // slot in the parent
@@ -67,8 +68,8 @@ inline void ClearFullMarksUpward(IndexNode* node) {
 // Frees a chain of retired nodes linked through `parent` (see InflightIndex::DeleteNodeLocked).
 void FreeNodeChainCallback(base::rcu::Head* head) {
   base::rcu::CallbackBegin();
-  IndexNode* node = reinterpret_cast<IndexNode*>(reinterpret_cast<char*>(head) -
-                                                 offsetof(IndexNode, rcu));
+  IndexNode* node =
+      reinterpret_cast<IndexNode*>(reinterpret_cast<char*>(head) - offsetof(IndexNode, rcu));
   while (node != nullptr) {
     IndexNode* next = node->parent;
     delete node;
@@ -123,6 +124,7 @@ InflightIndex::~InflightIndex() {
 size_t InflightIndex::NodeSize() { return sizeof(IndexNode); }
 
 void InflightIndex::DeleteNodeLocked(IndexNode* node) {
+  if (node == hint_.leaf) hint_ = LeafHint();
   LockedSub(nodes_, 1);
   LockedAdd(nodes_freed_, 1);
   // Unlinked nodes are chained (through `parent`, which no reader looks at) and handed to RCU in
@@ -143,8 +145,12 @@ void InflightIndex::FlushRetiredLocked() {
 
 absl::StatusOr<uint32_t> InflightIndex::Alloc(PageRecord* page) {
   base::MutexLock l(&lock_);
-  LeafHint hint;
-  return AllocLocked(page, &hint);
+  return AllocLocked(page, &hint_);
+}
+
+void InflightIndex::ForgetHintBelowLocked(uint64_t id) {
+  // The hint stays right while no id below its leaf is free: a removal there drops it.
+  if (id < hint_.base) hint_ = LeafHint();
 }
 
 size_t InflightIndex::AllocBulk(absl::Span<PageRecord* const> pages, absl::Span<uint32_t> ids) {
@@ -355,6 +361,7 @@ bool InflightIndex::CompareExchange(uint32_t id, PageRecord* expected, PageRecor
   if (leaf == nullptr) return false;
   const unsigned offset = id & kChunkMask;
   if (leaf->slots[offset].load(std::memory_order_relaxed) != expected) return false;
+  ForgetHintBelowLocked(id);
   if (leaf->free_mask != 0 && leaf->count > 1) [[likely]] {
     // RemoveLocked's common case, inline: no ancestor mark changes (the leaf already had room)
     // and the leaf stays linked (it keeps an entry).
@@ -376,6 +383,7 @@ PageRecord* InflightIndex::Erase(uint32_t id) {
   const unsigned offset = id & kChunkMask;
   void* e = leaf->slots[offset].load(std::memory_order_relaxed);
   if (e == nullptr) return nullptr;
+  ForgetHintBelowLocked(id);
   RemoveLocked(leaf, offset);
   LockedSub(entries_, 1);
   return static_cast<PageRecord*>(e);

@@ -4,7 +4,8 @@
 // xarray (include/linux/xarray.h, lib/xarray.c) as used by the merged upstream page_pool fix
 // (page_pool_register_dma_index / page_pool_release_dma_index):
 //
-//   * 64-slot nodes (XA_CHUNK_SHIFT = 6); the tree grows upward as ids grow and shrinks back; a node
+//   * 64-slot nodes (XA_CHUNK_SHIFT = 6); the tree grows upward as ids grow and shrinks back; a
+//   node
 //     whose last entry goes away is unlinked and freed after an RCU grace period.
 //   * Alloc() hands out the lowest free id in [1, limit] (xa_alloc with XA_FLAGS_ALLOC1), in
 //     O(height): every node keeps a free-slot bitmap (XA_FREE_MARK) whose bit i is set when slot i,
@@ -12,13 +13,14 @@
 //   * Load() and ForEach() are lock-free and run under the RCU read lock (they take it themselves,
 //     like xa_load and xa_for_each).
 //   * Writers (Alloc, CompareExchange, Erase) are serialised by one lock per index (xa_lock).
-//   * CompareExchange(id, page, nullptr) returns whether this caller removed the entry, so exactly one
+//   * CompareExchange(id, page, nullptr) returns whether this caller removed the entry, so exactly
+//   one
 //     of the return path and the destroy path ever unmaps a page (xa_cmpxchg).
 //
-// Memory: nodes * sizeof(node) (about 576 bytes, as xa_node); about 9 bytes per tracked page when ids
-// are dense. Nodes left empty are unlinked and freed after a grace period, except that a tree of at
-// most 4 nodes keeps them (no churn for small pools); unlinked nodes are handed to RCU in batches
-// of up to 32, so up to 31 may wait (unaccounted) until the next batch or the destructor.
+// Memory: nodes * sizeof(node) (about 576 bytes, as xa_node); about 9 bytes per tracked page when
+// ids are dense. Nodes left empty are unlinked and freed after a grace period, except that a tree
+// of at most 4 nodes keeps them (no churn for small pools); unlinked nodes are handed to RCU in
+// batches of up to 32, so up to 31 may wait (unaccounted) until the next batch or the destructor.
 //
 // Thread safety: all methods may be called from any thread concurrently. Entries are PageRecord
 // pointers; records live in PhysMemory for its whole life, so a pointer read under RCU stays valid
@@ -45,14 +47,14 @@ struct IndexNode;
 }  // namespace internal
 
 struct InflightIndexStats {
-  uint64_t entries = 0;           // ids in use
-  uint64_t nodes = 0;             // nodes linked in the tree
-  uint64_t node_bytes = 0;        // nodes * InflightIndex::NodeSize()
-  uint64_t height = 0;            // levels (0: empty tree)
-  uint64_t nodes_allocated = 0;   // total ever
-  uint64_t nodes_freed = 0;       // total handed to RCU for freeing
-  uint64_t alloc_failures = 0;    // Alloc() answers RESOURCE_EXHAUSTED (ID space full)
-  double bytes_per_entry = 0;     // node_bytes / entries (0 when empty)
+  uint64_t entries = 0;          // ids in use
+  uint64_t nodes = 0;            // nodes linked in the tree
+  uint64_t node_bytes = 0;       // nodes * InflightIndex::NodeSize()
+  uint64_t height = 0;           // levels (0: empty tree)
+  uint64_t nodes_allocated = 0;  // total ever
+  uint64_t nodes_freed = 0;      // total handed to RCU for freeing
+  uint64_t alloc_failures = 0;   // Alloc() answers RESOURCE_EXHAUSTED (ID space full)
+  double bytes_per_entry = 0;    // node_bytes / entries (0 when empty)
 };
 
 class InflightIndex {
@@ -72,11 +74,10 @@ class InflightIndex {
   // Context: any thread; takes the index lock.
   absl::StatusOr<uint32_t> Alloc(PageRecord* page);
 
-  // xa_alloc for several pages under one lock acquisition: pages[i] gets ids[i], each the lowest free
-  // id at its turn (so the result is exactly that of calling Alloc for each page in order). Stops at
-  // the first failure (ID space full); returns how many pages got an id.
-  // REQUIRES: ids.size() >= pages.size(); no null page.
-  // Context: any thread; takes the index lock once.
+  // xa_alloc for several pages under one lock acquisition: pages[i] gets ids[i], each the lowest
+  // free id at its turn (so the result is exactly that of calling Alloc for each page in order).
+  // Stops at the first failure (ID space full); returns how many pages got an id. REQUIRES:
+  // ids.size() >= pages.size(); no null page. Context: any thread; takes the index lock once.
   size_t AllocBulk(absl::Span<PageRecord* const> pages, absl::Span<uint32_t> ids);
 
   // xa_load: the entry at `id`, or nullptr.
@@ -109,7 +110,8 @@ class InflightIndex {
   static size_t NodeSize();
 
  private:
-  // The leaf the last allocation went to, and its first id (AllocBulk's shortcut).
+  // The leaf the last allocation went to, and its first id (Alloc's and AllocBulk's shortcut).
+  // Valid while every id below `base` is in use and the leaf is linked.
   struct LeafHint {
     internal::IndexNode* leaf = nullptr;
     uint64_t base = 0;
@@ -136,10 +138,13 @@ class InflightIndex {
   absl::Status IdSpaceFullLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);  // counts the failure
   static absl::Status NodeOutOfMemory();
   void DeleteNodeLocked(internal::IndexNode* node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
-  void RemoveLocked(internal::IndexNode* leaf, unsigned offset) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  void RemoveLocked(internal::IndexNode* leaf, unsigned offset)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   internal::IndexNode* LeafForLocked(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void ShrinkLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void FlushRetiredLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  // Drops hint_ when `id` (being removed) lies below its leaf.
+  void ForgetHintBelowLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
 
   static constexpr unsigned kRetireBatch = 32;
   static constexpr uint64_t kKeepNodes = 4;
@@ -149,6 +154,9 @@ class InflightIndex {
   std::atomic<internal::IndexNode*> root_{nullptr};
   // Unlinked nodes waiting to be handed to RCU (at most kRetireBatch; not counted in nodes_).
   internal::IndexNode* retired_ ABSL_GUARDED_BY(lock_) = nullptr;
+  // Where Alloc's lowest free id was last found (one xa_alloc per call, each under the lock; the
+  // hint only spares the descent from the root while it stays right).
+  LeafHint hint_ ABSL_GUARDED_BY(lock_);
   unsigned retired_count_ ABSL_GUARDED_BY(lock_) = 0;
   std::atomic<uint64_t> entries_{0};
   std::atomic<uint64_t> nodes_{0};

@@ -115,8 +115,8 @@ absl::StatusOr<PoolDestroyed> Nic::DestroyPool(NicPool& pool) {
 absl::StatusOr<DestroyResult> Nic::DestroyPool(uint64_t pool_id) {
   std::shared_ptr<NicPool> pool = FindNicPool(pool_id);
   if (pool == nullptr) {
-    return absl::NotFoundError(absl::StrCat("pool ", pool_id, " not found on device ",
-                                            device_->name()));
+    return absl::NotFoundError(
+        absl::StrCat("pool ", pool_id, " not found on device ", device_->name()));
   }
   absl::StatusOr<PoolDestroyed> d = DestroyPool(*pool);
   if (!d.ok()) return d.status();
@@ -150,6 +150,13 @@ absl::StatusOr<UnbindResult> Nic::Unbind() {
     unbinding_ = true;  // no pool can be created from here on
   }
   UnbindResult result = DestroyLivePools();
+  // A DestroyPool that another thread started (its pool already destroyed(), so skipped above) may
+  // still be unmapping: nothing may follow the unbind while it does. And the netdev is gone: the
+  // pools left waiting for pages count as not linked to one (page_pool_unreg_netdev).
+  for (const std::shared_ptr<PagePool>& pool : Pools()) {
+    pool->WaitForDestroy();
+    pool->UnlinkNetdev();
+  }
   absl::Status unbound = device_->Unbind();
   if (!unbound.ok()) return unbound;
   result.duration_ns = base::MonotonicNanos() - start;

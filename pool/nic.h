@@ -90,9 +90,9 @@ struct PoolDestroyed {
 // What destroying several pools did (Unbind, DestroyLivePools).
 struct UnbindResult {
   uint32_t pools_destroyed = 0;
-  int64_t inflight_at_destroy = 0;  // sum over the destroyed pools
-  uint64_t pages_unmapped = 0;      // sum over the destroyed pools
-  uint64_t duration_ns = 0;         // the pools' destroy (Unbind: plus Device::Unbind)
+  int64_t inflight_at_destroy = 0;       // sum over the destroyed pools
+  uint64_t pages_unmapped = 0;           // sum over the destroyed pools
+  uint64_t duration_ns = 0;              // the pools' destroy (Unbind: plus Device::Unbind)
   std::vector<PoolDestroyed> destroyed;  // each pool this call destroyed, in id order
 };
 
@@ -136,16 +136,17 @@ class Nic {
   // duration_ns covers the destroys. Context: as DestroyPool.
   UnbindResult DestroyLivePools();
 
-  // Driver unbind: DestroyLivePools, then dma::Device::Unbind(). FAILED_PRECONDITION if already
-  // unbound. Context: as DestroyPool.
+  // Driver unbind: DestroyLivePools, waits for any destroy still running on another thread, marks
+  // every pool's netdev gone (PagePool::UnlinkNetdev), then dma::Device::Unbind(). So with XARRAY
+  // or SCAN no unmap of a destroy can follow the unbind. FAILED_PRECONDITION if already unbound.
+  // Context: as DestroyPool.
   absl::StatusOr<UnbindResult> Unbind();
 
   // The release worker: PagePool::ReleaseRetry(now_ns) on every detached pool whose destroy has
   // finished; forgets those with nothing left in flight and appends them to *released (when not
   // null), in id order. Returns how many detached pools still wait.
   // Context: any thread.
-  size_t ReleaseRetry(uint64_t now_ns,
-                      std::vector<std::shared_ptr<PagePool>>* released = nullptr);
+  size_t ReleaseRetry(uint64_t now_ns, std::vector<std::shared_ptr<PagePool>>* released = nullptr);
 
   bool bound() const { return device_->bound(); }
   uint32_t ifindex() const { return config_.ifindex; }

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <ctime>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -24,6 +25,13 @@ inline void BumpSingle(std::atomic<uint64_t>& c) {
   c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 inline void BumpShared(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
+
+// ktime_get_boottime_seconds(): the netlink detach_time.
+int64_t BoottimeSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return int64_t(ts.tv_sec);
+}
 
 // The status for an allocation that came back empty, by its AllocError.
 absl::Status AllocErrorStatus(int err, uint64_t pool_id) {
@@ -49,12 +57,9 @@ absl::Status AllocErrorStatus(int err, uint64_t pool_id) {
 
 std::string_view DestroyStrategyName(DestroyStrategy strategy) {
   switch (strategy) {
-    case DestroyStrategy::kXarray:
-      return "xarray";
-    case DestroyStrategy::kScan:
-      return "scan";
-    case DestroyStrategy::kNone:
-      return "none";
+    case DestroyStrategy::kXarray: return "xarray";
+    case DestroyStrategy::kScan: return "scan";
+    case DestroyStrategy::kNone: return "none";
   }
   return "unknown";
 }
@@ -71,15 +76,23 @@ absl::StatusOr<std::shared_ptr<PagePool>> PagePool::Create(std::shared_ptr<PhysM
   if ((params.flags & ~(kPpFlagDmaMap | kPpFlagDmaSyncDev)) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("unknown pool flags ", params.flags));
   }
+  // page_pool_init's checks.
+  if (dma_map && params.dma_dir != dma::DmaDirection::kFromDevice &&
+      params.dma_dir != dma::DmaDirection::kBidirectional) {
+    return absl::InvalidArgumentError(
+        "PP_FLAG_DMA_MAP needs dma_dir DMA_FROM_DEVICE or DMA_BIDIRECTIONAL");
+  }
   if ((params.flags & kPpFlagDmaSyncDev) && !dma_map) {
     return absl::InvalidArgumentError("PP_FLAG_DMA_SYNC_DEV needs PP_FLAG_DMA_MAP");
+  }
+  if ((params.flags & kPpFlagDmaSyncDev) && params.max_len == 0) {
+    return absl::InvalidArgumentError("PP_FLAG_DMA_SYNC_DEV needs max_len");
   }
   const uint64_t page_bytes = dma::kPageSize << params.order;
   const uint64_t max_len = params.max_len == 0 ? page_bytes : params.max_len;
   if (uint64_t{params.offset} + max_len > page_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("offset ", params.offset, " + max_len ",
-                                                   max_len, " beyond the page (", page_bytes,
-                                                   " bytes)"));
+    return absl::InvalidArgumentError(absl::StrCat("offset ", params.offset, " + max_len ", max_len,
+                                                   " beyond the page (", page_bytes, " bytes)"));
   }
   if (dma_map && device == nullptr) {
     return absl::InvalidArgumentError("PP_FLAG_DMA_MAP needs a device");
@@ -93,8 +106,7 @@ absl::StatusOr<std::shared_ptr<PagePool>> PagePool::Create(std::shared_ptr<PhysM
   }
   const uint32_t id = g_next_pool_id.fetch_add(1, std::memory_order_relaxed);
   if (id == 0) return absl::ResourceExhaustedError("pool ids exhausted");
-  return std::shared_ptr<PagePool>(
-      new PagePool(std::move(memory), std::move(device), params, id));
+  return std::shared_ptr<PagePool>(new PagePool(std::move(memory), std::move(device), params, id));
 }
 
 PagePool::PagePool(std::shared_ptr<PhysMemory> memory, std::shared_ptr<dma::Device> device,
@@ -107,7 +119,8 @@ PagePool::PagePool(std::shared_ptr<PhysMemory> memory, std::shared_ptr<dma::Devi
       dma_map_((params.flags & kPpFlagDmaMap) != 0),
       dma_sync_max_len_(params.max_len == 0 ? uint32_t(dma::kPageSize << params.order)
                                             : params.max_len),
-      dma_sync_((params.flags & kPpFlagDmaSyncDev) != 0) {
+      dma_sync_((params.flags & kPpFlagDmaSyncDev) != 0 && params.dma_need_sync) {
+  netdev_linked_.store(params_.ifindex != 0, std::memory_order_relaxed);
   if (params_.strategy == DestroyStrategy::kXarray && dma_map_) {
     index_ = std::make_unique<InflightIndex>(params_.dma_index_limit);
   }
@@ -204,16 +217,18 @@ bool PagePool::DmaMap(PageRecord* page) {
       return false;
     }
     page->pp_magic.store(uint64_t{*id} << kPpDmaIndexShift, std::memory_order_release);
-  } else {
-    dma_mapped_.fetch_add(1, std::memory_order_relaxed);  // tracked pages are counted by the index
   }
   DmaSyncForDevice(page, dma_sync_max_len_);
   return true;
 }
 
-void PagePool::UnmapUntrackable(PageRecord* page) {
-  const dma::DmaAddr dma = page->dma_addr.exchange(0, std::memory_order_relaxed);
+void PagePool::UnmapClaimed(dma::DmaAddr dma) {
+  // With kNone on an unbound device the Device refuses and counts this: the seed-002 crash.
   (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
+}
+
+void PagePool::UnmapUntrackable(PageRecord* page) {
+  UnmapClaimed(page->dma_addr.exchange(0, std::memory_order_relaxed));
   index_exhausted_.fetch_add(1, std::memory_order_relaxed);
   last_alloc_error_.store(kIndexFull, std::memory_order_relaxed);
 }
@@ -229,6 +244,7 @@ PageRecord* PagePool::AllocPageOrder() {
     memory_->PutPage(*frame);
     return nullptr;
   }
+  if (dma_map_ && index_ == nullptr) dma_mapped_.fetch_add(1, std::memory_order_relaxed);
   BumpSingle(stats_.alloc_slow_high_order);
   SetPpInfo(page);
   hold_cnt_.store(hold_cnt_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
@@ -240,8 +256,10 @@ PageRecord* PagePool::AllocSlow() {
     last_alloc_error_.store(kDestroyed, std::memory_order_relaxed);
     return nullptr;
   }
-  if (params_.order != 0) [[unlikely]] return AllocPageOrder();
-  if (CacheCount() > 0) [[unlikely]] return CachePop();
+  if (params_.order != 0) [[unlikely]]
+    return AllocPageOrder();
+  if (CacheCount() > 0) [[unlikely]]
+    return CachePop();
 
   FrameNumber frames[kPpAllocCacheRefill];
   const size_t nr_pages = memory_->AllocBulk(absl::MakeSpan(frames, kPpAllocCacheRefill));
@@ -249,38 +267,23 @@ PageRecord* PagePool::AllocSlow() {
     last_alloc_error_.store(kNoMemory, std::memory_order_relaxed);
     return nullptr;
   }
-  PageRecord* pages[kPpAllocCacheRefill];
+  // __page_pool_alloc_pages_slow: page_pool_dma_map page by page (map, one index allocation,
+  // sync), as upstream does.
   size_t n = 0;
   for (size_t i = 0; i < nr_pages; ++i) {
     PageRecord* page = &memory_->record(frames[i]);
-    if (dma_map_ && !DmaMapOnly(page)) [[unlikely]] {
+    if (dma_map_ && !DmaMap(page)) [[unlikely]] {
       memory_->PutPage(frames[i]);
       continue;
     }
-    pages[n++] = page;
-  }
-  if (index_ != nullptr && n > 0) {
-    // page_pool_register_dma_index for the whole bulk under one index lock acquisition; the ids
-    // are exactly those per-page xa_alloc calls would give.
-    uint32_t ids[kPpAllocCacheRefill];
-    const size_t tracked = index_->AllocBulk(absl::MakeConstSpan(pages, n), absl::MakeSpan(ids, n));
-    for (size_t i = 0; i < tracked; ++i) {
-      pages[i]->pp_magic.store(uint64_t{ids[i]} << kPpDmaIndexShift, std::memory_order_release);
-    }
-    for (size_t i = tracked; i < n; ++i) {
-      UnmapUntrackable(pages[i]);
-      memory_->PutPage(memory_->FrameOf(pages[i]));
-    }
-    n = tracked;
+    SetPpInfo(page);
+    CachePush(page);
+    ++n;
   }
   if (dma_map_ && index_ == nullptr) dma_mapped_.fetch_add(n, std::memory_order_relaxed);
-  for (size_t i = 0; i < n; ++i) {
-    if (dma_map_) DmaSyncForDevice(pages[i], dma_sync_max_len_);
-    SetPpInfo(pages[i]);
-    CachePush(pages[i]);
-  }
   // pages_state_hold_cnt
-  hold_cnt_.store(hold_cnt_.load(std::memory_order_relaxed) + uint32_t(n), std::memory_order_release);
+  hold_cnt_.store(hold_cnt_.load(std::memory_order_relaxed) + uint32_t(n),
+                  std::memory_order_release);
   if (CacheCount() > 0) [[likely]] {
     BumpSingle(stats_.alloc_slow);
     return CachePop();
@@ -288,7 +291,13 @@ PageRecord* PagePool::AllocSlow() {
   return nullptr;
 }
 
-void PagePool::SetNid(int nid) { pref_nid_ = nid < 0 ? 0 : uint32_t(nid); }
+void PagePool::SetNid(int nid) {
+  const uint32_t new_nid = nid < 0 ? 0 : uint32_t(nid);
+  if (new_nid == pref_nid_) return;
+  // page_pool_update_nid: flush the alloc cache, as refill checks the node.
+  pref_nid_ = new_nid;
+  EmptyAllocCache();
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Recycling and release
@@ -299,15 +308,17 @@ void PagePool::DmaSyncForDevice(PageRecord* page, uint32_t dma_sync_size) {
   if (!dma_sync_.load(std::memory_order_relaxed)) return;
   base::rcu::ReadLock rcu;
   if (!dma_sync_.load(std::memory_order_acquire)) return;
-  (void)device_->SyncForDevice(page->dma_addr.load(std::memory_order_relaxed), params_.offset,
-                               std::min(dma_sync_size, dma_sync_max_len_), params_.dma_dir);
+  const uint32_t len = std::min(dma_sync_size, dma_sync_max_len_);
+  (void)device_->SyncForDevice(page->dma_addr.load(std::memory_order_relaxed), params_.offset, len,
+                               params_.dma_dir);
+  dma_synced_bytes_.fetch_add(len, std::memory_order_relaxed);
 }
 
-RecycleResult PagePool::PutFullPage(PageRecord* page, bool allow_direct) {
+RecycleResult PagePool::PutPage(PageRecord* page, uint32_t dma_sync_size, bool allow_direct) {
   // __page_pool_put_page: refcount 1 means the pool owns the page and may recycle it.
   if (page->page_ref.load(std::memory_order_acquire) == 1) [[likely]] {
     if (dma_sync_.load(std::memory_order_relaxed)) [[unlikely]] {
-      DmaSyncForDevice(page, dma_sync_max_len_);
+      DmaSyncForDevice(page, dma_sync_size);
     }
     // page_pool_recycle_in_cache. After Destroy the NAPI context is detached: nothing goes into
     // the cache any more.
@@ -331,9 +342,7 @@ RecycleResult PagePool::RecycleInRingOrRelease(PageRecord* page) {
     case internal::PtrRing::ProduceResult::kOk:
       BumpShared(stats_.recycle_ring);
       return RecycleResult::kRing;
-    case internal::PtrRing::ProduceResult::kFull:
-      BumpShared(stats_.recycle_ring_full);
-      break;
+    case internal::PtrRing::ProduceResult::kFull: BumpShared(stats_.recycle_ring_full); break;
     case internal::PtrRing::ProduceResult::kClosed:
       break;  // destroyed pool: release at once (see the header)
   }
@@ -361,8 +370,7 @@ bool PagePool::ReleasePageDma(PageRecord* page) {
     // the tracked release path has no shared counter to bump.
     dma_mapped_.fetch_sub(1, std::memory_order_relaxed);
   }
-  // With kNone on an unbound device the Device refuses and counts this: the seed-002 crash.
-  (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
+  UnmapClaimed(dma);
   return true;
 }
 
@@ -386,16 +394,20 @@ bool PagePool::ReleasePage(PageRecord* page) {
       return ReturnPageLocked(page);
     }
     case DestroyStrategy::kScan: {
-      // RFC v4: while a destroy runs, returns serialise with the scan on destroy_lock_.
-      base::rcu::ReadLock rcu;
-      if (destroy_cnt_.load(std::memory_order_acquire) != 0) [[unlikely]] {
-        base::MutexLock l(&destroy_lock_);
-        return ReturnPageLocked(page);
+      // RFC v4: a return that sees no destroy runs inside the read section the destroy's grace
+      // period waits for.
+      {
+        base::rcu::ReadLock rcu;
+        if (destroy_cnt_.load(std::memory_order_acquire) == 0) [[likely]] {
+          return ReturnPageLocked(page);
+        }
       }
+      // A destroy runs: serialise with its frame walk on destroy_lock_, taken outside the read
+      // section, so a grace period never waits for a return that waits for the lock.
+      base::MutexLock l(&destroy_lock_);
       return ReturnPageLocked(page);
     }
-    case DestroyStrategy::kNone:
-      break;
+    case DestroyStrategy::kNone: break;
   }
   return ReturnPageLocked(page);
 }
@@ -416,9 +428,8 @@ void PagePool::HandOut(PageRecord* page, PoolPage* out) {
 
 absl::StatusOr<PageRecord*> PagePool::ClaimHandle(PageHandle handle, const char* what) {
   if (handle.frame >= memory_->frames()) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": frame ", handle.frame,
-                                                   " is beyond memory (", memory_->frames(),
-                                                   " frames)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": frame ", handle.frame, " is beyond memory (", memory_->frames(), " frames)"));
   }
   if ((handle.generation & 1) == 0) {
     return absl::FailedPreconditionError(
@@ -428,26 +439,26 @@ absl::StatusOr<PageRecord*> PagePool::ClaimHandle(PageHandle handle, const char*
   PageRecord* page = &memory_->record(handle.frame);
   uint64_t expected = PageRecord::MakeOwnerGen(id_, handle.generation);
   if (page->owner_gen.compare_exchange_strong(
-          expected, PageRecord::MakeOwnerGen(id_, handle.generation + 1),
-          std::memory_order_acq_rel, std::memory_order_acquire)) [[likely]] {
+          expected, PageRecord::MakeOwnerGen(id_, handle.generation + 1), std::memory_order_acq_rel,
+          std::memory_order_acquire)) [[likely]] {
     return page;
   }
   const uint32_t owner = PageRecord::OwnerOf(expected);
   const uint32_t gen = PageRecord::GenerationOf(expected);
   if (owner == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        what, ": frame ", handle.frame, " is not in flight from a page pool (freed or never "
-        "allocated; double return?)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": frame ", handle.frame,
+                     " is not in flight from a page pool (freed or never "
+                     "allocated; double return?)"));
   }
   if (owner != id_) {
-    return absl::FailedPreconditionError(absl::StrCat(what, ": frame ", handle.frame,
-                                                      " belongs to pool ", owner, ", not pool ",
-                                                      id_));
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": frame ", handle.frame, " belongs to pool ", owner, ", not pool ", id_));
   }
   if (gen == handle.generation + 1) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        what, ": frame ", handle.frame, " generation ", handle.generation,
-        " was already given back (double return)"));
+    return absl::FailedPreconditionError(absl::StrCat(what, ": frame ", handle.frame,
+                                                      " generation ", handle.generation,
+                                                      " was already given back (double return)"));
   }
   return absl::FailedPreconditionError(absl::StrCat(what, ": stale handle: frame ", handle.frame,
                                                     " generation ", handle.generation,
@@ -491,9 +502,14 @@ absl::Status PagePool::AllocateBulk(size_t count, std::vector<PoolPage>* out) {
 }
 
 absl::StatusOr<RecycleResult> PagePool::Recycle(PageHandle handle, bool napi_local) {
+  return Recycle(handle, napi_local, kDmaSyncFullPage);
+}
+
+absl::StatusOr<RecycleResult> PagePool::Recycle(PageHandle handle, bool napi_local,
+                                                uint32_t dma_sync_size) {
   absl::StatusOr<PageRecord*> page = ClaimHandle(handle, "recycle");
   if (!page.ok()) return page.status();
-  return PutFullPage(*page, napi_local);
+  return PutPage(*page, dma_sync_size, napi_local);
 }
 
 absl::StatusOr<bool> PagePool::Return(PageHandle handle) {
@@ -508,12 +524,11 @@ absl::Status PagePool::GetPage(PageHandle handle) {
         absl::StrCat("get_page: frame ", handle.frame, " is beyond memory"));
   }
   PageRecord* page = &memory_->record(handle.frame);
-  if ((handle.generation & 1) == 0 ||
-      page->owner_gen.load(std::memory_order_acquire) !=
-          PageRecord::MakeOwnerGen(id_, handle.generation)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "get_page: frame ", handle.frame, " generation ", handle.generation,
-        " is not a page of pool ", id_, " held by the caller"));
+  if ((handle.generation & 1) == 0 || page->owner_gen.load(std::memory_order_acquire) !=
+                                          PageRecord::MakeOwnerGen(id_, handle.generation)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("get_page: frame ", handle.frame, " generation ", handle.generation,
+                     " is not a page of pool ", id_, " held by the caller"));
   }
   page->page_ref.fetch_add(1, std::memory_order_relaxed);
   return absl::OkStatus();
@@ -530,49 +545,72 @@ void PagePool::EmptyRing() {
   while (PageRecord* page = ring_->Consume()) ReleasePage(page);
 }
 
+uint64_t PagePool::ScrubTracked(DestroyResult* result) {
+  if (dma_sync_.load(std::memory_order_relaxed)) {
+    // Disable page_pool_dma_sync_for_device(); returns that may have seen it set finish first.
+    // dma_sync_ is only ever set on a device that needs syncing (dma_dev_need_sync).
+    dma_sync_.store(false, std::memory_order_release);
+    if (!index_->empty()) {
+      base::rcu::Synchronize();  // synchronize_net()
+      ++result->grace_periods;
+    }
+  }
+  const uint64_t unmapped = UnmapAllTracked();
+  // A return that won its claim before the walk got there may still be inside its unmap: it runs
+  // under the RCU read lock, so one grace period covers it.
+  base::rcu::Synchronize();
+  ++result->grace_periods;
+  return unmapped;
+}
+
 uint64_t PagePool::UnmapAllTracked() {
   uint64_t unmapped = 0;
-  // Claimed pages are unmapped in batches (Device::UnmapPages: the same checks and accounting per
-  // page as UnmapPage, cheaper per page). A claimed page's mapping is ours alone until unmapped.
-  constexpr size_t kBatch = 256;
-  dma::DmaAddr batch[kBatch];
-  size_t n = 0;
-  auto flush = [&] {
-    (void)device_->UnmapPages(absl::MakeConstSpan(batch, n), page_bytes(), params_.dma_dir);
-    unmapped += n;
-    n = 0;
-  };
+  // xa_for_each + __page_pool_release_netmem_dma: claim, then one unmap per page.
   index_->ForEach([&](uint32_t id, PageRecord* page) {
     // Read the address before the claim: a won claim proves the page was still tracked (mapped by
     // us) when it was read. The walk never writes the record: its owner may be freeing it.
     const dma::DmaAddr dma = page->dma_addr.load(std::memory_order_acquire);
     if (index_->CompareExchange(id, page, nullptr)) {
-      batch[n++] = dma;
-      if (n == kBatch) flush();
+      UnmapClaimed(dma);
+      ++unmapped;
     }
     return true;
   });
-  if (n > 0) flush();
   return unmapped;  // dma_mapped is the index's count: each claim already took its page out
 }
 
-uint64_t PagePool::UnmapAllScanned(uint64_t* frames_scanned) {
-  uint64_t unmapped = 0;
-  *frames_scanned = memory_->ScanAllFrames([&](FrameNumber, PageRecord& rec) {
-    if (!rec.IsPagePool() ||
-        PageRecord::OwnerOf(rec.owner_gen.load(std::memory_order_acquire)) != id_) {
-      return;
-    }
-    const dma::DmaAddr dma = rec.dma_addr.exchange(0, std::memory_order_acq_rel);
-    if (dma == 0) return;
-    (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
-    ++unmapped;
-  });
-  dma_mapped_.fetch_sub(unmapped, std::memory_order_relaxed);
-  return unmapped;
+uint64_t PagePool::UnmapInflightScanned(DestroyResult* result) {
+  // Returns that did not see destroy_cnt_ (and syncs that saw dma_sync_) finish first.
+  base::rcu::Synchronize();
+  ++result->grace_periods;
+  std::vector<dma::DmaAddr> claimed;
+  {
+    // Under the lock inflight is stable: the NAPI context allocates no more, and every return
+    // either finished in the grace period above or waits for this lock.
+    base::MutexLock l(&destroy_lock_);
+    const int64_t want = inflight();
+    if (want <= 0) return 0;
+    claimed.reserve(size_t(want));
+    result->frames_scanned = memory_->ScanAllFramesUntil([&](FrameNumber, PageRecord& rec) {
+      if (int64_t(claimed.size()) >= want) return false;  // inflight == unmapped: stop
+      if (rec.page_ref.load(std::memory_order_relaxed) == 0 || !rec.IsPagePool() ||
+          PageRecord::OwnerOf(rec.owner_gen.load(std::memory_order_acquire)) != id_) {
+        return true;
+      }
+      const dma::DmaAddr dma = rec.dma_addr.exchange(0, std::memory_order_acq_rel);
+      if (dma != 0) claimed.push_back(dma);
+      return int64_t(claimed.size()) < want;
+    });
+  }
+  // The claims are ours alone: unmap without the lock, so returns never wait behind an unmap
+  // (nor behind the grace period an unmap may wait for).
+  for (dma::DmaAddr dma : claimed) UnmapClaimed(dma);
+  dma_mapped_.fetch_sub(claimed.size(), std::memory_order_relaxed);
+  return claimed.size();
 }
 
 absl::StatusOr<DestroyResult> PagePool::Destroy() {
+  base::MutexLock destroying(&destroy_mu_);
   bool expected = false;
   if (!destroyed_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {
     return absl::FailedPreconditionError(absl::StrCat("pool ", id_, " is already destroyed"));
@@ -584,44 +622,22 @@ absl::StatusOr<DestroyResult> PagePool::Destroy() {
 
   // Close the ring first: from now on a recycled page is released, never stranded.
   ring_->Close();
-  // page_pool_scrub: page_pool_empty_alloc_cache_once, then the strategy's unmapping.
+  // page_pool_scrub: page_pool_empty_alloc_cache_once, the index walk (kXarray), empty the ring.
   EmptyAllocCache();
   uint64_t unmapped = 0;
-  if (dma_map_) {
-    switch (params_.strategy) {
-      case DestroyStrategy::kXarray:
-        if (dma_sync_.load(std::memory_order_relaxed)) {
-          dma_sync_.store(false, std::memory_order_release);
-          if (!index_->empty()) base::rcu::Synchronize();  // synchronize_net()
-        }
-        unmapped = UnmapAllTracked();
-        // A return that won its claim before the walk got there may still be inside its unmap:
-        // it runs under the RCU read lock, so one grace period covers it.
-        base::rcu::Synchronize();
-        break;
-      case DestroyStrategy::kScan:
-        destroy_cnt_.store(1, std::memory_order_seq_cst);
-        dma_sync_.store(false, std::memory_order_release);
-        // Returns that did not see destroy_cnt_ (and syncs that saw dma_sync_) finish first.
-        base::rcu::Synchronize();
-        {
-          base::MutexLock l(&destroy_lock_);
-          unmapped = UnmapAllScanned(&result.frames_scanned);
-        }
-        break;
-      case DestroyStrategy::kNone:
-        break;  // before the fix: nothing; late returns unmap whenever they come
-    }
+  if (dma_map_ && params_.strategy == DestroyStrategy::kXarray) {
+    unmapped = ScrubTracked(&result);
+  } else if (dma_map_ && params_.strategy == DestroyStrategy::kScan) {
+    destroy_cnt_.store(1, std::memory_order_seq_cst);
+    dma_sync_.store(false, std::memory_order_release);
   }
-  // page_pool_empty_ring
   EmptyRing();
-
   const int64_t inflight_now = inflight();
-  const uint64_t now = clock_->NowNanos();
-  detach_time_ns_.store(now == 0 ? 1 : now, std::memory_order_relaxed);
-  detach_time_.store(int64_t(std::time(nullptr)), std::memory_order_relaxed);
-  defer_warn_ns_.store(now + kDeferWarnIntervalNs, std::memory_order_relaxed);
-  unmapped_at_destroy_.store(unmapped, std::memory_order_relaxed);
+  // RFC v4: page_pool_inflight_unmap only when page_pool_release found pages in flight.
+  if (dma_map_ && params_.strategy == DestroyStrategy::kScan && inflight_now > 0) {
+    unmapped = UnmapInflightScanned(&result);
+  }
+  FinishDestroy(inflight_now, unmapped);
 
   result.inflight_at_destroy = inflight_now;
   result.pages_unmapped = unmapped;
@@ -630,19 +646,46 @@ absl::StatusOr<DestroyResult> PagePool::Destroy() {
   return result;
 }
 
+void PagePool::FinishDestroy(int64_t inflight_now, uint64_t unmapped) {
+  // Read while the destroy is still running: a ReleaseRetry landing here (or inside the clock)
+  // sees no detached state yet.
+  const uint64_t now = clock_->NowNanos();
+  if (inflight_now > 0) {
+    // page_pool_detached, then defer_start / defer_warn.
+    detach_time_ns_.store(now == 0 ? 1 : now, std::memory_order_relaxed);
+    detach_time_.store(BoottimeSeconds(), std::memory_order_relaxed);
+    defer_warn_ns_.store(now + kDeferWarnIntervalNs, std::memory_order_relaxed);
+  }
+  unmapped_at_destroy_.store(unmapped, std::memory_order_relaxed);
+  destroy_done_.store(true, std::memory_order_release);
+}
+
+void PagePool::WaitForDestroy() const {
+  if (!destroyed()) return;
+  // destroyed_ is set only under destroy_mu_, which the destroy holds until it returns.
+  base::MutexLock l(&destroy_mu_);
+}
+
+bool PagePool::detached() const {
+  return destroy_done_.load(std::memory_order_acquire) &&
+         detach_time_ns_.load(std::memory_order_relaxed) != 0;
+}
+
 bool PagePool::ReleaseRetry(uint64_t now_ns) {
   if (!destroyed()) return false;
+  // A Destroy still running decides whether the pool detaches or is released.
+  if (!destroy_done_.load(std::memory_order_acquire)) return true;
   const int64_t n = inflight();
   if (n <= 0) return false;
+  // Periodic warning for pools the user can't see (no netdev), as page_pool_release_retry.
+  if (netdev_linked_.load(std::memory_order_relaxed)) return true;
   uint64_t warn_at = defer_warn_ns_.load(std::memory_order_relaxed);
-  if (now_ns >= warn_at &&
-      defer_warn_ns_.compare_exchange_strong(warn_at, now_ns + kDeferWarnIntervalNs,
-                                             std::memory_order_relaxed)) {
+  if (now_ns >= warn_at && defer_warn_ns_.compare_exchange_strong(
+                               warn_at, now_ns + kDeferWarnIntervalNs, std::memory_order_relaxed)) {
     const uint64_t detach = detach_time_ns_.load(std::memory_order_relaxed);
     const int64_t sec = now_ns > detach ? int64_t((now_ns - detach) / 1'000'000'000ull) : 0;
     Warn(absl::StrFormat(
-        "page_pool_release_retry() stalled pool shutdown: id %u, %d inflight %d sec", id_, n,
-        sec));
+        "page_pool_release_retry() stalled pool shutdown: id %u, %d inflight %d sec", id_, n, sec));
   }
   return true;
 }
@@ -700,17 +743,19 @@ PagePoolInfo PagePool::info() const {
   i.inflight = inflight();
   i.inflight_mem = i.inflight > 0 ? uint64_t(i.inflight) * page_bytes() : 0;
   i.destroyed = destroyed();
-  if (i.destroyed) {
+  const bool done = destroy_done_.load(std::memory_order_acquire);
+  if (done) {
     i.detach_time_ns = detach_time_ns_.load(std::memory_order_relaxed);
     i.detach_time = detach_time_.load(std::memory_order_relaxed);
   }
-  i.released = i.destroyed && i.inflight <= 0;
+  i.released = done && i.inflight <= 0;
   i.dma_mapped = index_ != nullptr ? index_->size() : dma_mapped_.load(std::memory_order_relaxed);
   i.hold_cnt = hold_cnt_.load(std::memory_order_relaxed);
   i.release_cnt = release_cnt_.load(std::memory_order_relaxed);
   i.unmapped_at_destroy = unmapped_at_destroy_.load(std::memory_order_relaxed);
   i.index_exhausted = index_exhausted_.load(std::memory_order_relaxed);
   i.map_failures = map_failures_.load(std::memory_order_relaxed);
+  i.dma_synced_bytes = dma_synced_bytes_.load(std::memory_order_relaxed);
   i.alloc_cache_count = CacheCount();
   i.ring_count = ring_->Count();
   i.ring_size = ring_->size();

@@ -4,13 +4,20 @@
 // dma/ Device facade, with the three destroy strategies this project compares.
 //
 // Faithful to the kernel:
-//   * an alloc cache of 128 pages (PP_ALLOC_CACHE_SIZE) refilled 64 at a time (PP_ALLOC_CACHE_REFILL)
+//   * an alloc cache of 128 pages (PP_ALLOC_CACHE_SIZE) refilled 64 at a time
+//   (PP_ALLOC_CACHE_REFILL)
 //     from a ptr_ring (1024 entries, or min(pool_size, 16384) when pool_size is set);
-//   * the slow path allocates a bulk of 64 order-0 pages (one page for order > 0), DMA-maps each
-//     (PP_FLAG_DMA_MAP), tracks it in the in-flight index (XARRAY strategy) and syncs max_len for the
-//     device;
-//   * PP_FLAG_DMA_SYNC_DEV syncs min(size, max_len) bytes at `offset` on recycle;
-//   * direct recycling into the cache only from the pool's NAPI context (allow_direct / napi_local),
+//   * the slow path allocates a bulk of 64 order-0 pages (one page for order > 0) and, page by page
+//     (page_pool_dma_map), DMA-maps it (PP_FLAG_DMA_MAP), tracks it in the in-flight index (XARRAY
+//     strategy: one index allocation, one index lock, per page) and syncs max_len for the device;
+//   * PP_FLAG_DMA_SYNC_DEV syncs min(dma_sync_size, max_len) bytes at `offset` on recycle
+//     (page_pool_put_page; a full-page put syncs max_len), and only on a device that needs syncing
+//     (params.dma_need_sync, the kernel's dma_dev_need_sync());
+//   * page_pool_init's checks: PP_FLAG_DMA_MAP needs dma_dir FROM_DEVICE or BIDIRECTIONAL, and
+//     PP_FLAG_DMA_SYNC_DEV needs PP_FLAG_DMA_MAP and a non-zero max_len;
+//   * SetNid (page_pool_nid_changed) flushes the alloc cache when the node changes;
+//   * direct recycling into the cache only from the pool's NAPI context (allow_direct /
+//   napi_local),
 //     otherwise into the ring; a full ring, or a page whose refcount is not 1, releases the page
 //     (DMA unmap unless someone else already did, then free to PhysMemory);
 //   * inflight = hold_cnt - release_cnt in u32 serial-number arithmetic;
@@ -18,19 +25,37 @@
 //     would.
 //
 // Destroy strategies (DestroyStrategy, chosen at creation):
-//   kXarray (upstream since 2025): scrub the cache, stop DMA sync and wait an RCU grace period, walk
-//     the in-flight index and CompareExchange+unmap every tracked page, wait a grace period so no
-//     return path is still inside its unmap, empty the ring; the pool is detached. Later returns
-//     free pages without any DMA-API call.
-//   kScan (seed 002's RFC v4): the same, but instead of an index, every frame of PhysMemory is walked
-//     and pages this pool owns are unmapped; returns racing the scan serialise on the pool's destroy
-//     lock (taken only while a destroy runs).
+//   kXarray (upstream since 2025, page_pool_scrub): empty the alloc cache, stop DMA sync (with an
+//     RCU grace period, the kernel's synchronize_net(), only when the device needs syncing and
+//     pages are tracked), walk the in-flight index and claim (CompareExchange) and unmap every
+//     tracked page, one unmap per page; wait a grace period so no return path is still inside its
+//     unmap (this model's guarantee that no DMA-API call follows Destroy); empty the ring. Later
+//     returns free pages without any DMA-API call.
+//   kScan (seed 002's RFC v4): empty the alloc cache and the ring; only if pages are still in
+//     flight, wait a grace period and walk the frames of PhysMemory under the pool's destroy lock,
+//     claiming (dma_addr exchange) the pages this pool owns and stopping as soon as every in-flight
+//     page is found (inflight == unmapped); the claimed pages are unmapped after the lock is
+//     dropped. Returns that find a destroy running serialise with the walk on that lock, which
+//     they take outside their RCU read section.
 //   kNone (before the fix): nothing is unmapped at destroy; ReleaseRetry() (every 1 s) warns every
-//     60 s "stalled pool shutdown: id N, M inflight S sec"; a late return DMA-unmaps on a device that
-//     may be unbound, which the Device refuses and counts as a violation.
-// Exactly-once teardown: the party that unmaps a page claims it first (index CompareExchange for
-// kXarray, dma_addr exchange under the destroy lock for kScan), so a page is never unmapped twice
-// and, with kXarray/kScan, no DMA-API call happens after Destroy() returns.
+//     60 s "stalled pool shutdown: id N, M inflight S sec" for a pool not linked to a netdev
+//     (ifindex 0); a late return DMA-unmaps on a device that may be unbound, which the Device
+//     refuses and counts as a violation.
+// Every strategy unmaps through the same call (one Device::UnmapPage per page), so the mapping
+// checker costs each the same. Exactly-once teardown: the party that unmaps a page claims it first
+// (index CompareExchange for kXarray, dma_addr exchange for kScan), so a page is never unmapped
+// twice and, with kXarray/kScan, no DMA-API call happens after Destroy() returns.
+//
+// Detach (page_pool_detached): a Destroy that leaves pages in flight sets detach_time (boot-time
+// seconds, the netlink field), detach_time_ns and the warning clock (the pool's clock), and only
+// then publishes the pool as detached; ReleaseRetry() and info() never see a half-destroyed pool
+// (while a Destroy runs, ReleaseRetry() only answers "still waiting"). A Destroy that leaves
+// nothing in flight releases the pool at once and sets no detach time.
+//
+// RCU and locks: no path of the pool waits for a lock inside an RCU read section whose holder may
+// wait for a grace period. Under a read lock the pool takes only leaf locks (the in-flight index's
+// writer lock, the ptr_ring's, PhysMemory's allocator lock, the dma/ layer's own), none of which
+// is ever held across rcu::Synchronize; the destroy lock is never taken under a read lock.
 //
 // Deliberate difference from the kernel: after Destroy() the ptr_ring is closed, so a page recycled
 // to a destroyed pool is released at once (no stat moves for it; the kernel parks it in the ring
@@ -43,12 +68,14 @@
 // FAILED_PRECONDITION exactly once, even when callers race.
 //
 // Thread safety ("Context:" on each method):
-//   * Allocate*, AllocPage, direct recycling (napi_local / allow_direct = true) and SetNid: the pool's
+//   * Allocate*, AllocPage, direct recycling (napi_local / allow_direct = true) and SetNid: the
+//   pool's
 //     NAPI context only, one thread at a time. The caller provides that exclusion (the server holds
 //     a per-pool NAPI mutex around these calls).
 //   * Recycle/PutFullPage with napi_local = false, Return, ReleasePage, GetPage, info(), stats(),
 //     ForEachInflight: any thread.
-//   * Destroy: any thread, may race with returns and ring recycles on other threads.
+//   * Destroy, WaitForDestroy: any thread not holding an RCU read lock; Destroy may race with
+//     returns and ring recycles on other threads.
 //     REQUIRES: the NAPI context no longer allocates or recycles directly (the driver stops NAPI
 //     before page_pool_destroy()).
 #ifndef PAGEPOOL_POOL_PAGE_POOL_H_
@@ -84,15 +111,19 @@ enum class DestroyStrategy : uint8_t { kXarray = 0, kScan = 1, kNone = 2 };
 std::string_view DestroyStrategyName(DestroyStrategy strategy);  // "xarray", "scan", "none"
 
 // PP_FLAG_*.
-inline constexpr uint32_t kPpFlagDmaMap = 1u << 0;      // PP_FLAG_DMA_MAP
-inline constexpr uint32_t kPpFlagDmaSyncDev = 1u << 1;  // PP_FLAG_DMA_SYNC_DEV (needs kPpFlagDmaMap)
+inline constexpr uint32_t kPpFlagDmaMap = 1u << 0;  // PP_FLAG_DMA_MAP
+inline constexpr uint32_t kPpFlagDmaSyncDev = 1u
+                                              << 1;  // PP_FLAG_DMA_SYNC_DEV (needs kPpFlagDmaMap)
 
 inline constexpr unsigned kPpAllocCacheSize = 128;   // PP_ALLOC_CACHE_SIZE
 inline constexpr unsigned kPpAllocCacheRefill = 64;  // PP_ALLOC_CACHE_REFILL
 inline constexpr uint32_t kPpDefaultRingSize = 1024;
 inline constexpr uint32_t kPpMaxRingSize = 16384;
-inline constexpr uint64_t kDeferTimeNs = 1'000'000'000ull;            // DEFER_TIME = HZ
-inline constexpr uint64_t kDeferWarnIntervalNs = 60'000'000'000ull;   // DEFER_WARN_INTERVAL = 60 * HZ
+inline constexpr uint64_t kDeferTimeNs = 1'000'000'000ull;  // DEFER_TIME = HZ
+inline constexpr uint64_t kDeferWarnIntervalNs =
+    60'000'000'000ull;  // DEFER_WARN_INTERVAL = 60 * HZ
+// dma_sync_size of page_pool_put_full_page (-1): the sync covers max_len.
+inline constexpr uint32_t kDmaSyncFullPage = 0xffffffffu;
 
 // Receives warnings such as "stalled pool shutdown: ...". Empty: write the line to stderr.
 using WarnSink = std::function<void(std::string_view line)>;
@@ -100,18 +131,24 @@ using WarnSink = std::function<void(std::string_view line)>;
 // struct page_pool_params, plus this model's choices.
 struct PagePoolParams {
   uint32_t flags = kPpFlagDmaMap;
-  unsigned order = 0;                 // 0 .. PhysMemory::kMaxOrder
-  uint32_t pool_size = 0;             // ptr_ring size; 0: 1024; capped at 16384
-  int nid = 0;                        // NUMA node; -1 (NUMA_NO_NODE) means 0
-  uint32_t max_len = 0;               // bytes synced for the device; 0: PAGE_SIZE << order
-  uint32_t offset = 0;                // where the device writes in the page
+  unsigned order = 0;      // 0 .. PhysMemory::kMaxOrder
+  uint32_t pool_size = 0;  // ptr_ring size; 0: 1024; capped at 16384
+  int nid = 0;             // NUMA node; -1 (NUMA_NO_NODE) means 0
+  uint32_t max_len = 0;    // bytes synced for the device; required with DMA_SYNC_DEV
+  uint32_t offset = 0;     // where the device writes in the page
+  // FROM_DEVICE or BIDIRECTIONAL with PP_FLAG_DMA_MAP (page_pool_init refuses TO_DEVICE).
   dma::DmaDirection dma_dir = dma::DmaDirection::kFromDevice;
+  // dma_dev_need_sync() of the device: false for a DMA-coherent device without bounce buffering
+  // (no sync for the device is ever made, and Destroy waits no grace period to stop syncs); true
+  // for a non-coherent or swiotlb one. A property of the device: whoever creates the device's
+  // pools sets it alike on each.
+  bool dma_need_sync = true;
   uint32_t napi_id = 0;
-  uint32_t ifindex = 0;
+  uint32_t ifindex = 0;  // 0: not linked to a netdev (the stall warning is printed)
   DestroyStrategy strategy = DestroyStrategy::kXarray;
   uint32_t dma_index_limit = InflightIndex::kDefaultLimit;  // highest in-flight index id (kXarray)
-  base::Clock* clock = nullptr;        // nullptr: base::Clock::Real(); detach_time, ReleaseRetry
-  WarnSink warn;                      // empty: stderr
+  base::Clock* clock = nullptr;  // nullptr: base::Clock::Real(); detach_time, ReleaseRetry
+  WarnSink warn;                 // empty: stderr
 };
 
 // A page as a user holds it: frame and generation at hand-out.
@@ -148,25 +185,27 @@ struct PagePoolInfo {
   uint64_t id = 0;
   uint32_t ifindex = 0;
   uint32_t napi_id = 0;
-  int64_t inflight = 0;            // (s32)(hold_cnt - release_cnt)
-  uint64_t inflight_mem = 0;       // inflight * (PAGE_SIZE << order), 0 if inflight <= 0
-  uint64_t detach_time_ns = 0;     // injected clock at destroy; 0 while live
-  int64_t detach_time = 0;         // Unix seconds at destroy (the netlink field); 0 while live
-  bool destroyed = false;
-  bool released = false;           // destroyed and inflight reached 0 (the kernel frees the pool)
+  int64_t inflight = 0;       // (s32)(hold_cnt - release_cnt)
+  uint64_t inflight_mem = 0;  // inflight * (PAGE_SIZE << order), 0 if inflight <= 0
+  // Set once a Destroy has finished with pages in flight (page_pool_detached); 0 otherwise.
+  uint64_t detach_time_ns = 0;  // the pool's clock at the detach
+  int64_t detach_time = 0;      // boot-time seconds at the detach (the netlink field)
+  bool destroyed = false;       // Destroy has started
+  bool released = false;        // Destroy has finished and inflight is 0 (the kernel frees it)
   // Pages of this pool currently DMA-mapped by it. With the in-flight index (kXarray + DMA_MAP)
   // this is the index's entry count: a page leaves it at its claim, just before its unmap.
   uint64_t dma_mapped = 0;
-  uint32_t hold_cnt = 0;           // pages_state_hold_cnt
-  uint32_t release_cnt = 0;        // pages_state_release_cnt
+  uint32_t hold_cnt = 0;     // pages_state_hold_cnt
+  uint32_t release_cnt = 0;  // pages_state_release_cnt
   uint64_t unmapped_at_destroy = 0;
   uint64_t index_exhausted = 0;    // slow-path pages dropped because the in-flight index was full
   uint64_t map_failures = 0;       // slow-path pages dropped because dma_map failed
+  uint64_t dma_synced_bytes = 0;   // sum of the sizes of every sync for the device
   uint64_t alloc_cache_count = 0;  // pages in the alloc cache now
   uint64_t ring_count = 0;         // pages in the ptr_ring now
   uint32_t ring_size = 0;
   DestroyStrategy strategy = DestroyStrategy::kXarray;
-  InflightIndexStats index;        // all zero unless kXarray with DMA mapping
+  InflightIndexStats index;  // all zero unless kXarray with DMA mapping
   PagePoolStats stats;
 };
 
@@ -182,15 +221,17 @@ struct DestroyResult {
   int64_t inflight_at_destroy = 0;  // user-held pages when the destroy finished its scrub
   uint64_t pages_unmapped = 0;      // in-flight pages the destroy path unmapped (0 for kNone)
   uint64_t duration_ns = 0;         // wall time of Destroy() (steady clock)
-  uint64_t frames_scanned = 0;      // kScan only
-  bool released = false;            // inflight was 0: the pool is released at once
+  uint64_t frames_scanned = 0;  // kScan only: frames walked before every in-flight page was found
+  uint32_t grace_periods = 0;   // RCU grace periods the destroy waited for
+  bool released = false;        // inflight was 0: the pool is released at once
   DestroyStrategy strategy = DestroyStrategy::kXarray;
 };
 
 class PagePool {
  public:
   // page_pool_create. INVALID_ARGUMENT for an order above PhysMemory::kMaxOrder, DMA_SYNC_DEV
-  // without DMA_MAP, offset + max_len beyond the page, or kPpFlagDmaMap without a device;
+  // without DMA_MAP or without max_len, DMA_MAP with a dma_dir other than FROM_DEVICE or
+  // BIDIRECTIONAL, offset + max_len beyond the page, or kPpFlagDmaMap without a device;
   // FAILED_PRECONDITION if the device is unbound. `device` may be null when flags lack DMA_MAP.
   static absl::StatusOr<std::shared_ptr<PagePool>> Create(std::shared_ptr<PhysMemory> memory,
                                                           std::shared_ptr<dma::Device> device,
@@ -220,6 +261,10 @@ class PagePool {
   // another pool; INVALID_ARGUMENT for a frame beyond memory.
   // Context: napi_local: NAPI context of the pool only; otherwise any thread.
   absl::StatusOr<RecycleResult> Recycle(PageHandle handle, bool napi_local);
+  // page_pool_put_page of a user's page: as Recycle, but a sync for the device covers
+  // min(dma_sync_size, max_len) bytes (the part the device may have written).
+  // Context: as Recycle.
+  absl::StatusOr<RecycleResult> Recycle(PageHandle handle, bool napi_local, uint32_t dma_sync_size);
 
   // page_pool_return_page of a user's page: claims the handle, unmaps the page unless it was
   // already unmapped (by the destroy path, or never mapped), frees it. Returns true when this call
@@ -242,27 +287,49 @@ class PagePool {
   // page_pool_put_full_page(pool, page, allow_direct).
   // REQUIRES: the caller owns `page` (a page of this pool, from AllocPage).
   // Context: allow_direct: NAPI context of the pool only; otherwise any thread.
-  RecycleResult PutFullPage(PageRecord* page, bool allow_direct);
-  // page_pool_return_page: unmap (if this call wins the claim) and free. Returns true if it unmapped.
-  // REQUIRES: as PutFullPage. Context: any thread.
+  RecycleResult PutFullPage(PageRecord* page, bool allow_direct) {
+    return PutPage(page, kDmaSyncFullPage, allow_direct);
+  }
+  // page_pool_put_page(pool, page, dma_sync_size, allow_direct): syncs min(dma_sync_size, max_len).
+  // REQUIRES and Context: as PutFullPage.
+  RecycleResult PutPage(PageRecord* page, uint32_t dma_sync_size, bool allow_direct);
+  // page_pool_return_page: unmap (if this call wins the claim) and free. Returns true if it
+  // unmapped. REQUIRES: as PutFullPage. Context: any thread.
   bool ReleasePage(PageRecord* page);
 
   // ---- Destroy ----
 
-  // page_pool_destroy with the pool's strategy. FAILED_PRECONDITION if already destroyed.
+  // page_pool_destroy with the pool's strategy. FAILED_PRECONDITION if already destroyed (a
+  // second Destroy racing the first waits for it, then fails).
   // Context: any thread not holding an RCU read lock; may block for RCU grace periods.
   // REQUIRES: the NAPI context no longer allocates or recycles directly.
   absl::StatusOr<DestroyResult> Destroy();
 
+  // Returns once no Destroy of this pool is running: at once if none has started, else when the
+  // one that started has returned (its unmaps done). For an owner that must not let anything
+  // follow a destroy in progress, e.g. a driver unbind that finds a pool destroyed() by another
+  // thread.
+  // Context: any thread not holding an RCU read lock; may block for the whole of a Destroy.
+  void WaitForDestroy() const;
+
+  // page_pool_unreg_netdev: the netdev the pool was linked to (params.ifindex) is gone, so from now
+  // on the pool counts as not linked to one (the stall warning of ReleaseRetry is printed).
+  // Context: any thread.
+  void UnlinkNetdev() { netdev_linked_.store(false, std::memory_order_relaxed); }
+
   // page_pool_release_retry, driven by the caller every kDeferTimeNs (an Asio timer in the server):
-  // after Destroy, rechecks inflight and, at most every kDeferWarnIntervalNs since Destroy, writes
-  // "stalled pool shutdown: id N, M inflight S sec" to the warn sink. Returns true while the pool
-  // still waits for pages (destroyed and inflight > 0); false when there is nothing to wait for.
+  // after Destroy, rechecks inflight and, for a pool not linked to a netdev (ifindex 0), at most
+  // every kDeferWarnIntervalNs since the detach writes "stalled pool shutdown: id N, M inflight
+  // S sec" to the warn sink. Returns true while the pool still waits for pages (detached and
+  // inflight > 0) or while a Destroy is still running (which decides); false when there is
+  // nothing to wait for (live, or destroyed and inflight <= 0).
   // `now_ns` is read from the pool's clock (params.clock, or base::Clock::Real()).
   // Context: any thread.
   bool ReleaseRetry(uint64_t now_ns);
 
-  // page_pool_nid_changed: pages of another node found in the ring at refill are waived.
+  // page_pool_nid_changed: when `nid` differs from the pool's node, page_pool_update_nid: the new
+  // node is recorded and the alloc cache is flushed (its pages released), so the next allocation
+  // refills from the ring, where pages of another node are waived.
   // Context: NAPI context of the pool only.
   void SetNid(int nid);
 
@@ -279,6 +346,9 @@ class PagePool {
   DestroyStrategy strategy() const { return params_.strategy; }
   uint64_t page_bytes() const { return dma::kPageSize << params_.order; }
   bool destroyed() const { return destroyed_.load(std::memory_order_acquire); }
+  // Destroy has finished and left pages in flight (page_pool_detached ran); stays true after the
+  // last page comes back.
+  bool detached() const;
   int64_t inflight() const;  // page_pool_inflight()
   PagePoolStats stats() const;
   PagePoolInfo info() const;
@@ -291,8 +361,13 @@ class PagePool {
   PageRecord* RefillAllocCache();
   PageRecord* AllocSlow();
   PageRecord* AllocPageOrder();
-  bool DmaMap(PageRecord* page);      // map + track + sync (one page)
+  // page_pool_dma_map of one page: map, track (kXarray: one index allocation), sync. Does not
+  // count the page in dma_mapped_ (callers add their pages at once).
+  bool DmaMap(PageRecord* page);
   bool DmaMapOnly(PageRecord* page);  // dma_map_page and record the address
+  // The one unmap call of every path (return, destroy walk, scan, untrackable page).
+  // REQUIRES: the caller has claimed the mapping.
+  void UnmapClaimed(dma::DmaAddr dma);
   // The in-flight index is full: unmap the page and count it (upstream fails the page).
   void UnmapUntrackable(PageRecord* page);
   void SetPpInfo(PageRecord* page);
@@ -304,8 +379,13 @@ class PagePool {
   void HandOut(PageRecord* page, PoolPage* out);
   void EmptyAllocCache();
   void EmptyRing();
+  // kXarray's part of page_pool_scrub: stop syncs, claim and unmap every tracked page.
+  uint64_t ScrubTracked(DestroyResult* result);
   uint64_t UnmapAllTracked();
-  uint64_t UnmapAllScanned(uint64_t* frames_scanned);
+  // kScan (RFC v4 page_pool_inflight_unmap): claims under destroy_lock_, unmaps after.
+  uint64_t UnmapInflightScanned(DestroyResult* result);
+  // Sets the detach fields when pages are in flight, then publishes the destroy as finished.
+  void FinishDestroy(int64_t inflight_now, uint64_t unmapped);
   void Warn(std::string_view line) const;
 
   const uint32_t id_;
@@ -341,15 +421,23 @@ class PagePool {
 
   std::unique_ptr<internal::PtrRing> ring_;
 
-  std::atomic<bool> dma_sync_;            // cleared by Destroy before unmapping (kXarray/kScan)
-  std::atomic<bool> destroyed_{false};
+  // PP_FLAG_DMA_SYNC_DEV on a device that needs syncing; cleared by Destroy before unmapping.
+  std::atomic<bool> dma_sync_;
+  std::atomic<bool> destroyed_{false};      // a Destroy has started
+  std::atomic<bool> destroy_done_{false};   // it has finished (detach fields set before)
+  std::atomic<bool> netdev_linked_{false};  // params.ifindex != 0 until UnlinkNetdev
+  // Held for the whole of Destroy (WaitForDestroy waits on it). Taken before every other lock of
+  // the pool, never under an RCU read lock.
+  mutable base::Mutex destroy_mu_;
   std::atomic<uint32_t> destroy_cnt_{0};  // kScan: returns take destroy_lock_ while non-zero
+  // kScan: serialises returns with the destroy's frame walk. Never taken under an RCU read lock.
   base::Mutex destroy_lock_;
 
   std::atomic<uint64_t> dma_mapped_{0};  // untracked pages only (the index counts tracked ones)
   std::atomic<uint64_t> unmapped_at_destroy_{0};
   std::atomic<uint64_t> index_exhausted_{0};
   std::atomic<uint64_t> map_failures_{0};
+  std::atomic<uint64_t> dma_synced_bytes_{0};
   std::atomic<uint64_t> detach_time_ns_{0};
   std::atomic<int64_t> detach_time_{0};
   std::atomic<uint64_t> defer_warn_ns_{0};

@@ -1,13 +1,12 @@
 // File: pool/phys_memory.cc
 #include "pool/phys_memory.h"
 
-#include <sys/mman.h>
-
 #include <bit>
 #include <new>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include <sys/mman.h>
 
 namespace pagepool::pool {
 namespace {
@@ -25,7 +24,9 @@ constexpr uint32_t kOrderMask = 0x1f;
 constexpr uint32_t kKindShift = 5;
 enum FrameKind : uint32_t { kKindNone = 0, kKindFreeHead = 1, kKindAllocated = 2 };
 
-constexpr uint32_t MakeState(FrameKind kind, unsigned order) { return (kind << kKindShift) | order; }
+constexpr uint32_t MakeState(FrameKind kind, unsigned order) {
+  return (kind << kKindShift) | order;
+}
 constexpr FrameKind KindOf(uint32_t state) { return FrameKind(state >> kKindShift); }
 constexpr unsigned OrderOfState(uint32_t state) { return state & kOrderMask; }
 
@@ -56,8 +57,8 @@ inline void MarkAllocated(PageRecord& r, unsigned order) {
 absl::StatusOr<std::unique_ptr<PhysMemory>> PhysMemory::Create(const PhysMemoryConfig& config) {
   const uint64_t frames = (config.bytes >> dma::kPageShift) / kBlockFrames * kBlockFrames;
   if (frames == 0 || config.bytes > kMaxBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("memory size ", config.bytes,
-                                                   " bytes: must be 4 MiB .. 8 TiB"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("memory size ", config.bytes, " bytes: must be 4 MiB .. 8 TiB"));
   }
   if (config.numa_nodes == 0 || config.numa_nodes > frames / kBlockFrames) {
     return absl::InvalidArgumentError(
@@ -141,9 +142,9 @@ absl::StatusOr<FrameNumber> PhysMemory::AllocLocked(unsigned order) {
     const uint64_t frontier = frontier_.load(std::memory_order_relaxed);
     if (frontier + kBlockFrames > frames_) {
       LockedAdd(alloc_failures_, 1);
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "out of simulated memory: no free block of order ", order, " (", frames_free(),
-          " of ", frames_, " frames free)"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("out of simulated memory: no free block of order ", order, " (",
+                       frames_free(), " of ", frames_, " frames free)"));
     }
     frame = frontier;
     frontier_.store(frontier + kBlockFrames, std::memory_order_release);
@@ -215,8 +216,8 @@ absl::Status PhysMemory::FreePages(FrameNumber frame, unsigned order) {
   base::MutexLock l(&lock_);
   const uint32_t s = records_[frame].state.load(std::memory_order_relaxed);
   if (KindOf(s) != kKindAllocated || OrderOfState(s) != order) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "free of frame ", frame, " order ", order, ": not an allocated block of that order"));
+    return absl::FailedPreconditionError(absl::StrCat("free of frame ", frame, " order ", order,
+                                                      ": not an allocated block of that order"));
   }
   FreeLocked(frame, order);
   return absl::OkStatus();
@@ -246,6 +247,14 @@ uint64_t PhysMemory::ScanFrames(absl::FunctionRef<void(FrameNumber, PageRecord&)
 
 uint64_t PhysMemory::ScanAllFrames(absl::FunctionRef<void(FrameNumber, PageRecord&)> fn) const {
   for (uint64_t f = 0; f < frames_; ++f) fn(f, records_[f]);
+  return frames_;
+}
+
+uint64_t PhysMemory::ScanAllFramesUntil(
+    absl::FunctionRef<bool(FrameNumber, PageRecord&)> fn) const {
+  for (uint64_t f = 0; f < frames_; ++f) {
+    if (!fn(f, records_[f])) return f + 1;
+  }
   return frames_;
 }
 

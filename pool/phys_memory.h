@@ -1,13 +1,14 @@
 // File: pool/phys_memory.h
 //
-// Simulated physical memory: a fixed array of 4 KiB page frames, each with a compact `struct page`-like
-// record (PageRecord, 32 bytes), and a buddy allocator over the frames (orders 0..kMaxOrder, like the
-// kernel's MAX_PAGE_ORDER = 10).
+// Simulated physical memory: a fixed array of 4 KiB page frames, each with a compact `struct
+// page`-like record (PageRecord, 32 bytes), and a buddy allocator over the frames (orders
+// 0..kMaxOrder, like the kernel's MAX_PAGE_ORDER = 10).
 //
-// Size: set at creation (default 4 GiB = 1 Mi frames), rounded down to whole 4 MiB blocks. The record array is one anonymous mmap with
-// MAP_NORESERVE, and the buddy allocator carves max-order blocks from an untouched frontier only when its
-// free lists run dry, so a 64 GiB (16 Mi frames, 512 MiB of records) table costs only the records that
-// were ever touched. There is no per-frame heap allocation.
+// Size: set at creation (default 4 GiB = 1 Mi frames), rounded down to whole 4 MiB blocks. The
+// record array is one anonymous mmap with MAP_NORESERVE, and the buddy allocator carves max-order
+// blocks from an untouched frontier only when its free lists run dry, so a 64 GiB (16 Mi frames,
+// 512 MiB of records) table costs only the records that were ever touched. There is no per-frame
+// heap allocation.
 //
 // A frame's physical address is `frame << 12` (dma::PhysAddr), the address given to the DMA API.
 // Frame 0 is reserved at creation and never handed out, so physical (and passthrough DMA) address 0
@@ -16,8 +17,9 @@
 // Out of memory is RESOURCE_EXHAUSTED, never a crash.
 //
 // Thread safety: allocation and free take one allocator lock (a bulk allocation takes it once).
-// PageRecord fields are atomics: any thread may read them at any time (the SCAN strategy reads every
-// record while other threads allocate and free); who may write which field is documented on the field.
+// PageRecord fields are atomics: any thread may read them at any time (the SCAN strategy reads
+// every record while other threads allocate and free); who may write which field is documented on
+// the field.
 #ifndef PAGEPOOL_POOL_PHYS_MEMORY_H_
 #define PAGEPOOL_POOL_PHYS_MEMORY_H_
 
@@ -39,31 +41,33 @@ namespace pagepool::pool {
 using FrameNumber = uint64_t;
 
 // The kernel's pp_magic layout on x86_64 (include/linux/mm.h, include/net/page_pool/types.h):
-// PP_SIGNATURE = 0x40 + POISON_POINTER_DELTA; the DMA index lives in the bits between the signature and
-// the poison: PP_DMA_INDEX_SHIFT = 1 + __fls(0x40) = 7, PP_DMA_INDEX_BITS = min(32, 48 - 7) = 32.
+// PP_SIGNATURE = 0x40 + POISON_POINTER_DELTA; the DMA index lives in the bits between the signature
+// and the poison: PP_DMA_INDEX_SHIFT = 1 + __fls(0x40) = 7, PP_DMA_INDEX_BITS = min(32, 48 - 7)
+// = 32.
 inline constexpr uint64_t kPoisonPointerDelta = 0xdead000000000000ull;
 inline constexpr uint64_t kPpSignature = 0x40 + kPoisonPointerDelta;
 inline constexpr unsigned kPpDmaIndexShift = 7;
 inline constexpr unsigned kPpDmaIndexBits = 32;
-inline constexpr uint64_t kPpDmaIndexMask = ((uint64_t{1} << kPpDmaIndexBits) - 1) << kPpDmaIndexShift;
+inline constexpr uint64_t kPpDmaIndexMask = ((uint64_t{1} << kPpDmaIndexBits) - 1)
+                                            << kPpDmaIndexShift;
 // Bits 0-1 belong to page->lru / compound_head in the kernel and are masked out too.
 inline constexpr uint64_t kPpMagicMask = ~(kPpDmaIndexMask | 0x3ull);
 
 // One frame's record, the model's `struct page`. 32 bytes (static_assert in phys_memory.cc).
 // Only the head frame of an allocated block carries meaningful pp fields.
 struct PageRecord {
-  // pp_magic: kPpSignature | (dma index id << kPpDmaIndexShift) while the page belongs to a page_pool;
-  // 0 otherwise. Written by the owning pool (set on slow-path allocation, index set/cleared by the
-  // path that tracks/untracks it, cleared on release).
+  // pp_magic: kPpSignature | (dma index id << kPpDmaIndexShift) while the page belongs to a
+  // page_pool; 0 otherwise. Written by the owning pool (set on slow-path allocation, index
+  // set/cleared by the path that tracks/untracks it, cleared on release).
   std::atomic<uint64_t> pp_magic{0};
   // dma_addr of the page's mapping while the pool holds it mapped; 0 when unmapped. The party that
-  // unmaps claims it with exchange(0). While the frame is a free buddy block head this word holds the
-  // free-list links instead (allocator-private).
+  // unmaps claims it with exchange(0). While the frame is a free buddy block head this word holds
+  // the free-list links instead (allocator-private).
   std::atomic<uint64_t> dma_addr{0};
   // owning pool id (high 32 bits; 0: none) and generation (low 32 bits). The generation is bumped
-  // when a page is handed to a user and when it is given back; give-back claims the handle by CAS on
-  // the whole word, so a stale, double or wrong-pool give-back fails exactly once. Never reset, so a
-  // handle stays stale across frees and reallocations.
+  // when a page is handed to a user and when it is given back; give-back claims the handle by CAS
+  // on the whole word, so a stale, double or wrong-pool give-back fails exactly once. Never reset,
+  // so a handle stays stale across frees and reallocations.
   std::atomic<uint64_t> owner_gen{0};
   // Allocator state: bits 0-4 order, bits 5-7 kind (FrameKind in phys_memory.cc). Allocator lock
   // only.
@@ -92,7 +96,8 @@ struct PageRecord {
   }
   // The in-flight index id stored in pp_magic (0: not tracked).
   uint32_t DmaIndex() const {
-    return uint32_t((pp_magic.load(std::memory_order_acquire) & kPpDmaIndexMask) >> kPpDmaIndexShift);
+    return uint32_t((pp_magic.load(std::memory_order_acquire) & kPpDmaIndexMask) >>
+                    kPpDmaIndexShift);
   }
 };
 
@@ -104,10 +109,10 @@ struct PhysMemoryConfig {
 struct PhysMemoryStats {
   uint64_t frames = 0;
   uint64_t frames_free = 0;
-  uint64_t alloc_calls = 0;       // blocks handed out
-  uint64_t free_calls = 0;        // blocks freed
-  uint64_t alloc_failures = 0;    // RESOURCE_EXHAUSTED answers
-  uint64_t touched_frames = 0;    // frames below the carve frontier (records ever initialised)
+  uint64_t alloc_calls = 0;            // blocks handed out
+  uint64_t free_calls = 0;             // blocks freed
+  uint64_t alloc_failures = 0;         // RESOURCE_EXHAUSTED answers
+  uint64_t touched_frames = 0;         // frames below the carve frontier (records ever initialised)
   uint64_t record_bytes_reserved = 0;  // virtual size of the record array
 };
 
@@ -122,10 +127,10 @@ class PhysMemory {
   PhysMemory(const PhysMemory&) = delete;
   PhysMemory& operator=(const PhysMemory&) = delete;
 
-  // alloc_pages(order): returns the head frame of a free block of 2^order frames. The head record gets page_ref 1, pp fields cleared (owner_gen keeps
-  // its generation). RESOURCE_EXHAUSTED when no block of that order can be had, INVALID_ARGUMENT for
-  // order > kMaxOrder.
-  // Context: any thread; takes the allocator lock.
+  // alloc_pages(order): returns the head frame of a free block of 2^order frames. The head record
+  // gets page_ref 1, pp fields cleared (owner_gen keeps its generation). RESOURCE_EXHAUSTED when no
+  // block of that order can be had, INVALID_ARGUMENT for order > kMaxOrder. Context: any thread;
+  // takes the allocator lock.
   absl::StatusOr<FrameNumber> AllocPages(unsigned order);
 
   // alloc_pages_bulk: up to out.size() order-0 frames under one lock acquisition. Returns how many
@@ -134,8 +139,8 @@ class PhysMemory {
   size_t AllocBulk(absl::Span<FrameNumber> out);
 
   // __free_pages(frame, order) of a block from AllocPages/AllocBulk, regardless of page_ref.
-  // REQUIRES: `frame` is an allocated head of that order (checked: INVALID_ARGUMENT / FAILED_PRECONDITION).
-  // Context: any thread; takes the allocator lock.
+  // REQUIRES: `frame` is an allocated head of that order (checked: INVALID_ARGUMENT /
+  // FAILED_PRECONDITION). Context: any thread; takes the allocator lock.
   absl::Status FreePages(FrameNumber frame, unsigned order);
 
   // get_page / put_page on a block head. PutPage frees the block (with its recorded order) when
@@ -165,6 +170,10 @@ class PhysMemory {
   // the cost still grows with memory size). Returns frames().
   // Context: any thread.
   uint64_t ScanAllFrames(absl::FunctionRef<void(FrameNumber, PageRecord&)> fn) const;
+  // ScanAllFrames that stops as soon as fn returns false (seed 002's scan stops once every page
+  // in flight is found). Returns the number of frames visited, the last one included.
+  // Context: any thread.
+  uint64_t ScanAllFramesUntil(absl::FunctionRef<bool(FrameNumber, PageRecord&)> fn) const;
 
   uint64_t frames() const { return frames_; }
   uint64_t bytes() const { return frames_ << dma::kPageShift; }

@@ -2,16 +2,25 @@
 //
 // The destroy/return race (seed 002): four threads return, recycle (ring), re-reference and
 // double-give-back pages while the pool is destroyed and the device unbound, repeated
-// POOL_RACE_ITERATIONS times (default 1000) over XARRAY and SCAN and the three IOMMU modes. Each time
-// every mapping must be torn down exactly once (checker: no double/unknown unmap, nothing after
-// unbind, nothing live), inflight must reach 0, every frame must be free, and the domain must be
-// back to empty (one table page after Quiesce, no IOVA allocated).
+// POOL_RACE_ITERATIONS times (default 1000) over XARRAY and SCAN and the three IOMMU modes. Each
+// time every mapping must be torn down exactly once (checker: no double/unknown unmap, nothing
+// after unbind, nothing live), inflight must reach 0, every frame must be free, and the domain must
+// be back to empty (one table page after Quiesce, no IOVA allocated).
+//
+// And a SCAN destroy whose own unmaps free more emptied page tables than dma/ lets wait for
+// call_rcu (so the destroying thread waits for a grace period inside the destroy) while another
+// thread keeps returning pages of the pool: it must complete (a watchdog fails it otherwise).
 #include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
 #include <random>
 #include <thread>
 #include <vector>
 
 #include "dma/device.h"
+#include "dma/iommu_domain.h"
 #include "gtest/gtest.h"
 #include "pool/nic.h"
 #include "pool/page_pool.h"
@@ -78,7 +87,8 @@ TEST(PagePoolRaceTest, ReturnsRaceDestroyAndUnbind) {
   uint64_t unmapped_by_destroy = 0, total_returned = 0;
   for (long it = 0; it < iterations; ++it) {
     SCOPED_TRACE(::testing::Message() << "iteration " << it);
-    const DestroyStrategy strategy = it % 2 == 0 ? DestroyStrategy::kXarray : DestroyStrategy::kScan;
+    const DestroyStrategy strategy =
+        it % 2 == 0 ? DestroyStrategy::kXarray : DestroyStrategy::kScan;
     absl::StatusOr<std::unique_ptr<Nic>> nic_or =
         Nic::Create(memory, testing::MakeNicConfig("race", modes[(it / 2) % 3]));
     ASSERT_TRUE(nic_or.ok()) << nic_or.status();
@@ -150,6 +160,84 @@ TEST(PagePoolRaceTest, ReturnsRaceDestroyAndUnbind) {
   EXPECT_GT(unmapped_by_destroy, 0u);
   EXPECT_GT(total_returned, 0u);
   RecordProperty("unmapped_by_destroy", std::to_string(unmapped_by_destroy));
+}
+
+// Runs fn on a thread of its own and waits up to `limit` for it; on timeout the process ends with
+// a failure message (a deadlocked thread can neither be joined nor detached safely).
+template <typename Fn>
+void RunWithWatchdog(const char* what, std::chrono::seconds limit, Fn fn) {
+  std::packaged_task<void()> task(std::move(fn));
+  std::future<void> done = task.get_future();
+  std::thread t(std::move(task));
+  if (done.wait_for(limit) != std::future_status::ready) {
+    std::fprintf(stderr, "%s: no progress after %lld s: deadlock\n", what,
+                 static_cast<long long>(limit.count()));
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
+  t.join();
+}
+
+TEST(PagePoolRaceTest, ScanDestroyCompletesUnderTableFreeBackPressureWithReturns) {
+  // Order-8 pages (1 MiB) in a strict domain that frees emptied tables: each pool page shares its
+  // 2 MiB leaf table with a 1 MiB filler mapping, and the fillers are unmapped before the destroy,
+  // so every pool page is the last entry of its table and every unmap of one frees a table. The
+  // destroy's own unmaps then free more than IoPageTable's high-water mark (4096 pending tables),
+  // and dma/ makes the unmapping thread wait for a grace period itself.
+  constexpr int kPages = 5000;
+  constexpr int kReturned = 1000;  // returned by the racing thread, slowly, during the destroy
+  absl::StatusOr<std::shared_ptr<PhysMemory>> memory =
+      testing::MakeSharedMemory(uint64_t{5200} * kMiB);
+  ASSERT_TRUE(memory.ok()) << memory.status();
+  pool::NicConfig config = testing::MakeNicConfig("eth0", dma::IommuMode::kStrict);
+  config.device.free_empty_tables = true;
+  absl::StatusOr<std::unique_ptr<Nic>> nic = Nic::Create(*memory, config);
+  ASSERT_TRUE(nic.ok()) << nic.status();
+  PagePoolParams params;
+  params.order = 8;
+  params.strategy = DestroyStrategy::kScan;
+  absl::StatusOr<std::shared_ptr<PagePool>> created = (*nic)->CreatePool(params);
+  ASSERT_TRUE(created.ok()) << created.status();
+  PagePool& pool = **created;
+  dma::Device& device = (*nic)->device();
+
+  std::vector<PoolPage> pages;
+  std::vector<dma::DmaAddr> fillers;
+  for (int i = 0; i < kPages; ++i) {
+    absl::StatusOr<PoolPage> p = pool.Allocate();
+    ASSERT_TRUE(p.ok()) << p.status();
+    pages.push_back(*p);
+    absl::StatusOr<dma::DmaAddr> f =
+        device.MapPage(dma::PhysAddr{1} << 20, 1 * kMiB, dma::DmaDirection::kFromDevice);
+    ASSERT_TRUE(f.ok()) << f.status();
+    fillers.push_back(*f);
+  }
+  for (dma::DmaAddr f : fillers) {
+    ASSERT_TRUE(device.UnmapPage(f, 1 * kMiB, dma::DmaDirection::kFromDevice).ok());
+  }
+  // The setup did what it says: one leaf table per pool page is still linked.
+  ASSERT_GE(device.domain()->stats().table_pages, uint64_t{kPages});
+
+  std::atomic<bool> stop{false};
+  std::thread returner([&] {
+    while (!pool.destroyed()) std::this_thread::yield();
+    for (int i = 0; i < kReturned && !stop.load(); ++i) {
+      EXPECT_TRUE(pool.Return(pages[i].handle).ok());
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  });
+  absl::StatusOr<DestroyResult> d;
+  RunWithWatchdog("scan destroy", std::chrono::seconds(60), [&] { d = pool.Destroy(); });
+  stop.store(true);
+  returner.join();
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_GT(d->pages_unmapped, uint64_t{kPages - kReturned - 1});
+  for (int i = 0; i < kPages; ++i) (void)pool.Return(pages[i].handle);
+  EXPECT_EQ(pool.inflight(), 0);
+  ASSERT_TRUE((*nic)->Unbind().ok());
+  const dma::CheckerCounters v = device.violations();
+  EXPECT_EQ(v.Total(), 0u) << testing::ViolationSummary(v);
+  EXPECT_EQ((*memory)->frames_free(), (*memory)->frames() - 1);
 }
 
 }  // namespace

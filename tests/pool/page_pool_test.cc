@@ -22,8 +22,8 @@ using ::pagepool::testing::kMiB;
 class PagePoolTest : public ::testing::Test, public testing::NicFixture {
  protected:
   void SetUpNic(uint64_t memory_bytes = 64 * kMiB, unsigned numa_nodes = 1,
-                dma::IommuMode mode = dma::IommuMode::kStrict) {
-    const absl::Status s = CreateNic(memory_bytes, numa_nodes, mode, /*ifindex=*/3);
+                dma::IommuMode mode = dma::IommuMode::kStrict, uint32_t ifindex = 3) {
+    const absl::Status s = CreateNic(memory_bytes, numa_nodes, mode, ifindex);
     ASSERT_TRUE(s.ok()) << s;
   }
   void SetUp() override { SetUpNic(); }
@@ -444,6 +444,8 @@ TEST_F(PagePoolTest, DestroyedPoolRefusesAllocationAndReleasesRecycles) {
 }
 
 TEST_F(PagePoolTest, ReleaseRetryWarnsEverySixtySeconds) {
+  // A pool not linked to a netdev: the only kind page_pool_release_retry warns about.
+  SetUpNic(64 * kMiB, 1, dma::IommuMode::kStrict, /*ifindex=*/0);
   PagePoolParams params;
   params.strategy = DestroyStrategy::kNone;
   auto pool = MakePool(params);
@@ -455,8 +457,8 @@ TEST_F(PagePoolTest, ReleaseRetryWarnsEverySixtySeconds) {
     EXPECT_EQ(nic_->ReleaseRetry(clock_.NowNanos()), 1u);
   }
   ASSERT_EQ(warnings_.size(), 2u);
-  EXPECT_NE(warnings_[0].find(absl::StrCat("stalled pool shutdown: id ", pool->id(),
-                                           ", 2 inflight 60 sec")),
+  EXPECT_NE(warnings_[0].find(
+                absl::StrCat("stalled pool shutdown: id ", pool->id(), ", 2 inflight 60 sec")),
             std::string::npos)
       << warnings_[0];
   EXPECT_NE(warnings_[1].find("inflight 120 sec"), std::string::npos) << warnings_[1];
@@ -465,6 +467,107 @@ TEST_F(PagePoolTest, ReleaseRetryWarnsEverySixtySeconds) {
   EXPECT_EQ(nic_->ReleaseRetry(clock_.NowNanos()), 0u);
   EXPECT_TRUE(nic_->Pools().empty());
   EXPECT_EQ(nic_->device().violations().Total(), 0u);  // device still bound: no violation
+}
+
+TEST_F(PagePoolTest, ReleaseRetryNeverWarnsForAPoolLinkedToANetdev) {
+  // page_pool_release_retry: "Periodic warning for page pools the user can't see" (netdev NULL or
+  // NET_PTR_POISON); a pool of a netdev is listed over netlink instead.
+  PagePoolParams params;
+  params.strategy = DestroyStrategy::kNone;
+  auto pool = MakePool(params);
+  ASSERT_EQ(pool->params().ifindex, 3u);
+  std::vector<PoolPage> pages;
+  ASSERT_TRUE(pool->AllocateBulk(2, &pages).ok());
+  ASSERT_TRUE(nic_->DestroyPool(pool->id()).ok());
+  for (int sec = 1; sec <= 130; ++sec) {
+    clock_.Advance(kDeferTimeNs);
+    EXPECT_TRUE(pool->ReleaseRetry(clock_.NowNanos()));
+  }
+  EXPECT_TRUE(warnings_.empty()) << warnings_[0];
+  for (const PoolPage& p : pages) ASSERT_TRUE(pool->Return(p.handle).ok());
+  EXPECT_FALSE(pool->ReleaseRetry(clock_.NowNanos()));
+}
+
+TEST_F(PagePoolTest, CreateRefusesWhatPagePoolInitRefuses) {
+  PagePoolParams params;
+  params.flags = kPpFlagDmaMap | kPpFlagDmaSyncDev;  // DMA_SYNC_DEV without max_len
+  EXPECT_EQ(nic_->CreatePool(params).status().code(), absl::StatusCode::kInvalidArgument);
+  params.max_len = 1500;
+  EXPECT_TRUE(nic_->CreatePool(params).ok());
+  params = {};
+  params.dma_dir = dma::DmaDirection::kToDevice;  // DMA_MAP: FROM_DEVICE or BIDIRECTIONAL only
+  EXPECT_EQ(nic_->CreatePool(params).status().code(), absl::StatusCode::kInvalidArgument);
+  params.dma_dir = dma::DmaDirection::kBidirectional;
+  EXPECT_TRUE(nic_->CreatePool(params).ok());
+  params = {};
+  params.flags = 0;  // no DMA_MAP: the direction is not used
+  params.dma_dir = dma::DmaDirection::kToDevice;
+  EXPECT_TRUE(nic_->CreatePool(params).ok());
+}
+
+TEST_F(PagePoolTest, PutPageSyncsTheSmallerOfDmaSyncSizeAndMaxLen) {
+  PagePoolParams params;
+  params.flags = kPpFlagDmaMap | kPpFlagDmaSyncDev;
+  params.max_len = 1500;
+  auto pool = MakePool(params);
+  absl::StatusOr<PoolPage> p = pool->Allocate();
+  ASSERT_TRUE(p.ok());
+  const uint64_t at_alloc = pool->info().dma_synced_bytes;
+  EXPECT_EQ(at_alloc, 64u * 1500);  // page_pool_dma_map syncs max_len of every new page
+  ASSERT_TRUE(pool->Recycle(p->handle, true, /*dma_sync_size=*/100).ok());
+  EXPECT_EQ(pool->info().dma_synced_bytes, at_alloc + 100);
+  p = pool->Allocate();
+  ASSERT_TRUE(p.ok());
+  ASSERT_TRUE(pool->Recycle(p->handle, false, /*dma_sync_size=*/9000).ok());
+  EXPECT_EQ(pool->info().dma_synced_bytes, at_alloc + 100 + 1500);
+  p = pool->Allocate();
+  ASSERT_TRUE(p.ok());
+  ASSERT_TRUE(pool->Recycle(p->handle, true).ok());  // page_pool_put_full_page: max_len
+  EXPECT_EQ(pool->info().dma_synced_bytes, at_alloc + 100 + 1500 + 1500);
+  EXPECT_EQ(nic_->device().sync_calls(), 64u + 3);
+  EXPECT_EQ(nic_->device().violations().Total(), 0u);
+}
+
+TEST_F(PagePoolTest, CoherentDeviceNeverSyncsNorWaitsToStopSyncs) {
+  for (const bool need_sync : {true, false}) {
+    SCOPED_TRACE(need_sync ? "non-coherent" : "coherent");
+    SetUpNic();
+    PagePoolParams params;
+    params.flags = kPpFlagDmaMap | kPpFlagDmaSyncDev;
+    params.max_len = 1500;
+    params.dma_need_sync = need_sync;
+    auto pool = MakePool(params);
+    std::vector<PoolPage> pages;
+    ASSERT_TRUE(pool->AllocateBulk(2, &pages).ok());
+    ASSERT_TRUE(pool->Recycle(pages[0].handle, true).ok());
+    EXPECT_EQ(nic_->device().sync_calls(), need_sync ? 65u : 0u);
+    EXPECT_EQ(pool->info().dma_synced_bytes, need_sync ? 65u * 1500 : 0u);
+    // page_pool_scrub: synchronize_net() only if dma_dev_need_sync(); the other grace period is
+    // this model's wait for returns still inside their unmap.
+    absl::StatusOr<DestroyResult> d = nic_->DestroyPool(pool->id());
+    ASSERT_TRUE(d.ok());
+    EXPECT_EQ(d->grace_periods, need_sync ? 2u : 1u);
+    ASSERT_TRUE(pool->Return(pages[1].handle).ok());
+    EXPECT_EQ(nic_->device().violations().Total(), 0u);
+  }
+}
+
+TEST_F(PagePoolTest, SetNidFlushesTheAllocCacheWhenTheNodeChanges) {
+  SetUpNic(8 * kMiB, /*numa_nodes=*/2);
+  auto pool = MakePool();
+  absl::StatusOr<PoolPage> p = pool->Allocate();
+  ASSERT_TRUE(p.ok());
+  ASSERT_EQ(pool->info().alloc_cache_count, 63u);
+  const uint64_t free_before = memory_->frames_free();
+  const uint64_t unmaps = nic_->device().unmap_calls();
+  pool->SetNid(0);  // same node: nothing happens
+  EXPECT_EQ(pool->info().alloc_cache_count, 63u);
+  pool->SetNid(1);  // page_pool_update_nid: the cache's pages are released
+  EXPECT_EQ(pool->info().alloc_cache_count, 0u);
+  EXPECT_EQ(memory_->frames_free(), free_before + 63);
+  EXPECT_EQ(nic_->device().unmap_calls(), unmaps + 63);
+  EXPECT_EQ(pool->inflight(), 1);
+  ASSERT_TRUE(pool->Return(p->handle).ok());
 }
 
 TEST_F(PagePoolTest, UnbindDestroysPoolsAndRefusesNewOnes) {
