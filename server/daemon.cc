@@ -35,10 +35,17 @@ absl::Status CheckOptions(const DaemonOptions& options) {
   if (options.tls_cert.empty() != options.tls_key.empty()) {
     return absl::InvalidArgumentError("tls-cert and tls-key go together: give both or neither");
   }
+  if (!options.tls_client_ca.empty() && options.tls_cert.empty()) {
+    return absl::InvalidArgumentError(
+        "tls-client-ca (mutual TLS) needs tls-cert and tls-key: the daemon must serve TLS");
+  }
+  if (options.max_watch_queue == 0 || options.metrics_max_connections == 0) {
+    return absl::InvalidArgumentError("max-watch-queue and metrics-max-connections must be > 0");
+  }
   return absl::OkStatus();
 }
 
-// TLS from the PEM files when both are given, else plaintext.
+// TLS from the PEM files when both are given (mutual TLS with a client CA), else plaintext.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const DaemonOptions& options) {
   if (options.tls_cert.empty()) return grpc::InsecureServerCredentials();
   auto cert = ReadFile(options.tls_cert, "tls-cert");
@@ -47,6 +54,12 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Daemo
   if (!key.ok()) return key.status();
   grpc::SslServerCredentialsOptions ssl;
   ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!options.tls_client_ca.empty()) {
+    auto ca = ReadFile(options.tls_client_ca, "tls-client-ca");
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
   return grpc::SslServerCredentials(ssl);
 }
 
@@ -83,11 +96,21 @@ absl::Status Daemon::StartRuntime() {
   ro.max_devices = options_.max_devices;
   ro.max_pools = options_.max_pools;
   ro.max_pages_per_call = options_.max_pages_per_call;
+  ServiceOptions so;
+  so.max_message_bytes = options_.max_message_bytes;
+  so.max_watch_queue = options_.max_watch_queue;
+  so.max_streams = options_.max_streams;
+  so.max_streams_per_peer = options_.max_streams_per_peer;
+  so.max_held_per_stream = options_.max_held_per_stream;
+  if (!options_.auth_token_file.empty()) {
+    auto token = BearerToken::ReadFile(options_.auth_token_file);
+    if (!token.ok()) return token.status();
+    so.auth_token = *std::move(token);
+  }
   auto runtime = Runtime::Create(ro);
   if (!runtime.ok()) return runtime.status();
   runtime_ = std::move(*runtime);
-  service_ =
-      std::make_unique<PagePoolServiceImpl>(runtime_.get(), &stats_, options_.max_message_bytes);
+  service_ = std::make_unique<PagePoolServiceImpl>(runtime_.get(), &stats_, so);
   return absl::OkStatus();
 }
 
@@ -101,8 +124,20 @@ absl::Status Daemon::StartGrpc() {
   if (absl::Status s = EnableServerReflection(&builder); !s.ok()) return s;
   builder.AddListeningPort(options_.listen, *creds, &grpc_port_);
   builder.RegisterService(service_.get());
+  // Calls to any method no service has: UNIMPLEMENTED naming it (server/unknown_method.h).
+  unknown_method_ = std::make_unique<UnknownMethodService>(&stats_);
+  builder.RegisterCallbackGenericService(unknown_method_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));
+  if (options_.keepalive_ms > 0) {
+    // gRPC takes stream writes whether or not the peer reads them (a peer that stopped reading
+    // gets its answers buffered in the transport, without bound): a connection whose peer does
+    // not answer a ping within keepalive_ms is closed, its calls cancelled, its buffers freed.
+    const int ms = static_cast<int>(options_.keepalive_ms);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, ms);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ms);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  }
   server_ = builder.BuildAndStart();
   if (!server_ || grpc_port_ == 0) {
     server_.reset();
@@ -119,8 +154,9 @@ absl::Status Daemon::StartGrpc() {
 
 absl::Status Daemon::StartMetrics() {
   if (options_.metrics_listen.empty() || options_.metrics_listen == "off") return absl::OkStatus();
-  auto m =
-      MetricsHttpServer::Start(io_, options_.metrics_listen, [this] { return RenderMetrics(); });
+  auto m = MetricsHttpServer::Start(
+      io_, options_.metrics_listen, [this] { return RenderMetrics(); },
+      options_.metrics_max_connections);
   if (!m.ok()) return m.status();
   metrics_ = std::move(*m);
   return absl::OkStatus();

@@ -24,6 +24,7 @@
 #include "server/rpc_stats.h"
 #include "server/runtime.h"
 #include "server/service.h"
+#include "server/unknown_method.h"
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -41,6 +42,19 @@ struct DaemonOptions {
   uint32_t max_message_bytes = 16 << 20;  // largest gRPC message, either direction
   std::string tls_cert;                   // PEM files; both or neither (plaintext)
   std::string tls_key;
+  // PEM file of the CA that signs client certificates: mutual TLS, every client must present a
+  // certificate it signed. REQUIRES tls_cert and tls_key.
+  std::string tls_client_ca;
+  // File holding the bearer token every PagePoolService call must carry ("": none needed).
+  std::string auth_token_file;
+  uint32_t max_streams = 1024;            // streams open at once, in all (0: no limit)
+  uint32_t max_streams_per_peer = 256;    // streams open at once per client address (0: no limit)
+  uint64_t max_held_per_stream = 262144;  // pages one Traffic stream may hold (0: no limit)
+  uint32_t max_watch_queue = 65536;       // events queued per WatchEvents watcher (>= 1)
+  uint32_t metrics_max_connections = 16;  // /metrics connections open at once (>= 1)
+  // Each connection is pinged every keepalive_ms; a peer that does not answer within keepalive_ms
+  // is disconnected (0: no pings).
+  uint32_t keepalive_ms = 30000;
   uint32_t shutdown_grace_ms = 2000;  // time calls in flight get at shutdown
   bool handle_signals = true;         // false in tests: stop with RequestStop()
 };
@@ -90,6 +104,7 @@ class Daemon {
   RpcStats stats_;
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<PagePoolServiceImpl> service_;
+  std::unique_ptr<UnknownMethodService> unknown_method_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;
   boost::asio::io_context io_;

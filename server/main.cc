@@ -8,9 +8,10 @@
 #include "server/daemon.h"
 #include <CLI/CLI.hpp>
 
-int main(int argc, char** argv) {
-  pagepool::server::DaemonOptions o;
-  CLI::App app{"pagepoold: simulated NIC page pools over a modelled IOMMU, driven over gRPC"};
+namespace {
+
+// Every flag of pagepoold, each with its PAGEPOOLD_* environment twin, into `o`.
+void AddFlags(CLI::App& app, pagepool::server::DaemonOptions& o) {
   app.add_option("--listen", o.listen, "gRPC address host:port (port 0: any free port)")
       ->envname("PAGEPOOLD_LISTEN")
       ->capture_default_str();
@@ -37,10 +38,48 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", o.tls_cert, "PEM certificate chain (with --tls-key: TLS)")
       ->envname("PAGEPOOLD_TLS_CERT");
   app.add_option("--tls-key", o.tls_key, "PEM private key")->envname("PAGEPOOLD_TLS_KEY");
+  app.add_option("--tls-client-ca", o.tls_client_ca,
+                 "PEM CA file: mutual TLS, clients must present a certificate it signed")
+      ->envname("PAGEPOOLD_TLS_CLIENT_CA");
+  app.add_option("--auth-token-file", o.auth_token_file,
+                 "file holding a bearer token every PagePoolService call must carry")
+      ->envname("PAGEPOOLD_AUTH_TOKEN_FILE");
+  app.add_option("--max-streams", o.max_streams, "streams open at once, in all (0: no limit)")
+      ->envname("PAGEPOOLD_MAX_STREAMS")
+      ->capture_default_str();
+  app.add_option("--max-streams-per-peer", o.max_streams_per_peer,
+                 "streams open at once per client address (0: no limit)")
+      ->envname("PAGEPOOLD_MAX_STREAMS_PER_PEER")
+      ->capture_default_str();
+  app.add_option("--max-held-per-stream", o.max_held_per_stream,
+                 "pages one Traffic stream may hold (0: no limit)")
+      ->envname("PAGEPOOLD_MAX_HELD_PER_STREAM")
+      ->capture_default_str();
+  app.add_option("--max-watch-queue", o.max_watch_queue,
+                 "events queued per WatchEvents watcher before its stream is ended")
+      ->envname("PAGEPOOLD_MAX_WATCH_QUEUE")
+      ->capture_default_str();
+  app.add_option("--metrics-max-connections", o.metrics_max_connections,
+                 "/metrics connections open at once")
+      ->envname("PAGEPOOLD_METRICS_MAX_CONNECTIONS")
+      ->capture_default_str();
+  app.add_option("--keepalive-ms", o.keepalive_ms,
+                 "ping each connection this often; a peer that does not answer within it is "
+                 "disconnected (0: no pings)")
+      ->envname("PAGEPOOLD_KEEPALIVE_MS")
+      ->capture_default_str();
   app.add_option("--shutdown-grace-ms", o.shutdown_grace_ms,
                  "at SIGINT/SIGTERM, time calls in flight get before they are cancelled")
       ->envname("PAGEPOOLD_SHUTDOWN_GRACE_MS")
       ->capture_default_str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  pagepool::server::DaemonOptions o;
+  CLI::App app{"pagepoold: simulated NIC page pools over a modelled IOMMU, driven over gRPC"};
+  AddFlags(app, o);
   CLI11_PARSE(app, argc, argv);
   // CLI11 treats an empty environment variable as unset; an empty PAGEPOOLD_METRICS_LISTEN means
   // "no metrics endpoint", as an empty --metrics-listen does.

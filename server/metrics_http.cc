@@ -1,3 +1,4 @@
+// File: server/metrics_http.cc
 #include "server/metrics_http.h"
 
 #include <chrono>
@@ -29,39 +30,75 @@ bool SplitHostPort(const std::string& address, std::string* host, uint16_t* port
 
 namespace {
 
+// Connections served now and the limit; shared by the acceptor and its sessions (one thread).
+struct ConnectionCount {
+  uint32_t open = 0;
+  uint32_t max = 0;
+};
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, std::shared_ptr<MetricsHttpServer::Render> render)
-      : stream_(std::move(socket)), render_(std::move(render)) {}
+  Session(tcp::socket socket, std::shared_ptr<MetricsHttpServer::Render> render,
+          std::shared_ptr<ConnectionCount> count)
+      : stream_(std::move(socket)), render_(std::move(render)), count_(std::move(count)) {
+    ++count_->open;
+    parser_.header_limit(MetricsHttpServer::kMaxHeaderBytes);
+    parser_.body_limit(0);
+  }
+  ~Session() { --count_->open; }
 
   void Run() {
     stream_.expires_after(std::chrono::seconds(10));
-    http::async_read(stream_, buffer_, req_,
+    http::async_read(stream_, buffer_, parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) {
-                       if (!ec) self->Answer();
+                       if (ec == beast::error::timeout || ec == http::error::end_of_stream) return;
+                       self->Answer(ec);
                      });
   }
 
  private:
-  void Answer() {
-    res_.version(req_.version());
-    res_.keep_alive(false);
-    res_.set(http::field::server, "pagepoold");
-    std::string target(req_.target());
-    if (req_.method() != http::verb::get && req_.method() != http::verb::head) {
-      res_.result(http::status::method_not_allowed);
-      res_.set(http::field::content_type, "text/plain");
-      res_.body() = "only GET\n";
-    } else if (target == "/metrics" || target.rfind("/metrics?", 0) == 0) {
-      res_.result(http::status::ok);
-      res_.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
-      res_.body() = (*render_)();
-    } else {
-      res_.result(http::status::not_found);
-      res_.set(http::field::content_type, "text/plain");
-      res_.body() = "not found: try /metrics\n";
+  // The status for a request that did not parse (`ec`), or for the one that did (ec 0).
+  http::status Judge(beast::error_code ec, bool* with_body) {
+    *with_body = false;
+    // A body refused by its Content-Length is refused once the head is parsed.
+    const bool head_done = parser_.is_header_done() || ec == http::error::body_limit ||
+                           ec == http::error::unexpected_body;
+    const http::verb method = head_done ? parser_.get().method() : http::verb::unknown;
+    if (head_done && method != http::verb::get && method != http::verb::head) {
+      return http::status::method_not_allowed;
     }
-    res_.prepare_payload();
+    if (ec == http::error::header_limit) return http::status::request_header_fields_too_large;
+    if (ec == http::error::body_limit || ec == http::error::unexpected_body) {
+      return http::status::payload_too_large;
+    }
+    if (ec) return http::status::bad_request;
+    std::string target(parser_.get().target());
+    if (target != "/metrics" && target.rfind("/metrics?", 0) != 0) return http::status::not_found;
+    *with_body = method == http::verb::get;
+    return http::status::ok;
+  }
+
+  void Answer(beast::error_code ec) {
+    bool with_body = false;
+    const http::status status = Judge(ec, &with_body);
+    res_.version(11);
+    res_.keep_alive(false);
+    res_.result(status);
+    res_.set(http::field::server, "pagepoold");
+    if (status == http::status::ok) {
+      res_.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+      std::string body = (*render_)();
+      res_.content_length(body.size());  // HEAD: the length of what GET would send
+      if (with_body) res_.body() = std::move(body);
+    } else {
+      res_.set(http::field::content_type, "text/plain");
+      if (status == http::status::method_not_allowed) res_.set(http::field::allow, "GET, HEAD");
+      res_.body() =
+          status == http::status::not_found
+              ? std::string("not found: try /metrics\n")
+              : absl::StrCat(std::string(res_.reason()), ": the endpoint serves GET /metrics\n");
+      res_.prepare_payload();
+    }
     http::async_write(stream_, res_, [self = shared_from_this()](beast::error_code, size_t) {
       beast::error_code ignored;
       self->stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
@@ -70,32 +107,54 @@ class Session : public std::enable_shared_from_this<Session> {
 
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
-  http::request<http::string_body> req_;
+  http::request_parser<http::empty_body> parser_;
   http::response<http::string_body> res_;
   std::shared_ptr<MetricsHttpServer::Render> render_;
+  std::shared_ptr<ConnectionCount> count_;
 };
+
+// Answers 503 on a connection above the limit, as far as the socket takes it now, and closes it.
+void Refuse(tcp::socket socket) {
+  static constexpr std::string_view kBusy =
+      "HTTP/1.1 503 Service Unavailable\r\nServer: pagepoold\r\nContent-Length: 0\r\n"
+      "Connection: close\r\n\r\n";
+  beast::error_code ignored;
+  socket.non_blocking(true, ignored);
+  socket.write_some(asio::buffer(kBusy.data(), kBusy.size()), ignored);
+  socket.shutdown(tcp::socket::shutdown_both, ignored);
+  socket.close(ignored);
+}
 
 }  // namespace
 
 struct MetricsHttpServer::Impl : std::enable_shared_from_this<MetricsHttpServer::Impl> {
-  Impl(asio::io_context& io, Render r)
-      : acceptor(io), render(std::make_shared<Render>(std::move(r))) {}
+  Impl(asio::io_context& io, Render r, uint32_t max_connections)
+      : acceptor(io),
+        render(std::make_shared<Render>(std::move(r))),
+        count(std::make_shared<ConnectionCount>()) {
+    count->max = max_connections;
+  }
 
   void Accept() {
     acceptor.async_accept([self = shared_from_this()](beast::error_code ec, tcp::socket socket) {
       if (ec == asio::error::operation_aborted || !self->acceptor.is_open()) return;
-      if (!ec) std::make_shared<Session>(std::move(socket), self->render)->Run();
+      if (!ec && self->count->open >= self->count->max) {
+        Refuse(std::move(socket));
+      } else if (!ec) {
+        std::make_shared<Session>(std::move(socket), self->render, self->count)->Run();
+      }
       self->Accept();
     });
   }
 
   tcp::acceptor acceptor;
   std::shared_ptr<Render> render;
+  std::shared_ptr<ConnectionCount> count;
   uint16_t port = 0;
 };
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    asio::io_context& io, const std::string& address, Render render) {
+    asio::io_context& io, const std::string& address, Render render, uint32_t max_connections) {
   std::string host;
   uint16_t port = 0;
   if (!SplitHostPort(address, &host, &port)) {
@@ -109,7 +168,7 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     return absl::InvalidArgumentError(
         absl::StrCat("metrics address '", address, "': cannot resolve host: ", ec.message()));
   }
-  auto impl = std::make_shared<Impl>(io, std::move(render));
+  auto impl = std::make_shared<Impl>(io, std::move(render), max_connections);
   tcp::endpoint ep = results.begin()->endpoint();
   impl->acceptor.open(ep.protocol(), ec);
   if (!ec) impl->acceptor.set_option(asio::socket_base::reuse_address(true), ec);

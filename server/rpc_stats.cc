@@ -64,6 +64,13 @@ void RpcStats::AppendMetrics(std::string* out) const {
   m.Sample("traffic_page_ops_total", {}, traffic_page_ops());
   m.Family("traffic_errors_total", "counter", "Operations refused inside Traffic batches.");
   m.Sample("traffic_errors_total", {}, traffic_errors());
+  m.Family("rpc_unknown_method_total", "counter",
+           "Calls to a method no service has (answered UNIMPLEMENTED).");
+  m.Sample("rpc_unknown_method_total", {}, unknown_method());
+  m.Family("watch_events_dropped_total", "counter",
+           "WatchEvents events not delivered because the watcher fell too far behind (its stream "
+           "ended with RESOURCE_EXHAUSTED).");
+  m.Sample("watch_events_dropped_total", {}, watch_events_dropped());
 }
 
 std::string RpcStats::Summary() const {

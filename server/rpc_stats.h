@@ -1,7 +1,8 @@
 // File: server/rpc_stats.h
 //
-// Per-call counters of the PagePoolService: calls finished per method and status code, plus the
-// page operations and batches carried by the Traffic stream. Read by /metrics and by the summary
+// Per-call counters of the PagePoolService: calls finished per method and status code, the page
+// operations and batches carried by the Traffic stream, calls to unknown methods and WatchEvents
+// events dropped for watchers too far behind. Read by /metrics and by the summary
 // the daemon prints at shutdown.
 //
 // Thread safety: every method may be called from any thread (relaxed atomics; figures are
@@ -58,6 +59,14 @@ class RpcStats {
     traffic_errors_.fetch_add(errors, std::memory_order_relaxed);
   }
 
+  // Counts one call to a method no service has (answered UNIMPLEMENTED).
+  void OnUnknownMethod() { unknown_method_.fetch_add(1, std::memory_order_relaxed); }
+  // Counts `n` WatchEvents events that a watcher too far behind never got (its stream then ends
+  // with RESOURCE_EXHAUSTED).
+  void OnWatchEventsDropped(uint64_t n) {
+    watch_events_dropped_.fetch_add(n, std::memory_order_relaxed);
+  }
+
   uint64_t Finished(RpcMethod method, absl::StatusCode code) const {
     return finished_[Index(method)][static_cast<int>(code)].load(std::memory_order_relaxed);
   }
@@ -68,6 +77,10 @@ class RpcStats {
   uint64_t traffic_batches() const { return traffic_batches_.load(std::memory_order_relaxed); }
   uint64_t traffic_page_ops() const { return traffic_page_ops_.load(std::memory_order_relaxed); }
   uint64_t traffic_errors() const { return traffic_errors_.load(std::memory_order_relaxed); }
+  uint64_t unknown_method() const { return unknown_method_.load(std::memory_order_relaxed); }
+  uint64_t watch_events_dropped() const {
+    return watch_events_dropped_.load(std::memory_order_relaxed);
+  }
 
   // Appends the Prometheus text exposition of these counters (pagepool_rpc_*).
   void AppendMetrics(std::string* out) const;
@@ -80,6 +93,8 @@ class RpcStats {
   std::atomic<uint64_t> traffic_batches_{0};
   std::atomic<uint64_t> traffic_page_ops_{0};
   std::atomic<uint64_t> traffic_errors_{0};
+  std::atomic<uint64_t> unknown_method_{0};
+  std::atomic<uint64_t> watch_events_dropped_{0};
 };
 
 }  // namespace pagepool::server

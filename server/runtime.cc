@@ -337,11 +337,16 @@ absl::Status Runtime::GetPool(uint64_t pool_id, v1::Pool* out) {
   return absl::OkStatus();
 }
 
-void Runtime::ListPools(uint64_t device_id, v1::ListPoolsResponse* out) {
+absl::Status Runtime::ListPools(uint64_t device_id, v1::ListPoolsResponse* out) {
   base::MutexLock l(&mu_);
+  if (device_id != 0 && devices_.find(device_id) == devices_.end()) {
+    return absl::NotFoundError(absl::StrCat("ListPools: device ", device_id,
+                                            " not found (device_id 0 lists every device's pools)"));
+  }
   for (const PoolRef& p : PoolsLocked(device_id)) {
     FillPool(p.device->spec.id, p.pool->pool(), out->add_pools());
   }
+  return absl::OkStatus();
 }
 
 absl::Status Runtime::DestroyPool(uint64_t pool_id, v1::DestroyPoolResponse* out) {

@@ -29,6 +29,7 @@
 #ifndef PAGEPOOL_SERVER_RUNTIME_H_
 #define PAGEPOOL_SERVER_RUNTIME_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -96,11 +97,21 @@ struct PoolRef {
 class Runtime {
  public:
   // What one Traffic stream remembers between its batches: the pool its last batch used, so that
-  // a batch on the same pool, still registered, needs no lookup. Context: one stream at a time.
+  // a batch on the same pool, still registered, needs no lookup; and the pages the stream holds
+  // (allocated through it, less the pages given back through it, never below 0), so that it may
+  // hold at most `max_held` (0: no limit). Context: one stream at a time.
   class TrafficCache {
+   public:
+    explicit TrafficCache(uint64_t max_held = 0) : max_held_(max_held) {}
+    uint64_t held() const { return held_; }
+    // `pages` the stream allocated went back by another way (an answer too big to send).
+    void Forget(uint64_t pages) { held_ -= std::min(held_, pages); }
+
    private:
     friend class Runtime;
     internal::PoolRef pool_;
+    uint64_t max_held_ = 0;
+    uint64_t held_ = 0;
   };
 
   // INVALID_ARGUMENT if memory_bytes is below one page; RESOURCE_EXHAUSTED if it cannot be had.
@@ -125,8 +136,9 @@ class Runtime {
   // Pools. Context: any thread.
   absl::Status CreatePool(const pagepool::v1::CreatePoolRequest& req, pagepool::v1::Pool* out);
   absl::Status GetPool(uint64_t pool_id, pagepool::v1::Pool* out);
-  // Pools of one device (0: of all devices), in id order.
-  void ListPools(uint64_t device_id, pagepool::v1::ListPoolsResponse* out);
+  // Pools of one device (0: of all devices), in id order. NOT_FOUND for an unknown device id
+  // (an unbound device is known: its detached pools are listed).
+  absl::Status ListPools(uint64_t device_id, pagepool::v1::ListPoolsResponse* out);
   absl::Status DestroyPool(uint64_t pool_id, pagepool::v1::DestroyPoolResponse* out);
   // Tracked pages of the pool's in-flight index, at most `limit` (0: no limit), as compact records
   // (24 bytes a page here; a pool may track a million pages).
@@ -136,8 +148,13 @@ class Runtime {
   // Context: any thread.
   absl::Status Allocate(uint64_t pool_id, uint32_t count,
                         google::protobuf::RepeatedPtrField<pagepool::v1::Page>* out);
-  // Every valid page is processed; if some were refused, the first refusal's status is returned
-  // (its message says how many were refused) and `out` counts the processed ones.
+  // Recycle and Return are all-or-nothing: every page is checked first (a frame within memory, an
+  // odd generation, in flight from this pool at exactly that generation, not named twice in the
+  // call); if one is bad, nothing is done and the status (INVALID_ARGUMENT for a frame beyond
+  // memory or a page named twice, FAILED_PRECONDITION otherwise) names the first bad page's index
+  // ("page #i") and says that no page was recycled/returned. The one exception is a race: a page
+  // that another call gives back between the check and the give-back is refused then; the others
+  // are still given back and the status says how many were (`out` counts them too).
   absl::Status Recycle(uint64_t pool_id,
                        const google::protobuf::RepeatedPtrField<pagepool::v1::PageHandle>& pages,
                        bool napi_local, pagepool::v1::RecycleResponse* out);
@@ -145,8 +162,11 @@ class Runtime {
                       const google::protobuf::RepeatedPtrField<pagepool::v1::PageHandle>& pages,
                       pagepool::v1::ReturnResponse* out);
   // One Traffic batch: recycle, return, allocate; errors are reported in `out`, never thrown.
+  // Pages are handled one by one: a bad page is refused (counted in `errors`), the others are done.
   // `cache` (may be null) is the stream's; with it a batch looks its pool up only when the pool
-  // differs from the previous batch's or was forgotten. Returns the number of page operations done.
+  // differs from the previous batch's or was forgotten, and an allocation that would leave the
+  // stream holding more than its max_held pages is refused with RESOURCE_EXHAUSTED. Returns the
+  // number of page operations done.
   uint64_t Traffic(const pagepool::v1::TrafficRequest& req, pagepool::v1::TrafficResponse* out,
                    TrafficCache* cache = nullptr);
 
@@ -196,6 +216,9 @@ class Runtime {
   // max_pages_per_call.
   absl::Status CheckPageLimit(uint64_t n, std::string_view call, std::string_view before,
                               std::string_view after) const;
+  // RESOURCE_EXHAUSTED when `count` more pages would leave the stream of `cache` above its
+  // max_held.
+  static absl::Status CheckHeld(const TrafficCache& cache, uint32_t count);
   // Allocate on a pool already found (Allocate, Traffic).
   absl::Status AllocateFrom(const internal::PoolRef& ref, uint32_t count,
                             google::protobuf::RepeatedPtrField<pagepool::v1::Page>* out);

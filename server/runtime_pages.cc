@@ -1,6 +1,8 @@
 // File: server/runtime_pages.cc
 //
 // Runtime: the page calls (Allocate, Recycle, Return) and the Traffic batch built from them.
+#include <algorithm>
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -81,6 +83,91 @@ void ReturnBatch(pool::NicPool& p, const RepeatedPtrField<v1::PageHandle>& pages
   }
 }
 
+// The give-back a pool would refuse for `h`, or OK; the same checks, in the same order and with
+// the same words, as the pool's handle claim, without claiming anything.
+absl::Status CheckHandle(const pool::PhysMemory& memory, uint64_t pool_id,
+                         const v1::PageHandle& h) {
+  if (h.frame() >= memory.frames()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("frame ", h.frame(), " is beyond memory (", memory.frames(), " frames)"));
+  }
+  if ((h.generation() & 1) == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("frame ", h.frame(), " generation ", h.generation(),
+                     " was never handed out (handed-out generations are odd)"));
+  }
+  const uint64_t og = memory.record(h.frame()).owner_gen.load(std::memory_order_acquire);
+  const uint32_t owner = pool::PageRecord::OwnerOf(og);
+  const uint32_t gen = pool::PageRecord::GenerationOf(og);
+  if (owner == static_cast<uint32_t>(pool_id) && gen == h.generation()) return absl::OkStatus();
+  if (owner == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "frame ", h.frame(),
+        " is not in flight from a page pool (freed or never allocated; double return?)"));
+  }
+  if (owner != static_cast<uint32_t>(pool_id)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("frame ", h.frame(), " belongs to pool ", owner, ", not pool ", pool_id));
+  }
+  if (gen == h.generation() + 1) {
+    return absl::FailedPreconditionError(absl::StrCat("frame ", h.frame(), " generation ",
+                                                      h.generation(),
+                                                      " was already given back (double return)"));
+  }
+  return absl::FailedPreconditionError(absl::StrCat("stale handle: frame ", h.frame(),
+                                                    " generation ", h.generation(),
+                                                    ", the frame is at generation ", gen));
+}
+
+// The index of the first page that names a frame an earlier page of the call named, or -1.
+int FirstRepeatedFrame(const RepeatedPtrField<v1::PageHandle>& pages) {
+  thread_local std::vector<uint64_t> frames;
+  frames.clear();
+  for (const v1::PageHandle& h : pages) frames.push_back(h.frame());
+  std::sort(frames.begin(), frames.end());
+  auto dup = std::adjacent_find(frames.begin(), frames.end());
+  if (dup == frames.end()) return -1;
+  bool seen = false;
+  for (int i = 0; i < pages.size(); ++i) {
+    if (pages[i].frame() != *dup) continue;
+    if (seen) return i;
+    seen = true;
+  }
+  return -1;
+}
+
+// The all-or-nothing check of a unary Recycle or Return (`what`: "Recycle", `done`: "recycled"):
+// OK when every page may be given back; else the status of the first bad page, naming its index
+// and saying that nothing was done.
+absl::Status CheckGiveBack(const pool::PhysMemory& memory, uint64_t pool_id,
+                           const RepeatedPtrField<v1::PageHandle>& pages, const char* what,
+                           const char* done) {
+  auto refuse = [&](const absl::Status& s, int index) {
+    return absl::Status(
+        s.code(), absl::StrCat(what, " on pool ", pool_id, ": page #", index, ": ", s.message(),
+                               "; no page was ", done, " (", what, " is all-or-nothing)"));
+  };
+  for (int i = 0; i < pages.size(); ++i) {
+    if (absl::Status s = CheckHandle(memory, pool_id, pages[i]); !s.ok()) return refuse(s, i);
+  }
+  if (int i = FirstRepeatedFrame(pages); i >= 0) {
+    return refuse(absl::InvalidArgumentError(
+                      absl::StrCat("frame ", pages[i].frame(), " is named twice in the call")),
+                  i);
+  }
+  return absl::OkStatus();
+}
+
+// The status of a unary give-back whose check passed but some of whose pages another call gave
+// back meanwhile: the first refusal, with how many pages this call did.
+absl::Status RaceResult(const GiveBackTally& t, int pages, uint64_t done, const char* verb) {
+  if (t.refused == 0) return absl::OkStatus();
+  return absl::Status(t.first_error.code(),
+                      absl::StrCat(t.first_error.message(), " (given back by another call after ",
+                                   "this call checked it); ", done, " of ", pages, " pages were ",
+                                   verb, ", the other ", t.refused, " were not"));
+}
+
 }  // namespace
 
 absl::Status Runtime::CheckPageLimit(uint64_t n, std::string_view call, std::string_view before,
@@ -89,6 +176,13 @@ absl::Status Runtime::CheckPageLimit(uint64_t n, std::string_view call, std::str
   return absl::ResourceExhaustedError(
       absl::StrCat(base::AbslView(call), ": ", base::AbslView(before), n, base::AbslView(after),
                    " is above the limit ", options_.max_pages_per_call, " (--max-pages-per-call)"));
+}
+
+absl::Status Runtime::CheckHeld(const TrafficCache& cache, uint32_t count) {
+  if (cache.max_held_ == 0 || cache.held_ + count <= cache.max_held_) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "Traffic: this stream holds ", cache.held_, " pages; ", count, " more would pass the limit ",
+      cache.max_held_, " (--max-held-per-stream): give pages back first, or use more streams"));
 }
 
 absl::Status Runtime::AllocateFrom(const PoolRef& ref, uint32_t count,
@@ -126,12 +220,15 @@ absl::Status Runtime::Recycle(uint64_t pool_id, const RepeatedPtrField<v1::PageH
   if (absl::Status s = CheckPageLimit(pages.size(), "Recycle", "", " pages"); !s.ok()) return s;
   auto found = FindPool(pool_id);
   if (!found.ok()) return base::Annotate(found.status(), "Recycle");
+  if (absl::Status s = CheckGiveBack(*memory_, pool_id, pages, "Recycle", "recycled"); !s.ok()) {
+    return s;
+  }
   GiveBackTally t;
   RecycleBatch(*found->pool, pages, napi_local, &t);
   out->set_cached(t.cached);
   out->set_ring(t.ring);
   out->set_released(t.released);
-  return t.Result();
+  return RaceResult(t, pages.size(), t.cached + t.ring + t.released, "recycled");
 }
 
 absl::Status Runtime::Return(uint64_t pool_id, const RepeatedPtrField<v1::PageHandle>& pages,
@@ -140,11 +237,14 @@ absl::Status Runtime::Return(uint64_t pool_id, const RepeatedPtrField<v1::PageHa
   if (absl::Status s = CheckPageLimit(pages.size(), "Return", "", " pages"); !s.ok()) return s;
   auto found = FindPool(pool_id);
   if (!found.ok()) return base::Annotate(found.status(), "Return");
+  if (absl::Status s = CheckGiveBack(*memory_, pool_id, pages, "Return", "returned"); !s.ok()) {
+    return s;
+  }
   GiveBackTally t;
   ReturnBatch(*found->pool, pages, &t);
   out->set_returned(t.returned);
   out->set_unmapped(t.unmapped);
-  return t.Result();
+  return RaceResult(t, pages.size(), t.returned, "returned");
 }
 
 uint64_t Runtime::Traffic(const v1::TrafficRequest& req, v1::TrafficResponse* out,
@@ -184,12 +284,16 @@ uint64_t Runtime::Traffic(const v1::TrafficRequest& req, v1::TrafficResponse* ou
   out->set_recycled_ring(t.ring);
   out->set_recycled_released(t.released);
   out->set_returned(t.returned);
-  ops += t.cached + t.ring + t.released + t.returned;
+  const uint64_t given_back = t.cached + t.ring + t.released + t.returned;
+  ops += given_back;
+  cache->Forget(given_back);
   if (t.refused > 0) fail(t.Result(), static_cast<uint32_t>(t.refused));
   if (req.allocate() > 0) {
-    absl::Status s = AllocateFrom(ref, req.allocate(), out->mutable_allocated());
+    absl::Status s = CheckHeld(*cache, req.allocate());
+    if (s.ok()) s = AllocateFrom(ref, req.allocate(), out->mutable_allocated());
     if (s.ok()) {
       ops += req.allocate();
+      cache->held_ += req.allocate();
     } else {
       fail(s, 1);
     }

@@ -12,6 +12,7 @@
 #include "base/mutex.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "server/status_convert.h"
+#include "server/watch_reactor.h"
 
 namespace pagepool::server {
 namespace v1 = ::pagepool::v1;
@@ -60,11 +61,22 @@ void Serialize(const google::protobuf::Message& m, grpc::ByteBuffer* out) {
   (void)grpc::SerializationTraits<google::protobuf::Message>::Serialize(m, out, &own);
 }
 
-// A server stream refused before it started (its request did not parse).
+// A server stream refused before it started (no token, no stream slot, a request that does not
+// parse).
 class RefusedWriter final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   RefusedWriter(RpcStats* stats, RpcMethod method, const absl::Status& status) {
     stats->OnFinished(method, status.code());
+    Finish(ToGrpcStatus(status));
+  }
+  void OnDone() override { delete this; }
+};
+
+// A Traffic stream refused before it started (no token, no stream slot).
+class RefusedBidi final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  RefusedBidi(RpcStats* stats, const absl::Status& status) {
+    stats->OnFinished(RpcMethod::kTraffic, status.code());
     Finish(ToGrpcStatus(status));
   }
   void OnDone() override { delete this; }
@@ -75,9 +87,12 @@ class RefusedWriter final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 // is small, then finishes with OK. A failed lookup finishes at once with its status.
 class InflightWriter final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  InflightWriter(RpcStats* stats, absl::Status status, std::vector<InflightRecord> items,
-                 uint32_t max_message_bytes)
-      : stats_(stats), items_(std::move(items)), max_message_bytes_(max_message_bytes) {
+  InflightWriter(RpcStats* stats, StreamLimiter::Slot slot, absl::Status status,
+                 std::vector<InflightRecord> items, uint32_t max_message_bytes)
+      : stats_(stats),
+        slot_(std::move(slot)),
+        items_(std::move(items)),
+        max_message_bytes_(max_message_bytes) {
     if (!status.ok()) {
       Done(status);
       return;
@@ -125,6 +140,7 @@ class InflightWriter final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   }
 
   RpcStats* const stats_;
+  StreamLimiter::Slot slot_;  // the stream's place (--max-streams), released with the reactor
   std::vector<InflightRecord> items_;
   const uint32_t max_message_bytes_;
   size_t pos_ = 0;
@@ -148,8 +164,13 @@ class TrafficReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
  public:
   static constexpr size_t kMaxQueuedAnswers = 32;
 
-  TrafficReactor(Runtime* runtime, RpcStats* stats, uint32_t max_message_bytes)
-      : runtime_(runtime), stats_(stats), max_message_bytes_(max_message_bytes) {
+  TrafficReactor(Runtime* runtime, RpcStats* stats, StreamLimiter::Slot slot,
+                 uint32_t max_message_bytes, uint64_t max_held)
+      : runtime_(runtime),
+        stats_(stats),
+        slot_(std::move(slot)),
+        max_message_bytes_(max_message_bytes),
+        cache_(max_held) {
     StartRead(&in_);
   }
 
@@ -232,6 +253,7 @@ class TrafficReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       if (bytes > max_message_bytes_) {
         int n = resp_.allocated_size();
         GiveBack(runtime_, req_.pool_id(), resp_.allocated());
+        cache_.Forget(static_cast<uint64_t>(n));
         resp_.clear_allocated();
         ops -= static_cast<uint64_t>(n);
         absl::Status s = AnswerTooBig("Traffic", n, bytes, max_message_bytes_);
@@ -287,6 +309,7 @@ class TrafficReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
 
   Runtime* const runtime_;
   RpcStats* const stats_;
+  StreamLimiter::Slot slot_;  // the stream's place (--max-streams), released with the reactor
   const uint32_t max_message_bytes_;
   // Touched only by OnReadDone, which never runs twice at once (one read is outstanding).
   uint64_t messages_ = 0;
@@ -315,10 +338,11 @@ class DumpReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   // its tag and length in the response.
   static constexpr size_t kMaxEntryBytes = 40;
 
-  DumpReactor(Runtime* runtime, RpcStats* stats, const v1::DumpPageTableRequest& req,
-              uint32_t max_message_bytes)
+  DumpReactor(Runtime* runtime, RpcStats* stats, StreamLimiter::Slot slot,
+              const v1::DumpPageTableRequest& req, uint32_t max_message_bytes)
       : runtime_(runtime),
         stats_(stats),
+        slot_(std::move(slot)),
         device_id_(req.device_id()),
         cursor_(req.start()),
         end_(req.end()),
@@ -382,6 +406,7 @@ class DumpReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
   Runtime* const runtime_;
   RpcStats* const stats_;
+  StreamLimiter::Slot slot_;  // the stream's place (--max-streams), released with the reactor
   const uint64_t device_id_;
   uint64_t cursor_;
   uint64_t end_;
@@ -392,104 +417,6 @@ class DumpReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   std::vector<v1::PageTableEntry> entries_;
   v1::DumpPageTableResponse resp_;
   grpc::ByteBuffer out_;
-};
-
-// WatchEvents: queues events from the hub and writes them one at a time.
-class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public EventSink {
- public:
-  static constexpr size_t kMaxQueued = 65536;
-
-  WatchReactor(Runtime* runtime, RpcStats* stats, const v1::WatchEventsRequest& req)
-      : runtime_(runtime), stats_(stats) {
-    for (int t : req.types()) {
-      if (!v1::EventType_IsValid(t) || t == v1::EVENT_TYPE_UNSPECIFIED) {
-        base::MutexLock l(&mu_);
-        FinishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                  absl::StrCat("WatchEvents: types: ", t,
-                                               " is not a valid EventType (1..6)")),
-                     absl::StatusCode::kInvalidArgument);
-        return;
-      }
-      types_.push_back(t);
-    }
-    // Subscribe last: events may arrive (on another thread) as soon as it returns.
-    if (!runtime_->Subscribe(this, req.include_existing())) {
-      base::MutexLock l(&mu_);
-      FinishLocked(
-          grpc::Status(grpc::StatusCode::UNAVAILABLE, "WatchEvents: the daemon is shutting down"),
-          absl::StatusCode::kUnavailable);
-    }
-  }
-
-  void OnEvent(const v1::Event& event) override {
-    if (!types_.empty() &&
-        std::find(types_.begin(), types_.end(), static_cast<int>(event.type())) == types_.end()) {
-      return;
-    }
-    base::MutexLock l(&mu_);
-    if (finishing_) return;
-    if (queue_.size() >= kMaxQueued) return;  // a reader that far behind loses the newest
-    queue_.push_back(event);
-    if (!writing_) WriteNextLocked();
-  }
-  void OnClose() override {
-    base::MutexLock l(&mu_);
-    closed_ = true;
-    if (!writing_) FinishLocked(grpc::Status::OK, absl::StatusCode::kOk);
-  }
-  void OnWriteDone(bool ok) override {
-    base::MutexLock l(&mu_);
-    writing_ = false;
-    if (!ok) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "WatchEvents: client went away"),
-                   absl::StatusCode::kCancelled);
-      return;
-    }
-    if (!queue_.empty()) {
-      WriteNextLocked();
-    } else if (closed_) {
-      FinishLocked(grpc::Status::OK, absl::StatusCode::kOk);
-    }
-  }
-  void OnCancel() override {
-    base::MutexLock l(&mu_);
-    if (!writing_) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "WatchEvents: cancelled"),
-                   absl::StatusCode::kCancelled);
-    }
-  }
-  void OnDone() override {
-    runtime_->Unsubscribe(this);  // no-op if never subscribed; after it the hub never calls us
-    delete this;
-  }
-
- private:
-  void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    current_ = std::move(queue_.front());
-    queue_.pop_front();
-    writing_ = true;
-    Serialize(current_, &out_);
-    StartWrite(&out_);
-  }
-  void FinishLocked(const grpc::Status& status, absl::StatusCode code)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finishing_) return;
-    finishing_ = true;
-    queue_.clear();
-    stats_->OnFinished(RpcMethod::kWatchEvents, code);
-    Finish(status);
-  }
-
-  Runtime* const runtime_;
-  RpcStats* const stats_;
-  std::vector<int> types_;
-  base::Mutex mu_;
-  std::deque<v1::Event> queue_ ABSL_GUARDED_BY(mu_);
-  v1::Event current_ ABSL_GUARDED_BY(mu_);
-  grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace
@@ -508,6 +435,7 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::Unary(grpc::CallbackServerContext
                                                      RpcMethod method, const char* name,
                                                      const grpc::ByteBuffer* in,
                                                      grpc::ByteBuffer* out, Fn fn) {
+  if (absl::Status t = token_.Check(*ctx, name); !t.ok()) return FinishUnary(ctx, method, t);
   Req req;
   Resp resp;
   if (absl::Status p = ParseRequest(name, in, &req); !p.ok()) return FinishUnary(ctx, method, p);
@@ -580,10 +508,8 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::ListPools(grpc::CallbackServerCon
                                                          const grpc::ByteBuffer* in,
                                                          grpc::ByteBuffer* out) {
   return Unary<v1::ListPoolsRequest, v1::ListPoolsResponse>(
-      ctx, RpcMethod::kListPools, "ListPools", in, out, [&](const auto& req, auto* resp) {
-        runtime_->ListPools(req.device_id(), resp);
-        return absl::OkStatus();
-      });
+      ctx, RpcMethod::kListPools, "ListPools", in, out,
+      [&](const auto& req, auto* resp) { return runtime_->ListPools(req.device_id(), resp); });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::DestroyPool(grpc::CallbackServerContext* ctx,
@@ -632,20 +558,32 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::Return(grpc::CallbackServerContex
       });
 }
 
+absl::StatusOr<StreamLimiter::Slot> PagePoolServiceImpl::AdmitStream(
+    grpc::CallbackServerContext* ctx, const char* name) {
+  if (absl::Status t = token_.Check(*ctx, name); !t.ok()) return t;
+  return streams_.Acquire(ctx->peer(), name);
+}
+
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PagePoolServiceImpl::Traffic(
     grpc::CallbackServerContext* ctx) {
-  return new TrafficReactor(runtime_, stats_, max_message_bytes_);
+  auto slot = AdmitStream(ctx, "Traffic");
+  if (!slot.ok()) return new RefusedBidi(stats_, slot.status());
+  return new TrafficReactor(runtime_, stats_, *std::move(slot), max_message_bytes_,
+                            options_.max_held_per_stream);
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* PagePoolServiceImpl::ListInflight(
     grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in) {
+  auto slot = AdmitStream(ctx, "ListInflight");
+  if (!slot.ok()) return new RefusedWriter(stats_, RpcMethod::kListInflight, slot.status());
   v1::ListInflightRequest req;
   if (absl::Status p = ParseRequest("ListInflight", in, &req); !p.ok()) {
     return new RefusedWriter(stats_, RpcMethod::kListInflight, p);
   }
   std::vector<InflightRecord> pages;
   absl::Status status = runtime_->ListInflight(req.pool_id(), req.limit(), &pages);
-  return new InflightWriter(stats_, std::move(status), std::move(pages), max_message_bytes_);
+  return new InflightWriter(stats_, *std::move(slot), std::move(status), std::move(pages),
+                            max_message_bytes_);
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::GetDomain(grpc::CallbackServerContext* ctx,
@@ -659,20 +597,24 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::GetDomain(grpc::CallbackServerCon
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* PagePoolServiceImpl::DumpPageTable(
     grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in) {
+  auto slot = AdmitStream(ctx, "DumpPageTable");
+  if (!slot.ok()) return new RefusedWriter(stats_, RpcMethod::kDumpPageTable, slot.status());
   v1::DumpPageTableRequest req;
   if (absl::Status p = ParseRequest("DumpPageTable", in, &req); !p.ok()) {
     return new RefusedWriter(stats_, RpcMethod::kDumpPageTable, p);
   }
-  return new DumpReactor(runtime_, stats_, req, max_message_bytes_);
+  return new DumpReactor(runtime_, stats_, *std::move(slot), req, max_message_bytes_);
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* PagePoolServiceImpl::WatchEvents(
     grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in) {
+  auto slot = AdmitStream(ctx, "WatchEvents");
+  if (!slot.ok()) return new RefusedWriter(stats_, RpcMethod::kWatchEvents, slot.status());
   v1::WatchEventsRequest req;
   if (absl::Status p = ParseRequest("WatchEvents", in, &req); !p.ok()) {
     return new RefusedWriter(stats_, RpcMethod::kWatchEvents, p);
   }
-  return new WatchReactor(runtime_, stats_, req);
+  return new WatchReactor(runtime_, stats_, req, options_.max_watch_queue, *std::move(slot));
 }
 
 }  // namespace pagepool::server

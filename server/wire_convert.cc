@@ -49,6 +49,7 @@ pool::PagePoolParams ToPoolParams(const v1::CreatePoolRequest& req) {
   pp.offset = f.offset();
   pp.napi_id = req.napi_id();
   pp.strategy = ToPoolStrategy(req.strategy());
+  if (req.dma_index_limit() != 0) pp.dma_index_limit = req.dma_index_limit();
   return pp;
 }
 

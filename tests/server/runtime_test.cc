@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -109,18 +110,21 @@ TEST_F(RuntimeTest, DevicePoolAndPageCalls) {
   ASSERT_TRUE(rt_->Return(pool, rest, &ret).ok());
   EXPECT_EQ(ret.returned(), 2u);
   EXPECT_EQ(ret.unmapped(), 2u);
-  // A double return names the page and the pool.
-  absl::Status twice = rt_->Return(pool, rest, &ret);
+  // A double return names the first bad page and the pool, and returns nothing (all-or-nothing).
+  v1::ReturnResponse none;
+  absl::Status twice = rt_->Return(pool, rest, &none);
   EXPECT_EQ(twice.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(twice.message()), HasSubstr("Return on pool " + std::to_string(pool)));
-  EXPECT_THAT(std::string(twice.message()), HasSubstr("(2 pages refused in all)"));
+  EXPECT_THAT(std::string(twice.message()),
+              HasSubstr("Return on pool " + std::to_string(pool) + ": page #0"));
+  EXPECT_THAT(std::string(twice.message()), HasSubstr("no page was returned"));
+  EXPECT_EQ(none.returned(), 0u);
 
   v1::Device d;
   ASSERT_TRUE(rt_->GetDevice(dev, &d).ok());
   ASSERT_EQ(d.pool_ids_size(), 1);
   EXPECT_EQ(d.pool_ids(0), pool);
   v1::ListPoolsResponse list;
-  rt_->ListPools(0, &list);
+  ASSERT_TRUE(rt_->ListPools(0, &list).ok());
   EXPECT_EQ(list.pools_size(), 1);
   ASSERT_TRUE(rt_->GetPool(pool, &got).ok());
   std::vector<InflightRecord> inflight;
@@ -131,6 +135,33 @@ TEST_F(RuntimeTest, DevicePoolAndPageCalls) {
   EXPECT_EQ(inflight.size(), 5u);
   EXPECT_EQ(events_.Types(),
             (std::vector<v1::EventType>{v1::EVENT_TYPE_DEVICE_ADD, v1::EVENT_TYPE_POOL_ADD}));
+}
+
+// Two Returns of the same pages at once: each checks every page, then gives them back; a page the
+// other call took between the check and the give-back is the one refusal all-or-nothing allows.
+// Every page is returned exactly once, and a refused call either returned nothing (its check saw
+// the other's work) or says how many of its pages it returned.
+TEST_F(RuntimeTest, ConcurrentReturnsOfTheSamePagesReturnEachOnce) {
+  uint64_t pool = NewPool(NewDevice());
+  for (int round = 0; round < 20; ++round) {
+    Handles pages = Alloc(pool, 900);
+    ASSERT_EQ(pages.size(), 900);
+    v1::ReturnResponse a, b;
+    absl::Status sa, sb;
+    std::thread other([&] { sb = rt_->Return(pool, pages, &b); });
+    sa = rt_->Return(pool, pages, &a);
+    other.join();
+    EXPECT_EQ(a.returned() + b.returned(), 900u) << sa << " / " << sb;
+    for (const absl::Status& s : {sa, sb}) {
+      if (s.ok()) continue;
+      EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+      const std::string m(s.message());
+      EXPECT_TRUE(m.find("no page was returned") != std::string::npos ||
+                  m.find("given back by another call after this call checked it") !=
+                      std::string::npos)
+          << m;
+    }
+  }
 }
 
 TEST_F(RuntimeTest, DestroyWithPagesInFlightDetachesAndTheTickDeletes) {
@@ -312,7 +343,7 @@ TEST_F(RuntimeTest, SubscribeReplaysWhatExistsInIdOrder) {
   EXPECT_EQ(late.events[4].pool().id(), p3);
   for (const v1::Event& e : late.events) EXPECT_EQ(e.seq(), 0u);
   v1::ListPoolsResponse all;
-  rt_->ListPools(0, &all);
+  ASSERT_TRUE(rt_->ListPools(0, &all).ok());
   ASSERT_EQ(all.pools_size(), 3);
   EXPECT_EQ(all.pools(1).id(), p2);
   rt_->Unsubscribe(&late);

@@ -6,7 +6,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "tests/support/daemon_harness.h"
 #include <arpa/inet.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -183,7 +186,7 @@ TEST_F(ServiceTest, PoolAndPageCalls) {
   auto pools = c().ListPools(dev);
   ASSERT_TRUE(pools.ok());
   ASSERT_EQ(pools->pools_size(), 1);
-  EXPECT_EQ(c().ListPools(dev + 100)->pools_size(), 0);
+  EXPECT_EQ(c().ListPools(0)->pools_size(), 1);  // 0: every device
 
   auto held = Alloc(pool.id(), 3);
   auto destroyed = c().DestroyPool(pool.id());
@@ -367,6 +370,108 @@ TEST_F(ServiceTest, WatchEventsFilterAndCancel) {
   EXPECT_NE(NewPool(dev), 0u);
 }
 
+// ListPools naming a device that does not exist is NOT_FOUND (it answered OK with an empty list);
+// an unbound device still lists its detached pools.
+TEST_F(ServiceTest, ListPoolsOfAnUnknownDeviceIsNotFound) {
+  uint64_t dev = NewDevice();
+  uint64_t pool = NewPool(dev);
+  auto held = Alloc(pool, 1);
+  auto unknown = c().ListPools(dev + 100);
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(unknown.status().message()),
+              HasSubstr("device " + std::to_string(dev + 100) + " not found"));
+  ASSERT_TRUE(c().UnbindDevice(dev).ok());
+  auto detached = c().ListPools(dev);
+  ASSERT_TRUE(detached.ok()) << detached.status();
+  ASSERT_EQ(detached->pools_size(), 1);
+  EXPECT_TRUE(detached->pools(0).destroyed());
+  EXPECT_TRUE(ReturnPages(pool, held).ok());
+}
+
+// Unary Return and Recycle are all-or-nothing: a bad page anywhere in the list means no page was
+// given back, the error names its index and says so, and the client can retry the fixed list
+// without a double return. (Page #0 used to be returned before page #1 was refused.)
+TEST_F(ServiceTest, UnaryGiveBacksAreAllOrNothing) {
+  uint64_t dev = NewDevice();
+  uint64_t pool = NewPool(dev);
+  uint64_t other = NewPool(dev);
+  auto mine = Alloc(pool, 4);
+  auto theirs = Alloc(other, 1);
+  ASSERT_TRUE(ReturnPages(pool, {mine[3]}).ok());
+  v1::PageHandle beyond;
+  beyond.set_frame(uint64_t{1} << 40);
+  beyond.set_generation(1);
+  v1::PageHandle even = mine[0];
+  even.set_generation(even.generation() + 1);
+  struct Bad {
+    const char* name;
+    v1::PageHandle page;
+    absl::StatusCode code;
+    const char* says;
+  };
+  const Bad bads[] = {
+      {"already returned", mine[3], absl::StatusCode::kFailedPrecondition, "double return"},
+      {"page of another pool", theirs[0], absl::StatusCode::kFailedPrecondition, "belongs to pool"},
+      {"frame beyond memory", beyond, absl::StatusCode::kInvalidArgument, "beyond memory"},
+      {"generation never handed out", even, absl::StatusCode::kFailedPrecondition,
+       "never handed out"},
+      {"page named twice", mine[0], absl::StatusCode::kInvalidArgument, "named twice"},
+  };
+  for (const Bad& bad : bads) {
+    SCOPED_TRACE(bad.name);
+    // Good pages first, the bad one at index 2: none of the good ones may be given back.
+    std::vector<v1::PageHandle> list = {mine[0], mine[1], bad.page, mine[2]};
+    absl::Status r = ReturnPages(pool, list);
+    EXPECT_EQ(r.code(), bad.code) << r;
+    EXPECT_THAT(std::string(r.message()), HasSubstr("page #2"));
+    EXPECT_THAT(std::string(r.message()), HasSubstr(bad.says));
+    EXPECT_THAT(std::string(r.message()), HasSubstr("no page was returned"));
+    v1::RecycleRequest rec;
+    rec.set_pool_id(pool);
+    for (const auto& h : list) *rec.add_pages() = h;
+    auto rr = c().Recycle(rec);
+    EXPECT_EQ(rr.status().code(), bad.code) << rr.status();
+    EXPECT_THAT(std::string(rr.status().message()), HasSubstr("no page was recycled"));
+  }
+  // Nothing was given back: the fixed list goes through in one call, each page once.
+  v1::ReturnRequest fixed;
+  fixed.set_pool_id(pool);
+  for (int i = 0; i < 3; ++i) *fixed.add_pages() = mine[i];
+  auto ok = c().Return(fixed);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->returned(), 3u);
+  EXPECT_EQ(c().GetDomain(dev)->domain().violations().total(), 0u);
+}
+
+// A call to a method or service the daemon does not have answers UNIMPLEMENTED naming it and
+// pointing to reflection (it answered with an empty message); health and PagePoolService still
+// answer, and the calls are counted.
+TEST_F(ServiceTest, UnknownMethodIsUnimplementedNamingIt) {
+  grpc::GenericStub generic(c().channel());
+  for (const char* method : {"/pagepool.v1.PagePoolService/Nope", "/no.such.Service/Call"}) {
+    SCOPED_TRACE(method);
+    grpc::ClientContext ctx;
+    grpc::Slice empty("");
+    grpc::ByteBuffer req(&empty, 1), resp;
+    grpc::Status st;
+    std::atomic<bool> done{false};
+    generic.UnaryCall(&ctx, method, grpc::StubOptions(), &req, &resp, [&](grpc::Status s) {
+      st = s;
+      done = true;
+    });
+    for (int i = 0; i < 500 && !done; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_TRUE(done);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+    EXPECT_THAT(st.error_message(), HasSubstr(std::string("unknown method '") + method + "'"));
+    EXPECT_THAT(st.error_message(), HasSubstr("grpcurl -plaintext HOST:PORT list"));
+  }
+  EXPECT_EQ(d_->daemon().rpc_stats().unknown_method(), 2u);
+  EXPECT_EQ(*client::CheckHealth(c(), ""), client::ServingStatus::kServing);
+  EXPECT_TRUE(c().ListDevices().ok());
+}
+
 // One bad request: a call and the code it must get.
 struct BadCase {
   const char* name;
@@ -450,6 +555,15 @@ TEST_F(ServiceTest, BadRequestsGetTheirCodeAndTheDaemonKeepsServing) {
          return c().DumpPageTable(r).status();
        }},
       {"CreatePool unknown device", C::kNotFound, [&] { return create_pool(999, 0, 0); }},
+      {"ListPools unknown device", C::kNotFound, [&] { return c().ListPools(999).status(); }},
+      {"Return with a bad page #1", C::kFailedPrecondition,
+       [&] {
+         return ReturnPages(pool, {mine[0], mine[3]});
+       }},
+      {"Return naming a page twice", C::kInvalidArgument,
+       [&] {
+         return ReturnPages(pool, {mine[0], mine[0]});
+       }},
       {"Allocate count 0", C::kInvalidArgument, [&] { return c().Allocate(pool, 0).status(); }},
       {"Recycle no pages", C::kInvalidArgument, [&] { return recycle(pool, {}); }},
       {"Return no pages", C::kInvalidArgument, [&] { return ReturnPages(pool, {}); }},
@@ -712,6 +826,72 @@ TEST(DaemonTlsTest, ServesOverTls) {
   std::system(("rm -rf " + d).c_str());
 }
 
+// ListDevices over a TLS channel with `ca` as the root and, when given, a client certificate.
+grpc::Status ListDevicesOverTls(const std::string& address, const std::string& ca,
+                                const std::string& cert = "", const std::string& key = "") {
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ca;
+  ssl.pem_cert_chain = cert;
+  ssl.pem_private_key = key;
+  auto stub = v1::PagePoolService::NewStub(grpc::CreateChannel(address, grpc::SslCredentials(ssl)));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::ListDevicesResponse resp;
+  return stub->ListDevices(&ctx, v1::ListDevicesRequest(), &resp);
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Mutual TLS (--tls-client-ca): a client must present a certificate signed by that CA; without
+// one, or with one the CA did not sign, the handshake fails. Certificates made by openssl here.
+TEST(DaemonTlsTest, MutualTlsRequiresAClientCertificateFromTheCa) {
+  char dir[] = "/tmp/pagepool-mtls-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string d(dir);
+  const std::string script =
+      "set -e; cd " + d +
+      "; openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key "
+      "-out ca.pem; "
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr; "
+      "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > server.ext; "
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+      "-extfile server.ext -out server.pem; "
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr; "
+      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+      "-out client.pem; "
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=rogue -keyout rogue.key "
+      "-out rogue.pem";
+  if (std::system(("(" + script + ") >/dev/null 2>&1").c_str()) != 0) {
+    GTEST_SKIP() << "openssl not available";
+  }
+  server::DaemonOptions o = InProcessDaemon::DefaultOptions();
+  o.tls_cert = d + "/server.pem";
+  o.tls_key = d + "/server.key";
+  o.tls_client_ca = d + "/ca.pem";
+  auto daemon = InProcessDaemon::Start(o);
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  const std::string& addr = (*daemon)->address();
+  const std::string ca = Slurp(d + "/ca.pem");
+  grpc::Status with_cert =
+      ListDevicesOverTls(addr, ca, Slurp(d + "/client.pem"), Slurp(d + "/client.key"));
+  EXPECT_TRUE(with_cert.ok()) << with_cert.error_message();
+  EXPECT_EQ(ListDevicesOverTls(addr, ca).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(
+      ListDevicesOverTls(addr, ca, Slurp(d + "/rogue.pem"), Slurp(d + "/rogue.key")).error_code(),
+      grpc::StatusCode::UNAVAILABLE);
+  auto plain = client::Client::Connect(addr);
+  EXPECT_FALSE((*plain)->ListDevices().ok());
+  // The daemon still serves the good client after the refused handshakes.
+  EXPECT_TRUE(
+      ListDevicesOverTls(addr, ca, Slurp(d + "/client.pem"), Slurp(d + "/client.key")).ok());
+  std::system(("rm -rf " + d).c_str());
+}
+
 // GET over a plain socket; returns the whole answer.
 std::string HttpGet(uint16_t port, const std::string& path) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -762,6 +942,15 @@ TEST(DaemonStartTest, BadOptionsAreRefused) {
   EXPECT_EQ(InProcessDaemon::Start(o).status().code(), absl::StatusCode::kInvalidArgument);
   o = InProcessDaemon::DefaultOptions();
   o.tls_cert = "/nonexistent.pem";
+  EXPECT_EQ(InProcessDaemon::Start(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = InProcessDaemon::DefaultOptions();
+  o.tls_client_ca = "/nonexistent-ca.pem";  // mutual TLS without a server certificate
+  EXPECT_EQ(InProcessDaemon::Start(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = InProcessDaemon::DefaultOptions();
+  o.auth_token_file = "/nonexistent-token";
+  EXPECT_EQ(InProcessDaemon::Start(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = InProcessDaemon::DefaultOptions();
+  o.max_watch_queue = 0;
   EXPECT_EQ(InProcessDaemon::Start(o).status().code(), absl::StatusCode::kInvalidArgument);
   o = InProcessDaemon::DefaultOptions();
   o.metrics_listen = "not-an-address";
