@@ -5,9 +5,12 @@
 # and the daemon over loopback beside null_server, the same .proto with no page work (ppctl
 # traffic; CPU split from /proc). Needs about 10 GiB of free memory (iova_stress with freeing off at
 # 4 TiB holds 8 GiB of page tables) and ~6 minutes.
+# SECTIONS (default "iova dma pool destroy daemon") picks the sections to run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${1:-build}
+SECTIONS=${SECTIONS:-iova dma pool destroy daemon}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 if [ ! -x "$B/server/pagepoold" ]; then
   cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 fi
@@ -16,6 +19,7 @@ cmake --build "$B" -j "$(nproc)" --target iova_stress dma_bench page_pool_bench 
 
 echo "## machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
+want iova && {
 echo "## iova_stress: freeing on and off side by side at 4 TiB (twice, alternating), then 16 TiB"
 S=$B/tests/bench/dma/iova_stress
 for _ in 1 2; do
@@ -25,14 +29,20 @@ done
 $S --space-tib 16 --free-tables=on
 $S --space-tib 16 --free-tables=on --mode=lazy
 $S --space-tib 16 --mode=passthrough
+}
 
+want dma && {
 echo "## dma_bench (median of 5)"
 $B/tests/bench/dma/dma_bench --benchmark_min_time=0.3 --benchmark_repetitions=5 \
   --benchmark_report_aggregates_only=true 2>/dev/null | grep -E '_median'
+}
 
+want pool && {
 echo "## page_pool_bench (best of 7)"
 $B/tests/bench/pool/page_pool_bench --repeat 7
+}
 
+want destroy && {
 echo "## destroy_bench: 128K pages in flight, 4/16/64 GiB, xarray and scan (best of 5 each)"
 for strat in xarray scan; do
   for g in 4 16 64; do
@@ -40,7 +50,9 @@ for strat in xarray scan; do
       --repeat 5
   done
 done
+}
 
+want daemon || exit 0
 echo "## daemon over loopback, beside null_server (the same .proto, no page work), alternating"
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # utime + stime, in clock ticks
 tck=$(getconf CLK_TCK)
@@ -52,7 +64,7 @@ start_server() {  # name, command...: starts it on a free loopback port, sets pi
   pid=$!
   port=""
   for _ in $(seq 50); do
-    port=$(grep -om1 'port [0-9]*' "/tmp/run_benchmarks.$name.log" | awk '{print $2}')
+    port=$(grep -om1 'port [0-9]*' "/tmp/run_benchmarks.$name.log" | awk '{print $2}' || true)
     [ -n "$port" ] && break
     sleep 0.1
   done
