@@ -100,6 +100,7 @@ for round in 1 2; do
   start_server pagepoold "$B/server/pagepoold" --listen 127.0.0.1:0 --metrics-listen off
   run pagepoold steady_batch64_streams2 steady --duration 5 --streams 2 --batch 64
   run pagepoold steady_batch64_streams4 steady --duration 5 --streams 4 --batch 64
+  run pagepoold steady_batch64_streams2_window8 steady --duration 5 --streams 2 --batch 64 --window 8
   if [ "$round" = 1 ]; then
     run pagepoold unary_streams1 unary --duration 5 --streams 1 --batch 1
     run pagepoold unary_streams4 unary --duration 5 --streams 4 --batch 1
@@ -108,6 +109,7 @@ for round in 1 2; do
   start_server null_server "$B/tests/bench/server/null_server" --listen 127.0.0.1:0
   run null_server steady_batch64_streams2 steady --duration 5 --streams 2 --batch 64
   run null_server steady_batch64_streams4 steady --duration 5 --streams 4 --batch 64
+  run null_server steady_batch64_streams2_window8 steady --duration 5 --streams 2 --batch 64 --window 8
   stop_server
 done
 trap - EXIT
