@@ -12,6 +12,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/loopback_http.h"
 #include <arpa/inet.h>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
@@ -24,34 +25,6 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
-
-// A connected socket to 127.0.0.1:port, or -1.
-int Connect(uint16_t port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-// Sends `request` on a fresh connection and reads the whole answer.
-std::string Ask(uint16_t port, const std::string& request) {
-  int fd = Connect(port);
-  if (fd < 0) return "";
-  (void)!write(fd, request.data(), request.size());
-  shutdown(fd, SHUT_WR);
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, size_t(n));
-  close(fd);
-  return out;
-}
 
 class MetricsHttpTest : public ::testing::Test {
  protected:
@@ -79,44 +52,51 @@ class MetricsHttpTest : public ::testing::Test {
 };
 
 TEST_F(MetricsHttpTest, GetAndHeadOnly) {
-  std::string get = Ask(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  std::string get = testing::AskLoopback(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
   EXPECT_THAT(get, StartsWith("HTTP/1.1 200 OK"));
   EXPECT_THAT(get, HasSubstr("\r\n\r\npagepool_up 1\n"));
-  std::string head = Ask(port_, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  std::string head = testing::AskLoopback(port_, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
   EXPECT_THAT(head, StartsWith("HTTP/1.1 200 OK"));
   EXPECT_THAT(head, HasSubstr("Content-Length: 14\r\n"));
   EXPECT_THAT(head, Not(HasSubstr("pagepool_up")));  // no body
   for (const char* method : {"POST", "PUT", "DELETE", "PATCH", "OPTIONS"}) {
-    std::string r = Ask(port_, std::string(method) + " /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::string r =
+        testing::AskLoopback(port_, std::string(method) + " /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_THAT(r, StartsWith("HTTP/1.1 405 Method Not Allowed")) << method;
     EXPECT_THAT(r, HasSubstr("Allow: GET, HEAD\r\n")) << method;
   }
-  EXPECT_THAT(Ask(port_, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"),
+  EXPECT_THAT(testing::AskLoopback(
+                  port_, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"),
               StartsWith("HTTP/1.1 405"));
-  EXPECT_THAT(Ask(port_, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n"), StartsWith("HTTP/1.1 404"));
+  EXPECT_THAT(testing::AskLoopback(port_, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n"),
+              StartsWith("HTTP/1.1 404"));
 }
 
 TEST_F(MetricsHttpTest, OversizedAndMalformedRequestsAreRefused) {
   std::string big(server::MetricsHttpServer::kMaxHeaderBytes + 100, 'a');
-  EXPECT_THAT(Ask(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + big + "\r\n\r\n"),
-              StartsWith("HTTP/1.1 431"));
   EXPECT_THAT(
-      Ask(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789"),
+      testing::AskLoopback(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + big + "\r\n\r\n"),
+      StartsWith("HTTP/1.1 431"));
+  EXPECT_THAT(
+      testing::AskLoopback(
+          port_, "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789"),
       StartsWith("HTTP/1.1 413"));
-  EXPECT_THAT(Ask(port_, "\x16\x03\x01 not http at all\r\n\r\n"), StartsWith("HTTP/1.1 400"));
+  EXPECT_THAT(testing::AskLoopback(port_, "\x16\x03\x01 not http at all\r\n\r\n"),
+              StartsWith("HTTP/1.1 400"));
   // Still serving.
-  EXPECT_THAT(Ask(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), StartsWith("HTTP/1.1 200"));
+  EXPECT_THAT(testing::AskLoopback(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+              StartsWith("HTTP/1.1 200"));
 }
 
 TEST_F(MetricsHttpTest, ConnectionsPastTheLimitGet503) {
   // Two idle connections take both places (they have not sent their request yet).
-  int idle1 = Connect(port_);
-  int idle2 = Connect(port_);
+  int idle1 = testing::ConnectLoopback(port_);
+  int idle2 = testing::ConnectLoopback(port_);
   ASSERT_GE(idle1, 0);
   ASSERT_GE(idle2, 0);
   std::string busy;
   for (int i = 0; i < 50 && busy.find("503") == std::string::npos; ++i) {
-    busy = Ask(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    busy = testing::AskLoopback(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     if (busy.find("503") == std::string::npos) usleep(20000);
   }
   EXPECT_THAT(busy, StartsWith("HTTP/1.1 503"));
@@ -124,7 +104,7 @@ TEST_F(MetricsHttpTest, ConnectionsPastTheLimitGet503) {
   close(idle2);
   std::string ok;
   for (int i = 0; i < 50 && ok.find("200 OK") == std::string::npos; ++i) {
-    ok = Ask(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    ok = testing::AskLoopback(port_, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     if (ok.find("200 OK") == std::string::npos) usleep(20000);
   }
   EXPECT_THAT(ok, StartsWith("HTTP/1.1 200 OK"));
