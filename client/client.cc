@@ -66,9 +66,9 @@ Req PoolRequest(uint64_t pool_id) {
 }  // namespace
 
 template <typename Req, typename Resp>
-absl::StatusOr<Resp> Client::Unary(
-    grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
-    const Req& req) {
+absl::StatusOr<Resp> Client::Unary(grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&,
+                                                                Resp*),
+                                   const Req& req) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
   Resp resp;

@@ -12,11 +12,10 @@
 #include <memory>
 #include <string>
 
-#include <grpcpp/grpcpp.h>
-
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "pagepool/v1/pagepool.grpc.pb.h"
+#include <grpcpp/grpcpp.h>
 
 namespace pagepool::client {
 

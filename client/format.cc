@@ -182,10 +182,10 @@ std::string FormatResponse(const v1::GetDomainResponse& r) { return FormatDomain
 std::string FormatResponse(const v1::DumpPageTableResponse& r) {
   std::string text;
   for (const v1::PageTableEntry& e : r.entries()) {
-    absl::StrAppend(&text, absl::StrFormat("iova 0x%012x -> phys 0x%012x size %d prot %d%s%s\n",
-                                           e.iova(), e.phys(), e.size(), e.prot(),
-                                           e.dirty() ? " dirty" : "",
-                                           e.accessed() ? " accessed" : ""));
+    absl::StrAppend(&text,
+                    absl::StrFormat("iova 0x%012x -> phys 0x%012x size %d prot %d%s%s\n", e.iova(),
+                                    e.phys(), e.size(), e.prot(), e.dirty() ? " dirty" : "",
+                                    e.accessed() ? " accessed" : ""));
   }
   absl::StrAppend(&text, r.entries_size(), " entries\n");
   return text;

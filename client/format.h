@@ -37,7 +37,7 @@ std::string FormatResponse(const pagepool::v1::ListDevicesResponse& r);   // "no
 std::string FormatResponse(const pagepool::v1::UnbindDeviceResponse& r);
 std::string FormatResponse(const pagepool::v1::CreatePoolResponse& r);
 std::string FormatResponse(const pagepool::v1::GetPoolResponse& r);
-std::string FormatResponse(const pagepool::v1::ListPoolsResponse& r);     // "no pools" if none
+std::string FormatResponse(const pagepool::v1::ListPoolsResponse& r);  // "no pools" if none
 std::string FormatResponse(const pagepool::v1::DestroyPoolResponse& r);
 // One line a page: "FRAME:GEN dma_addr 0x...".
 std::string FormatResponse(const pagepool::v1::AllocateResponse& r);

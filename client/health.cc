@@ -2,10 +2,9 @@
 
 #include <future>
 
+#include "google/protobuf/unknown_field_set.h"
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/support/byte_buffer.h>
-
-#include "google/protobuf/unknown_field_set.h"
 
 namespace pagepool::client {
 namespace {

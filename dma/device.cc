@@ -15,11 +15,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "base/mutex.h"
+#include "base/strings.h"
 #include "base/thread_slot.h"
 #include "dma/iommu_domain.h"
 #include "dma/iova_allocator.h"
 #include "dma/mapping_checker.h"
-#include "base/strings.h"
 
 namespace pagepool::dma {
 namespace {
@@ -50,7 +50,8 @@ uint32_t ProtFor(DmaDirection dir) {
   return kProtRead | kProtWrite;
 }
 
-// Rounds a byte size up to whole 4 KiB pages. REQUIRES: size > 0 and no overflow (checked by callers).
+// Rounds a byte size up to whole 4 KiB pages. REQUIRES: size > 0 and no overflow (checked by
+// callers).
 uint64_t PagesOf(uint64_t size) { return (size + kPageSize - 1) >> kPageShift; }
 
 }  // namespace
@@ -77,16 +78,15 @@ struct Device::Impl {
 
   absl::Status RefuseUnbound(std::string_view call) {
     checker.OnCallAfterUnbind();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "DMA-API call ", base::AbslView(call), " on unbound device ", config.name));
+    return absl::FailedPreconditionError(
+        absl::StrCat("DMA-API call ", base::AbslView(call), " on unbound device ", config.name));
   }
 
   // INVALID_ARGUMENT (not counted by the checker) for a direction outside the enum.
   absl::Status CheckDirection(std::string_view call, DmaDirection dir) const {
     if (ValidDirection(dir)) return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrCat(base::AbslView(call), " on device ",
-                                                   config.name, ": invalid direction ",
-                                                   static_cast<int>(dir)));
+    return absl::InvalidArgumentError(absl::StrCat(base::AbslView(call), " on device ", config.name,
+                                                   ": invalid direction ", static_cast<int>(dir)));
   }
 
   // Unmaps a mapping the checker has just accepted from the domain, releasing its IOVA range after
@@ -140,9 +140,8 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceConfig& confi
   }
   if (config.mode != IommuMode::kStrict && config.mode != IommuMode::kLazy &&
       config.mode != IommuMode::kPassthrough) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("device ", config.name, ": unknown IOMMU mode ",
-                     static_cast<int>(config.mode)));
+    return absl::InvalidArgumentError(absl::StrCat("device ", config.name, ": unknown IOMMU mode ",
+                                                   static_cast<int>(config.mode)));
   }
   std::unique_ptr<Device> dev(new Device());
   dev->impl_->config = config;
@@ -170,19 +169,19 @@ absl::StatusOr<DmaAddr> Device::MapPage(PhysAddr phys, uint64_t size, DmaDirecti
 
   if (size == 0 || size > ~uint64_t{0} - kPageSize || (phys & (kPageSize - 1)) != 0 ||
       !ValidDirection(dir) || phys > ~uint64_t{0} - size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "map_page on device ", d.config.name, ": invalid arguments (phys ", base::Hex(phys), ", size ",
-        size, ", direction ", static_cast<int>(dir),
-        "): size must be > 0, phys 4 KiB aligned, direction 0-2"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("map_page on device ", d.config.name, ": invalid arguments (phys ",
+                     base::Hex(phys), ", size ", size, ", direction ", static_cast<int>(dir),
+                     "): size must be > 0, phys 4 KiB aligned, direction 0-2"));
   }
   const uint64_t pages = PagesOf(size);
 
   if (d.domain == nullptr) {  // passthrough: the bus address is the physical address
     const unsigned width = d.config.address_width;
     if (width < 64 && phys + size > (uint64_t{1} << width)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "map_page on device ", d.config.name, ": [", base::Hex(phys), ", +", size,
-          ") is beyond the device's ", width, "-bit DMA mask"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("map_page on device ", d.config.name, ": [", base::Hex(phys), ", +", size,
+                       ") is beyond the device's ", width, "-bit DMA mask"));
     }
     d.checker.OnMap(phys, phys, size, dir);
     guard.slot().map_calls.fetch_add(1, std::memory_order_relaxed);
@@ -192,15 +191,16 @@ absl::StatusOr<DmaAddr> Device::MapPage(PhysAddr phys, uint64_t size, DmaDirecti
   IovaAllocator* iova = d.domain->iova();
   absl::StatusOr<uint64_t> pfn = iova->Alloc(pages);
   if (!pfn.ok()) {
-    return base::Annotate(pfn.status(), absl::StrCat("map_page on device ", d.config.name, " (",
-                                               size, " bytes)"));
+    return base::Annotate(
+        pfn.status(), absl::StrCat("map_page on device ", d.config.name, " (", size, " bytes)"));
   }
   const DmaAddr addr = *pfn << kPageShift;
   absl::Status st = d.domain->Map(addr, phys, pages << kPageShift, ProtFor(dir));
   if (!st.ok()) {
     iova->Free(*pfn, pages);  // unwind: nothing was mapped
-    return base::Annotate(st, absl::StrCat("map_page on device ", d.config.name, " (iova ", base::Hex(addr),
-                                     ", phys ", base::Hex(phys), ", ", size, " bytes)"));
+    return base::Annotate(
+        st, absl::StrCat("map_page on device ", d.config.name, " (iova ", base::Hex(addr),
+                         ", phys ", base::Hex(phys), ", ", size, " bytes)"));
   }
   d.checker.OnMap(addr, phys, size, dir);
   guard.slot().map_calls.fetch_add(1, std::memory_order_relaxed);
@@ -222,8 +222,7 @@ absl::Status Device::UnmapPage(DmaAddr addr, uint64_t size, DmaDirection dir) {
   return absl::OkStatus();
 }
 
-absl::Status Device::UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size,
-                                DmaDirection dir) {
+absl::Status Device::UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size, DmaDirection dir) {
   Impl& d = *impl_;
   if (addrs.empty()) return absl::OkStatus();
   auto refuse_all = [&] {
@@ -257,8 +256,7 @@ absl::Status Device::UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size,
   return first_error;
 }
 
-absl::Status Device::SyncForDevice(DmaAddr addr, uint64_t offset, uint64_t size,
-                                   DmaDirection dir) {
+absl::Status Device::SyncForDevice(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir) {
   return impl_->Sync("sync_single_for_device", addr, offset, size, dir);
 }
 
@@ -287,9 +285,9 @@ absl::Status Device::Unbind() {
   });
   if (d.domain != nullptr) d.domain->FlushQueues();
   if (!first_error.ok()) {
-    return absl::InternalError(absl::StrCat("unbind of device ", d.config.name,
-                                            ": tearing down a live mapping failed: ",
-                                            first_error.ToString()));
+    return absl::InternalError(
+        absl::StrCat("unbind of device ", d.config.name,
+                     ": tearing down a live mapping failed: ", first_error.ToString()));
   }
   return absl::OkStatus();
 }

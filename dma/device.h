@@ -1,24 +1,27 @@
 // File: dma/device.h
 //
-// The DMA-API facade: a simulated device bound to an IOMMU domain (or in passthrough), with the calls a
-// driver makes (dma_map_page, dma_unmap_page, dma_sync_single_for_device/cpu) and driver unbind.
+// The DMA-API facade: a simulated device bound to an IOMMU domain (or in passthrough), with the
+// calls a driver makes (dma_map_page, dma_unmap_page, dma_sync_single_for_device/cpu) and driver
+// unbind.
 //
 // After Unbind() every DMA-API call is refused with FAILED_PRECONDITION and counted by the mapping
-// checker as call_after_unbind: this is how the model shows seed 002's "IOMMU crash" (a page_pool that
-// unmaps pages after the driver has gone). Unbind() also counts each mapping still live as
+// checker as call_after_unbind: this is how the model shows seed 002's "IOMMU crash" (a page_pool
+// that unmaps pages after the driver has gone). Unbind() also counts each mapping still live as
 // live_at_unbind, then tears those mappings down so the domain is left empty.
 //
-// Thread safety: every method may be called from any thread concurrently. Callers never map or unmap
-// the same DMA address concurrently (the DMA API's rule); the checker still counts it if they do.
+// Thread safety: every method may be called from any thread concurrently. Callers never map or
+// unmap the same DMA address concurrently (the DMA API's rule); the checker still counts it if they
+// do.
 //
 // Unbind vs concurrent calls: every DMA-API call first reads `bound` (one acquire load: an unbound
 // device refuses without touching anything shared), then registers itself in a per-thread-slot
-// in-flight counter (a cache-line-aligned atomic, like a per-CPU percpu_ref) and reads `bound` again.
-// Unbind clears `bound` and then waits for every in-flight counter to drain before it tears the
-// mappings down. Both sides use sequentially consistent operations (store then load: the Dekker
-// pattern), so either the call sees the device unbound and refuses, or Unbind sees the call in flight
-// and waits for it; a MapPage that passed the check has recorded its mapping in the checker before
-// Unbind's teardown walks it. Calls never wait on Unbind and never take a shared lock for this.
+// in-flight counter (a cache-line-aligned atomic, like a per-CPU percpu_ref) and reads `bound`
+// again. Unbind clears `bound` and then waits for every in-flight counter to drain before it tears
+// the mappings down. Both sides use sequentially consistent operations (store then load: the Dekker
+// pattern), so either the call sees the device unbound and refuses, or Unbind sees the call in
+// flight and waits for it; a MapPage that passed the check has recorded its mapping in the checker
+// before Unbind's teardown walks it. Calls never wait on Unbind and never take a shared lock for
+// this.
 //
 // Sync calls are checked and counted; they do not walk the page table (a Translate would set the
 // leaf's accessed/dirty bits and disturb dirty tracking).
@@ -62,9 +65,9 @@ class Device {
   absl::StatusOr<DmaAddr> MapPage(PhysAddr phys, uint64_t size, DmaDirection dir);
 
   // dma_unmap_page: the checker validates address, size and direction (counting any mismatch, and
-  // refusing the call with FAILED_PRECONDITION or INVALID_ARGUMENT), then unmaps and, per the domain's
-  // mode, invalidates the IOTLB now (strict) or queues the invalidation (lazy).
-  // Context: any thread.
+  // refusing the call with FAILED_PRECONDITION or INVALID_ARGUMENT), then unmaps and, per the
+  // domain's mode, invalidates the IOTLB now (strict) or queues the invalidation (lazy). Context:
+  // any thread.
   absl::Status UnmapPage(DmaAddr addr, uint64_t size, DmaDirection dir);
 
   // UnmapPage for every address of `addrs` (all of one size and direction), with the same checks,

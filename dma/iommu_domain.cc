@@ -4,12 +4,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/strings.h"
 #include "dma/internal/flush_queue.h"
 #include "dma/internal/io_pgtable.h"
 #include "dma/internal/iotlb.h"
 #include "dma/internal/pt_table.h"
 #include "dma/iova_allocator.h"
-#include "base/strings.h"
 
 namespace pagepool::dma {
 namespace {
@@ -77,16 +77,17 @@ struct IommuDomain::Impl {
     }
     if (size == 0 || (size & (kPageSize - 1)) != 0) {
       return absl::InvalidArgumentError(absl::StrCat(op, ": size ", base::Hex(size), " at iova ",
-                                                     base::Hex(iova), " is not a non-zero multiple of 4 KiB"));
+                                                     base::Hex(iova),
+                                                     " is not a non-zero multiple of 4 KiB"));
     }
     if ((iova & (kPageSize - 1)) != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(op, ": iova ", base::Hex(iova), " is not 4 KiB aligned"));
     }
     if (iova >= limit || size > limit - iova) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": [", base::Hex(iova), ", +", base::Hex(size),
-                                                     ") is beyond the ", config.address_width,
-                                                     "-bit address width"));
+      return absl::InvalidArgumentError(absl::StrCat(op, ": [", base::Hex(iova), ", +",
+                                                     base::Hex(size), ") is beyond the ",
+                                                     config.address_width, "-bit address width"));
     }
     return absl::OkStatus();
   }
@@ -104,8 +105,8 @@ IommuDomain::~IommuDomain() {
 absl::StatusOr<std::unique_ptr<IommuDomain>> IommuDomain::Create(const DomainConfig& config) {
   const unsigned levels = LevelsForWidth(config.address_width);
   if (levels == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("address width ", config.address_width,
-                                                   " is not supported (39, 48 or 57)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("address width ", config.address_width, " is not supported (39, 48 or 57)"));
   }
   if (config.mode != IommuMode::kStrict && config.mode != IommuMode::kLazy &&
       config.mode != IommuMode::kPassthrough) {
@@ -138,12 +139,13 @@ absl::Status IommuDomain::Map(DmaAddr iova, PhysAddr phys, uint64_t size, uint32
   if (absl::Status s = impl.CheckRange("Map", iova, size); !s.ok()) return s;
   if ((phys & (kPageSize - 1)) != 0 || phys >= internal::kPhysLimit ||
       size > internal::kPhysLimit - phys) {
-    return absl::InvalidArgumentError(absl::StrCat("Map: phys ", base::Hex(phys), " (iova ", base::Hex(iova),
+    return absl::InvalidArgumentError(absl::StrCat("Map: phys ", base::Hex(phys), " (iova ",
+                                                   base::Hex(iova),
                                                    ") is not 4 KiB aligned or beyond 52 bits"));
   }
   if ((prot & (kProtRead | kProtWrite)) == 0 || (prot & ~uint32_t{kProtRead | kProtWrite}) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Map: prot ", prot, " at iova ", base::Hex(iova), " must be read and/or write"));
+    return absl::InvalidArgumentError(absl::StrCat("Map: prot ", prot, " at iova ", base::Hex(iova),
+                                                   " must be read and/or write"));
   }
   const uint64_t bits = ((prot & kProtRead) ? internal::kPteRead : 0) |
                         ((prot & kProtWrite) ? internal::kPteWrite : 0);

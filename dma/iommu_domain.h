@@ -1,15 +1,16 @@
 // File: dma/iommu_domain.h
 //
-// An IOMMU domain: the I/O page table of one device (VT-d second stage / io-pgtable-arm shaped), its
-// IOTLB model, its flush queue (lazy mode) and its IOVA allocator (the kernel's iommu_dma_cookie).
+// An IOMMU domain: the I/O page table of one device (VT-d second stage / io-pgtable-arm shaped),
+// its IOTLB model, its flush queue (lazy mode) and its IOVA allocator (the kernel's
+// iommu_dma_cookie).
 //
 // Page table: 4 KiB granule, 512 entries per table, 3/4/5 levels for 39/48/57-bit IOVA, leaves of
-// 4 KiB, 2 MiB and 1 GiB. Every table keeps its count of present entries in a field of its own (not a
-// refcount others may touch: seed 000). With free_empty_tables (on by default) an unmap that leaves a
-// table empty unlinks it, cascading upward; the three live-free cases of seed 001 are handled whatever
-// the policy. Unlinked tables go on a freelist, are invalidated from the IOTLB, and are released only
-// after an RCU grace period, so lockless walkers (Translate, ForEachPresent, SweepDirty) never read
-// freed memory.
+// 4 KiB, 2 MiB and 1 GiB. Every table keeps its count of present entries in a field of its own (not
+// a refcount others may touch: seed 000). With free_empty_tables (on by default) an unmap that
+// leaves a table empty unlinks it, cascading upward; the three live-free cases of seed 001 are
+// handled whatever the policy. Unlinked tables go on a freelist, are invalidated from the IOTLB,
+// and are released only after an RCU grace period, so lockless walkers (Translate, ForEachPresent,
+// SweepDirty) never read freed memory.
 //
 // Thread safety: Map/Unmap of disjoint IOVA ranges may run concurrently even when the ranges share
 // tables. Translate, ForEachPresent and SweepDirty are lockless and may run concurrently with
@@ -47,9 +48,9 @@ struct IommuDomainTestPeer;
 struct DomainConfig {
   IommuMode mode = IommuMode::kStrict;
   bool free_empty_tables = true;
-  unsigned address_width = 48;   // 39, 48 or 57
-  base::Clock* clock = nullptr;  // the flush queue's clock; nullptr: base::Clock::Coarse()
-  unsigned fq_size = 256;        // lazy mode: entries per flush queue before a flush
+  unsigned address_width = 48;          // 39, 48 or 57
+  base::Clock* clock = nullptr;         // the flush queue's clock; nullptr: base::Clock::Coarse()
+  unsigned fq_size = 256;               // lazy mode: entries per flush queue before a flush
   uint64_t fq_timeout_ns = 10'000'000;  // lazy mode: oldest entry flushed after 10 ms
   // Model an IOTLB that Translate consults (a small cache of 4 KiB read translations; see
   // dma/internal/iotlb.h). Lazy mode then shows stale translations until the flush. Off by default.
@@ -60,8 +61,8 @@ struct DomainConfig {
 struct PresentEntry {
   DmaAddr iova;
   PhysAddr phys;
-  uint64_t size;     // 4 KiB, 2 MiB or 1 GiB
-  uint32_t prot;     // Prot bits
+  uint64_t size;  // 4 KiB, 2 MiB or 1 GiB
+  uint32_t prot;  // Prot bits
   bool dirty;
   bool accessed;
 };
@@ -76,30 +77,28 @@ class IommuDomain {
 
   // Maps [iova, iova + size) to [phys, phys + size). size a multiple of 4 KiB; iova and phys 4 KiB
   // aligned. Uses 2 MiB / 1 GiB leaves where both addresses and the remaining size allow (and, per
-  // seed 001 case 2, frees an empty table that such a block replaces). ALREADY_EXISTS if any page is
-  // already mapped (nothing is left half mapped), INVALID_ARGUMENT for misalignment or an IOVA beyond
-  // the address width, RESOURCE_EXHAUSTED if table memory cannot be had.
-  // Context: any thread; the caller owns [iova, iova + size).
+  // seed 001 case 2, frees an empty table that such a block replaces). ALREADY_EXISTS if any page
+  // is already mapped (nothing is left half mapped), INVALID_ARGUMENT for misalignment or an IOVA
+  // beyond the address width, RESOURCE_EXHAUSTED if table memory cannot be had. Context: any
+  // thread; the caller owns [iova, iova + size).
   absl::Status Map(DmaAddr iova, PhysAddr phys, uint64_t size, uint32_t prot);
 
   // Unmaps [iova, iova + size). Strict: the IOTLB is invalidated before return and unlinked tables
-  // are handed to RCU. Lazy: the invalidation (and the freeing of tables, and of the IOVA range when
-  // release_iova) waits in a flush queue. With release_iova the range goes back to iova() after the
-  // invalidation. NOT_FOUND if nothing in the range is mapped; INVALID_ARGUMENT if the range cuts a
-  // block leaf in part. Unlinked tables are handed to call_rcu in batches; when more than a few
-  // thousand are already waiting (a fast unmapper outruns liburcu's call_rcu thread), Unmap waits
-  // for a grace period itself and frees them (back-pressure), unless it runs inside an RCU
-  // read-side section.
-  // Context: any thread; the caller owns [iova, iova + size) and holds no lock that an RCU reader
-  // might wait for.
+  // are handed to RCU. Lazy: the invalidation (and the freeing of tables, and of the IOVA range
+  // when release_iova) waits in a flush queue. With release_iova the range goes back to iova()
+  // after the invalidation. NOT_FOUND if nothing in the range is mapped; INVALID_ARGUMENT if the
+  // range cuts a block leaf in part. Unlinked tables are handed to call_rcu in batches; when more
+  // than a few thousand are already waiting (a fast unmapper outruns liburcu's call_rcu thread),
+  // Unmap waits for a grace period itself and frees them (back-pressure), unless it runs inside an
+  // RCU read-side section. Context: any thread; the caller owns [iova, iova + size) and holds no
+  // lock that an RCU reader might wait for.
   absl::Status Unmap(DmaAddr iova, uint64_t size, bool release_iova = false);
 
   // The device's view: a lockless walk. A write sets the leaf's dirty bit; any access sets accessed
   // (a CAS that only succeeds on the unchanged present entry, the software form of the hardware's
   // atomic OR: a blind fetch_or could write A/D bits into an entry an unmap just cleared).
-  // NOT_FOUND for an unmapped IOVA, PERMISSION_DENIED for a write to a read-only leaf or a read of a
-  // write-only one (DMA faults, counted in faults()).
-  // Context: any thread.
+  // NOT_FOUND for an unmapped IOVA, PERMISSION_DENIED for a write to a read-only leaf or a read of
+  // a write-only one (DMA faults, counted in faults()). Context: any thread.
   absl::StatusOr<PhysAddr> Translate(DmaAddr iova, bool write);
 
   // Lockless walk of present leaves in [start, end), in IOVA order (the VT-d debugfs dump).

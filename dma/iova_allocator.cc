@@ -154,7 +154,8 @@ struct IovaAllocator::Impl {
     }
   }
 
-  // Range caches (iova_rcache) ---------------------------------------------------------------------
+  // Range caches (iova_rcache)
+  // ---------------------------------------------------------------------
 
   // Shards are picked by thread slot modulo the shard count, so threads spread evenly over them
   // (better than hashing std::thread::id).
@@ -187,8 +188,8 @@ struct IovaAllocator::Impl {
     return true;
   }
 
-  // __iova_rcache_insert: loaded, then prev, else push the full loaded magazine to the depot (or, if
-  // the depot is full, empty it into the shared allocator) and start a new one.
+  // __iova_rcache_insert: loaded, then prev, else push the full loaded magazine to the depot (or,
+  // if the depot is full, empty it into the shared allocator) and start a new one.
   void RcacheInsert(uint64_t pfn, unsigned order) {
     Shard& s = ThisShard();
     std::vector<std::unique_ptr<Magazine>> to_free;
@@ -330,8 +331,8 @@ IovaStats IovaAllocator::stats() const {
     }
   }
   st.cached_pages = cached;
-  // Both figures are exact when the allocator is quiescent; under concurrent use a magazine may move
-  // between a shard and the depot while they are summed.
+  // Both figures are exact when the allocator is quiescent; under concurrent use a magazine may
+  // move between a shard and the depot while they are summed.
   st.allocated_pages = handed_out > cached ? handed_out - cached : 0;
   st.alloc_failures = impl_->alloc_failures.load(std::memory_order_relaxed);
   st.invalid_frees = impl_->invalid_frees.load(std::memory_order_relaxed);

@@ -1,21 +1,23 @@
 // File: dma/iova_allocator.h
 //
-// The IOVA allocator of one domain, shaped like the kernel's drivers/iommu/iova.c: size-aligned ranges
-// (a request of N pages is rounded up to a power of two and aligned to it), allocated top-down from the
-// limit, with per-thread magazine caches for small orders (orders 0-5, 127 entries a magazine, a loaded
-// and a previous magazine per thread, and a shared depot) in front of the shared range allocator.
+// The IOVA allocator of one domain, shaped like the kernel's drivers/iommu/iova.c: size-aligned
+// ranges (a request of N pages is rounded up to a power of two and aligned to it), allocated
+// top-down from the limit, with per-thread magazine caches for small orders (orders 0-5, 127
+// entries a magazine, a loaded and a previous magazine per thread, and a shared depot) in front of
+// the shared range allocator.
 //
 // Structure (see iova_allocator.cc):
 //   * The shared allocator is a buddy system over [start_pfn, limit_pfn]: one ordered set of free
 //     blocks per order behind one mutex. Size-aligned power-of-two ranges are exactly buddy
-//     blocks, so "the highest free size-aligned range" is the top sub-block of the highest free block
-//     of a sufficient order: O(orders + log n) per allocation, no scan of allocated ranges. Frees
-//     coalesce with their buddy. A hash map of the blocks handed out lets Free reject a range that was
-//     never allocated (or was already freed) without corrupting the free sets.
-//   * The range caches (the kernel's iova_rcache) sit in front, for orders 0-5: per-thread-ish shards
-//     (cache-line aligned, indexed by a per-thread slot number, each with its own small lock) each hold
-//     a loaded and a previous magazine of 127 entries per order; a per-order depot holds up to 32 full
-//     magazines. A magazine hit touches only the thread's shard.
+//     blocks, so "the highest free size-aligned range" is the top sub-block of the highest free
+//     block of a sufficient order: O(orders + log n) per allocation, no scan of allocated ranges.
+//     Frees coalesce with their buddy. A hash map of the blocks handed out lets Free reject a range
+//     that was never allocated (or was already freed) without corrupting the free sets.
+//   * The range caches (the kernel's iova_rcache) sit in front, for orders 0-5: per-thread-ish
+//   shards
+//     (cache-line aligned, indexed by a per-thread slot number, each with its own small lock) each
+//     hold a loaded and a previous magazine of 127 entries per order; a per-order depot holds up to
+//     32 full magazines. A magazine hit touches only the thread's shard.
 //   * On RESOURCE_EXHAUSTED the allocator flushes every cache and retries once, as the kernel does.
 //
 // Free() checks cheaply what it can: a range out of bounds or not aligned to its rounded size is
@@ -39,12 +41,12 @@
 namespace pagepool::dma {
 
 struct IovaStats {
-  uint64_t allocated_pages = 0;   // pages handed out and not yet freed (cached ones excluded)
-  uint64_t cached_pages = 0;      // pages sitting in magazines and the depot
+  uint64_t allocated_pages = 0;  // pages handed out and not yet freed (cached ones excluded)
+  uint64_t cached_pages = 0;     // pages sitting in magazines and the depot
   uint64_t rcache_hits = 0;
   uint64_t rcache_misses = 0;
   uint64_t alloc_failures = 0;
-  uint64_t invalid_frees = 0;     // Free() calls dropped: out of range, misaligned, never allocated
+  uint64_t invalid_frees = 0;  // Free() calls dropped: out of range, misaligned, never allocated
 };
 
 class IovaAllocator {
@@ -68,7 +70,8 @@ class IovaAllocator {
 
   IovaStats stats() const;
 
-  // The order (log2 of the rounded page count) a request of `pages` pages uses. REQUIRES: pages > 0.
+  // The order (log2 of the rounded page count) a request of `pages` pages uses. REQUIRES: pages >
+  // 0.
   static unsigned OrderOf(uint64_t pages);
 
   // Orders below this are served by the per-thread magazine caches (the kernel's

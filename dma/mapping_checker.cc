@@ -111,20 +111,21 @@ void MappingChecker::OnMap(DmaAddr addr, PhysAddr phys, uint64_t size, DmaDirect
     if (e.live == 0) {
       e = Entry{phys, size, dir, 1, e.queued};  // reuse of a recently unmapped address
     } else {
-      ++e.live;  // the same bus address mapped again (passthrough); the first mapping's figures stay
+      ++e.live;  // the same bus address mapped again (passthrough); the first mapping's figures
+                 // stay
     }
   }
   ++s.live;
 }
 
 inline absl::Status MappingChecker::Impl::UnmapLocked(Shard& s, DmaAddr addr, uint64_t size,
-                                               DmaDirection dir) {
+                                                      DmaDirection dir) {
   auto it = s.entries.find(addr);
   if (it == s.entries.end()) {
     unknown_unmap.fetch_add(1, std::memory_order_relaxed);
-    return absl::FailedPreconditionError(
-        absl::StrCat("DMA-API: device driver tries to free DMA memory it has not allocated: unmap of ",
-                     base::Hex(addr), " (", Describe(size, dir), ")"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "DMA-API: device driver tries to free DMA memory it has not allocated: unmap of ",
+        base::Hex(addr), " (", Describe(size, dir), ")"));
   }
   Entry& e = it->second;
   if (e.live == 0) {
@@ -145,8 +146,7 @@ inline absl::Status MappingChecker::Impl::UnmapLocked(Shard& s, DmaAddr addr, ui
     if (dir_bad) {
       direction_mismatch.fetch_add(1, std::memory_order_relaxed);
       absl::StrAppend(&msg, size_bad ? " and " : "", "direction [device address=", base::Hex(addr),
-                      "] [mapped as ", DirName(e.dir), "] [unmapped as ",
-                      DirName(dir), "]");
+                      "] [mapped as ", DirName(e.dir), "] [unmapped as ", DirName(dir), "]");
     }
     absl::StrAppend(&msg, "; the mapping stays live");
     return absl::InvalidArgumentError(msg);
@@ -225,15 +225,15 @@ absl::Status MappingChecker::OnSync(DmaAddr addr, uint64_t offset, uint64_t size
     impl_->size_mismatch.fetch_add(1, std::memory_order_relaxed);
     return absl::InvalidArgumentError(absl::StrCat(
         "DMA-API: device driver syncs DMA memory outside allocated boundaries [device address=",
-        base::Hex(addr), "] [map size=", e.size, " bytes] [sync offset=", offset, "] [sync size=", size,
-        " bytes]"));
+        base::Hex(addr), "] [map size=", e.size, " bytes] [sync offset=", offset,
+        "] [sync size=", size, " bytes]"));
   }
   if (e.dir != DmaDirection::kBidirectional && dir != e.dir) {
     impl_->direction_mismatch.fetch_add(1, std::memory_order_relaxed);
     return absl::InvalidArgumentError(absl::StrCat(
         "DMA-API: device driver syncs DMA memory with different direction [device address=",
-        base::Hex(addr), "] [size=", e.size, " bytes] [mapped as ", DirName(e.dir),
-        "] [synced as ", DirName(dir), "]"));
+        base::Hex(addr), "] [size=", e.size, " bytes] [mapped as ", DirName(e.dir), "] [synced as ",
+        DirName(dir), "]"));
   }
   return absl::OkStatus();
 }

@@ -11,9 +11,9 @@
 //
 // Double unmap vs unknown unmap: an unmapped entry is not erased at once but kept as a tombstone
 // (the address, size, direction and phys it had), and its address goes into a per-shard FIFO of the
-// last kRecentUnmapsPerShard unmaps; when the FIFO wraps, the oldest tombstone is erased (unless the
-// address was mapped again since, or is still in the FIFO from a later unmap). An unmap that finds
-// a tombstone is a double unmap; one that finds nothing is an unknown unmap. So memory stays
+// last kRecentUnmapsPerShard unmaps; when the FIFO wraps, the oldest tombstone is erased (unless
+// the address was mapped again since, or is still in the FIFO from a later unmap). An unmap that
+// finds a tombstone is a double unmap; one that finds nothing is an unknown unmap. So memory stays
 // bounded (live mappings + kShards * FIFO size), and a double unmap is recognised as such as long
 // as it comes within the last ~kShards * kRecentUnmapsPerShard unmaps; an older one is reported as
 // an unknown unmap (still counted and refused, only under the other name).
@@ -45,16 +45,16 @@ class MappingChecker {
 
   // Records a new live mapping. Context: any thread.
   void OnMap(DmaAddr addr, PhysAddr phys, uint64_t size, DmaDirection dir);
-  // Validates and forgets a mapping. Counts and returns FAILED_PRECONDITION for a double unmap or an
-  // unknown address, INVALID_ARGUMENT for a size or direction mismatch (the mapping stays live).
+  // Validates and forgets a mapping. Counts and returns FAILED_PRECONDITION for a double unmap or
+  // an unknown address, INVALID_ARGUMENT for a size or direction mismatch (the mapping stays live).
   absl::Status OnUnmap(DmaAddr addr, uint64_t size, DmaDirection dir);
   // OnUnmap for every address of `addrs` (one size and direction), with exactly its checks and
-  // counting per address; ok[i] tells whether addrs[i] was accepted (unmapped). Each shard's lock is
-  // taken once per chunk of addresses rather than once per address, and the shard's entries are
-  // prefetched ahead. The outcome is that of calling OnUnmap for each address in order (addresses of
-  // one shard keep their order; shards are independent). Returns the first refusal's status (OK when
-  // every address was accepted). REQUIRES: ok.size() >= addrs.size().
-  // Context: any thread; takes shard locks one at a time.
+  // counting per address; ok[i] tells whether addrs[i] was accepted (unmapped). Each shard's lock
+  // is taken once per chunk of addresses rather than once per address, and the shard's entries are
+  // prefetched ahead. The outcome is that of calling OnUnmap for each address in order (addresses
+  // of one shard keep their order; shards are independent). Returns the first refusal's status (OK
+  // when every address was accepted). REQUIRES: ok.size() >= addrs.size(). Context: any thread;
+  // takes shard locks one at a time.
   absl::Status OnUnmapBatch(absl::Span<const DmaAddr> addrs, uint64_t size, DmaDirection dir,
                             absl::Span<bool> ok);
   // Validates a sync of [addr + offset, +size) against a live mapping.

@@ -37,13 +37,13 @@ enum Prot : uint32_t { kProtRead = 1u << 0, kProtWrite = 1u << 1 };
 // Counters of the mapping checker (the dma-debug oracle). Every field is a count of violations or
 // errors seen since the device was created; tests and load runs assert these stay at zero.
 struct CheckerCounters {
-  uint64_t double_unmap = 0;         // unmap of an address whose mapping was already unmapped
-  uint64_t unknown_unmap = 0;        // unmap of an address that was never mapped
-  uint64_t size_mismatch = 0;        // unmap/sync size differs from the mapping's
-  uint64_t direction_mismatch = 0;   // unmap/sync direction differs from the mapping's
-  uint64_t live_at_unbind = 0;       // mappings still live when the device was unbound
-  uint64_t call_after_unbind = 0;    // any DMA-API call on an unbound device (the seed-002 crash)
-  uint64_t sync_unknown = 0;         // sync of an address that is not mapped
+  uint64_t double_unmap = 0;        // unmap of an address whose mapping was already unmapped
+  uint64_t unknown_unmap = 0;       // unmap of an address that was never mapped
+  uint64_t size_mismatch = 0;       // unmap/sync size differs from the mapping's
+  uint64_t direction_mismatch = 0;  // unmap/sync direction differs from the mapping's
+  uint64_t live_at_unbind = 0;      // mappings still live when the device was unbound
+  uint64_t call_after_unbind = 0;   // any DMA-API call on an unbound device (the seed-002 crash)
+  uint64_t sync_unknown = 0;        // sync of an address that is not mapped
   uint64_t Total() const {
     return double_unmap + unknown_unmap + size_mismatch + direction_mismatch + live_at_unbind +
            call_after_unbind + sync_unknown;
@@ -52,25 +52,25 @@ struct CheckerCounters {
 
 // What a domain reports (GetDomain on the wire).
 struct DomainStats {
-  uint64_t table_pages = 0;          // I/O page-table pages linked in the table now, root included
-  uint64_t table_bytes = 0;          // table_pages * 4096
+  uint64_t table_pages = 0;  // I/O page-table pages linked in the table now, root included
+  uint64_t table_bytes = 0;  // table_pages * 4096
   uint64_t peak_table_pages = 0;
   uint64_t peak_table_bytes = 0;
-  uint64_t pending_free_pages = 0;   // unlinked, waiting for IOTLB flush + RCU grace period
-  uint64_t tables_allocated = 0;     // total ever allocated (root included)
-  uint64_t tables_freed = 0;         // total ever unlinked from the table
-  uint64_t tables_released = 0;      // total whose memory went back after the grace period
-  uint64_t install_races_lost = 0;   // live-free case 1: never-published table freed by the loser
-  uint64_t block_over_table = 0;     // live-free case 2: block mapping placed over an empty table
-  uint64_t block_unmap_table = 0;    // live-free case 3: block-sized unmap that found a table
-  uint64_t mapped_pages = 0;         // 4 KiB pages currently mapped (a 2M leaf counts 512)
+  uint64_t pending_free_pages = 0;  // unlinked, waiting for IOTLB flush + RCU grace period
+  uint64_t tables_allocated = 0;    // total ever allocated (root included)
+  uint64_t tables_freed = 0;        // total ever unlinked from the table
+  uint64_t tables_released = 0;     // total whose memory went back after the grace period
+  uint64_t install_races_lost = 0;  // live-free case 1: never-published table freed by the loser
+  uint64_t block_over_table = 0;    // live-free case 2: block mapping placed over an empty table
+  uint64_t block_unmap_table = 0;   // live-free case 3: block-sized unmap that found a table
+  uint64_t mapped_pages = 0;        // 4 KiB pages currently mapped (a 2M leaf counts 512)
   uint64_t maps = 0;
   uint64_t unmaps = 0;
-  uint64_t iotlb_flushes = 0;        // invalidation commands issued (range or global)
+  uint64_t iotlb_flushes = 0;          // invalidation commands issued (range or global)
   uint64_t iotlb_flushed_entries = 0;  // unmaps covered by those invalidations
-  uint64_t fq_pending = 0;           // lazy mode: unmaps waiting in flush queues
-  uint64_t iova_allocated_pages = 0; // pages of IOVA space currently allocated
-  uint64_t dirty_reports = 0;        // dirty leaves reported by sweeps
+  uint64_t fq_pending = 0;             // lazy mode: unmaps waiting in flush queues
+  uint64_t iova_allocated_pages = 0;   // pages of IOVA space currently allocated
+  uint64_t dirty_reports = 0;          // dirty leaves reported by sweeps
 };
 
 }  // namespace pagepool::dma

@@ -19,6 +19,18 @@ configure() {  # dir, extra cmake args...
   cmake -S . -B "$dir" -G Ninja "$@" >"$dir/configure.log" 2>&1 || { cat "$dir/configure.log"; exit 1; }
 }
 
+# A clang sanitizer build of base/, dma/ and pool/ (no gRPC) into build-NAME, then the ctest labels
+# given, with the sanitizer options already in the environment.
+sanitizer_stage() {  # name, sanitizer (address|thread), ctest label regex
+  local dir=build-$1
+  mkdir -p "$dir"
+  configure "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
+    -DCMAKE_CXX_COMPILER=clang++ -DPAGEPOOL_SANITIZE="$2" -DPAGEPOOL_BUILD_SERVER=OFF \
+    -DPAGEPOOL_BUILD_BENCHMARKS=OFF
+  cmake --build "$dir" -j "$JOBS"
+  ctest --test-dir "$dir" --output-on-failure -L "$3" -j 1
+}
+
 for stage in "${stages[@]}"; do
   start=$(date +%s)
   case $stage in
@@ -29,22 +41,11 @@ for stage in "${stages[@]}"; do
       ctest --test-dir build --output-on-failure -j 1
       ;;
     asan)
-      mkdir -p build-asan
-      configure build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
-        -DCMAKE_CXX_COMPILER=clang++ -DPAGEPOOL_SANITIZE=address -DPAGEPOOL_BUILD_SERVER=OFF \
-        -DPAGEPOOL_BUILD_BENCHMARKS=OFF
-      cmake --build build-asan -j "$JOBS"
-      ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-        ctest --test-dir build-asan --output-on-failure -L 'unit|concurrency' -j 1
+      ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+        UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 sanitizer_stage asan address 'unit|concurrency'
       ;;
     tsan)
-      mkdir -p build-tsan
-      configure build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
-        -DCMAKE_CXX_COMPILER=clang++ -DPAGEPOOL_SANITIZE=thread -DPAGEPOOL_BUILD_SERVER=OFF \
-        -DPAGEPOOL_BUILD_BENCHMARKS=OFF
-      cmake --build build-tsan -j "$JOBS"
-      TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-        ctest --test-dir build-tsan --output-on-failure -L concurrency -j 1
+      TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 sanitizer_stage tsan thread concurrency
       ;;
     deploy)
       bash tests/deploy/validate_manifests.sh

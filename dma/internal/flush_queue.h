@@ -1,14 +1,14 @@
 // File: dma/internal/flush_queue.h
 //
-// The lazy-mode flush queue (the kernel's iova_fq in dma-iommu.c): unmapped ranges wait here, with the
-// page tables they unlinked and the IOVA they will give back, until one IOTLB invalidation covers the
-// whole batch. A queue is flushed when it holds `size` entries (256) or when its oldest entry is older
-// than `timeout_ns` (10 ms) by the injected clock, both checked when an entry is added, and by
-// FlushAll(). Queues are sharded per thread (the kernel has one per CPU) so that unmaps on different
-// threads rarely share a lock.
+// The lazy-mode flush queue (the kernel's iova_fq in dma-iommu.c): unmapped ranges wait here, with
+// the page tables they unlinked and the IOVA they will give back, until one IOTLB invalidation
+// covers the whole batch. A queue is flushed when it holds `size` entries (256) or when its oldest
+// entry is older than `timeout_ns` (10 ms) by the injected clock, both checked when an entry is
+// added, and by FlushAll(). Queues are sharded per thread (the kernel has one per CPU) so that
+// unmaps on different threads rarely share a lock.
 //
-// Thread safety: Add and FlushAll may be called from any thread concurrently. The flush callback runs
-// on the calling thread, outside every shard lock.
+// Thread safety: Add and FlushAll may be called from any thread concurrently. The flush callback
+// runs on the calling thread, outside every shard lock.
 #ifndef PAGEPOOL_DMA_INTERNAL_FLUSH_QUEUE_H_
 #define PAGEPOOL_DMA_INTERNAL_FLUSH_QUEUE_H_
 

@@ -6,8 +6,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "base/strings.h"
 #include "base/cpu_relax.h"
+#include "base/strings.h"
 
 namespace pagepool::dma::internal {
 namespace {
@@ -124,8 +124,7 @@ bool IoPageTable::Reserve(PtTable* t, uint32_t n) {
   return false;
 }
 
-void IoPageTable::Drop(PtTable* t, uint32_t n, unsigned level, Path* path,
-                       IotlbGather* gather) {
+void IoPageTable::Drop(PtTable* t, uint32_t n, unsigned level, Path* path, IotlbGather* gather) {
   for (;;) {
     const uint32_t old = t->state.fetch_sub(n, std::memory_order_acq_rel);
     if (old != n || level == top_ || !free_empty_tables_) return;
@@ -176,8 +175,8 @@ absl::Status IoPageTable::Map(uint64_t iova, uint64_t phys, uint64_t size, uint6
       }
     }
     const uint64_t span = LevelSpan(leaf);
-    const uint32_t n = static_cast<uint32_t>(
-        std::min<uint64_t>(rem / span, kPtEntries - LevelIndex(cur, leaf)));
+    const uint32_t n =
+        static_cast<uint32_t>(std::min<uint64_t>(rem / span, kPtEntries - LevelIndex(cur, leaf)));
     absl::Status s = MapLeaves(cur, pa, leaf, n, leaf_bits, gather);
     if (!s.ok()) {
       if (done > 0) {
@@ -378,9 +377,9 @@ absl::StatusOr<uint64_t> IoPageTable::Unmap(uint64_t iova, uint64_t size, IotlbG
       const Leaf l = LookupLeaf(a);
       if (l.pte == 0 || l.level == 0) continue;
       if (l.iova < iova || l.iova + LevelSpan(l.level) > end) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "Unmap: [", base::Hex(iova), ", ", base::Hex(end), ") cuts the ", LevelSpan(l.level) >> 10,
-            " KiB block mapped at ", base::Hex(l.iova)));
+        return absl::InvalidArgumentError(
+            absl::StrCat("Unmap: [", base::Hex(iova), ", ", base::Hex(end), ") cuts the ",
+                         LevelSpan(l.level) >> 10, " KiB block mapped at ", base::Hex(l.iova)));
       }
     }
   }
@@ -391,9 +390,9 @@ absl::StatusOr<uint64_t> IoPageTable::Unmap(uint64_t iova, uint64_t size, IotlbG
   if (cut) {
     // Only reachable for a single-page unmap inside a block: nothing was changed.
     const Leaf l = LookupLeaf(iova);
-    return absl::InvalidArgumentError(absl::StrCat(
-        "Unmap: [", base::Hex(iova), ", ", base::Hex(end), ") cuts the ", LevelSpan(l.level) >> 10,
-        " KiB block mapped at ", base::Hex(l.iova)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Unmap: [", base::Hex(iova), ", ", base::Hex(end), ") cuts the ",
+                     LevelSpan(l.level) >> 10, " KiB block mapped at ", base::Hex(l.iova)));
   }
   return pages;
 }
@@ -469,7 +468,8 @@ absl::StatusOr<uint64_t> IoPageTable::Translate(uint64_t iova, bool write) {
       e = slot->load(std::memory_order_acquire);
     }
     if (!PteIsPresent(e)) {
-      return absl::NotFoundError(absl::StrCat("DMA fault: iova ", base::Hex(iova), " is not mapped"));
+      return absl::NotFoundError(
+          absl::StrCat("DMA fault: iova ", base::Hex(iova), " is not mapped"));
     }
     if ((e & need) == 0) {
       return absl::PermissionDeniedError(absl::StrCat("DMA fault: ", write ? "write to" : "read of",
@@ -528,8 +528,8 @@ uint64_t IoPageTable::SweepLevel(PtTable* t, unsigned level, uint64_t base, uint
     if (!PteIsPresent(e)) continue;
     const uint64_t es = base + uint64_t{i} * span;
     if (PteIsTable(e)) {
-      reported += SweepLevel(PteTable(e), level - 1, es, std::max(start, es),
-                             std::min(end, es + span), fn);
+      reported +=
+          SweepLevel(PteTable(e), level - 1, es, std::max(start, es), std::min(end, es + span), fn);
       continue;
     }
     if ((e & kPteDirty) == 0) continue;
@@ -583,8 +583,8 @@ void IoPageTable::SubmitPending() {
 
 void IoPageTable::RcuReleaseBatch(base::rcu::Head* head) {
   base::rcu::CallbackBegin();
-  PtTable* list = reinterpret_cast<PtTable*>(reinterpret_cast<char*>(head) -
-                                             offsetof(PtTable, rcu));
+  PtTable* list =
+      reinterpret_cast<PtTable*>(reinterpret_cast<char*>(head) - offsetof(PtTable, rcu));
   list->owner->ReleaseBatch(list);
 }
 
@@ -593,9 +593,9 @@ void IoPageTable::ReleaseBatch(PtTable* t) {
   // waits ~10 ms between batches), so the cache may grow to the number of tables still in flight:
   // that memory was already in use, and keeping it saves the next burst of maps a malloc, a page
   // fault and a 4 KiB clear per table. Beyond that (the load has dropped) the cache trims itself.
-  const int64_t in_flight =
-      counters_->tables.pending_free_pages.load(std::memory_order_relaxed);
-  const size_t cap = std::max<size_t>(kCacheMax, in_flight > 0 ? static_cast<size_t>(in_flight) : 0);
+  const int64_t in_flight = counters_->tables.pending_free_pages.load(std::memory_order_relaxed);
+  const size_t cap =
+      std::max<size_t>(kCacheMax, in_flight > 0 ? static_cast<size_t>(in_flight) : 0);
   int64_t n = 0;
   PtTable* excess = nullptr;
   {

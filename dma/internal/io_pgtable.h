@@ -1,35 +1,36 @@
 // File: dma/internal/io_pgtable.h
 //
-// The I/O page table proper (the kernel's io-pgtable / VT-d second stage): map, unmap, lockless walks,
-// and the life cycle of table pages (allocate, link, unlink, gather, RCU release, recycle). The IOTLB
-// model, the flush queue and the IOVA allocator sit above it in IommuDomain.
+// The I/O page table proper (the kernel's io-pgtable / VT-d second stage): map, unmap, lockless
+// walks, and the life cycle of table pages (allocate, link, unlink, gather, RCU release, recycle).
+// The IOTLB model, the flush queue and the IOVA allocator sit above it in IommuDomain.
 //
 // Concurrency: a lock-free protocol on one atomic word per table, `PtTable::state` = count | DYING.
 //
 //   * count is the number of present entries plus reservations for entries about to be installed.
 //   * Installing into a table first reserves: fetch_add(k); if the old word had DYING set the
-//     reservation is undone and the walk restarts from the root, after spinning (with a pause) until
-//     the parent entry that pointed at the dying table has been cleared.
+//     reservation is undone and the walk restarts from the root, after spinning (with a pause)
+//     until the parent entry that pointed at the dying table has been cleared.
 //   * Installing a new child table: reserve one slot in the parent, CAS parent PTE 0 -> child. The
 //     loser of that race frees its never-published table at once (live-free case 1) and drops its
-//     reservation; the winner's child comes pre-reserved for the entry the winner goes on to install.
+//     reservation; the winner's child comes pre-reserved for the entry the winner goes on to
+//     install.
 //   * Removing entries drops the count; whoever drops it to 0 tries CAS 0 -> DYING. Only the winner
 //     unlinks the table: it clears the parent PTE, gathers the table and drops the parent's count,
 //     cascading upward (the root never dies). Only with free_empty_tables.
 //
-// Why a dying table can never swallow a neighbour's new mapping: reserving (count+1 unless DYING) and
-// dying (0 -> DYING) are atomic operations on the same word, so they are totally ordered. If the
-// reservation comes first the count is no longer 0 and the CAS to DYING fails; if DYING comes first
-// the reserver sees it and goes back to the root, where it finds the parent entry cleared and installs
-// a fresh table. A PTE is therefore only ever written into a table whose count it holds.
+// Why a dying table can never swallow a neighbour's new mapping: reserving (count+1 unless DYING)
+// and dying (0 -> DYING) are atomic operations on the same word, so they are totally ordered. If
+// the reservation comes first the count is no longer 0 and the CAS to DYING fails; if DYING comes
+// first the reserver sees it and goes back to the root, where it finds the parent entry cleared and
+// installs a fresh table. A PTE is therefore only ever written into a table whose count it holds.
 //
-// Compared with seed 000's per-domain rwlock (readers for map/unmap, writer while freeing): that lock
-// is one shared cache line that every map and unmap of the domain writes (reader count), so two CPUs
-// mapping disjoint ranges still bounce it, and a freeing unmap stalls every other map/unmap of the
-// domain. The per-table word is only contended by operations that really share a table, nothing
-// blocks, and the price is a retry from the root in the (rare) case of racing with a table's death.
-// Lockless walkers (Translate, ForEachLeaf, SweepDirty) take neither: they rely on RCU, and so do
-// map/unmap for reading the state word of a table that may be dying.
+// Compared with seed 000's per-domain rwlock (readers for map/unmap, writer while freeing): that
+// lock is one shared cache line that every map and unmap of the domain writes (reader count), so
+// two CPUs mapping disjoint ranges still bounce it, and a freeing unmap stalls every other
+// map/unmap of the domain. The per-table word is only contended by operations that really share a
+// table, nothing blocks, and the price is a retry from the root in the (rare) case of racing with a
+// table's death. Lockless walkers (Translate, ForEachLeaf, SweepDirty) take neither: they rely on
+// RCU, and so do map/unmap for reading the state word of a table that may be dying.
 //
 // Leaf PTEs inside a range the caller owns are written with plain (release) stores: nobody else may
 // write a zero or leaf entry in that range, and the only concurrent writers of a present leaf are
@@ -37,14 +38,15 @@
 // (harmless on 0 and on a table entry, whose bits 2..5 are zero). Table entries are always CASed.
 //
 // Deferred freeing: unlinked tables are gathered per operation (IotlbGather); after the caller has
-// invalidated the IOTLB it hands the gather to ReleaseGather(), which pushes it onto a pending list;
-// every kRcuBatch tables the whole list goes to call_rcu in one call (the callback walks the list).
-// If more than kPendingHighWater tables are in flight (liburcu's call_rcu thread sleeps ~10 ms between
-// batches, so a fast unmapper can get far ahead of it), the unmapping thread instead waits for a grace
-// period itself (synchronize_rcu) and releases the batch: back-pressure that bounds the memory held by
-// tables waiting to be freed. It never does so while it holds the RCU read lock.
-// Released tables are all zero and are kept for reuse instead of freeing: up to kCacheMax, or as many
-// as are still in flight while a burst of frees is coming back (see ReleaseBatch); Quiesce trims.
+// invalidated the IOTLB it hands the gather to ReleaseGather(), which pushes it onto a pending
+// list; every kRcuBatch tables the whole list goes to call_rcu in one call (the callback walks the
+// list). If more than kPendingHighWater tables are in flight (liburcu's call_rcu thread sleeps ~10
+// ms between batches, so a fast unmapper can get far ahead of it), the unmapping thread instead
+// waits for a grace period itself (synchronize_rcu) and releases the batch: back-pressure that
+// bounds the memory held by tables waiting to be freed. It never does so while it holds the RCU
+// read lock. Released tables are all zero and are kept for reuse instead of freeing: up to
+// kCacheMax, or as many as are still in flight while a burst of frees is coming back (see
+// ReleaseBatch); Quiesce trims.
 //
 // Thread safety: everything but the destructor may be called concurrently. The caller guarantees
 // that Map/Unmap ranges in flight at the same time do not overlap.
@@ -73,8 +75,8 @@ namespace pagepool::dma::internal {
 
 class IoPageTable {
  public:
-  static constexpr uint32_t kRcuBatch = 64;   // tables per call_rcu
-  static constexpr size_t kCacheMax = 256;    // zeroed tables kept for reuse (1 MiB)
+  static constexpr uint32_t kRcuBatch = 64;  // tables per call_rcu
+  static constexpr size_t kCacheMax = 256;   // zeroed tables kept for reuse (1 MiB)
   // Unlinked tables in flight (16 MiB) above which an unmap waits for a grace period itself.
   static constexpr int64_t kPendingHighWater = 4096;
 
@@ -92,8 +94,9 @@ class IoPageTable {
   absl::Status Map(uint64_t iova, uint64_t phys, uint64_t size, uint64_t leaf_bits,
                    IotlbGather* gather);
 
-  // Unmaps every leaf in [iova, iova + size); returns the number of 4 KiB pages unmapped (0 if none).
-  // INVALID_ARGUMENT (nothing changed) if the range cuts a block leaf. Unlinked tables go to `gather`.
+  // Unmaps every leaf in [iova, iova + size); returns the number of 4 KiB pages unmapped (0 if
+  // none). INVALID_ARGUMENT (nothing changed) if the range cuts a block leaf. Unlinked tables go to
+  // `gather`.
   absl::StatusOr<uint64_t> Unmap(uint64_t iova, uint64_t size, IotlbGather* gather);
 
   // Lockless walks. Context: any thread.
@@ -106,14 +109,12 @@ class IoPageTable {
   // Calls fn for each present leaf in [start, end) in order, under the RCU read lock; false stops.
   void ForEachLeaf(uint64_t start, uint64_t end, absl::FunctionRef<bool(const Leaf&)> fn) const;
   // Test-and-clears D on each present leaf in [start, end); fn(iova, size) per dirty leaf.
-  uint64_t SweepDirty(uint64_t start, uint64_t end,
-                      absl::FunctionRef<void(uint64_t, uint64_t)> fn);
+  uint64_t SweepDirty(uint64_t start, uint64_t end, absl::FunctionRef<void(uint64_t, uint64_t)> fn);
 
   // Hands invalidated tables to RCU (batched). Context: any thread; the IOTLB is already flushed.
   void ReleaseGather(IotlbGather* gather);
-  // Sends the pending batch to RCU, waits until every table handed over so far is released, and trims
-  // the cache of zeroed tables to kCacheMax.
-  // REQUIRES: the caller holds no RCU read lock.
+  // Sends the pending batch to RCU, waits until every table handed over so far is released, and
+  // trims the cache of zeroed tables to kCacheMax. REQUIRES: the caller holds no RCU read lock.
   void Quiesce();
 
   // Tests only: runs `hook` in Map after a new table is allocated and before it is installed
@@ -189,8 +190,8 @@ class IoPageTable {
   void TrimCache();  // back to kCacheMax tables
   void DeleteSubtree(PtTable* t, unsigned level);
 
-  const unsigned top_;          // level of the root
-  const uint64_t limit_;        // 1 << address width
+  const unsigned top_;    // level of the root
+  const uint64_t limit_;  // 1 << address width
   const bool free_empty_tables_;
   DomainCounters* const counters_;
   PtTable* root_;

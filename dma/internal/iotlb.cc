@@ -23,9 +23,8 @@ void Iotlb::Fill(uint64_t iova, uint64_t phys, uint64_t generation) {
   const uint64_t pfn = iova >> 12;
   Entry& e = entries_[IndexOf(pfn)];
   uint32_t s = e.seq.load(std::memory_order_relaxed);
-  if ((s & 1) != 0 ||
-      !e.seq.compare_exchange_strong(s, s + 1, std::memory_order_acq_rel,
-                                     std::memory_order_relaxed)) {
+  if ((s & 1) != 0 || !e.seq.compare_exchange_strong(s, s + 1, std::memory_order_acq_rel,
+                                                     std::memory_order_relaxed)) {
     return;  // someone else is writing this entry: skip the fill
   }
   std::atomic_thread_fence(std::memory_order_release);

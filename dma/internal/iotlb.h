@@ -1,10 +1,10 @@
 // File: dma/internal/iotlb.h
 //
 // An optional model of the IOTLB (DomainConfig::model_iotlb): a small direct-mapped cache of 4 KiB
-// read translations that Translate consults before walking the page table. It makes the cost of lazy
-// invalidation visible: after an unmap in lazy mode, a device read of the old IOVA can still hit the
-// cached translation (a stale DMA) until the flush queue's invalidation; strict mode invalidates the
-// range before Unmap returns.
+// read translations that Translate consults before walking the page table. It makes the cost of
+// lazy invalidation visible: after an unmap in lazy mode, a device read of the old IOVA can still
+// hit the cached translation (a stale DMA) until the flush queue's invalidation; strict mode
+// invalidates the range before Unmap returns.
 //
 // Only reads are cached; writes always walk (so the dirty bit is set exactly as without the model).
 //

@@ -43,9 +43,9 @@ inline constexpr unsigned LevelIndex(uint64_t iova, unsigned level) {
 
 class IoPageTable;
 
-// One page-table node: 512 atomic PTEs (exactly one 4 KiB page) followed by metadata in a cache line
-// of its own (what the kernel keeps in struct page / struct iommu_pt_page). The present-entry count
-// lives in `state`, a field nobody else touches (seed 000: never a refcount).
+// One page-table node: 512 atomic PTEs (exactly one 4 KiB page) followed by metadata in a cache
+// line of its own (what the kernel keeps in struct page / struct iommu_pt_page). The present-entry
+// count lives in `state`, a field nobody else touches (seed 000: never a refcount).
 struct alignas(64) PtTable {
   // `state` = present entries + reservations of in-flight installs, or'ed with kDying once the
   // table has been claimed for freeing. See IoPageTable for the protocol.
@@ -55,10 +55,10 @@ struct alignas(64) PtTable {
   std::atomic<uint64_t> pte[kPtEntries];
 
   std::atomic<uint32_t> state;
-  uint32_t list_len;        // as the head of a pending-RCU list: its length
-  PtTable* next;            // gather / pending / cache link
-  IoPageTable* owner;       // the page table that allocated it (for the RCU callback)
-  base::rcu::Head rcu;            // one per batch: only the head of a batch uses it
+  uint32_t list_len;    // as the head of a pending-RCU list: its length
+  PtTable* next;        // gather / pending / cache link
+  IoPageTable* owner;   // the page table that allocated it (for the RCU callback)
+  base::rcu::Head rcu;  // one per batch: only the head of a batch uses it
 };
 static_assert(sizeof(PtTable) == 4096 + 64, "entry page + one metadata cache line");
 static_assert(offsetof(PtTable, state) == 4096, "metadata is separate from the entry array");

@@ -1,9 +1,9 @@
 // File: pool/internal/ptr_ring.h
 //
 // PtrRing: the kernel's ptr_ring (include/linux/ptr_ring.h) for PageRecord pointers. A slot is full
-// when non-null: producers (any thread) serialise on the producer lock and fail when the slot at the
-// producer index is still full; the consumer side (the pool's NAPI context, or Destroy) takes the
-// consumer lock, takes the slot at the consumer index and clears it. Close() makes every later
+// when non-null: producers (any thread) serialise on the producer lock and fail when the slot at
+// the producer index is still full; the consumer side (the pool's NAPI context, or Destroy) takes
+// the consumer lock, takes the slot at the consumer index and clears it. Close() makes every later
 // Produce fail (used at pool destroy so no page is stranded in a ring nobody drains).
 //
 // Thread safety: Produce and Close from any thread; Consume from any thread (serialised by the
@@ -23,8 +23,7 @@ namespace pagepool::pool::internal {
 
 class PtrRing {
  public:
-  explicit PtrRing(uint32_t size)
-      : size_(size), queue_(new std::atomic<PageRecord*>[size]) {
+  explicit PtrRing(uint32_t size) : size_(size), queue_(new std::atomic<PageRecord*>[size]) {
     for (uint32_t i = 0; i < size_; ++i) queue_[i].store(nullptr, std::memory_order_relaxed);
   }
   PtrRing(const PtrRing&) = delete;
@@ -45,7 +44,8 @@ class PtrRing {
     return ProduceResult::kOk;
   }
 
-  // Runs fn() under the consumer lock (page_pool_refill_alloc_cache's spin_lock(&r->consumer_lock)).
+  // Runs fn() under the consumer lock (page_pool_refill_alloc_cache's
+  // spin_lock(&r->consumer_lock)).
   template <typename Fn>
   void WithConsumerLock(Fn&& fn) {
     base::MutexLock l(&consumer_lock_);

@@ -116,19 +116,19 @@ TEST(FormatTest, DevicesText) {
   unbound.set_inflight_at_destroy(128);
   unbound.set_pages_unmapped(128);
   *unbound.mutable_device() = Eth0();
-  EXPECT_EQ(FormatResponse(unbound),
-            "unbound: 2 pools destroyed, 128 pages in flight, 128 unmapped\n" +
-                FormatDevice(Eth0()));
+  EXPECT_EQ(
+      FormatResponse(unbound),
+      "unbound: 2 pools destroyed, 128 pages in flight, 128 unmapped\n" + FormatDevice(Eth0()));
 }
 
 TEST(FormatTest, DevicesJson) {
   v1::ListDevicesResponse list;
   *list.add_devices() = Eth0();
   list.mutable_devices(0)->add_pool_ids(4);
-  ExpectJsonHas(list, {"\"devices\": [", "\"id\": \"1\"" /* uint64 as a string (proto3 JSON) */,
-                       "\"name\": \"eth0\"", "\"iommu_mode\": \"IOMMU_MODE_STRICT\"",
-                       "\"state\": \"DEVICE_STATE_BOUND\"", "\"pool_ids\": [",
-                       "\"address_width\": 48"});
+  ExpectJsonHas(list,
+                {"\"devices\": [", "\"id\": \"1\"" /* uint64 as a string (proto3 JSON) */,
+                 "\"name\": \"eth0\"", "\"iommu_mode\": \"IOMMU_MODE_STRICT\"",
+                 "\"state\": \"DEVICE_STATE_BOUND\"", "\"pool_ids\": [", "\"address_width\": 48"});
 }
 
 TEST(FormatTest, PoolsText) {

@@ -1,9 +1,9 @@
 // File: tests/dma/device_stress_test.cc
 //
 // Device under concurrency: threads map, sync and unmap while another thread unbinds, repeated many
-// times in every mode. Whatever the interleaving, no mapping may escape the teardown: every map that
-// succeeded was either unmapped by its thread or counted live_at_unbind, and the domain and IOVA
-// space end empty. Label: concurrency (run under TSan).
+// times in every mode. Whatever the interleaving, no mapping may escape the teardown: every map
+// that succeeded was either unmapped by its thread or counted live_at_unbind, and the domain and
+// IOVA space end empty. Label: concurrency (run under TSan).
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -98,9 +98,9 @@ void RunUnbindRace(IommuMode mode, bool free_empty_tables, int rounds, int threa
     total_maps += maps;
     EXPECT_EQ(dev->live_mappings(), 0u);
     EXPECT_EQ(v.live_at_unbind, maps - unmaps) << "a mapping escaped the unbind teardown";
-    EXPECT_EQ(v.double_unmap + v.unknown_unmap + v.size_mismatch + v.direction_mismatch +
-                  v.sync_unknown,
-              0u);
+    EXPECT_EQ(
+        v.double_unmap + v.unknown_unmap + v.size_mismatch + v.direction_mismatch + v.sync_unknown,
+        0u);
     EXPECT_EQ(dev->map_calls(), maps);
     EXPECT_EQ(dev->unmap_calls(), unmaps);
     if (dev->domain() != nullptr) {
@@ -122,7 +122,8 @@ void RunUnbindRace(IommuMode mode, bool free_empty_tables, int rounds, int threa
   EXPECT_GT(total_maps, 0u);
   EXPECT_GT(total_live_at_unbind, 0u);
   std::printf("%s: %d rounds, %llu maps, %llu live at unbind\n",
-              std::string(IommuModeName(mode)).c_str(), rounds, static_cast<unsigned long long>(total_maps),
+              std::string(IommuModeName(mode)).c_str(), rounds,
+              static_cast<unsigned long long>(total_maps),
               static_cast<unsigned long long>(total_live_at_unbind));
 }
 
@@ -154,8 +155,8 @@ TEST(DeviceConcurrencyTest, ConcurrentUnbindsExactlyOneWins) {
     c.name = "twice";
     auto dev = Device::Create(c);
     ASSERT_TRUE(dev.ok());
-    for (int i = 0; i < 10; ++i) ASSERT_TRUE((*dev)->MapPage(0x1000 * (i + 1), 4096,
-                                                            DmaDirection::kToDevice).ok());
+    for (int i = 0; i < 10; ++i)
+      ASSERT_TRUE((*dev)->MapPage(0x1000 * (i + 1), 4096, DmaDirection::kToDevice).ok());
     std::atomic<int> ok{0}, refused{0};
     std::vector<std::thread> ts;
     for (int t = 0; t < 4; ++t) {

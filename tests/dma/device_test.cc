@@ -393,8 +393,8 @@ TEST(DeviceTest, HugeSizesAreRefusedWithoutWrapping) {
     absl::StatusOr<std::unique_ptr<Device>> dev = Device::Create(c);
     ASSERT_TRUE(dev.ok());
     Device& d = **dev;
-    for (uint64_t size : {~uint64_t{0}, ~uint64_t{0} - 4095, uint64_t{1} << 63,
-                          (uint64_t{1} << 39) + 1}) {
+    for (uint64_t size :
+         {~uint64_t{0}, ~uint64_t{0} - 4095, uint64_t{1} << 63, (uint64_t{1} << 39) + 1}) {
       EXPECT_FALSE(d.MapPage(0, size, DmaDirection::kToDevice).ok()) << size;
     }
     EXPECT_FALSE(d.MapPage(~uint64_t{0} - 4095, 8192, DmaDirection::kToDevice).ok());

@@ -40,9 +40,9 @@ class IoPgtableCascadeStress : public ::testing::TestWithParam<Param> {};
 
 // Mappers own pages p % kMappers == t. The pages they pick spread over 2 regions of the top-level
 // entry below the root, 2 x 1 GiB and 2 x 2 MiB below that, so level-0, level-1 and level-2 tables
-// all empty and die (cascading) while another mapper installs a sibling next to them. A block thread
-// maps 2 MiB and 1 GiB ranges in the same parents (blocks over tables left empty when the policy is
-// off, block-sized unmaps of tables made of 4 KiB leaves).
+// all empty and die (cascading) while another mapper installs a sibling next to them. A block
+// thread maps 2 MiB and 1 GiB ranges in the same parents (blocks over tables left empty when the
+// policy is off, block-sized unmaps of tables made of 4 KiB leaves).
 TEST_P(IoPgtableCascadeStress, EveryLevelDiesWhileNeighboursInstall) {
   const Param p = GetParam();
   DomainConfig c;
@@ -159,7 +159,8 @@ TEST_P(IoPgtableCascadeStress, EveryLevelDiesWhileNeighboursInstall) {
           });
           continue;
         }
-        const uint64_t iova = addr(rng() % uppers, rng() % 4, rng() % 8, rng() % 512) + rng() % 4096;
+        const uint64_t iova =
+            addr(rng() % uppers, rng() % 4, rng() % 8, rng() % 512) + rng() % 4096;
         absl::StatusOr<PhysAddr> pa = d.Translate(iova, (rng() & 1) != 0);
         if (pa.ok()) {
           const uint64_t delta = *pa - iova;
@@ -193,27 +194,30 @@ TEST_P(IoPgtableCascadeStress, EveryLevelDiesWhileNeighboursInstall) {
     return true;
   });
   EXPECT_EQ(present, 0u);
-  std::printf("tables freed %llu, install races lost %llu, block over table %llu, "
-              "block unmap table %llu, peak %llu\n",
-              (unsigned long long)s.tables_freed, (unsigned long long)s.install_races_lost,
-              (unsigned long long)s.block_over_table, (unsigned long long)s.block_unmap_table,
-              (unsigned long long)s.peak_table_pages);
+  std::printf(
+      "tables freed %llu, install races lost %llu, block over table %llu, "
+      "block unmap table %llu, peak %llu\n",
+      (unsigned long long)s.tables_freed, (unsigned long long)s.install_races_lost,
+      (unsigned long long)s.block_over_table, (unsigned long long)s.block_unmap_table,
+      (unsigned long long)s.peak_table_pages);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Widths, IoPgtableCascadeStress,
-    ::testing::Values(Param{48, true, IommuMode::kStrict}, Param{39, true, IommuMode::kStrict},
-                      Param{57, true, IommuMode::kLazy}, Param{48, false, IommuMode::kStrict},
-                      Param{39, false, IommuMode::kLazy}),
-    [](const ::testing::TestParamInfo<Param>& info) {
-      // Appended piece by piece: "w" + std::string trips GCC 12's -Wrestrict false positive.
-      std::string name = "w";
-      name += std::to_string(info.param.width);
-      name += info.param.free_tables ? "_free" : "_keep";
-      name += "_";
-      name += IommuModeName(info.param.mode);
-      return name;
-    });
+INSTANTIATE_TEST_SUITE_P(Widths, IoPgtableCascadeStress,
+                         ::testing::Values(Param{48, true, IommuMode::kStrict},
+                                           Param{39, true, IommuMode::kStrict},
+                                           Param{57, true, IommuMode::kLazy},
+                                           Param{48, false, IommuMode::kStrict},
+                                           Param{39, false, IommuMode::kLazy}),
+                         [](const ::testing::TestParamInfo<Param>& info) {
+                           // Appended piece by piece: "w" + std::string trips GCC 12's -Wrestrict
+                           // false positive.
+                           std::string name = "w";
+                           name += std::to_string(info.param.width);
+                           name += info.param.free_tables ? "_free" : "_keep";
+                           name += "_";
+                           name += IommuModeName(info.param.mode);
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace pagepool::dma

@@ -1,8 +1,8 @@
-// Concurrency stress of IommuDomain: neighbouring 4 KiB mappings that share (and keep emptying) leaf
-// tables, 2 MiB blocks and block-sized unmaps in the same 1 GiB table, lockless Translate and dump
-// walkers, and a dirty sweeper, all at once; a lock-step test that a device write is reported by
-// exactly one sweep; and a device reading through the IOTLB model while maps fail.
-// Label: concurrency (run under TSan).
+// Concurrency stress of IommuDomain: neighbouring 4 KiB mappings that share (and keep emptying)
+// leaf tables, 2 MiB blocks and block-sized unmaps in the same 1 GiB table, lockless Translate and
+// dump walkers, and a dirty sweeper, all at once; a lock-step test that a device write is reported
+// by exactly one sweep; and a device reading through the IOTLB model while maps fail. Label:
+// concurrency (run under TSan).
 //
 // PAGEPOOL_STRESS_ITERS overrides the iterations per mapper thread.
 #include <algorithm>
@@ -24,12 +24,10 @@
 namespace pagepool::dma {
 namespace {
 
-uint64_t Iterations() {
-  return ScaledCount("PAGEPOOL_STRESS_ITERS", 200'000, 100'000, 60'000);
-}
+uint64_t Iterations() { return ScaledCount("PAGEPOOL_STRESS_ITERS", 200'000, 100'000, 60'000); }
 
-constexpr uint64_t kRegion = 5 * k1G;     // all threads work inside this 1 GiB
-constexpr uint64_t kLeafTables = 4;       // 4 KiB mappers share these 2 MiB leaf tables
+constexpr uint64_t kRegion = 5 * k1G;  // all threads work inside this 1 GiB
+constexpr uint64_t kLeafTables = 4;    // 4 KiB mappers share these 2 MiB leaf tables
 constexpr uint64_t kBlockBase = kRegion + 64 * k2M;
 constexpr uint64_t kBlockSlots = 8;
 constexpr uint64_t kPhysOffset = 0x40'0000'0000;  // phys = iova + kPhysOffset (+4K for 4K leaves
@@ -60,7 +58,8 @@ TEST_P(ConcurrencyTest, SharedTablesMapUnmapWithWalkersAndSweeper) {
   std::atomic<uint64_t> walker_hits{0};
 
   auto fail = [&](const char* what, uint64_t iova, const absl::Status& s) {
-    if (errors.fetch_add(1) < 10) ADD_FAILURE() << what << " iova 0x" << std::hex << iova << " " << s;
+    if (errors.fetch_add(1) < 10)
+      ADD_FAILURE() << what << " iova 0x" << std::hex << iova << " " << s;
   };
 
   std::vector<std::thread> threads;
@@ -135,7 +134,8 @@ TEST_P(ConcurrencyTest, SharedTablesMapUnmapWithWalkersAndSweeper) {
         absl::StatusOr<PhysAddr> pa = d.Translate(iova, (rng() & 1) != 0);
         if (pa.ok()) {
           ++hits;
-          if (!PlausiblePhys(iova & ~(k4K - 1), *pa & ~(k4K - 1))) fail("walker", iova, pa.status());
+          if (!PlausiblePhys(iova & ~(k4K - 1), *pa & ~(k4K - 1)))
+            fail("walker", iova, pa.status());
         }
       }
       walker_hits.fetch_add(hits);
@@ -174,13 +174,14 @@ TEST_P(ConcurrencyTest, SharedTablesMapUnmapWithWalkersAndSweeper) {
     EXPECT_GE(s.iotlb_flushes, s.unmaps);
   }
   EXPECT_EQ(s.iotlb_flushed_entries, s.unmaps);
-  std::printf("iotlb hits %llu, maps %llu, tables freed %llu, install races lost %llu, block-unmap-table %llu, "
-              "walker hits %llu, dirty reports %llu, peak tables %llu\n",
-              (unsigned long long)d.iotlb_hits(), (unsigned long long)s.maps,
-              (unsigned long long)s.tables_freed,
-              (unsigned long long)s.install_races_lost, (unsigned long long)s.block_unmap_table,
-              (unsigned long long)walker_hits.load(), (unsigned long long)s.dirty_reports,
-              (unsigned long long)s.peak_table_pages);
+  std::printf(
+      "iotlb hits %llu, maps %llu, tables freed %llu, install races lost %llu, block-unmap-table "
+      "%llu, "
+      "walker hits %llu, dirty reports %llu, peak tables %llu\n",
+      (unsigned long long)d.iotlb_hits(), (unsigned long long)s.maps,
+      (unsigned long long)s.tables_freed, (unsigned long long)s.install_races_lost,
+      (unsigned long long)s.block_unmap_table, (unsigned long long)walker_hits.load(),
+      (unsigned long long)s.dirty_reports, (unsigned long long)s.peak_table_pages);
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, ConcurrencyTest,
@@ -240,10 +241,10 @@ TEST(DirtyConcurrency, EveryWriteReportedExactlyOnce) {
   EXPECT_EQ(errors.load(), 0u);
 }
 
-// A Map that fails (ALREADY_EXISTS) leaves nothing mapped, but its fast path writes leaves before it
-// finds the conflict and takes them back. A device read that walked one of those transient leaves
-// fills the IOTLB model; without an invalidation that translation outlives the failed map, and a
-// later mapping of the same IOVA would be served the old physical address (strict mode too).
+// A Map that fails (ALREADY_EXISTS) leaves nothing mapped, but its fast path writes leaves before
+// it finds the conflict and takes them back. A device read that walked one of those transient
+// leaves fills the IOTLB model; without an invalidation that translation outlives the failed map,
+// and a later mapping of the same IOVA would be served the old physical address (strict mode too).
 TEST(IotlbConcurrency, FailedMapLeavesNoTranslationBehind) {
   DomainConfig c;
   c.model_iotlb = true;
@@ -262,8 +263,8 @@ TEST(IotlbConcurrency, FailedMapLeavesNoTranslationBehind) {
     }
   });
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-  for (uint64_t i = 0; ghost_reads.load() < 50 &&
-                       (i % 1024 != 0 || std::chrono::steady_clock::now() < deadline);
+  for (uint64_t i = 0;
+       ghost_reads.load() < 50 && (i % 1024 != 0 || std::chrono::steady_clock::now() < deadline);
        ++i) {
     absl::Status s = d.Map(base, 0x1000'0000, 9 * k4K, kRW);
     ASSERT_EQ(s.code(), absl::StatusCode::kAlreadyExists);

@@ -87,11 +87,8 @@ TEST_P(IommuDomainWidthTest, MapTranslateUnmapEachPageSize) {
     uint64_t iova, phys, size;
     unsigned leaf;
   } cases[] = {
-      {0x1000, 0x5000, k4K, 0},
-      {top - k4K, 0x7000, k4K, 0},              // the very last page of the space
-      {4 * k2M, 16 * k2M, k2M, 1},
-      {top - k2M, 8 * k2M, k2M, 1},
-      {3 * k1G, 5 * k1G, k1G, 2},
+      {0x1000, 0x5000, k4K, 0},    {top - k4K, 0x7000, k4K, 0},  // the very last page of the space
+      {4 * k2M, 16 * k2M, k2M, 1}, {top - k2M, 8 * k2M, k2M, 1}, {3 * k1G, 5 * k1G, k1G, 2},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.iova);
@@ -373,9 +370,9 @@ TEST(IommuDomainFree, Case1InstallRaceLoserFreesItsTable) {
   EXPECT_EQ(s.install_races_lost, 1u);
   EXPECT_EQ(*d->Translate(k2M + 8 * k4K, false), 0x8000u);
   EXPECT_EQ(*d->Translate(k2M + 9 * k4K, false), 0x9000u);
-  EXPECT_EQ(s.table_pages, 4u);        // root, L3, L2, leaf: the loser's table never linked
-  EXPECT_EQ(s.tables_allocated, 5u);   // ... but it was allocated
-  EXPECT_EQ(s.tables_freed, 1u);       // and freed at once, without a grace period
+  EXPECT_EQ(s.table_pages, 4u);       // root, L3, L2, leaf: the loser's table never linked
+  EXPECT_EQ(s.tables_allocated, 5u);  // ... but it was allocated
+  EXPECT_EQ(s.tables_freed, 1u);      // and freed at once, without a grace period
   EXPECT_EQ(s.tables_released, 1u);
   EXPECT_EQ(s.pending_free_pages, 0u);
   // Both mappings share the leaf table; it goes only when both are gone.
@@ -575,8 +572,10 @@ TEST(IommuDomainIotlb, StrictInvalidatesBeforeUnmapReturns) {
   c.model_iotlb = true;
   auto d = MakeDomain(c);
   ASSERT_TRUE(d->Map(k2M, 0, k2M, kRW).ok());  // a block: cached per 4 KiB page
-  for (uint64_t off = 0; off < k2M; off += 16 * k4K) ASSERT_TRUE(d->Translate(k2M + off, false).ok());
-  for (uint64_t off = 0; off < k2M; off += 16 * k4K) ASSERT_TRUE(d->Translate(k2M + off, false).ok());
+  for (uint64_t off = 0; off < k2M; off += 16 * k4K)
+    ASSERT_TRUE(d->Translate(k2M + off, false).ok());
+  for (uint64_t off = 0; off < k2M; off += 16 * k4K)
+    ASSERT_TRUE(d->Translate(k2M + off, false).ok());
   EXPECT_EQ(d->iotlb_hits(), 32u);
   ASSERT_TRUE(d->Unmap(k2M, k2M).ok());
   for (uint64_t off = 0; off < k2M; off += 16 * k4K) {
@@ -617,8 +616,8 @@ TEST(IommuDomainWalk, DirtySweepTestAndClear) {
   EXPECT_EQ(entries[4].prot, uint32_t{kProtRead});
 
   std::vector<std::pair<DmaAddr, uint64_t>> dirty;
-  const uint64_t n = d->SweepDirty(0, uint64_t{1} << 48,
-                                   [&](DmaAddr a, uint64_t s) { dirty.emplace_back(a, s); });
+  const uint64_t n =
+      d->SweepDirty(0, uint64_t{1} << 48, [&](DmaAddr a, uint64_t s) { dirty.emplace_back(a, s); });
   EXPECT_EQ(n, 3u);
   EXPECT_EQ(dirty, (std::vector<std::pair<DmaAddr, uint64_t>>{
                        {0x11000, k4K}, {0x13000, k4K}, {4 * k2M, k2M}}));

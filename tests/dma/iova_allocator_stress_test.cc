@@ -5,12 +5,12 @@
 #include <atomic>
 #include <cstdint>
 #include <map>
-#include <mutex>
 #include <random>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "base/mutex.h"
 #include "dma/iova_allocator.h"
 #include "gtest/gtest.h"
 
@@ -20,18 +20,18 @@ namespace {
 TEST(IovaAllocatorConcurrencyTest, ManyThreadsNoOverlap) {
   const uint64_t limit = (uint64_t{1} << 18) - 1;
   IovaAllocator a(1, limit);
-  std::mutex mu;
+  base::Mutex mu;
   std::map<uint64_t, uint64_t> live;  // shared record of live ranges: pfn -> size
   std::atomic<uint64_t> overlaps{0};
   auto claim = [&](uint64_t pfn, uint64_t size) {
-    std::lock_guard<std::mutex> l(mu);
+    base::MutexLock l(&mu);
     auto next = live.lower_bound(pfn);
     if (next != live.end() && next->first < pfn + size) overlaps++;
     if (next != live.begin() && std::prev(next)->first + std::prev(next)->second > pfn) overlaps++;
     live.emplace(pfn, size);
   };
   auto release = [&](uint64_t pfn) {
-    std::lock_guard<std::mutex> l(mu);
+    base::MutexLock l(&mu);
     live.erase(pfn);
   };
   constexpr int kThreads = 8;

@@ -222,11 +222,11 @@ TEST(IovaAllocatorTest, FlushCachesReturnsEverythingAndCoalesces) {
 
 TEST(IovaAllocatorTest, BadFreesAreDroppedAndCounted) {
   IovaAllocator a(1, 1023);
-  a.Free(0, 1);        // below start
-  a.Free(1024, 1);     // beyond limit
-  a.Free(2, 4);        // misaligned for 4 pages
-  a.Free(512, 0);      // zero pages
-  a.Free(1020, 8);     // runs past the limit? 1016..1023 is fine, but 1020 is misaligned
+  a.Free(0, 1);     // below start
+  a.Free(1024, 1);  // beyond limit
+  a.Free(2, 4);     // misaligned for 4 pages
+  a.Free(512, 0);   // zero pages
+  a.Free(1020, 8);  // runs past the limit? 1016..1023 is fine, but 1020 is misaligned
   EXPECT_EQ(a.stats().invalid_frees, 5u);
   // A large range never allocated reaches the shared allocator directly and is rejected there.
   a.Free(512, 256);

@@ -32,7 +32,7 @@ TEST(MappingCheckerConcurrencyTest, ManyThreadsExactCounts) {
         EXPECT_TRUE(c.OnUnmap(a, kPageSize, DmaDirection::kFromDevice).ok());
         if (i % 100 == 50) {
           EXPECT_FALSE(c.OnUnmap(a, kPageSize, DmaDirection::kFromDevice).ok());  // double
-          EXPECT_FALSE(c.OnSync(a, 0, 64, DmaDirection::kFromDevice).ok());      // unknown
+          EXPECT_FALSE(c.OnSync(a, 0, 64, DmaDirection::kFromDevice).ok());       // unknown
         }
         if (i % 1000 == 0) c.live_mappings();
       }

@@ -3,10 +3,11 @@
 // Every operation (map of 4 KiB runs, 2 MiB blocks, 2 MiB of 4 KiB leaves, rare 1 GiB blocks; exact
 // and random unmaps) is applied to both; statuses must agree, every translation the op touched is
 // checked, and after every op table_bytes == 4096 * (non-empty tables + root), which holds exactly
-// when free_empty_tables frees every table the moment it empties. IOVAs are clustered so that tables
-// are shared, emptied and freed all the time.
+// when free_empty_tables frees every table the moment it empties. IOVAs are clustered so that
+// tables are shared, emptied and freed all the time.
 //
-// PAGEPOOL_DIFF_OPS overrides the op count (default 1,000,000; 500,000 under ASan, 200,000 under TSan).
+// PAGEPOOL_DIFF_OPS overrides the op count (default 1,000,000; 500,000 under ASan, 200,000 under
+// TSan).
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -122,8 +123,8 @@ void RunDifferential(const DomainConfig& config, uint64_t ops, uint64_t seed) {
   // (A 39-bit space ends at 512 GiB: its third cluster is the last 4 GiB instead.)
   const uint64_t bases[] = {0, 7 * k1G - 16 * k2M,
                             d.address_width() == 39 ? 508 * k1G : 512 * k1G - 2 * k1G};
-  const uint64_t kHot = 32 * k2M;   // hot window: many pages per leaf table
-  const uint64_t kWide = 4 * k1G;   // wide window: sparse, one or two pages per leaf table
+  const uint64_t kHot = 32 * k2M;  // hot window: many pages per leaf table
+  const uint64_t kWide = 4 * k1G;  // wide window: sparse, one or two pages per leaf table
   std::vector<Live> live;
   uint64_t next_phys = 0x10'0000'0000;
 
@@ -266,7 +267,8 @@ TEST(PgtableDifferential, LazyFreeTables39) {
 }
 
 TEST(PgtableDifferential, StrictKeepTables48) {
-  // free_empty_tables off: translations must still agree; tables only go by live-free cases 2 and 3.
+  // free_empty_tables off: translations must still agree; tables only go by live-free cases 2
+  // and 3.
   DomainConfig c;
   c.address_width = 48;
   c.free_empty_tables = false;

@@ -48,7 +48,8 @@ TEST(InflightIndexRaceTest, ReadersNeverSeeGarbageWhileTreeChanges) {
       ASSERT_TRUE(id.ok());
       ids.push_back(*id);
     }
-    for (size_t i = 0; i < ids.size(); ++i) ASSERT_TRUE(index.CompareExchange(ids[i], &g_records[i]));
+    for (size_t i = 0; i < ids.size(); ++i)
+      ASSERT_TRUE(index.CompareExchange(ids[i], &g_records[i]));
   }
   stop.store(true, std::memory_order_release);
   for (std::thread& t : readers) t.join();

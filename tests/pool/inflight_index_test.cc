@@ -57,7 +57,7 @@ TEST(InflightIndexTest, LimitAndExhaustion) {
 TEST(InflightIndexTest, CompareExchangeWinsOnce) {
   InflightIndex index;
   const uint32_t id = *index.Alloc(Rec(1));
-  EXPECT_FALSE(index.CompareExchange(id, Rec(2)));     // wrong expected
+  EXPECT_FALSE(index.CompareExchange(id, Rec(2)));      // wrong expected
   EXPECT_FALSE(index.CompareExchange(id + 1, Rec(1)));  // wrong id
   EXPECT_FALSE(index.CompareExchange(0, Rec(1)));
   EXPECT_FALSE(index.CompareExchange(id, Rec(1), Rec(3)));  // only -> nullptr is supported

@@ -60,8 +60,7 @@ TEST(PhysMemoryTest, RejectsBadSizes) {
   EXPECT_EQ(PhysMemory::Create({kMiB, 1}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(PhysMemory::Create({uint64_t{1} << 50, 1}).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(PhysMemory::Create({4 * kMiB, 2}).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(PhysMemory::Create({4 * kMiB, 2}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(PhysMemoryTest, OrdersAreAlignedAndCoalesce) {

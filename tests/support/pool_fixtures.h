@@ -38,8 +38,8 @@ inline constexpr uint64_t kMiB = uint64_t{1} << 20;
 inline constexpr uint64_t kGiB = uint64_t{1} << 30;
 
 // PhysMemory::Create({bytes, numa_nodes}) as a shared_ptr (what Nic and PagePool take).
-inline absl::StatusOr<std::shared_ptr<pool::PhysMemory>> MakeSharedMemory(
-    uint64_t bytes, unsigned numa_nodes = 1) {
+inline absl::StatusOr<std::shared_ptr<pool::PhysMemory>> MakeSharedMemory(uint64_t bytes,
+                                                                          unsigned numa_nodes = 1) {
   absl::StatusOr<std::unique_ptr<pool::PhysMemory>> m =
       pool::PhysMemory::Create({bytes, numa_nodes});
   if (!m.ok()) return m.status();
@@ -108,8 +108,8 @@ inline std::optional<pool::DestroyStrategy> DestroyStrategyFromName(std::string_
 // have run (Quiesce) and its IOVA magazines are emptied. At rest: no live mapping, no mapped page,
 // only the root table, nothing pending, no IOVA allocated.
 struct DomainResidue {
-  uint64_t live_mappings = 0;         // the device's checker, domain or not
-  bool has_domain = false;            // false in passthrough: the fields below stay 0
+  uint64_t live_mappings = 0;  // the device's checker, domain or not
+  bool has_domain = false;     // false in passthrough: the fields below stay 0
   uint64_t mapped_pages = 0;
   uint64_t table_pages = 0;
   uint64_t pending_free_pages = 0;

@@ -4,8 +4,9 @@
 //   BM_Map256x4K / BM_Unmap256x4K  one call covering 256 4 KiB leaves (phys not 2 MiB aligned)
 //   BM_Translate                   lockless device translation of a mapped page
 // Arguments: free_empty_tables (0/1), mode (0 strict, 1 lazy). Map/unmap 4K also run on 1 and 2
-// threads (each thread in its own 1 GiB, sharing the upper tables). *_RwlockReader rows wrap each op
-// in a per-domain std::shared_mutex read lock (seed 000's design, reader side only) for comparison.
+// threads (each thread in its own 1 GiB, sharing the upper tables). *_RwlockReader rows wrap each
+// op in a per-domain std::shared_mutex read lock (seed 000's design, reader side only) for
+// comparison.
 //
 // Timed loops only contain the measured operation; the set-up of the other half (mapping a window
 // before unmapping it, unmapping a window after mapping it) is done with the timer paused, once
@@ -14,11 +15,11 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <shared_mutex>
 #include <tuple>
 
 #include "absl/status/status.h"
+#include "base/mutex.h"
 #include "benchmark/benchmark.h"
 #include "dma/iommu_domain.h"
 
@@ -37,9 +38,9 @@ constexpr uint64_t kPhys = (uint64_t{1} << 34) + k4K;  // 4 KiB but not 2 MiB al
 
 // One domain per (free, mode), shared by the threads of a run and reused across runs.
 IommuDomain* DomainFor(const benchmark::State& state) {
-  static std::mutex mu;
+  static pagepool::base::Mutex mu;
   static std::map<std::tuple<int64_t, int64_t>, std::unique_ptr<IommuDomain>> domains;
-  std::lock_guard<std::mutex> l(mu);
+  pagepool::base::MutexLock l(&mu);
   auto& d = domains[{state.range(0), state.range(1)}];
   if (!d) {
     DomainConfig c;
@@ -163,10 +164,18 @@ BENCHMARK(BM_Unmap4K)->Apply(Modes)->Threads(1)->Threads(2)->UseRealTime();
 BENCHMARK(BM_Map256x4K)->Apply(Modes);
 BENCHMARK(BM_Unmap256x4K)->Apply(Modes);
 BENCHMARK(BM_Translate)->Apply(Modes);
-BENCHMARK(BM_Map4K_RwlockReader)->Args({1, 0})->ArgNames({"free", "lazy"})->Threads(1)->Threads(2)
+BENCHMARK(BM_Map4K_RwlockReader)
+    ->Args({1, 0})
+    ->ArgNames({"free", "lazy"})
+    ->Threads(1)
+    ->Threads(2)
     ->UseRealTime();
-BENCHMARK(BM_Unmap4K_RwlockReader)->Args({1, 0})->ArgNames({"free", "lazy"})->Threads(1)
-    ->Threads(2)->UseRealTime();
+BENCHMARK(BM_Unmap4K_RwlockReader)
+    ->Args({1, 0})
+    ->ArgNames({"free", "lazy"})
+    ->Threads(1)
+    ->Threads(2)
+    ->UseRealTime();
 
 }  // namespace
 

@@ -1,7 +1,7 @@
-// iova_stress: the equivalent of soleen/iova_stress (seed 000). One live mapping of --dma-size bytes at
-// a fresh 2 MiB stride: map, then unmap, across --space-tib TiB of IOVA space (pairs = space / 2 MiB).
-// Without freeing, every pair leaves a leaf table behind (16 TiB -> 8 Mi tables = 32 GiB); with
-// freeing, the tables go as soon as they empty.
+// iova_stress: the equivalent of soleen/iova_stress (seed 000). One live mapping of --dma-size
+// bytes at a fresh 2 MiB stride: map, then unmap, across --space-tib TiB of IOVA space (pairs =
+// space / 2 MiB). Without freeing, every pair leaves a leaf table behind (16 TiB -> 8 Mi tables =
+// 32 GiB); with freeing, the tables go as soon as they empty.
 //
 // Usage: iova_stress [--space-tib N] [--dma-size BYTES] [--free-tables=on|off]
 //                    [--mode=strict|lazy|passthrough]
@@ -10,6 +10,8 @@
 //    "ns_per_pair":X,"peak_table_bytes":B1,"final_table_bytes":B2}
 // final_table_bytes is read after FlushQueues and Quiesce. In passthrough there is no page table;
 // a pair is then one identity Translate (what dma_map costs there: nothing). Bad flags: exit 2.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -18,8 +20,6 @@
 #include <memory>
 #include <string>
 #include <string_view>
-
-#include <unistd.h>
 
 #include "absl/status/status.h"
 #include "dma/iommu_domain.h"
@@ -119,8 +119,8 @@ int main(int argc, char** argv) {
   if (!o.free_tables && o.mode != IommuMode::kPassthrough) {
     // Without freeing, every pair leaves a 4 KiB leaf table behind: refuse runs that cannot fit.
     const double need = static_cast<double>(pairs) * 4160.0;
-    const double have = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
-                        static_cast<double>(sysconf(_SC_PAGESIZE));
+    const double have =
+        static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
     if (have > 0 && need > 0.8 * have) {
       char why[160];
       std::snprintf(why, sizeof(why),
@@ -146,8 +146,8 @@ int main(int argc, char** argv) {
       if (!d.Translate(phys, true).ok()) return 1;
       continue;
     }
-    absl::Status s = d.Map(iova, phys, o.dma_size, pagepool::dma::kProtRead |
-                                                      pagepool::dma::kProtWrite);
+    absl::Status s =
+        d.Map(iova, phys, o.dma_size, pagepool::dma::kProtRead | pagepool::dma::kProtWrite);
     if (s.ok()) s = d.Unmap(iova, o.dma_size);
     if (!s.ok()) {
       std::fprintf(stderr, "iova_stress: pair %llu: %s\n", static_cast<unsigned long long>(i),

@@ -1,7 +1,8 @@
 // File: tests/bench/pool/page_pool_bench.cc
 //
-// page_pool_bench: the kernel's bench_page_pool_simple (prototype-kernel lib/bench_page_pool_simple.c)
-// over this model, for tracking none|xarray and DMA passthrough|strict|lazy:
+// page_pool_bench: the kernel's bench_page_pool_simple (prototype-kernel
+// lib/bench_page_pool_simple.c) over this model, for tracking none|xarray and DMA
+// passthrough|strict|lazy:
 //   fast_path   page_pool_alloc_pages + page_pool_recycle_direct (alloc cache only)
 //   ptr_ring    page_pool_alloc_pages + page_pool_put_page(allow_direct=false): every allocation
 //               refills from the ring
@@ -135,7 +136,8 @@ int main(int argc, char** argv) {
   app.add_option("--fast-loops", fast_loops, "loops of the fast_path case");
   app.add_option("--ring-loops", ring_loops, "loops of the ptr_ring case");
   app.add_option("--slow-loops", slow_loops, "loops of the slow_path case");
-  app.add_option("--repeat", repeat, "runs per case; the best is reported")->check(CLI::Range(1, 100));
+  app.add_option("--repeat", repeat, "runs per case; the best is reported")
+      ->check(CLI::Range(1, 100));
   app.add_option("--test", tests, "fast_path, ptr_ring, slow_path");
   app.add_option("--dma", dmas, "passthrough, strict, lazy");
   app.add_option("--tracking", trackings, "none, xarray");
@@ -150,8 +152,9 @@ int main(int argc, char** argv) {
   };
   emit_baseline(fast_loops);
   for (const std::string& test : tests) {
-    const uint64_t loops =
-        test == "fast_path" ? fast_loops : test == "ptr_ring" ? ring_loops : slow_loops;
+    const uint64_t loops = test == "fast_path"  ? fast_loops
+                           : test == "ptr_ring" ? ring_loops
+                                                : slow_loops;
     for (const std::string& dma : dmas) {
       // Interleave the trackings run by run, so drift on a shared machine hits both alike.
       std::vector<Setup> setups;
