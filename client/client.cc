@@ -2,8 +2,12 @@
 
 #include <fstream>
 #include <sstream>
+#include <utility>
+#include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include <grpcpp/support/client_interceptor.h>
 
 namespace pagepool::client {
 namespace v1 = ::pagepool::v1;
@@ -14,25 +18,113 @@ absl::Status FromGrpc(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
+namespace {
+
+// The whole of the file named by `option` (for its error message).
+absl::StatusOr<std::string> ReadOptionFile(const char* option, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  if (in) ss << in.rdbuf();
+  if (!in || in.bad()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read ", option, " ", path));
+  }
+  return ss.str();
+}
+
+// The token in `path`, surrounding whitespace dropped.
+absl::StatusOr<std::string> ReadToken(const std::string& path) {
+  auto text = ReadOptionFile("--auth-token-file", path);
+  if (!text.ok()) return text.status();
+  std::string token(absl::StripAsciiWhitespace(*text));
+  if (token.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--auth-token-file ", path, " holds no token (the file is empty)"));
+  }
+  // A metadata value is printable ASCII (RFC 7230 field-value as gRPC takes it).
+  for (char c : token) {
+    if (c < 0x20 || c > 0x7e) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--auth-token-file ", path,
+          ": the token holds a byte that is not printable ASCII (one line of text expected)"));
+    }
+  }
+  return token;
+}
+
+// Adds `authorization: <value>` to the initial metadata of every call.
+class AuthorizationInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit AuthorizationInterceptor(std::string value) : value_(std::move(value)) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->emplace("authorization", value_);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string value_;
+};
+
+class AuthorizationInterceptorFactory final
+    : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit AuthorizationInterceptorFactory(std::string value) : value_(std::move(value)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo*) override {
+    return new AuthorizationInterceptor(value_);
+  }
+
+ private:
+  const std::string value_;
+};
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const ClientOptions& options) {
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-cert and --tls-key go together: the client certificate and its private key");
+  }
+  if (options.tls_ca.empty() && options.tls_cert.empty()) {
+    return grpc::InsecureChannelCredentials();
+  }
+  grpc::SslCredentialsOptions ssl;
+  if (!options.tls_ca.empty()) {
+    auto ca = ReadOptionFile("--tls-ca", options.tls_ca);
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *std::move(ca);
+  }
+  if (!options.tls_cert.empty()) {
+    auto cert = ReadOptionFile("--tls-cert", options.tls_cert);
+    if (!cert.ok()) return cert.status();
+    auto key = ReadOptionFile("--tls-key", options.tls_key);
+    if (!key.ok()) return key.status();
+    ssl.pem_cert_chain = *std::move(cert);
+    ssl.pem_private_key = *std::move(key);
+  }
+  return grpc::SslCredentials(ssl);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
                                                         const ClientOptions& options) {
   if (target.empty()) return absl::InvalidArgumentError("empty target address");
-  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
-  if (!options.tls_ca.empty()) {
-    std::ifstream in(options.tls_ca);
-    if (!in) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot read --tls-ca ", options.tls_ca));
-    }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = ss.str();
-    creds = grpc::SslCredentials(ssl);
+  auto creds = ChannelCredentials(options);
+  if (!creds.ok()) return creds.status();
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  if (!options.auth_token_file.empty()) {
+    auto token = ReadToken(options.auth_token_file);
+    if (!token.ok()) return token.status();
+    interceptors.push_back(
+        std::make_unique<AuthorizationInterceptorFactory>(absl::StrCat("Bearer ", *token)));
   }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
-  auto channel = grpc::CreateCustomChannel(target, creds, args);
+  auto channel = grpc::experimental::CreateCustomChannelWithInterceptors(target, *creds, args,
+                                                                         std::move(interceptors));
   return std::unique_ptr<Client>(new Client(std::move(channel), options));
 }
 

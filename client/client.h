@@ -4,6 +4,11 @@
 // absl::StatusOr of its response; a gRPC status becomes an absl::Status by casting its code (the
 // codes are the same), so callers test `status.code() == absl::StatusCode::kNotFound` and so on.
 //
+// Security: with tls_ca (or a client certificate) the channel is TLS; tls_cert and tls_key present
+// a client certificate for mutual TLS (pagepoold --tls-client-ca); auth_token_file makes every call
+// on the channel (unary, streams, grpc.health.v1) carry `authorization: Bearer <token>` (pagepoold
+// --auth-token-file). The files are read once, by Connect.
+//
 // Thread safety: a Client may be used from many threads at once (gRPC stubs are thread-safe).
 #ifndef PAGEPOOL_CLIENT_CLIENT_H_
 #define PAGEPOOL_CLIENT_CLIENT_H_
@@ -22,8 +27,15 @@ namespace pagepool::client {
 struct ClientOptions {
   // Deadline of each unary call.
   std::chrono::milliseconds timeout{10000};
-  // PEM file of the CA that signed the daemon's certificate; empty: plaintext.
+  // PEM file of the CA that signed the daemon's certificate; empty: plaintext (or, with a client
+  // certificate, TLS checked against gRPC's default roots).
   std::string tls_ca;
+  // PEM client certificate chain and its private key, for mutual TLS; both or neither.
+  std::string tls_cert;
+  std::string tls_key;
+  // File holding the bearer token sent with every call; surrounding whitespace (the final
+  // newline) is dropped, as pagepoold does. Empty: no token.
+  std::string auth_token_file;
   // Largest message accepted from the daemon.
   int max_message_bytes = 64 << 20;
 };
@@ -34,6 +46,9 @@ absl::Status FromGrpc(const grpc::Status& status);
 class Client {
  public:
   // Creates a channel to `target` ("host:port"). Connection happens lazily, at the first call.
+  // INVALID_ARGUMENT, naming the option, for an empty target, a file that cannot be read, only one
+  // of tls_cert and tls_key, or a token file that holds no token (or a byte that metadata cannot
+  // carry).
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target,
                                                          const ClientOptions& options = {});
 

@@ -28,8 +28,8 @@ const CLI::Validator kUint64(
     "UINT64");
 
 constexpr char kGlobalsFooter[] =
-    "Global options (--target, --json, --timeout-ms, --tls-ca: see ppctl --help) are accepted "
-    "here too.";
+    "Global options (--target, --json, --timeout-ms, --tls-ca, --tls-cert, --tls-key, "
+    "--auth-token-file: see ppctl --help) are accepted here too.";
 
 void AddGlobalOptions(CLI::App* app, GlobalOptions* g) {
   app->add_option("--target", g->target, "daemon address host:port")
@@ -39,6 +39,12 @@ void AddGlobalOptions(CLI::App* app, GlobalOptions* g) {
   app->add_option("--timeout-ms", g->timeout_ms, "deadline of each unary call")
       ->capture_default_str();
   app->add_option("--tls-ca", g->tls_ca, "PEM CA file: connect with TLS");
+  app->add_option("--tls-cert", g->tls_cert,
+                  "PEM client certificate for mutual TLS (with --tls-key; implies TLS)");
+  app->add_option("--tls-key", g->tls_key, "PEM private key of --tls-cert");
+  app->add_option("--auth-token-file", g->auth_token_file,
+                  "file holding the daemon's bearer token, sent with every call as "
+                  "'authorization: Bearer <token>'");
 }
 
 // A required uint64 positional: a device or pool id.
@@ -231,6 +237,18 @@ const Subcommand kSubcommands[] = {
      [](std::ostream& out, std::ostream& err, Args a) { return RunReport(out, err, a.report); }},
 };
 
+// A TLS handshake the daemon refuses shows only as UNAVAILABLE ("Socket closed"): say what to
+// check.
+std::string UnavailableHint(const GlobalOptions& g) {
+  if (g.tls_ca.empty() && g.tls_cert.empty()) return "";
+  if (g.tls_cert.empty()) {
+    return " (over TLS: is the daemon's certificate signed by the --tls-ca CA? A daemon with "
+           "--tls-client-ca also needs a client certificate: --tls-cert and --tls-key)";
+  }
+  return " (over mutual TLS: is the daemon's certificate signed by the --tls-ca CA, and --tls-cert "
+         "by the CA of the daemon's --tls-client-ca?)";
+}
+
 }  // namespace
 
 CommandLine ParseCommandLine(int argc, const char* const* argv, std::ostream& out,
@@ -269,12 +287,15 @@ int RunCommand(const CommandLine& command_line, std::ostream& out, std::ostream&
   ClientOptions options;
   options.timeout = std::chrono::milliseconds(g.timeout_ms);
   options.tls_ca = g.tls_ca;
+  options.tls_cert = g.tls_cert;
+  options.tls_key = g.tls_key;
+  options.auth_token_file = g.auth_token_file;
   auto client = Client::Connect(g.target, options);
   if (!client.ok()) {
     err << "ppctl: " << client.status().message() << std::endl;
     return kExitUsage;
   }
-  CommandContext ctx{**client, g.json, out, err};
+  CommandContext ctx{**client, g.json, out, err, UnavailableHint(g)};
   for (const Subcommand& s : kSubcommands) {
     if (command_line.subcommand == s.name && s.run != nullptr) {
       return s.run(ctx, command_line.args);

@@ -5,8 +5,9 @@
 // subcommand (client/commands.h; `report` needs no daemon). ppctl's main is these two calls.
 //
 // The subcommands come from one table (command_line.cc): name, help, options, and the Run* function
-// of client/commands.h. The global options --target (env PPCTL_TARGET), --json, --timeout-ms and
-// --tls-ca are accepted before or after the subcommand ("ppctl traffic steady --target H:P").
+// of client/commands.h. The global options --target (env PPCTL_TARGET), --json, --timeout-ms,
+// --tls-ca, --tls-cert, --tls-key and --auth-token-file are accepted before or after the subcommand
+// ("ppctl traffic steady --target H:P").
 //
 // Thread safety: no shared state; each call stands alone.
 #ifndef PAGEPOOL_CLIENT_COMMAND_LINE_H_
@@ -24,8 +25,11 @@ namespace pagepool::client {
 struct GlobalOptions {
   std::string target = "127.0.0.1:50051";
   bool json = false;
-  int timeout_ms = 10000;  // deadline of each unary call
-  std::string tls_ca;      // PEM CA file; empty: plaintext
+  int timeout_ms = 10000;       // deadline of each unary call
+  std::string tls_ca;           // PEM CA file; empty: plaintext
+  std::string tls_cert;         // PEM client certificate for mutual TLS (with tls_key)
+  std::string tls_key;          // its PEM private key
+  std::string auth_token_file;  // bearer token sent with every call
 };
 
 // The arguments of every subcommand; only the chosen one's are filled.
@@ -59,7 +63,8 @@ CommandLine ParseCommandLine(int argc, const char* const* argv, std::ostream& ou
 
 // REQUIRES: !command_line.exit_status.
 // Connects to globals.target (lazily: no call is made until the subcommand's) and runs the
-// subcommand; its exit status (kExitUsage when the target or the TLS CA file is unusable).
+// subcommand; its exit status (kExitUsage when the target, a TLS file or the token file is
+// unusable, or only one of --tls-cert and --tls-key is given).
 // `report` runs without connecting.
 int RunCommand(const CommandLine& command_line, std::ostream& out, std::ostream& err);
 

@@ -21,7 +21,9 @@ namespace {
 
 // The daemon refused the call (or could not be reached).
 int Fail(CommandContext& ctx, const absl::Status& s) {
-  ctx.err << "ppctl: " << absl::StatusCodeToString(s.code()) << ": " << s.message() << std::endl;
+  ctx.err << "ppctl: " << absl::StatusCodeToString(s.code()) << ": " << s.message();
+  if (absl::IsUnavailable(s)) ctx.err << ctx.unavailable_hint;
+  ctx.err << std::endl;
   return kExitRefused;
 }
 

@@ -38,6 +38,8 @@ struct CommandContext {
   bool json = false;  // print JSON instead of text
   std::ostream& out;
   std::ostream& err;
+  // Appended to the message of a call that failed with UNAVAILABLE (what to check over TLS).
+  std::string unavailable_hint = {};
 };
 
 struct CreateDeviceArgs {

@@ -5,6 +5,8 @@
 #include "client/command_line.h"
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -78,8 +80,10 @@ TEST_F(CommandLineTest, DefaultsWithoutGlobalOptions) {
 
 // Every subcommand with its minimal arguments, and the global options before or after it.
 TEST_F(CommandLineTest, GlobalOptionsBeforeOrAfterEverySubcommand) {
-  const std::vector<std::string> globals = {"--target", "h:1",      "--json", "--timeout-ms",
-                                            "5",        "--tls-ca", "ca.pem"};
+  const std::vector<std::string> globals = {"--target", "h:1",       "--json", "--timeout-ms",
+                                            "5",        "--tls-ca",  "ca.pem", "--tls-cert",
+                                            "c.pem",    "--tls-key", "c.key",  "--auth-token-file",
+                                            "token"};
   for (bool after : {false, true}) {
     for (const auto& [name, args] : MinimalArgs()) {
       SCOPED_TRACE(name + (after ? ": global options after it" : ": global options before it"));
@@ -93,6 +97,9 @@ TEST_F(CommandLineTest, GlobalOptionsBeforeOrAfterEverySubcommand) {
       EXPECT_TRUE(cl.globals.json);
       EXPECT_EQ(cl.globals.timeout_ms, 5);
       EXPECT_EQ(cl.globals.tls_ca, "ca.pem");
+      EXPECT_EQ(cl.globals.tls_cert, "c.pem");
+      EXPECT_EQ(cl.globals.tls_key, "c.key");
+      EXPECT_EQ(cl.globals.auth_token_file, "token");
     }
   }
 }
@@ -262,6 +269,46 @@ TEST_F(CommandLineTest, SubcommandArgumentChecksExit2BeforeAnyCall) {
   EXPECT_THAT(err_.str(), HasSubstr("empty target address"));
   EXPECT_EQ(ParseAndRun({"list-devices", "--tls-ca", "/nonexistent/ca.pem"}), kExitUsage);
   EXPECT_THAT(err_.str(), HasSubstr("cannot read --tls-ca /nonexistent/ca.pem"));
+}
+
+// The client certificate and the token file are checked before any call: exit 2, a message
+// naming the option, nothing sent (the target is a port nobody listens on).
+TEST_F(CommandLineTest, ClientCertificateAndTokenFilesCheckedBeforeAnyCall) {
+  char dir[] = "/tmp/ppctl-cmdline-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string d(dir);
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(d + "/" + name) << text;
+    return d + "/" + name;
+  };
+  const std::string empty = write("empty", "");
+  const std::string blank = write("blank", "\n");
+  const std::string two_lines = write("two_lines", "abc\ndef\n");
+  const std::string pem = write("c.pem", "not really a certificate");
+  const std::string nowhere = "127.0.0.1:1";
+  struct Bad {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::vector<Bad> bad = {
+      {{"--tls-cert", pem}, "--tls-cert and --tls-key go together"},
+      {{"--tls-key", pem}, "--tls-cert and --tls-key go together"},
+      {{"--tls-cert", d + "/none.pem", "--tls-key", pem}, "cannot read --tls-cert " + d},
+      {{"--tls-cert", pem, "--tls-key", d + "/none.key"}, "cannot read --tls-key " + d},
+      {{"--auth-token-file", d + "/none"}, "cannot read --auth-token-file " + d + "/none"},
+      {{"--auth-token-file", empty}, "holds no token"},
+      {{"--auth-token-file", blank}, "holds no token"},
+      {{"--auth-token-file", two_lines}, "not printable ASCII"},
+  };
+  for (const Bad& b : bad) {
+    SCOPED_TRACE(b.message);
+    std::vector<std::string> argv = {"list-devices", "--target", nowhere};
+    argv.insert(argv.end(), b.args.begin(), b.args.end());
+    EXPECT_EQ(ParseAndRun(argv), kExitUsage);
+    EXPECT_THAT(err_.str(), HasSubstr(b.message));
+    EXPECT_EQ(out_.str(), "");
+  }
+  std::filesystem::remove_all(d);
 }
 
 }  // namespace
