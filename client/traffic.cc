@@ -31,6 +31,8 @@ constexpr auto kCoarseInterval = std::chrono::seconds(1);
 constexpr auto kFinePeriod = std::chrono::seconds(60);
 // A last sample at the end of a phase when at least this long has passed since the one before.
 constexpr auto kMinPartialInterval = std::chrono::milliseconds(20);
+// How often the sampler looks for a lost daemon while it waits for the next sample.
+constexpr auto kLostCheckInterval = std::chrono::milliseconds(20);
 
 bool KnownPattern(const std::string& p) {
   return p == "steady" || p == "burst" || p == "hold" || p == "leak" ||
@@ -112,9 +114,20 @@ class TrafficRun {
 
   TrafficResult TakeResult() { return std::move(res_); }
 
+  // A call of the run found the daemon gone (UNAVAILABLE).
+  bool daemon_lost() const { return shared_.daemon_lost.load(); }
+  // REQUIRES: daemon_lost() and the streams stopped.
+  // UNAVAILABLE saying when and how the daemon went away and what the run had done until then.
+  absl::Status LostStatus();
+
  private:
-  // Samples on schedule until `deadline`, then once more unless the last sample is recent.
+  // Samples on schedule until `deadline`, then once more unless the last sample is recent; returns
+  // early when the daemon is lost.
   void SampleUntil(Clock::time_point deadline);
+  // Sleeps until `t`, or less once the daemon is lost; false then.
+  bool SleepUntil(Clock::time_point t);
+  // A daemon call of the run's own failed: UNAVAILABLE means the daemon went away.
+  void NoteFailure(const absl::Status& status, const char* call);
   void Sample();
   // The pools' inflight and the devices' page-table bytes, as the daemon reports them now.
   void QueryDaemon(TrafficSample* ts);
@@ -230,6 +243,7 @@ void TrafficRun::QueryDaemon(TrafficSample* ts) {
     if (pool == 0) continue;
     auto p = client_.GetPool(pool);
     if (p.ok()) ts->inflight += p->pool().inflight();
+    NoteFailure(p.status(), "GetPool");
     // A destroyed pool is deleted once its last page is back; ids are never reused.
     if (pool == res_.pool_id && p.status().code() == absl::StatusCode::kNotFound) {
       pool_deleted_ = true;
@@ -238,6 +252,7 @@ void TrafficRun::QueryDaemon(TrafficSample* ts) {
   for (uint64_t device : Devices()) {
     auto d = client_.GetDomain(device);
     if (d.ok()) ts->table_bytes += d->domain().table_bytes();
+    NoteFailure(d.status(), "GetDomain");
   }
 }
 
@@ -267,9 +282,24 @@ void TrafficRun::Sample() {
   }
 }
 
+void TrafficRun::NoteFailure(const absl::Status& status, const char* call) {
+  if (absl::IsUnavailable(status)) {
+    shared_.NoteDaemonLost(absl::StrCat(call, ": ", status.message()));
+  }
+}
+
+bool TrafficRun::SleepUntil(Clock::time_point t) {
+  while (!shared_.daemon_lost.load()) {
+    const auto now = Clock::now();
+    if (now >= t) return true;
+    std::this_thread::sleep_until(std::min(t, now + kLostCheckInterval));
+  }
+  return false;
+}
+
 void TrafficRun::SampleUntil(Clock::time_point deadline) {
   while (next_sample_ < deadline) {
-    std::this_thread::sleep_until(next_sample_);
+    if (!SleepUntil(next_sample_)) return;
     Sample();
     // Skip what a slow daemon call made us miss rather than sampling in a burst.
     while (next_sample_ <= Clock::now()) {
@@ -277,7 +307,7 @@ void TrafficRun::SampleUntil(Clock::time_point deadline) {
                                                           : Clock::duration(kCoarseInterval);
     }
   }
-  std::this_thread::sleep_until(deadline);
+  if (!SleepUntil(deadline)) return;
   if (Clock::now() - last_sample_ >= kMinPartialInterval) Sample();
 }
 
@@ -308,6 +338,7 @@ absl::Status TrafficRun::DestroyWhileHeld() {
   }
   res_.pages_unmapped_at_destroy = ev.pages_unmapped;
   if (status.ok()) res_.events.push_back(ev);
+  NoteFailure(status, o_.unbind ? "UnbindDevice" : "DestroyPool");
   // The streams give back what they hold, then wait for fresh_ready.
   shared_.destroyed = true;
   return status;
@@ -328,6 +359,7 @@ absl::Status TrafficRun::StartFreshPool() {
     if (p.ok()) res_.fresh_pool_id = *p;
     status = p.status();
   }
+  NoteFailure(status, "the fresh pool's CreateDevice/CreatePool");
   shared_.fresh_pool_id = status.ok() ? res_.fresh_pool_id : 0;
   shared_.fresh_ready = true;
   return status;
@@ -342,6 +374,7 @@ absl::Status TrafficRun::Drive() {
     return absl::OkStatus();
   }
   SampleUntil(at(o_.duration_s / 2));
+  if (daemon_lost()) return absl::OkStatus();  // RunTraffic reports it
   absl::Status status = DestroyWhileHeld();
   if (!status.ok()) {
     shared_.fresh_ready = true;  // with fresh_pool_id 0: the streams end
@@ -405,6 +438,32 @@ absl::Status TrafficRun::Collect() {
   return absl::OkStatus();
 }
 
+absl::Status TrafficRun::LostStatus() {
+  CollectCounters();
+  std::string reason;
+  {
+    base::MutexLock l(&shared_.mu);
+    reason = shared_.lost_reason;
+  }
+  std::string message = absl::StrFormat(
+      "traffic %s stopped: the daemon went away %.1f s into the %.1f s run (%s); done until "
+      "then: %d page ops in %d batches (%.0f ops/s) on pool %d of device %d, %d unexpected "
+      "refusals",
+      o_.pattern, res_.duration_s, o_.duration_s, reason, res_.page_ops, res_.batches,
+      res_.page_ops_per_sec, res_.pool_id, res_.device_id,
+      shared_.errors.load());  // res_.errors counts the broken streams too: the loss itself
+  if (!res_.events.empty()) {
+    const TrafficEvent& ev = res_.events.front();
+    absl::StrAppendFormat(&message, ", %s at %.2f s (%d pages unmapped)", ev.kind, ev.t_s,
+                          ev.pages_unmapped);
+  }
+  if (res_.held_at_end > 0) {
+    absl::StrAppendFormat(&message, "; %d pages this client held were not given back",
+                          res_.held_at_end);
+  }
+  return absl::UnavailableError(message);
+}
+
 absl::Status TrafficRun::CleanUp() {
   if (o_.keep || o_.pattern == "leak") return absl::OkStatus();
   // destroy-under-traffic destroyed its pool half-way; the fresh one is the run's own.
@@ -423,6 +482,8 @@ absl::StatusOr<TrafficResult> RunTraffic(Client& client, const TrafficOptions& o
   if (absl::Status s = run.StartStreams(); !s.ok()) return s;
   const absl::Status driven = run.Drive();
   run.StopStreams();
+  // A lost daemon ends the run at once, whatever else failed because of it.
+  if (run.daemon_lost()) return run.LostStatus();
   if (!driven.ok()) return driven;
   if (absl::Status s = run.Collect(); !s.ok()) return s;
   if (absl::Status s = run.CleanUp(); !s.ok()) return s;

@@ -77,7 +77,11 @@ struct TrafficOptions {
 // 4096 streams, a window outside 1..kMaxTrafficWindow or a duration that is not positive and
 // finite; RESOURCE_EXHAUSTED when the streams' threads cannot be started; the status of a failed
 // setup call (CreateDevice, CreatePool, the destroy, the fresh pool) otherwise. Refusals inside
-// the run are counted in the result, not returned.
+// the run are counted in the result, not returned. When a call of the run (a Traffic stream, a
+// unary call, the sampler's GetPool/GetDomain) ends with UNAVAILABLE the daemon is gone: the run
+// stops within about 20 ms plus the time its streams take to see their connection closed, and
+// returns UNAVAILABLE saying when, which call saw it, and what was done until then (page ops,
+// batches, pool and device, pages the client still held).
 absl::StatusOr<TrafficResult> RunTraffic(Client& client, const TrafficOptions& options);
 
 }  // namespace pagepool::client

@@ -32,6 +32,15 @@ void TrafficShared::NoteBrokenStream(absl::string_view message) {
   if (broken_stream.empty()) broken_stream = std::string(message);
 }
 
+void TrafficShared::NoteDaemonLost(absl::string_view message) {
+  {
+    base::MutexLock l(&mu);
+    if (lost_reason.empty()) lost_reason = std::string(message);
+  }
+  daemon_lost = true;
+  stop = true;
+}
+
 StreamWorker::StreamWorker(Client& client, const TrafficOptions& options, uint64_t pool_id,
                            TrafficShared& shared)
     : client_(client), o_(options), original_pool_id_(pool_id), pool_id_(pool_id), sh_(shared) {
@@ -47,6 +56,9 @@ void StreamWorker::Run() {
   const bool ok = RunPattern();
   rw_->WritesDone();
   grpc::Status s = rw_->Finish();
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    sh_.NoteDaemonLost(absl::StrCat("Traffic stream: ", s.error_message()));
+  }
   if (!ok || !s.ok()) {
     sh_.NoteBrokenStream(
         absl::StrCat("Traffic stream ended: ", s.ok() ? "write/read failed" : s.error_message()));
@@ -262,6 +274,10 @@ void StreamWorker::UnaryRound(v1::ReturnRequest* ret) {
   auto a = client_.Allocate(pool_id_, o_.batch);
   CountLatency(t0);
   if (!a.ok()) {
+    if (absl::IsUnavailable(a.status())) {
+      sh_.NoteDaemonLost(absl::StrCat("Allocate: ", a.status().message()));
+      return;
+    }
     sh_.CountErrors(1, a.status().message());
     return;
   }
@@ -272,7 +288,11 @@ void StreamWorker::UnaryRound(v1::ReturnRequest* ret) {
   CountLatency(t2);
   sh_.batches.fetch_add(2, std::memory_order_relaxed);
   sh_.page_ops.fetch_add(a->pages_size() + (r.ok() ? r->returned() : 0), std::memory_order_relaxed);
-  if (!r.ok()) sh_.CountErrors(1, r.status().message());
+  if (absl::IsUnavailable(r.status())) {
+    sh_.NoteDaemonLost(absl::StrCat("Return: ", r.status().message()));
+  } else if (!r.ok()) {
+    sh_.CountErrors(1, r.status().message());
+  }
 }
 
 }  // namespace pagepool::client::internal

@@ -36,8 +36,12 @@ struct TrafficShared {
   void CountErrors(uint64_t n, absl::string_view message) ABSL_LOCKS_EXCLUDED(mu);
   // Keeps `message` if no stream broke before.
   void NoteBrokenStream(absl::string_view message) ABSL_LOCKS_EXCLUDED(mu);
+  // A call found the daemon gone (UNAVAILABLE): sets daemon_lost and stop, so every stream and
+  // the sampler end now instead of running out the duration; keeps `message` if it is the first.
+  void NoteDaemonLost(absl::string_view message) ABSL_LOCKS_EXCLUDED(mu);
 
   std::atomic<bool> stop{false};
+  std::atomic<bool> daemon_lost{false};
   // destroy-under-traffic: the destroy was requested; refusals on the original pool are expected
   // from now on.
   std::atomic<bool> destroying{false};
@@ -55,10 +59,12 @@ struct TrafficShared {
   base::Mutex mu;
   std::string first_error ABSL_GUARDED_BY(mu);
   std::string broken_stream ABSL_GUARDED_BY(mu);  // why a stream ended early
+  std::string lost_reason ABSL_GUARDED_BY(mu);    // the first call that found the daemon gone
 };
 
 // Drives one stream through options.pattern until shared.stop, then gives back what the pattern
-// holds (leak: nothing). destroy-under-traffic: holds batches until shared.destroyed, returns them
+// holds (leak: nothing). A stream (or unary call) ended with UNAVAILABLE calls
+// shared.NoteDaemonLost. destroy-under-traffic: holds batches until shared.destroyed, returns them
 // to the destroyed pool, then runs steady on shared.fresh_pool_id until shared.stop.
 //
 // Thread safety: Run on one thread; latencies() after Run has returned; histogram() from any

@@ -3,7 +3,8 @@
 # ppctl traffic processes (steady, hold, leak, burst: every core busy), then
 #   - SIGTERM, and in a second round SIGINT: the daemon exits 0 within the grace period, prints its
 #     summary with zero violations and the pages it unmapped; the load generators end (they fail:
-#     the daemon went away; today ppctl keeps trying until its --duration) instead of hanging;
+#     the daemon went away, which ppctl sees and stops at: tests/fault/daemon_lost_test.sh)
+#     instead of hanging;
 #   - a ppctl holding pages killed with SIGKILL mid-stream: its pages stay in flight (the rule in
 #     the .proto), DestroyPool unmaps them, zero violations, nothing stays mapped.
 # Every process is bounded (ppctl by its --duration, every wait by `timeout`; the exit trap kills
