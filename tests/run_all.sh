@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds pagepoold three ways and runs its tests:
-#   1. Release (gcc): every test (ctest), benchmarks built but not run.
+#   1. Release (gcc): every test (ctest) but the soak, benchmarks built but not run.
 #   2. AddressSanitizer + UndefinedBehaviorSanitizer (clang): unit and concurrency tests of dma/ and pool/.
 #   3. ThreadSanitizer (clang): concurrency tests.
 #   4. deploy: Kubernetes manifests validated offline, a short containerized load test (podman:
 #      the daemon, two generators, Prometheus), the daemon's pod under podman kube play.
-# Usage: bash tests/run_all.sh [release|asan|tsan|deploy]...   (default: all four)
+#   soak (only when named): the release build, then the soak test (label soak, 120 s: pagepoold
+#      under mixed load, its RSS, leaks and violations checked; tests/soak/soak.py).
+# Usage: bash tests/run_all.sh [release|asan|tsan|deploy|soak]...   (default: the first four)
 # Build trees go to build/, build-asan/, build-tsan/. JOBS overrides the parallelism.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +40,13 @@ for stage in "${stages[@]}"; do
       mkdir -p build
       configure build -DCMAKE_BUILD_TYPE=Release
       cmake --build build -j "$JOBS"
-      ctest --test-dir build --output-on-failure -j 1
+      ctest --test-dir build --output-on-failure -LE soak -j 1
+      ;;
+    soak)
+      mkdir -p build
+      configure build -DCMAKE_BUILD_TYPE=Release
+      cmake --build build -j "$JOBS"
+      ctest --test-dir build --output-on-failure -L soak
       ;;
     asan)
       ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
@@ -52,7 +60,7 @@ for stage in "${stages[@]}"; do
       bash tests/deploy/container_loadtest.sh
       bash deploy/k8s/podman-play.sh
       ;;
-    *) echo "unknown stage '$stage' (release, asan, tsan, deploy)" >&2; exit 2 ;;
+    *) echo "unknown stage '$stage' (release, asan, tsan, deploy, soak)" >&2; exit 2 ;;
   esac
   echo "run_all: stage $stage passed in $(( $(date +%s) - start )) s"
 done
