@@ -283,7 +283,15 @@ absl::Status Device::Unbind() {
     absl::Status st = d.domain->Unmap(addr, PagesOf(size) << kPageShift, /*release_iova=*/true);
     if (!st.ok() && first_error.ok()) first_error = st;
   });
-  if (d.domain != nullptr) d.domain->FlushQueues();
+  // The device is gone for good: give back what it kept for its past mappings (the checker's
+  // history; the domain's queued, RCU-deferred and cached tables), as the kernel frees the domain
+  // and its IOVA caches when the device is released.
+  d.checker.ReleaseHistory();
+  if (d.domain != nullptr) {
+    d.domain->FlushQueues();
+    d.domain->Quiesce();
+    if (d.domain->iova() != nullptr) d.domain->iova()->FlushCaches();
+  }
   if (!first_error.ok()) {
     return absl::InternalError(
         absl::StrCat("unbind of device ", d.config.name,

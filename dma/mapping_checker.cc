@@ -278,6 +278,30 @@ CheckerCounters MappingChecker::counters() const {
   return c;
 }
 
+void MappingChecker::ReleaseHistory() {
+  for (Shard& s : impl_->shards) {
+    base::MutexLock l(&s.mu);
+    absl::flat_hash_map<DmaAddr, Entry> entries;
+    for (auto& [addr, e] : s.entries) {
+      if (e.live > 0) entries.emplace(addr, Entry{e.phys, e.size, e.dir, e.live, 0});
+    }
+    s.entries.swap(entries);
+    std::vector<DmaAddr>().swap(s.recent);
+    s.recent_head = 0;
+  }
+}
+
+uint64_t MappingChecker::memory_bytes() const {
+  uint64_t n = sizeof(Impl);
+  for (Shard& s : impl_->shards) {
+    base::MutexLock l(&s.mu);
+    // A flat_hash_map slot per capacity plus one control byte; the FIFO's capacity.
+    n += s.entries.capacity() * (sizeof(std::pair<const DmaAddr, Entry>) + 1);
+    n += s.recent.capacity() * sizeof(DmaAddr);
+  }
+  return n;
+}
+
 uint64_t MappingChecker::live_mappings() const {
   uint64_t n = 0;
   for (Shard& s : impl_->shards) {

@@ -65,6 +65,14 @@ class MappingChecker {
   // down); afterwards the checker knows no live mapping.
   void OnUnbind(absl::FunctionRef<void(DmaAddr addr, uint64_t size, DmaDirection dir)> fn);
 
+  // Forgets every tombstone and the recent-unmaps FIFOs and gives their memory back (live mappings
+  // are kept): from then on an unmap of an address unmapped before is reported as unknown, not as
+  // double. Device::Unbind calls it once the device refuses every call, so that an unbound device
+  // keeps no memory per past mapping. Context: any thread.
+  void ReleaseHistory();
+  // Bytes the checker holds (its shards' hash tables and FIFOs, by capacity).
+  uint64_t memory_bytes() const;
+
   CheckerCounters counters() const;
   uint64_t live_mappings() const;
   // True if `addr` has a live mapping. Context: any thread (for tests and debugging).

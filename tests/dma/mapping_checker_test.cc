@@ -266,6 +266,30 @@ TEST(MappingCheckerTest, UnbindTombstonesSurviveAFullFifo) {
   EXPECT_EQ(checker.counters().unknown_unmap, 0u);
 }
 
+// Device::Unbind gives the history back: a checker that saw many unmaps holds its tables and
+// FIFOs until ReleaseHistory, which keeps live mappings and nothing else.
+TEST(MappingCheckerTest, ReleaseHistoryGivesTheMemoryBackAndKeepsLiveMappings) {
+  MappingChecker c;
+  const uint64_t empty = c.memory_bytes();
+  for (uint64_t i = 0; i < 40000; ++i) {
+    const DmaAddr a = 0x100000 + i * 4096;
+    c.OnMap(a, a, 4096, kBi);
+    ASSERT_TRUE(c.OnUnmap(a, 4096, kBi).ok());
+  }
+  c.OnMap(0x7000, 0x7000, 4096, kTo);
+  const uint64_t full = c.memory_bytes();
+  EXPECT_GT(full, empty + MappingChecker::kShards * MappingChecker::kRecentUnmapsPerShard * 8);
+  c.ReleaseHistory();
+  EXPECT_LT(c.memory_bytes(), empty + 4096);
+  EXPECT_EQ(c.live_mappings(), 1u);
+  EXPECT_TRUE(c.IsLive(0x7000));
+  // The live mapping is still known; a past one is now unknown rather than double.
+  EXPECT_TRUE(c.OnUnmap(0x7000, 4096, kTo).ok());
+  EXPECT_FALSE(c.OnUnmap(0x100000, 4096, kBi).ok());
+  EXPECT_EQ(c.counters().unknown_unmap, 1u);
+  EXPECT_EQ(c.counters().double_unmap, 0u);
+}
+
 TEST(MappingCheckerTest, UnbindWithNothingLiveCountsNothing) {
   MappingChecker c;
   c.OnMap(0x1000, 0x1000, 4096, kBi);
