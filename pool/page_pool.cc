@@ -718,6 +718,17 @@ void PagePool::ForEachInflight(
   });
 }
 
+uint32_t PagePool::ForEachInflightFrom(
+    uint32_t first_id, size_t max,
+    absl::FunctionRef<bool(uint32_t id, PageHandle handle, dma::DmaAddr dma_addr)> fn) const {
+  if (index_ == nullptr) return 0;  // nothing tracked: nothing to walk
+  return index_->ForEachFrom(first_id, max, [&](uint32_t id, PageRecord* page) {
+    const uint32_t gen = PageRecord::GenerationOf(page->owner_gen.load(std::memory_order_acquire));
+    return fn(id, PageHandle{memory_->FrameOf(page), gen},
+              page->dma_addr.load(std::memory_order_relaxed));
+  });
+}
+
 PagePoolStats PagePool::stats() const {
   PagePoolStats s;
   auto ld = [](const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); };

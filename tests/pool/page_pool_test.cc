@@ -412,6 +412,49 @@ TEST_F(PagePoolTest, ForEachInflightListsTrackedPages) {
   EXPECT_TRUE(found);
 }
 
+TEST_F(PagePoolTest, ForEachInflightFromWalksInPiecesAndPoolsWithoutIndexListNothing) {
+  auto pool = MakePool();
+  std::vector<PoolPage> pages;
+  ASSERT_TRUE(pool->AllocateBulk(200, &pages).ok());
+  std::vector<uint32_t> whole;
+  pool->ForEachInflight([&](uint32_t id, PageHandle, dma::DmaAddr) {
+    whole.push_back(id);
+    return true;
+  });
+  std::vector<uint32_t> pieces;
+  uint32_t next = 1;
+  do {
+    size_t n = 0;
+    next = pool->ForEachInflightFrom(next, 50, [&](uint32_t id, PageHandle, dma::DmaAddr dma) {
+      EXPECT_NE(dma, 0u);
+      pieces.push_back(id);
+      ++n;
+      return true;
+    });
+    EXPECT_LE(n, 50u);
+  } while (next != 0);
+  EXPECT_EQ(pieces, whole);
+  EXPECT_GE(pieces.size(), 200u);
+
+  for (DestroyStrategy s : {DestroyStrategy::kScan, DestroyStrategy::kNone}) {
+    PagePoolParams params;
+    params.strategy = s;
+    auto untracked = MakePool(params);
+    std::vector<PoolPage> held;
+    ASSERT_TRUE(untracked->AllocateBulk(10, &held).ok());
+    size_t calls = 0;
+    EXPECT_EQ(untracked->ForEachInflightFrom(1, 0,
+                                             [&](uint32_t, PageHandle, dma::DmaAddr) {
+                                               ++calls;
+                                               return true;
+                                             }),
+              0u);
+    EXPECT_EQ(calls, 0u) << DestroyStrategyName(s);
+    for (const PoolPage& p : held) ASSERT_TRUE(untracked->Return(p.handle).ok());
+  }
+  for (const PoolPage& p : pages) ASSERT_TRUE(pool->Return(p.handle).ok());
+}
+
 TEST_F(PagePoolTest, DestroyedPoolRefusesAllocationAndReleasesRecycles) {
   auto pool = MakePool();
   absl::StatusOr<PoolPage> p = pool->Allocate();
