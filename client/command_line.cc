@@ -96,6 +96,8 @@ void AddRecycleOptions(CLI::App* cmd, CommandArgs* a) {
 void AddListInflightOptions(CLI::App* cmd, CommandArgs* a) {
   AddId(cmd, "pool_id", &a->list_inflight.pool_id);
   cmd->add_option("--limit", a->list_inflight.limit, "at most this many (0: all)")->check(kUint64);
+  cmd->add_option("--start-index-id", a->list_inflight.start_index_id,
+                  "only pages with index id >= this (resumes a broken listing)");
 }
 
 void AddDumpPageTableOptions(CLI::App* cmd, CommandArgs* args) {

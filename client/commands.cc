@@ -158,7 +158,7 @@ int RunReturn(CommandContext& ctx, const PagesArgs& args) {
 }
 
 int RunListInflight(CommandContext& ctx, const ListInflightArgs& args) {
-  return Reply(ctx, ctx.client.ListInflight(args.pool_id, args.limit));
+  return Reply(ctx, ctx.client.ListInflight(args.pool_id, args.limit, args.start_index_id));
 }
 
 int RunGetDomain(CommandContext& ctx, uint64_t device_id) {

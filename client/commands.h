@@ -74,6 +74,7 @@ struct PagesArgs {
 struct ListInflightArgs {
   uint64_t pool_id = 0;
   uint64_t limit = 0;
+  uint32_t start_index_id = 0;  // 0: from the first page
 };
 
 struct DumpPageTableArgs {

@@ -368,14 +368,27 @@ absl::Status Runtime::DestroyPool(uint64_t pool_id, v1::DestroyPoolResponse* out
   return absl::OkStatus();
 }
 
-absl::Status Runtime::ListInflight(uint64_t pool_id, uint64_t limit,
+absl::Status Runtime::ListInflight(uint64_t pool_id, InflightCursor* cursor, size_t max,
                                    std::vector<InflightRecord>* out) {
-  auto p = FindPool(pool_id);
-  if (!p.ok()) return base::Annotate(p.status(), "ListInflight");
-  p->pool->pool().ForEachInflight([&](uint32_t id, pool::PageHandle h, dma::DmaAddr addr) {
-    out->push_back(InflightRecord{id, h.generation, h.frame, addr});
-    return limit == 0 || out->size() < limit;
-  });
+  out->clear();
+  if (cursor->pool_.pool == nullptr) {
+    auto p = FindPool(pool_id);
+    if (!p.ok()) return base::Annotate(p.status(), "ListInflight");
+    cursor->pool_ = *std::move(p);
+  }
+  if (cursor->done_) return absl::OkStatus();
+  max = max == 0 ? kInflightChunk : std::min(max, kInflightChunk);
+  out->reserve(max);
+  const uint32_t next = cursor->pool_.pool->pool().ForEachInflightFrom(
+      cursor->next_index_id_, max, [&](uint32_t id, pool::PageHandle h, dma::DmaAddr addr) {
+        out->push_back(InflightRecord{id, h.generation, h.frame, addr});
+        return true;
+      });
+  if (next == 0) {
+    cursor->done_ = true;
+  } else {
+    cursor->next_index_id_ = next;
+  }
   return absl::OkStatus();
 }
 
