@@ -59,6 +59,9 @@ void AddCreateDeviceOptions(CLI::App* cmd, CommandArgs* args) {
   cmd->add_flag("--no-free-empty-tables", a.no_free_empty_tables,
                 "keep page tables emptied by unmaps");
   cmd->add_option("--address-width", a.address_width, "39, 48 or 57")->capture_default_str();
+  cmd->add_option("--dma-mask-bits", a.dma_mask_bits,
+                  "DMA mask: IOVAs stay below 2^bits (13 .. address width; 0: the width)")
+      ->capture_default_str();
 }
 
 void AddCreatePoolOptions(CLI::App* cmd, CommandArgs* args) {

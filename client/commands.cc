@@ -94,6 +94,7 @@ int RunCreateDevice(CommandContext& ctx, const CreateDeviceArgs& args) {
   req.set_iommu_mode(mode);
   if (args.no_free_empty_tables) req.set_free_empty_tables(false);
   req.set_address_width(args.address_width);
+  req.set_dma_mask_bits(args.dma_mask_bits);
   return Reply(ctx, ctx.client.CreateDevice(req));
 }
 

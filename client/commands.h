@@ -45,6 +45,7 @@ struct CreateDeviceArgs {
   std::string iommu_mode = "strict";  // strict, lazy, passthrough
   bool no_free_empty_tables = false;
   uint32_t address_width = 48;
+  uint32_t dma_mask_bits = 0;  // 0: the address width
 };
 
 struct CreatePoolArgs {

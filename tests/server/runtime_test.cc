@@ -281,6 +281,58 @@ TEST_F(RuntimeTest, ListInflightChunksToleratePagesComingAndGoing) {
   ASSERT_TRUE(ReturnAll(pool, newer).ok());
 }
 
+TEST_F(RuntimeTest, DmaMaskIsCheckedShownAndCapsTheIovaSpace) {
+  for (uint32_t bits : {1u, 12u, 49u, 64u}) {
+    v1::CreateDeviceRequest req;
+    req.set_dma_mask_bits(bits);
+    v1::Device d;
+    absl::Status s = rt_->CreateDevice(req, &d);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bits;
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr("dma_mask_bits " + std::to_string(bits) + " is outside 13 .. 48"));
+  }
+  v1::CreateDeviceRequest narrow;
+  narrow.set_address_width(39);
+  narrow.set_dma_mask_bits(40);
+  v1::Device d;
+  EXPECT_EQ(rt_->CreateDevice(narrow, &d).code(), absl::StatusCode::kInvalidArgument);
+
+  ASSERT_TRUE(rt_->CreateDevice(v1::CreateDeviceRequest(), &d).ok());
+  EXPECT_EQ(d.dma_mask_bits(), 48u);
+  v1::CreateDeviceRequest small;
+  small.set_dma_mask_bits(20);  // IOVA pfns 1..255
+  ASSERT_TRUE(rt_->CreateDevice(small, &d).ok());
+  EXPECT_EQ(d.dma_mask_bits(), 20u);
+  ASSERT_TRUE(rt_->GetDevice(d.id(), &d).ok());
+  EXPECT_EQ(d.dma_mask_bits(), 20u);
+  EXPECT_EQ(d.address_width(), 48u);
+
+  // An order-8 page needs 13 + 8 = 21 bits.
+  v1::CreatePoolRequest big;
+  big.set_device_id(d.id());
+  big.set_order(8);
+  v1::Pool p;
+  absl::Status s = rt_->CreatePool(big, &p);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("need a DMA mask of at least 21 bits"));
+  big.set_order(7);
+  ASSERT_TRUE(rt_->CreatePool(big, &p).ok());
+  v1::DestroyPoolResponse destroyed;
+  ASSERT_TRUE(rt_->DestroyPool(p.id(), &destroyed).ok());
+
+  uint64_t pool = NewPool(d.id());
+  Handles held = Alloc(pool, 255);
+  ASSERT_EQ(held.size(), 255);
+  Pages none;
+  absl::Status full = rt_->Allocate(pool, 1, &none);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(full.message()),
+              HasSubstr("IOVA space exhausted below the 20-bit DMA mask"));
+  EXPECT_EQ(none.size(), 0);
+  ASSERT_TRUE(ReturnAll(pool, held).ok());
+  EXPECT_EQ(Alloc(pool, 200).size(), 200);
+}
+
 // Two Returns of the same pages at once: each checks every page, then gives them back; a page the
 // other call took between the check and the give-back is the one refusal all-or-nothing allows.
 // Every page is returned exactly once, and a refused call either returned nothing (its check saw

@@ -773,6 +773,31 @@ TEST_F(ServiceTest, ListInflightOfALargePoolStreamsEveryPageOnceAndResumes) {
   EXPECT_TRUE(ReturnPages(pool, held).ok());
 }
 
+// A device with a 20-bit DMA mask over the wire: shown in GetDevice, its IOVA space runs out at
+// 255 pages with RESOURCE_EXHAUSTED naming it; a mask out of range is INVALID_ARGUMENT.
+TEST_F(ServiceTest, DmaMaskOverTheWire) {
+  v1::CreateDeviceRequest req;
+  req.set_dma_mask_bits(12);
+  auto bad = c().CreateDevice(req);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("dma_mask_bits 12"));
+  req.set_dma_mask_bits(20);
+  auto dev = c().CreateDevice(req);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  EXPECT_EQ(dev->device().dma_mask_bits(), 20u);
+  auto got = c().GetDevice(dev->device().id());
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->device().dma_mask_bits(), 20u);
+  uint64_t pool = NewPool(dev->device().id());
+  std::vector<v1::PageHandle> held = Alloc(pool, 255);
+  ASSERT_EQ(held.size(), 255u);
+  auto full = c().Allocate(pool, 1);
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(full.status().message()), HasSubstr("IOVA space exhausted"));
+  EXPECT_TRUE(ReturnPages(pool, held).ok());
+  EXPECT_TRUE(c().Allocate(pool, 64).ok());
+}
+
 TEST_F(ServiceTest, DestroyStrategies) {
   uint64_t dev = NewDevice();
   // SCAN walks every frame of simulated memory and unmaps the pool's pages; it tracks nothing.
