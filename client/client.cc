@@ -235,10 +235,12 @@ absl::StatusOr<v1::GetDomainResponse> Client::GetDomain(uint64_t device_id) {
   return Unary(&Stub::GetDomain, DeviceRequest<v1::GetDomainRequest>(device_id));
 }
 
-absl::StatusOr<v1::ListInflightResponse> Client::ListInflight(uint64_t pool_id, uint64_t limit) {
+absl::StatusOr<v1::ListInflightResponse> Client::ListInflight(uint64_t pool_id, uint64_t limit,
+                                                              uint32_t start_index_id) {
   v1::ListInflightRequest req;
   req.set_pool_id(pool_id);
   req.set_limit(limit);
+  req.set_start_index_id(start_index_id);
   return Collect(&Stub::ListInflight, req);
 }
 

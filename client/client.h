@@ -67,8 +67,10 @@ class Client {
   absl::StatusOr<pagepool::v1::ReturnResponse> Return(const pagepool::v1::ReturnRequest& req);
   absl::StatusOr<pagepool::v1::GetDomainResponse> GetDomain(uint64_t device_id);
   // Server streams, collected: every message until the stream ends.
+  // ListInflight of the pages with index id >= start_index_id (0: all), at most `limit` (0: all).
   absl::StatusOr<pagepool::v1::ListInflightResponse> ListInflight(uint64_t pool_id,
-                                                                  uint64_t limit = 0);
+                                                                  uint64_t limit = 0,
+                                                                  uint32_t start_index_id = 0);
   absl::StatusOr<pagepool::v1::DumpPageTableResponse> DumpPageTable(
       const pagepool::v1::DumpPageTableRequest& req);
 

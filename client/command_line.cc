@@ -65,6 +65,9 @@ void AddCreateDeviceOptions(CLI::App* cmd, CommandArgs* args) {
   cmd->add_flag("--no-free-empty-tables", a.no_free_empty_tables,
                 "keep page tables emptied by unmaps");
   cmd->add_option("--address-width", a.address_width, "39, 48 or 57")->capture_default_str();
+  cmd->add_option("--dma-mask-bits", a.dma_mask_bits,
+                  "DMA mask: IOVAs stay below 2^bits (13 .. address width; 0: the width)")
+      ->capture_default_str();
 }
 
 void AddCreatePoolOptions(CLI::App* cmd, CommandArgs* args) {
@@ -102,6 +105,8 @@ void AddRecycleOptions(CLI::App* cmd, CommandArgs* a) {
 void AddListInflightOptions(CLI::App* cmd, CommandArgs* a) {
   AddId(cmd, "pool_id", &a->list_inflight.pool_id);
   cmd->add_option("--limit", a->list_inflight.limit, "at most this many (0: all)")->check(kUint64);
+  cmd->add_option("--start-index-id", a->list_inflight.start_index_id,
+                  "only pages with index id >= this (resumes a broken listing)");
 }
 
 void AddDumpPageTableOptions(CLI::App* cmd, CommandArgs* args) {

@@ -96,6 +96,7 @@ int RunCreateDevice(CommandContext& ctx, const CreateDeviceArgs& args) {
   req.set_iommu_mode(mode);
   if (args.no_free_empty_tables) req.set_free_empty_tables(false);
   req.set_address_width(args.address_width);
+  req.set_dma_mask_bits(args.dma_mask_bits);
   return Reply(ctx, ctx.client.CreateDevice(req));
 }
 
@@ -160,7 +161,7 @@ int RunReturn(CommandContext& ctx, const PagesArgs& args) {
 }
 
 int RunListInflight(CommandContext& ctx, const ListInflightArgs& args) {
-  return Reply(ctx, ctx.client.ListInflight(args.pool_id, args.limit));
+  return Reply(ctx, ctx.client.ListInflight(args.pool_id, args.limit, args.start_index_id));
 }
 
 int RunGetDomain(CommandContext& ctx, uint64_t device_id) {

@@ -47,6 +47,7 @@ struct CreateDeviceArgs {
   std::string iommu_mode = "strict";  // strict, lazy, passthrough
   bool no_free_empty_tables = false;
   uint32_t address_width = 48;
+  uint32_t dma_mask_bits = 0;  // 0: the address width
 };
 
 struct CreatePoolArgs {
@@ -76,6 +77,7 @@ struct PagesArgs {
 struct ListInflightArgs {
   uint64_t pool_id = 0;
   uint64_t limit = 0;
+  uint32_t start_index_id = 0;  // 0: from the first page
 };
 
 struct DumpPageTableArgs {

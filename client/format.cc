@@ -85,11 +85,15 @@ std::string FormatDomain(const v1::DomainInfo& d) {
 }
 
 std::string FormatDevice(const v1::Device& d) {
+  // The DMA mask is shown only when it is below the address width (a 32-bit device).
+  const std::string mask = d.dma_mask_bits() != 0 && d.dma_mask_bits() < d.address_width()
+                               ? absl::StrFormat(", dma mask %d-bit", d.dma_mask_bits())
+                               : std::string();
   return absl::StrFormat(
-      "device %d \"%s\" (ifindex %d): %s, iommu %s, %d-bit, pools [%s], mapped %d pages, "
+      "device %d \"%s\" (ifindex %d): %s, iommu %s, %d-bit%s, pools [%s], mapped %d pages, "
       "page tables %d, violations %d\n",
       d.id(), d.name(), d.ifindex(), EnumLabel(v1::DeviceState_Name(d.state()), "DEVICE_STATE_"),
-      EnumLabel(v1::IommuMode_Name(d.iommu_mode()), "IOMMU_MODE_"), d.address_width(),
+      EnumLabel(v1::IommuMode_Name(d.iommu_mode()), "IOMMU_MODE_"), d.address_width(), mask,
       absl::StrJoin(d.pool_ids(), " "), d.domain().mapped_pages(), d.domain().table_pages(),
       d.domain().violations().total());
 }

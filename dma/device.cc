@@ -138,6 +138,13 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceConfig& confi
                                                    config.address_width,
                                                    " bits is not supported (39, 48 or 57)"));
   }
+  if (config.dma_mask_bits != 0 &&
+      (config.dma_mask_bits < kMinDmaMaskBits || config.dma_mask_bits > config.address_width)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device ", config.name, ": DMA mask of ", config.dma_mask_bits,
+                     " bits is outside ", kMinDmaMaskBits, " .. ", config.address_width,
+                     " (one page above IOVA 0 up to the address width; 0: the address width)"));
+  }
   if (config.mode != IommuMode::kStrict && config.mode != IommuMode::kLazy &&
       config.mode != IommuMode::kPassthrough) {
     return absl::InvalidArgumentError(absl::StrCat("device ", config.name, ": unknown IOMMU mode ",
@@ -145,11 +152,14 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceConfig& confi
   }
   std::unique_ptr<Device> dev(new Device());
   dev->impl_->config = config;
+  if (config.dma_mask_bits == 0) dev->impl_->config.dma_mask_bits = config.address_width;
   if (config.mode != IommuMode::kPassthrough) {
     DomainConfig dc;
     dc.mode = config.mode;
     dc.free_empty_tables = config.free_empty_tables;
     dc.address_width = config.address_width;
+    // iommu_dma_alloc_iova caps every IOVA at the device's DMA mask.
+    dc.iova_limit_bits = dev->impl_->config.dma_mask_bits;
     auto domain = IommuDomain::Create(dc);
     if (!domain.ok()) return base::Annotate(domain.status(), absl::StrCat("device ", config.name));
     dev->impl_->domain = *std::move(domain);
@@ -177,11 +187,11 @@ absl::StatusOr<DmaAddr> Device::MapPage(PhysAddr phys, uint64_t size, DmaDirecti
   const uint64_t pages = PagesOf(size);
 
   if (d.domain == nullptr) {  // passthrough: the bus address is the physical address
-    const unsigned width = d.config.address_width;
-    if (width < 64 && phys + size > (uint64_t{1} << width)) {
+    const unsigned mask_bits = d.config.dma_mask_bits;
+    if (mask_bits < 64 && phys + size > (uint64_t{1} << mask_bits)) {
       return absl::InvalidArgumentError(
           absl::StrCat("map_page on device ", d.config.name, ": [", base::Hex(phys), ", +", size,
-                       ") is beyond the device's ", width, "-bit DMA mask"));
+                       ") is beyond the device's ", mask_bits, "-bit DMA mask"));
     }
     d.checker.OnMap(phys, phys, size, dir);
     guard.slot().map_calls.fetch_add(1, std::memory_order_relaxed);
@@ -191,8 +201,9 @@ absl::StatusOr<DmaAddr> Device::MapPage(PhysAddr phys, uint64_t size, DmaDirecti
   IovaAllocator* iova = d.domain->iova();
   absl::StatusOr<uint64_t> pfn = iova->Alloc(pages);
   if (!pfn.ok()) {
-    return base::Annotate(
-        pfn.status(), absl::StrCat("map_page on device ", d.config.name, " (", size, " bytes)"));
+    return base::Annotate(pfn.status(),
+                          absl::StrCat("map_page on device ", d.config.name, " (", size, " bytes, ",
+                                       d.config.dma_mask_bits, "-bit DMA mask)"));
   }
   const DmaAddr addr = *pfn << kPageShift;
   absl::Status st = d.domain->Map(addr, phys, pages << kPageShift, ProtFor(dir));
@@ -304,6 +315,7 @@ bool Device::bound() const { return impl_->bound.load(std::memory_order_acquire)
 const std::string& Device::name() const { return impl_->config.name; }
 IommuMode Device::mode() const { return impl_->config.mode; }
 unsigned Device::address_width() const { return impl_->config.address_width; }
+unsigned Device::dma_mask_bits() const { return impl_->config.dma_mask_bits; }
 IommuDomain* Device::domain() const { return impl_->domain.get(); }
 CheckerCounters Device::violations() const { return impl_->checker.counters(); }
 uint64_t Device::live_mappings() const { return impl_->checker.live_mappings(); }

@@ -46,20 +46,29 @@ struct DeviceConfig {
   IommuMode mode = IommuMode::kStrict;
   bool free_empty_tables = true;  // seed 000's policy, per domain
   unsigned address_width = 48;    // 39, 48 or 57 bits: 3, 4 or 5 page-table levels
+  // The DMA mask in bits (dma_set_mask): no IOVA handed out (in passthrough, no bus address) is at
+  // or above 2^dma_mask_bits. 0: address_width; otherwise kMinDmaMaskBits .. address_width.
+  unsigned dma_mask_bits = 0;
 };
 
 class Device {
  public:
-  // Creates a device with a domain of its own. INVALID_ARGUMENT for an unsupported address width.
+  // The smallest DMA mask a device may have: one page of IOVA above IOVA 0, which is never handed
+  // out. A size-aligned range of 2^N pages needs kMinDmaMaskBits + N bits.
+  static constexpr unsigned kMinDmaMaskBits = kPageShift + 1;
+
+  // Creates a device with a domain of its own. INVALID_ARGUMENT for an unsupported address width
+  // or a DMA mask outside kMinDmaMaskBits .. address_width.
   static absl::StatusOr<std::unique_ptr<Device>> Create(const DeviceConfig& config);
   ~Device();
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;
 
-  // dma_map_page: allocates an IOVA of `size` (rounded up to 4 KiB, size-aligned) and maps it to
-  // `phys`. Passthrough returns `phys`. RESOURCE_EXHAUSTED when IOVA space runs out,
-  // FAILED_PRECONDITION after Unbind (counted), INVALID_ARGUMENT for size 0 or unaligned phys, an
-  // unknown direction, a range that wraps, or (passthrough) a range beyond the address width.
+  // dma_map_page: allocates an IOVA of `size` (rounded up to 4 KiB, size-aligned) below the DMA
+  // mask and maps it to `phys`. Passthrough returns `phys`. RESOURCE_EXHAUSTED when the IOVA space
+  // under the mask runs out (the message names it and the mask), FAILED_PRECONDITION after Unbind
+  // (counted), INVALID_ARGUMENT for size 0 or unaligned phys, an unknown direction, a range that
+  // wraps, or (passthrough) a range beyond the DMA mask.
   // On any failure nothing stays allocated or mapped.
   // Context: any thread.
   absl::StatusOr<DmaAddr> MapPage(PhysAddr phys, uint64_t size, DmaDirection dir);
@@ -107,8 +116,10 @@ class Device {
   uint64_t sync_calls() const;
   // Domain figures; a passthrough device reports zeros except its call counts.
   DomainStats domain_stats() const;
-  // Configured DMA address width in bits (a passthrough device refuses to map beyond it).
+  // Configured DMA address width in bits (the I/O page table's reach).
   unsigned address_width() const;
+  // The DMA mask in bits (DeviceConfig::dma_mask_bits with 0 resolved to address_width).
+  unsigned dma_mask_bits() const;
 
  private:
   Device();

@@ -112,14 +112,22 @@ absl::StatusOr<std::unique_ptr<IommuDomain>> IommuDomain::Create(const DomainCon
       config.mode != IommuMode::kPassthrough) {
     return absl::InvalidArgumentError("unknown IOMMU mode");
   }
+  if (config.iova_limit_bits != 0 &&
+      (config.iova_limit_bits <= kPageShift || config.iova_limit_bits > config.address_width)) {
+    return absl::InvalidArgumentError(absl::StrCat("IOVA limit of ", config.iova_limit_bits,
+                                                   " bits is outside ", kPageShift + 1, " .. ",
+                                                   config.address_width, " (the address width)"));
+  }
   std::unique_ptr<IommuDomain> d(new IommuDomain());
   Impl& impl = *d->impl_;
   impl.config = config;
+  if (impl.config.iova_limit_bits == 0) impl.config.iova_limit_bits = config.address_width;
   impl.levels = levels;
   impl.limit = uint64_t{1} << config.address_width;
   if (config.mode == IommuMode::kPassthrough) return d;
 
-  impl.iova = std::make_unique<IovaAllocator>(1, (uint64_t{1} << (config.address_width - 12)) - 1);
+  impl.iova = std::make_unique<IovaAllocator>(
+      1, (uint64_t{1} << (impl.config.iova_limit_bits - kPageShift)) - 1);
   impl.pt = std::make_unique<IoPageTable>(levels, config.free_empty_tables, &impl.counters);
   if (!impl.pt->ok()) return absl::ResourceExhaustedError("no memory for the root page table");
   if (config.model_iotlb) impl.iotlb = std::make_unique<internal::Iotlb>();
@@ -282,6 +290,7 @@ uint64_t IommuDomain::iotlb_hits() const { return impl_->iotlb ? impl_->iotlb->h
 IommuMode IommuDomain::mode() const { return impl_->config.mode; }
 bool IommuDomain::free_empty_tables() const { return impl_->config.free_empty_tables; }
 unsigned IommuDomain::address_width() const { return impl_->config.address_width; }
+unsigned IommuDomain::iova_limit_bits() const { return impl_->config.iova_limit_bits; }
 unsigned IommuDomain::levels() const { return impl_->levels; }
 IovaAllocator* IommuDomain::iova() const { return impl_->iova.get(); }
 

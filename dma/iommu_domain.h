@@ -48,7 +48,12 @@ struct IommuDomainTestPeer;
 struct DomainConfig {
   IommuMode mode = IommuMode::kStrict;
   bool free_empty_tables = true;
-  unsigned address_width = 48;          // 39, 48 or 57
+  unsigned address_width = 48;  // 39, 48 or 57
+  // IOVAs handed out stay below 2^iova_limit_bits (0: address_width). The kernel's
+  // iommu_dma_alloc_iova caps each allocation at the device's DMA mask; a domain here serves one
+  // device, so its allocator is built with that cap (Device passes its dma_mask_bits).
+  // REQUIRES: 0, or 13 (one page above IOVA 0) .. address_width.
+  unsigned iova_limit_bits = 0;
   base::Clock* clock = nullptr;         // the flush queue's clock; nullptr: base::Clock::Coarse()
   unsigned fq_size = 256;               // lazy mode: entries per flush queue before a flush
   uint64_t fq_timeout_ns = 10'000'000;  // lazy mode: oldest entry flushed after 10 ms
@@ -130,6 +135,8 @@ class IommuDomain {
   IommuMode mode() const;
   bool free_empty_tables() const;
   unsigned address_width() const;
+  // IOVAs handed out are below 2^iova_limit_bits() (address_width unless capped at creation).
+  unsigned iova_limit_bits() const;
   unsigned levels() const;
   // The domain's IOVA allocator (nullptr in passthrough).
   IovaAllocator* iova() const;

@@ -103,6 +103,46 @@ bool WalkNode(const IndexNode* node, uint64_t base,
   return true;
 }
 
+// A ForEachFrom walk: where it starts, how many entries it may still visit, and where to resume.
+struct WalkFrom {
+  uint64_t first_id;
+  size_t max;  // 0: no limit
+  size_t visited = 0;
+  absl::FunctionRef<bool(uint32_t, PageRecord*)> fn;
+  uint32_t resume = 0;  // 0: done
+};
+
+// Visits the entries of the subtree of `node` (first id `base`) at or above w->first_id. Returns
+// false once the walk has stopped (w->resume set).
+bool WalkNodeFrom(const IndexNode* node, uint64_t base, WalkFrom* w) {
+  unsigned i = 0;
+  if (w->first_id > base) {
+    // Only the first node at each level on the way down starts mid-node; the first_id lies in its
+    // span (the caller checked the root's reach, and a child is entered at the slot covering it).
+    i = unsigned((w->first_id - base) >> node->shift);
+  }
+  for (; i < kChunkSize; ++i) {
+    void* e = node->slots[i].load(std::memory_order_acquire);
+    if (e == nullptr) continue;
+    const uint64_t id = base | (uint64_t{i} << node->shift);
+    if (node->shift == 0) {
+      if (e == kReserved) continue;
+      if (w->max != 0 && w->visited == w->max) {
+        w->resume = uint32_t(id);  // the first entry left for the next piece
+        return false;
+      }
+      ++w->visited;
+      if (!w->fn(uint32_t(id), static_cast<PageRecord*>(e))) {
+        w->resume = uint32_t(id + 1);  // 0 past the last possible id: done
+        return false;
+      }
+    } else if (!WalkNodeFrom(static_cast<const IndexNode*>(e), id, w)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 }  // namespace internal
 
@@ -393,6 +433,18 @@ void InflightIndex::ForEach(absl::FunctionRef<bool(uint32_t id, PageRecord* page
   base::rcu::ReadLock rcu;
   const IndexNode* root = root_.load(std::memory_order_acquire);
   if (root != nullptr) internal::WalkNode(root, 0, fn);
+}
+
+uint32_t InflightIndex::ForEachFrom(
+    uint32_t first_id, size_t max,
+    absl::FunctionRef<bool(uint32_t id, PageRecord* page)> fn) const {
+  base::rcu::ReadLock rcu;
+  const IndexNode* root = root_.load(std::memory_order_acquire);
+  // Nothing at or above first_id when the tree does not reach it (it only grows to hold ids).
+  if (root == nullptr || (uint64_t{first_id} >> (root->shift + kChunkShift)) != 0) return 0;
+  internal::WalkFrom w{first_id, max, 0, fn};
+  internal::WalkNodeFrom(root, 0, &w);
+  return w.resume;
 }
 
 uint64_t InflightIndex::memory_bytes() const {

@@ -10,8 +10,10 @@
 //   * Alloc() hands out the lowest free id in [1, limit] (xa_alloc with XA_FLAGS_ALLOC1), in
 //     O(height): every node keeps a free-slot bitmap (XA_FREE_MARK) whose bit i is set when slot i,
 //     or the subtree under it, has room.
-//   * Load() and ForEach() are lock-free and run under the RCU read lock (they take it themselves,
-//     like xa_load and xa_for_each).
+//   * Load(), ForEach() and ForEachFrom() are lock-free and run under the RCU read lock (they take
+//     it themselves, like xa_load, xa_for_each and xa_for_each_start). ForEachFrom() walks a
+//     bounded piece from a given id and says where to resume, so a long walk can be split into
+//     pieces, each its own read section.
 //   * Writers (Alloc, CompareExchange, Erase) are serialised by one lock per index (xa_lock).
 //   * CompareExchange(id, page, nullptr) returns whether this caller removed the entry, so exactly
 //   one
@@ -101,6 +103,18 @@ class InflightIndex {
   // synchronize; it may call CompareExchange/Erase. Returning false stops the walk.
   // Context: any thread.
   void ForEach(absl::FunctionRef<bool(uint32_t id, PageRecord* page)> fn) const;
+
+  // xa_for_each_start, a bounded piece at a time: calls fn(id, page) for the entries with
+  // id >= first_id in increasing id order, at most `max` of them (0: no limit), under one RCU read
+  // section (taken here). Returns the id to resume at: the id of the first entry left unvisited
+  // when `max` entries were visited, one past the id at which fn returned false, or 0 (never an
+  // id) when no entry at or above first_id was left (the walk is done). A walk split into pieces
+  // (ForEachFrom(1), then from each returned id until 0) sees what xa_for_each sees: every entry
+  // present for the whole walk exactly once, in increasing id order; entries added or removed
+  // during it may or may not be seen. fn obeys ForEach's rules.
+  // Context: any thread.
+  uint32_t ForEachFrom(uint32_t first_id, size_t max,
+                       absl::FunctionRef<bool(uint32_t id, PageRecord* page)> fn) const;
 
   bool empty() const { return entries_.load(std::memory_order_relaxed) == 0; }
   uint64_t size() const { return entries_.load(std::memory_order_relaxed); }

@@ -33,14 +33,19 @@ int64_t BoottimeSeconds() {
   return int64_t(ts.tv_sec);
 }
 
-// The status for an allocation that came back empty, by its AllocError.
-absl::Status AllocErrorStatus(int err, uint64_t pool_id) {
+// The status for an allocation that came back empty, by its AllocError. `device` (null when the
+// pool does not DMA-map) names the DMA mask the IOVA space is under.
+absl::Status AllocErrorStatus(int err, uint64_t pool_id, const dma::Device* device) {
   switch (err) {
     case kDestroyed:
       return absl::FailedPreconditionError(absl::StrCat("pool ", pool_id, " is destroyed"));
     case kIovaFull:
       return absl::ResourceExhaustedError(
-          absl::StrCat("pool ", pool_id, ": IOVA space exhausted (dma_map failed)"));
+          absl::StrCat("pool ", pool_id, ": IOVA space exhausted",
+                       device == nullptr ? std::string()
+                                         : absl::StrCat(" below the ", device->dma_mask_bits(),
+                                                        "-bit DMA mask of device ", device->name()),
+                       " (dma_map failed)"));
     case kMapFailed:
       return absl::FailedPreconditionError(
           absl::StrCat("pool ", pool_id, ": dma_map failed (device unbound?)"));
@@ -466,24 +471,24 @@ absl::StatusOr<PageRecord*> PagePool::ClaimHandle(PageHandle handle, const char*
 }
 
 absl::StatusOr<PoolPage> PagePool::Allocate() {
-  if (destroyed()) return AllocErrorStatus(kDestroyed, id_);
+  if (destroyed()) return AllocErrorStatus(kDestroyed, id_, device_.get());
   last_alloc_error_.store(kAllocOk, std::memory_order_relaxed);
   PageRecord* page = AllocPage();
-  if (page == nullptr) return AllocErrorStatus(last_alloc_error_.load(), id_);
+  if (page == nullptr) return AllocErrorStatus(last_alloc_error_.load(), id_, device_.get());
   PoolPage out;
   HandOut(page, &out);
   return out;
 }
 
 absl::Status PagePool::AllocateBulk(size_t count, std::vector<PoolPage>* out) {
-  if (destroyed()) return AllocErrorStatus(kDestroyed, id_);
+  if (destroyed()) return AllocErrorStatus(kDestroyed, id_, device_.get());
   const size_t start = out->size();
   out->reserve(start + count);
   for (size_t i = 0; i < count; ++i) {
     last_alloc_error_.store(kAllocOk, std::memory_order_relaxed);
     PageRecord* page = AllocPage();
     if (page == nullptr) {
-      const absl::Status status = AllocErrorStatus(last_alloc_error_.load(), id_);
+      const absl::Status status = AllocErrorStatus(last_alloc_error_.load(), id_, device_.get());
       // All or nothing: give back what this call took, as a driver would (direct recycle).
       for (size_t j = start; j < out->size(); ++j) {
         PageRecord* p = &memory_->record((*out)[j].handle.frame);
@@ -712,6 +717,17 @@ void PagePool::ForEachInflight(
     absl::FunctionRef<bool(uint32_t id, PageHandle handle, dma::DmaAddr dma_addr)> fn) const {
   if (index_ == nullptr) return;
   index_->ForEach([&](uint32_t id, PageRecord* page) {
+    const uint32_t gen = PageRecord::GenerationOf(page->owner_gen.load(std::memory_order_acquire));
+    return fn(id, PageHandle{memory_->FrameOf(page), gen},
+              page->dma_addr.load(std::memory_order_relaxed));
+  });
+}
+
+uint32_t PagePool::ForEachInflightFrom(
+    uint32_t first_id, size_t max,
+    absl::FunctionRef<bool(uint32_t id, PageHandle handle, dma::DmaAddr dma_addr)> fn) const {
+  if (index_ == nullptr) return 0;  // nothing tracked: nothing to walk
+  return index_->ForEachFrom(first_id, max, [&](uint32_t id, PageRecord* page) {
     const uint32_t gen = PageRecord::GenerationOf(page->owner_gen.load(std::memory_order_acquire));
     return fn(id, PageHandle{memory_->FrameOf(page), gen},
               page->dma_addr.load(std::memory_order_relaxed));

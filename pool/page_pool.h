@@ -339,6 +339,13 @@ class PagePool {
   // Context: any thread; fn runs under the RCU read lock and must not block.
   void ForEachInflight(
       absl::FunctionRef<bool(uint32_t id, PageHandle handle, dma::DmaAddr dma_addr)> fn) const;
+  // ForEachInflight a bounded piece at a time (InflightIndex::ForEachFrom): the tracked pages with
+  // index id >= first_id, at most `max` (0: no limit), in one RCU read section. Returns the index
+  // id to resume at, or 0 when the walk is done; a pool without an index returns 0 at once.
+  // Context: as ForEachInflight.
+  uint32_t ForEachInflightFrom(
+      uint32_t first_id, size_t max,
+      absl::FunctionRef<bool(uint32_t id, PageHandle handle, dma::DmaAddr dma_addr)> fn) const;
 
   // ---- Queries ----
   uint64_t id() const { return id_; }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/clock.h"
 #include "base/strings.h"
+#include "dma/device.h"
 #include "dma/iommu_domain.h"
 
 namespace pagepool::server {
@@ -190,12 +191,20 @@ absl::Status Runtime::CreateDevice(const v1::CreateDeviceRequest& req, v1::Devic
     return absl::InvalidArgumentError(
         absl::StrCat("CreateDevice: address_width ", req.address_width(), " is not 39, 48 or 57"));
   }
+  const uint32_t mask_bits = req.dma_mask_bits() == 0 ? width : req.dma_mask_bits();
+  if (mask_bits < dma::Device::kMinDmaMaskBits || mask_bits > width) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CreateDevice: dma_mask_bits ", req.dma_mask_bits(), " is outside ",
+        dma::Device::kMinDmaMaskBits, " .. ", width,
+        " (one page of IOVA above IOVA 0 up to the address width; 0: the address width)"));
+  }
   auto entry = std::make_shared<DeviceEntry>();
   DeviceSpec& spec = entry->spec;
   spec.mode =
       req.iommu_mode() == v1::IOMMU_MODE_UNSPECIFIED ? v1::IOMMU_MODE_STRICT : req.iommu_mode();
   spec.free_empty_tables = req.has_free_empty_tables() ? req.free_empty_tables() : true;
   spec.address_width = width;
+  spec.dma_mask_bits = mask_bits;
 
   base::MutexLock l(&mu_);
   if (shut_down_) return ShuttingDown("CreateDevice");
@@ -306,6 +315,17 @@ absl::Status Runtime::CreatePool(const v1::CreatePoolRequest& req, v1::Pool* out
   auto dev = FindDevice(req.device_id());
   if (!dev.ok()) return base::Annotate(dev.status(), "CreatePool");
   DeviceEntry& d = **dev;
+  const pool::PagePoolParams params = ToPoolParams(req);
+  // A page of order N needs a size-aligned IOVA range of 2^N pages below the DMA mask and above
+  // IOVA 0: a device whose mask leaves no such range could never map one.
+  const uint32_t need_bits = dma::Device::kMinDmaMaskBits + req.order();
+  if ((params.flags & pool::kPpFlagDmaMap) != 0 && d.spec.mode != v1::IOMMU_MODE_PASSTHROUGH &&
+      d.spec.dma_mask_bits < need_bits) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CreatePool: order ", req.order(), " pages need a DMA mask of at least ", need_bits,
+        " bits (a size-aligned IOVA range of ", uint64_t{1} << req.order(),
+        " pages above IOVA 0); device ", req.device_id(), " has ", d.spec.dma_mask_bits));
+  }
 
   base::MutexLock l(&mu_);
   if (shut_down_) return ShuttingDown("CreatePool");
@@ -317,7 +337,7 @@ absl::Status Runtime::CreatePool(const v1::CreatePoolRequest& req, v1::Pool* out
     return absl::ResourceExhaustedError(absl::StrCat(
         "CreatePool: pool limit reached (", options_.max_pools, " pools exist, --max-pools)"));
   }
-  auto p = d.nic->CreateNicPool(ToPoolParams(req));
+  auto p = d.nic->CreateNicPool(params);
   if (!p.ok()) {
     return base::Annotate(p.status(), absl::StrCat("CreatePool on device ", req.device_id()));
   }
@@ -368,14 +388,27 @@ absl::Status Runtime::DestroyPool(uint64_t pool_id, v1::DestroyPoolResponse* out
   return absl::OkStatus();
 }
 
-absl::Status Runtime::ListInflight(uint64_t pool_id, uint64_t limit,
+absl::Status Runtime::ListInflight(uint64_t pool_id, InflightCursor* cursor, size_t max,
                                    std::vector<InflightRecord>* out) {
-  auto p = FindPool(pool_id);
-  if (!p.ok()) return base::Annotate(p.status(), "ListInflight");
-  p->pool->pool().ForEachInflight([&](uint32_t id, pool::PageHandle h, dma::DmaAddr addr) {
-    out->push_back(InflightRecord{id, h.generation, h.frame, addr});
-    return limit == 0 || out->size() < limit;
-  });
+  out->clear();
+  if (cursor->pool_.pool == nullptr) {
+    auto p = FindPool(pool_id);
+    if (!p.ok()) return base::Annotate(p.status(), "ListInflight");
+    cursor->pool_ = *std::move(p);
+  }
+  if (cursor->done_) return absl::OkStatus();
+  max = max == 0 ? kInflightChunk : std::min(max, kInflightChunk);
+  out->reserve(max);
+  const uint32_t next = cursor->pool_.pool->pool().ForEachInflightFrom(
+      cursor->next_index_id_, max, [&](uint32_t id, pool::PageHandle h, dma::DmaAddr addr) {
+        out->push_back(InflightRecord{id, h.generation, h.frame, addr});
+        return true;
+      });
+  if (next == 0) {
+    cursor->done_ = true;
+  } else {
+    cursor->next_index_id_ = next;
+  }
   return absl::OkStatus();
 }
 

@@ -96,6 +96,27 @@ struct PoolRef {
 
 class Runtime {
  public:
+  // Records at most one ListInflight call hands back.
+  static constexpr size_t kInflightChunk = 4096;
+
+  // Where a ListInflight walk is: its pool (found by the first chunk and held until the walk
+  // ends) and the index id the next chunk starts at. Context: one walk at a time.
+  class InflightCursor {
+   public:
+    // A walk of the pages with index id >= start_index_id (0 or 1: every page).
+    explicit InflightCursor(uint32_t start_index_id = 0)
+        : next_index_id_(start_index_id == 0 ? 1 : start_index_id) {}
+    bool done() const { return done_; }
+    // Where the next chunk starts (meaningless once done()).
+    uint32_t next_index_id() const { return next_index_id_; }
+
+   private:
+    friend class Runtime;
+    internal::PoolRef pool_;
+    uint32_t next_index_id_ = 1;
+    bool done_ = false;
+  };
+
   // What one Traffic stream remembers between its batches: the pool its last batch used, so that
   // a batch on the same pool, still registered, needs no lookup; and the pages the stream holds
   // (allocated through it, less the pages given back through it, never below 0), so that it may
@@ -140,9 +161,19 @@ class Runtime {
   // (an unbound device is known: its detached pools are listed).
   absl::Status ListPools(uint64_t device_id, pagepool::v1::ListPoolsResponse* out);
   absl::Status DestroyPool(uint64_t pool_id, pagepool::v1::DestroyPoolResponse* out);
-  // Tracked pages of the pool's in-flight index, at most `limit` (0: no limit), as compact records
-  // (24 bytes a page here; a pool may track a million pages).
-  absl::Status ListInflight(uint64_t pool_id, uint64_t limit, std::vector<InflightRecord>* out);
+  // One chunk of a ListInflight walk: replaces *out with the next tracked pages of the pool's
+  // in-flight index at or above cursor->next_index_id(), in increasing index-id order, at most
+  // `max` of them and never more than kInflightChunk (max 0: kInflightChunk), as compact records
+  // (24 bytes a page; a pool may track a million pages, so a walk is read a chunk at a time), and
+  // advances the cursor (done() once nothing is left). The first call finds the pool (NOT_FOUND
+  // for an unknown id, with *out empty) and the cursor keeps it for the rest of the walk, so a
+  // pool destroyed meanwhile is still walked (its index emptied by the destroy). Each chunk is one
+  // RCU read section of the index (xa_for_each_start): pages allocated or given back between or
+  // during chunks may or may not appear; a page in flight for the whole walk appears exactly once.
+  // Pools without an index (STRATEGY_SCAN, STRATEGY_NONE, no DMA mapping) list nothing.
+  // Context: any thread; one cursor is used by one thread at a time.
+  absl::Status ListInflight(uint64_t pool_id, InflightCursor* cursor, size_t max,
+                            std::vector<InflightRecord>* out);
 
   // Pages. Allocate runs in the pool's NAPI context; on any error no page is handed out.
   // Context: any thread.

@@ -82,21 +82,23 @@ class RefusedBidi final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
   void OnDone() override { delete this; }
 };
 
-// ListInflight: writes a snapshot of the index (compact records, 24 bytes a page, converted to
-// messages only as they are sent) in messages of kStreamBatch entries, fewer when the message limit
-// is small, then finishes with OK. A failed lookup finishes at once with its status.
+// ListInflight: walks the pool's in-flight index a chunk at a time (Runtime::ListInflight: at most
+// Runtime::kInflightChunk compact records of 24 bytes, converted to messages only as they are
+// sent), writes each chunk in messages of kStreamBatch entries (fewer when the message limit is
+// small), and reads the next chunk only once the previous one has been written, so a listing holds
+// one chunk and one message whatever the pool's size. Stops after the request's limit (0: none)
+// and finishes with OK; a failed lookup finishes at once with its status.
 class InflightWriter final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  InflightWriter(RpcStats* stats, StreamLimiter::Slot slot, absl::Status status,
-                 std::vector<InflightRecord> items, uint32_t max_message_bytes)
-      : stats_(stats),
+  InflightWriter(Runtime* runtime, RpcStats* stats, StreamLimiter::Slot slot,
+                 const v1::ListInflightRequest& req, uint32_t max_message_bytes)
+      : runtime_(runtime),
+        stats_(stats),
         slot_(std::move(slot)),
-        items_(std::move(items)),
+        pool_id_(req.pool_id()),
+        limit_(req.limit()),
+        cursor_(req.start_index_id()),
         max_message_bytes_(max_message_bytes) {
-    if (!status.ok()) {
-      Done(status);
-      return;
-    }
     Next();
   }
 
@@ -111,9 +113,21 @@ class InflightWriter final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
  private:
   void Next() {
-    if (pos_ >= items_.size()) {  // all sent (or nothing to send: an empty stream)
-      Done(absl::OkStatus());
-      return;
+    if (pos_ >= items_.size()) {  // the chunk is sent: read the next one, if any is left
+      if (!items_.empty() && (cursor_.done() || (limit_ != 0 && listed_ >= limit_))) {
+        Done(absl::OkStatus());
+        return;
+      }
+      const size_t want =
+          limit_ == 0 ? Runtime::kInflightChunk
+                      : size_t(std::min<uint64_t>(limit_ - listed_, Runtime::kInflightChunk));
+      absl::Status status = runtime_->ListInflight(pool_id_, &cursor_, want, &items_);
+      pos_ = 0;
+      listed_ += items_.size();
+      if (!status.ok() || items_.empty()) {  // a failed lookup, or nothing (left) to send
+        Done(status);
+        return;
+      }
     }
     resp_.Clear();
     // Up to kStreamBatch entries, and no more than fit in the message limit (at least one).
@@ -139,11 +153,16 @@ class InflightWriter final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     Finish(ToGrpcStatus(status));
   }
 
+  Runtime* const runtime_;
   RpcStats* const stats_;
   StreamLimiter::Slot slot_;  // the stream's place (--max-streams), released with the reactor
-  std::vector<InflightRecord> items_;
+  const uint64_t pool_id_;
+  const uint64_t limit_;  // 0: no limit
+  Runtime::InflightCursor cursor_;
   const uint32_t max_message_bytes_;
-  size_t pos_ = 0;
+  std::vector<InflightRecord> items_;  // the chunk being sent
+  size_t pos_ = 0;                     // its next record to send
+  uint64_t listed_ = 0;                // records read from the index so far
   v1::ListInflightResponse resp_;
   grpc::ByteBuffer out_;
 };
@@ -580,10 +599,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* PagePoolServiceImpl::ListInflight(
   if (absl::Status p = ParseRequest("ListInflight", in, &req); !p.ok()) {
     return new RefusedWriter(stats_, RpcMethod::kListInflight, p);
   }
-  std::vector<InflightRecord> pages;
-  absl::Status status = runtime_->ListInflight(req.pool_id(), req.limit(), &pages);
-  return new InflightWriter(stats_, *std::move(slot), std::move(status), std::move(pages),
-                            max_message_bytes_);
+  return new InflightWriter(runtime_, stats_, *std::move(slot), req, max_message_bytes_);
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::GetDomain(grpc::CallbackServerContext* ctx,

@@ -18,8 +18,11 @@
 //                  stream holds when its client goes away stay in flight, as the stack would hold
 //                  them: they come back when someone returns their handles, or are unmapped when
 //                  their pool is destroyed (DestroyPool, UnbindDevice, daemon shutdown);
-//   ListInflight   a ServerWriteReactor over a snapshot taken when the call starts (an RCU walk of
-//                  the index), 256 entries per message (fewer if --max-message-bytes is small);
+//   ListInflight   a ServerWriteReactor that walks the index a chunk at a time (Runtime::
+//                  ListInflight: 4096 records, one RCU read section each) from the request's
+//                  start_index_id, reading the next chunk only once the previous one is written,
+//                  so memory stays one chunk whatever the pool's size; 256 entries per message
+//                  (fewer if --max-message-bytes is small);
 //   DumpPageTable  a ServerWriteReactor that walks the page table one message at a time (a fresh
 //                  lockless walk from a cursor for each message), so memory stays one message;
 //   WatchEvents    server/watch_reactor.h: subscribed to the Runtime's event hub until the client

@@ -34,6 +34,7 @@ pool::NicConfig ToNicConfig(const DeviceSpec& spec) {
   nc.device.mode = ToDmaMode(spec.mode);
   nc.device.free_empty_tables = spec.free_empty_tables;
   nc.device.address_width = spec.address_width;
+  nc.device.dma_mask_bits = spec.dma_mask_bits;
   nc.ifindex = static_cast<uint32_t>(spec.id);
   return nc;
 }
@@ -108,6 +109,7 @@ void FillDevice(const DeviceSpec& spec, const pool::Nic& nic, v1::Device* out) {
   out->set_iommu_mode(spec.mode);
   out->set_free_empty_tables(spec.free_empty_tables);
   out->set_address_width(spec.address_width);
+  out->set_dma_mask_bits(spec.dma_mask_bits);
   for (const std::shared_ptr<pool::PagePool>& p : nic.Pools()) out->add_pool_ids(p->id());
   FillDomain(spec, nic.device(), out->mutable_domain());
 }

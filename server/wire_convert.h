@@ -27,6 +27,7 @@ struct DeviceSpec {
   pagepool::v1::IommuMode mode = pagepool::v1::IOMMU_MODE_STRICT;
   bool free_empty_tables = true;
   uint32_t address_width = 48;
+  uint32_t dma_mask_bits = 48;  // resolved: address_width when the request left it 0
 };
 
 // UNSPECIFIED (already defaulted by the caller) and unknown values map to the default.

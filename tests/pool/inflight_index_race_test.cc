@@ -1,8 +1,8 @@
 // File: tests/pool/inflight_index_race_test.cc
 //
-// InflightIndex under concurrency: lock-free readers (Load, ForEach) while writers allocate and
-// remove (nodes grow, shrink and are freed after grace periods), and racing CompareExchange calls
-// on the same entries, of which exactly one may win.
+// InflightIndex under concurrency: lock-free readers (Load, ForEach, ForEachFrom in pieces) while
+// writers allocate and remove (nodes grow, shrink and are freed after grace periods), and racing
+// CompareExchange calls on the same entries, of which exactly one may win.
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -55,6 +55,48 @@ TEST(InflightIndexRaceTest, ReadersNeverSeeGarbageWhileTreeChanges) {
   for (std::thread& t : readers) t.join();
   EXPECT_TRUE(index.empty());
   EXPECT_LE(index.stats().nodes, 4u);
+}
+
+// A walk in pieces (each its own read section) while a writer grows the tree past a level and
+// shrinks it back: ids keep increasing across pieces, and every entry present for the whole walk
+// is seen exactly once.
+TEST(InflightIndexRaceTest, WalkInPiecesSeesStableEntriesOnceWhileTreeChanges) {
+  constexpr uint32_t kStable = 2000;
+  InflightIndex index;
+  for (uint32_t i = 0; i < kStable; ++i) ASSERT_EQ(*index.Alloc(&g_records[i]), i + 1);
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    while (!stop.load(std::memory_order_acquire)) {
+      std::vector<uint32_t> ids;
+      for (uint32_t i = kStable; i < kStable + 3000; ++i)
+        ids.push_back(*index.Alloc(&g_records[i]));
+      for (uint32_t id : ids) index.Erase(id);
+    }
+  });
+  const int walks = int(testing::EnvOr("POOL_INDEX_RACE_ROUNDS", 40)) * 5;
+  for (int walk = 0; walk < walks; ++walk) {
+    std::vector<int> seen(kStable + 1, 0);
+    uint32_t last = 0;
+    uint32_t next = 1;
+    do {
+      next = index.ForEachFrom(next, 97, [&](uint32_t id, PageRecord* page) {
+        EXPECT_GT(id, last);
+        last = id;
+        EXPECT_TRUE(page >= &g_records[0] && page < &g_records[0] + g_records.size());
+        if (id <= kStable) {
+          EXPECT_EQ(page, &g_records[id - 1]);
+          ++seen[id];
+        }
+        return true;
+      });
+      ASSERT_TRUE(next == 0 || next > last);
+    } while (next != 0);
+    for (uint32_t id = 1; id <= kStable; ++id)
+      ASSERT_EQ(seen[id], 1) << "walk " << walk << " id " << id;
+  }
+  stop.store(true, std::memory_order_release);
+  writer.join();
+  EXPECT_EQ(index.size(), kStable);
 }
 
 TEST(InflightIndexRaceTest, CompareExchangeHasExactlyOneWinner) {

@@ -412,6 +412,98 @@ TEST_F(PagePoolTest, ForEachInflightListsTrackedPages) {
   EXPECT_TRUE(found);
 }
 
+TEST_F(PagePoolTest, ForEachInflightFromWalksInPiecesAndPoolsWithoutIndexListNothing) {
+  auto pool = MakePool();
+  std::vector<PoolPage> pages;
+  ASSERT_TRUE(pool->AllocateBulk(200, &pages).ok());
+  std::vector<uint32_t> whole;
+  pool->ForEachInflight([&](uint32_t id, PageHandle, dma::DmaAddr) {
+    whole.push_back(id);
+    return true;
+  });
+  std::vector<uint32_t> pieces;
+  uint32_t next = 1;
+  do {
+    size_t n = 0;
+    next = pool->ForEachInflightFrom(next, 50, [&](uint32_t id, PageHandle, dma::DmaAddr dma) {
+      EXPECT_NE(dma, 0u);
+      pieces.push_back(id);
+      ++n;
+      return true;
+    });
+    EXPECT_LE(n, 50u);
+  } while (next != 0);
+  EXPECT_EQ(pieces, whole);
+  EXPECT_GE(pieces.size(), 200u);
+
+  for (DestroyStrategy s : {DestroyStrategy::kScan, DestroyStrategy::kNone}) {
+    PagePoolParams params;
+    params.strategy = s;
+    auto untracked = MakePool(params);
+    std::vector<PoolPage> held;
+    ASSERT_TRUE(untracked->AllocateBulk(10, &held).ok());
+    size_t calls = 0;
+    EXPECT_EQ(untracked->ForEachInflightFrom(1, 0,
+                                             [&](uint32_t, PageHandle, dma::DmaAddr) {
+                                               ++calls;
+                                               return true;
+                                             }),
+              0u);
+    EXPECT_EQ(calls, 0u) << DestroyStrategyName(s);
+    for (const PoolPage& p : held) ASSERT_TRUE(untracked->Return(p.handle).ok());
+  }
+  for (const PoolPage& p : pages) ASSERT_TRUE(pool->Return(p.handle).ok());
+}
+
+// A device whose DMA mask leaves 255 pages of IOVA (pfns 1..255 below 2^20): the pool maps exactly
+// those, then Allocate answers RESOURCE_EXHAUSTED naming the IOVA space and the mask, hands out
+// nothing and keeps no frame; pages given back make room again.
+TEST_F(PagePoolTest, IovaSpaceBelowTheDmaMaskRunsOutThenRecovers) {
+  dma::DeviceConfig dc;
+  dc.name = "dev20";
+  dc.dma_mask_bits = 20;
+  absl::StatusOr<std::unique_ptr<dma::Device>> created = dma::Device::Create(dc);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::shared_ptr<dma::Device> dev = std::move(*created);
+  const uint64_t frames_free = memory_->frames_free();
+  absl::StatusOr<std::shared_ptr<PagePool>> made = PagePool::Create(memory_, dev, {});
+  ASSERT_TRUE(made.ok()) << made.status();
+  std::shared_ptr<PagePool> pool = *made;
+  std::vector<PoolPage> held;
+  absl::Status refused;
+  while (refused.ok()) {
+    absl::StatusOr<PoolPage> p = pool->Allocate();
+    if (!p.ok()) {
+      refused = p.status();
+      break;
+    }
+    ASSERT_LT(p->dma_addr, uint64_t{1} << 20);
+    held.push_back(*p);
+  }
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(
+      refused.message().find("IOVA space exhausted below the 20-bit DMA mask of device dev20"),
+      std::string::npos)
+      << refused;
+  EXPECT_EQ(held.size(), 255u);
+  EXPECT_EQ(dev->live_mappings(), 255u);
+  EXPECT_EQ(memory_->frames_free(), frames_free - 255);  // the frames that could not be mapped
+  std::vector<PoolPage> more;
+  EXPECT_EQ(pool->AllocateBulk(5, &more).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(more.empty());
+  EXPECT_EQ(memory_->frames_free(), frames_free - 255);
+
+  for (size_t i = 0; i < 10; ++i) ASSERT_TRUE(*pool->Return(held[i].handle));
+  held.erase(held.begin(), held.begin() + 10);
+  ASSERT_TRUE(pool->AllocateBulk(10, &held).ok());
+  EXPECT_EQ(pool->Allocate().status().code(), absl::StatusCode::kResourceExhausted);
+  for (const PoolPage& p : held) ASSERT_TRUE(pool->Return(p.handle).ok());
+  ASSERT_TRUE(pool->Destroy().ok());
+  EXPECT_EQ(dev->live_mappings(), 0u);
+  EXPECT_EQ(dev->violations().Total(), 0u);
+  EXPECT_EQ(memory_->frames_free(), frames_free);
+}
+
 TEST_F(PagePoolTest, DestroyedPoolRefusesAllocationAndReleasesRecycles) {
   auto pool = MakePool();
   absl::StatusOr<PoolPage> p = pool->Allocate();

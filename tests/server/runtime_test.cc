@@ -5,6 +5,8 @@
 // publishes, the release-retry tick, and the shutdown report.
 #include "server/runtime.h"
 
+#include <algorithm>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -83,6 +85,14 @@ class RuntimeTest : public ::testing::Test {
     v1::ReturnResponse r;
     return rt_->Return(pool, pages, &r);
   }
+  // ReturnAll in calls of at most 1000 pages (the fixture's max_pages_per_call).
+  absl::Status ReturnInBatches(uint64_t pool, const Handles& pages) {
+    for (int i = 0; i < pages.size(); i += 1000) {
+      Handles batch(pages.begin() + i, pages.begin() + std::min(pages.size(), i + 1000));
+      if (absl::Status s = ReturnAll(pool, batch); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
 
   std::unique_ptr<Runtime> rt_;
   Recorder events_;
@@ -128,13 +138,199 @@ TEST_F(RuntimeTest, DevicePoolAndPageCalls) {
   EXPECT_EQ(list.pools_size(), 1);
   ASSERT_TRUE(rt_->GetPool(pool, &got).ok());
   std::vector<InflightRecord> inflight;
-  ASSERT_TRUE(rt_->ListInflight(pool, 0, &inflight).ok());
+  Runtime::InflightCursor all;
+  ASSERT_TRUE(rt_->ListInflight(pool, &all, 0, &inflight).ok());
   EXPECT_EQ(inflight.size(), got.dma_mapped());
-  inflight.clear();
-  ASSERT_TRUE(rt_->ListInflight(pool, 5, &inflight).ok());
+  EXPECT_TRUE(all.done());
+  Runtime::InflightCursor five;
+  ASSERT_TRUE(rt_->ListInflight(pool, &five, 5, &inflight).ok());
   EXPECT_EQ(inflight.size(), 5u);
+  EXPECT_FALSE(five.done());
   EXPECT_EQ(events_.Types(),
             (std::vector<v1::EventType>{v1::EVENT_TYPE_DEVICE_ADD, v1::EVENT_TYPE_POOL_ADD}));
+}
+
+// Every chunk of a walk, from `cursor` until it is done, appended to *out; returns the chunks read.
+size_t ListAll(Runtime& rt, uint64_t pool, Runtime::InflightCursor* cursor,
+               std::vector<InflightRecord>* out, size_t max = 0) {
+  size_t chunks = 0;
+  std::vector<InflightRecord> chunk;
+  while (!cursor->done()) {
+    absl::Status s = rt.ListInflight(pool, cursor, max, &chunk);
+    EXPECT_TRUE(s.ok()) << s;
+    if (!s.ok()) break;
+    EXPECT_LE(chunk.size(), Runtime::kInflightChunk);
+    out->insert(out->end(), chunk.begin(), chunk.end());
+    ++chunks;
+  }
+  return chunks;
+}
+
+// A pool with more than three chunks of pages in flight: the walk lists every tracked page exactly
+// once, in increasing index-id order, a chunk (at most kInflightChunk records) per call.
+TEST_F(RuntimeTest, ListInflightInChunksListsEveryPageOnceInOrder) {
+  uint64_t pool = NewPool(NewDevice());
+  Handles held;
+  for (int i = 0; i < 13; ++i) held.MergeFrom(Alloc(pool, 1000));  // 13000 > 3 * 4096
+  ASSERT_EQ(held.size(), 13000);
+  v1::Pool got;
+  ASSERT_TRUE(rt_->GetPool(pool, &got).ok());
+  Runtime::InflightCursor cursor;
+  std::vector<InflightRecord> all;
+  const size_t chunks = ListAll(*rt_, pool, &cursor, &all);
+  EXPECT_EQ(chunks, (got.dma_mapped() + Runtime::kInflightChunk - 1) / Runtime::kInflightChunk);
+  EXPECT_GE(chunks, 4u);
+  ASSERT_EQ(all.size(), got.dma_mapped());  // the held pages and those in the alloc cache
+  std::map<uint64_t, uint32_t> frames;      // frame -> generation listed
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (i > 0) {
+      ASSERT_LT(all[i - 1].index_id, all[i].index_id);
+    }
+    EXPECT_NE(all[i].dma_addr, 0u);
+    ASSERT_TRUE(frames.emplace(all[i].frame, all[i].generation).second) << all[i].frame;
+  }
+  for (const v1::PageHandle& h : held) {
+    auto it = frames.find(h.frame());
+    ASSERT_NE(it, frames.end()) << h.frame();
+    EXPECT_EQ(it->second, h.generation());
+  }
+  // The same walk in small chunks, and resumed from an index id.
+  Runtime::InflightCursor small;
+  std::vector<InflightRecord> again;
+  EXPECT_EQ(ListAll(*rt_, pool, &small, &again, 1000), (all.size() + 999) / 1000);
+  ASSERT_EQ(again.size(), all.size());
+  for (size_t i = 0; i < all.size(); ++i) EXPECT_EQ(again[i].index_id, all[i].index_id);
+  const uint32_t from = all[5000].index_id;
+  Runtime::InflightCursor resumed(from);
+  std::vector<InflightRecord> tail;
+  ListAll(*rt_, pool, &resumed, &tail);
+  ASSERT_EQ(tail.size(), all.size() - 5000);
+  EXPECT_EQ(tail.front().index_id, from);
+  EXPECT_EQ(tail.back().index_id, all.back().index_id);
+  ASSERT_TRUE(ReturnInBatches(pool, held).ok());
+}
+
+// Whatever the caller asks, one call hands back at most one chunk: the memory a listing holds is
+// bounded by the chunk, not by the pool.
+TEST_F(RuntimeTest, ListInflightReturnsAtMostOneChunkPerCall) {
+  uint64_t dev = NewDevice();
+  uint64_t pool = NewPool(dev);
+  Handles held;
+  for (int i = 0; i < 5; ++i) held.MergeFrom(Alloc(pool, 1000));
+  std::vector<InflightRecord> chunk;
+  for (size_t max : {size_t{0}, Runtime::kInflightChunk + 1, size_t{1} << 30}) {
+    Runtime::InflightCursor cursor;
+    ASSERT_TRUE(rt_->ListInflight(pool, &cursor, max, &chunk).ok());
+    EXPECT_EQ(chunk.size(), Runtime::kInflightChunk) << max;
+    EXPECT_FALSE(cursor.done());
+    EXPECT_EQ(cursor.next_index_id(), chunk.back().index_id + 1);
+    EXPECT_LE(chunk.capacity(), Runtime::kInflightChunk) << max;
+  }
+  Runtime::InflightCursor one;
+  ASSERT_TRUE(rt_->ListInflight(pool, &one, 1, &chunk).ok());
+  ASSERT_EQ(chunk.size(), 1u);
+  EXPECT_EQ(chunk[0].index_id, 1u);
+  EXPECT_EQ(one.next_index_id(), 2u);
+  // Past the last id: nothing, done at once.
+  Runtime::InflightCursor beyond(1u << 30);
+  ASSERT_TRUE(rt_->ListInflight(pool, &beyond, 0, &chunk).ok());
+  EXPECT_TRUE(chunk.empty());
+  EXPECT_TRUE(beyond.done());
+  ASSERT_TRUE(rt_->ListInflight(pool, &beyond, 0, &chunk).ok());  // a done cursor stays done
+  EXPECT_TRUE(chunk.empty());
+  // Unknown pool: NOT_FOUND, nothing listed. Pools without an index list nothing.
+  Runtime::InflightCursor unknown;
+  chunk.resize(3);
+  absl::Status nf = rt_->ListInflight(999, &unknown, 0, &chunk);
+  EXPECT_EQ(nf.code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(chunk.empty());
+  uint64_t scan = NewPool(dev, v1::STRATEGY_SCAN);
+  Handles scan_held = Alloc(scan, 10);
+  Runtime::InflightCursor untracked;
+  ASSERT_TRUE(rt_->ListInflight(scan, &untracked, 0, &chunk).ok());
+  EXPECT_TRUE(chunk.empty());
+  EXPECT_TRUE(untracked.done());
+  ASSERT_TRUE(ReturnAll(scan, scan_held).ok());
+  ASSERT_TRUE(ReturnInBatches(pool, held).ok());
+}
+
+// Pages given back and allocated between chunks, as with xa_for_each: those in flight for the
+// whole walk are listed exactly once; new pages may take freed ids behind the walk and not appear.
+TEST_F(RuntimeTest, ListInflightChunksToleratePagesComingAndGoing) {
+  uint64_t pool = NewPool(NewDevice());
+  Handles first = Alloc(pool, 1000);
+  Handles second;
+  for (int i = 0; i < 9; ++i) second.MergeFrom(Alloc(pool, 1000));
+  Runtime::InflightCursor cursor;
+  std::vector<InflightRecord> chunk;
+  std::vector<InflightRecord> all;
+  ASSERT_TRUE(rt_->ListInflight(pool, &cursor, 0, &chunk).ok());
+  all.insert(all.end(), chunk.begin(), chunk.end());
+  ASSERT_TRUE(ReturnAll(pool, first).ok());  // ids of the first chunk come free
+  Handles newer = Alloc(pool, 1000);         // and are taken again, behind the walk
+  ListAll(*rt_, pool, &cursor, &all);
+  std::map<uint64_t, int> seen;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (i > 0) {
+      ASSERT_LT(all[i - 1].index_id, all[i].index_id);
+    }
+    ++seen[all[i].frame];
+  }
+  for (const v1::PageHandle& h : second) EXPECT_EQ(seen[h.frame()], 1) << h.frame();
+  ASSERT_TRUE(ReturnInBatches(pool, second).ok());
+  ASSERT_TRUE(ReturnAll(pool, newer).ok());
+}
+
+TEST_F(RuntimeTest, DmaMaskIsCheckedShownAndCapsTheIovaSpace) {
+  for (uint32_t bits : {1u, 12u, 49u, 64u}) {
+    v1::CreateDeviceRequest req;
+    req.set_dma_mask_bits(bits);
+    v1::Device d;
+    absl::Status s = rt_->CreateDevice(req, &d);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bits;
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr("dma_mask_bits " + std::to_string(bits) + " is outside 13 .. 48"));
+  }
+  v1::CreateDeviceRequest narrow;
+  narrow.set_address_width(39);
+  narrow.set_dma_mask_bits(40);
+  v1::Device d;
+  EXPECT_EQ(rt_->CreateDevice(narrow, &d).code(), absl::StatusCode::kInvalidArgument);
+
+  ASSERT_TRUE(rt_->CreateDevice(v1::CreateDeviceRequest(), &d).ok());
+  EXPECT_EQ(d.dma_mask_bits(), 48u);
+  v1::CreateDeviceRequest small;
+  small.set_dma_mask_bits(20);  // IOVA pfns 1..255
+  ASSERT_TRUE(rt_->CreateDevice(small, &d).ok());
+  EXPECT_EQ(d.dma_mask_bits(), 20u);
+  ASSERT_TRUE(rt_->GetDevice(d.id(), &d).ok());
+  EXPECT_EQ(d.dma_mask_bits(), 20u);
+  EXPECT_EQ(d.address_width(), 48u);
+
+  // An order-8 page needs 13 + 8 = 21 bits.
+  v1::CreatePoolRequest big;
+  big.set_device_id(d.id());
+  big.set_order(8);
+  v1::Pool p;
+  absl::Status s = rt_->CreatePool(big, &p);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("need a DMA mask of at least 21 bits"));
+  big.set_order(7);
+  ASSERT_TRUE(rt_->CreatePool(big, &p).ok());
+  v1::DestroyPoolResponse destroyed;
+  ASSERT_TRUE(rt_->DestroyPool(p.id(), &destroyed).ok());
+
+  uint64_t pool = NewPool(d.id());
+  Handles held = Alloc(pool, 255);
+  ASSERT_EQ(held.size(), 255);
+  Pages none;
+  absl::Status full = rt_->Allocate(pool, 1, &none);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(full.message()),
+              HasSubstr("IOVA space exhausted below the 20-bit DMA mask"));
+  EXPECT_EQ(none.size(), 0);
+  ASSERT_TRUE(ReturnAll(pool, held).ok());
+  EXPECT_EQ(Alloc(pool, 200).size(), 200);
 }
 
 // Two Returns of the same pages at once: each checks every page, then gives them back; a page the

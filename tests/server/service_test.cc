@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -708,6 +709,93 @@ TEST_F(ServiceTest, ShutdownDestroysPoolsAndPrintsTheSummary) {
   EXPECT_THAT(log, HasSubstr("pages unmapped at shutdown:  7"));
   EXPECT_THAT(log, HasSubstr("violations:                  0"));
   EXPECT_THAT(log, HasSubstr("Allocate 1"));
+}
+
+// A pool with 20000 pages in flight (five chunks of the daemon's walk) listed through the stream:
+// every page exactly once, in increasing index-id order, in messages of at most 256 pages; the
+// limit cuts across a chunk boundary; start_index_id resumes a listing where it broke.
+TEST_F(ServiceTest, ListInflightOfALargePoolStreamsEveryPageOnceAndResumes) {
+  uint64_t pool = NewPool(NewDevice());
+  std::vector<v1::PageHandle> held = Alloc(pool, 20000);
+  ASSERT_EQ(held.size(), 20000u);
+  const uint64_t mapped = c().GetPool(pool)->pool().dma_mapped();
+
+  v1::ListInflightRequest req;
+  req.set_pool_id(pool);
+  grpc::ClientContext ctx;
+  auto reader = c().stub()->ListInflight(&ctx, req);
+  v1::ListInflightResponse msg;
+  std::vector<v1::InflightPage> all;
+  size_t messages = 0;
+  while (reader->Read(&msg)) {
+    ++messages;
+    EXPECT_GE(msg.pages_size(), 1);
+    EXPECT_LE(msg.pages_size(), 256);
+    for (const auto& p : msg.pages()) all.push_back(p);
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_EQ(all.size(), mapped);
+  EXPECT_EQ(messages, (mapped + 255) / 256);
+  std::map<uint64_t, uint32_t> frames;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (i > 0) {
+      ASSERT_LT(all[i - 1].index_id(), all[i].index_id());
+    }
+    ASSERT_TRUE(frames.emplace(all[i].handle().frame(), all[i].handle().generation()).second);
+  }
+  for (const v1::PageHandle& h : held) {
+    auto it = frames.find(h.frame());
+    ASSERT_NE(it, frames.end()) << h.frame();
+    EXPECT_EQ(it->second, h.generation());
+  }
+
+  auto limited = c().ListInflight(pool, 5000);  // across the first chunk's end (4096)
+  ASSERT_TRUE(limited.ok()) << limited.status();
+  ASSERT_EQ(limited->pages_size(), 5000);
+  for (int i = 0; i < 5000; ++i) EXPECT_EQ(limited->pages(i).index_id(), all[i].index_id());
+
+  // A listing that broke after 12345 pages resumes one above the last id received.
+  const uint32_t resume = all[12344].index_id() + 1;
+  auto rest = c().ListInflight(pool, 0, resume);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  ASSERT_EQ(size_t(rest->pages_size()), all.size() - 12345);
+  for (int i = 0; i < rest->pages_size(); ++i) {
+    ASSERT_EQ(rest->pages(i).index_id(), all[12345 + i].index_id());
+  }
+  auto some = c().ListInflight(pool, 10, resume);
+  ASSERT_TRUE(some.ok());
+  ASSERT_EQ(some->pages_size(), 10);
+  EXPECT_EQ(some->pages(0).index_id(), all[12345].index_id());
+  auto beyond = c().ListInflight(pool, 0, all.back().index_id() + 1);
+  ASSERT_TRUE(beyond.ok());
+  EXPECT_EQ(beyond->pages_size(), 0);
+  EXPECT_EQ(c().ListInflight(9999, 0, 5).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(ReturnPages(pool, held).ok());
+}
+
+// A device with a 20-bit DMA mask over the wire: shown in GetDevice, its IOVA space runs out at
+// 255 pages with RESOURCE_EXHAUSTED naming it; a mask out of range is INVALID_ARGUMENT.
+TEST_F(ServiceTest, DmaMaskOverTheWire) {
+  v1::CreateDeviceRequest req;
+  req.set_dma_mask_bits(12);
+  auto bad = c().CreateDevice(req);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("dma_mask_bits 12"));
+  req.set_dma_mask_bits(20);
+  auto dev = c().CreateDevice(req);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  EXPECT_EQ(dev->device().dma_mask_bits(), 20u);
+  auto got = c().GetDevice(dev->device().id());
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->device().dma_mask_bits(), 20u);
+  uint64_t pool = NewPool(dev->device().id());
+  std::vector<v1::PageHandle> held = Alloc(pool, 255);
+  ASSERT_EQ(held.size(), 255u);
+  auto full = c().Allocate(pool, 1);
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(full.status().message()), HasSubstr("IOVA space exhausted"));
+  EXPECT_TRUE(ReturnPages(pool, held).ok());
+  EXPECT_TRUE(c().Allocate(pool, 64).ok());
 }
 
 TEST_F(ServiceTest, DestroyStrategies) {
