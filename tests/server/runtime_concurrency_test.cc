@@ -240,7 +240,10 @@ class RuntimeConcurrencyTest : public ::testing::Test {
         }
         case 7: {  // listings and dumps
           std::vector<InflightRecord> recs;
-          check(rt_->ListInflight(pick_pool(), 64, &recs));
+          Runtime::InflightCursor cursor;
+          const uint64_t pool = pick_pool();
+          check(rt_->ListInflight(pool, &cursor, 64, &recs));
+          if (!cursor.done()) check(rt_->ListInflight(pool, &cursor, 64, &recs));
           v1::ListPoolsResponse pools;
           check(rt_->ListPools(0, &pools));
           std::vector<v1::PageTableEntry> entries;
