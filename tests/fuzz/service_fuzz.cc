@@ -14,14 +14,14 @@
 // Two transports carry the same calls:
 //   * by default the request bytes are parsed as the method's request message (INVALID_ARGUMENT
 //     when they do not parse, as the service answers) and handed to the Runtime method the service
-//     calls, the answer serialized back; this runs at hundreds of inputs a second, where
+//     calls, the answer serialized back; or
 //   * with PAGEPOOL_FUZZ_SERVICE_GRPC=1 the bytes go as raw grpc::ByteBuffers through a
 //     grpc::GenericStub on the in-process channel of a grpc::Server running PagePoolServiceImpl (a
 //     small message limit, so answers that do not fit are given back) to the real handlers
 //     (ParseRequest, the stream reactors). Each call then waits for gRPC's callback threads, a few
-//     milliseconds on a loaded machine: about 4 inputs a second on the 2-vCPU development VM while
-//     other builds ran, too slow to search with, so it serves to replay the corpus through the
-//     real service (ctest fuzz_service_fuzz_grpc_replay) and for runs where time allows.
+//     milliseconds on a loaded machine (tests/fuzz/README.md has the rates measured both ways), so
+//     it serves to replay the corpus through the real service (ctest
+//     fuzz_service_fuzz_grpc_replay) and for runs where time allows.
 //
 // Invariants: no crash or sanitizer report; every call ends with a status code the service may
 // give (never UNKNOWN, INTERNAL, UNIMPLEMENTED, DATA_LOSS or DEADLINE_EXCEEDED); an OK answer
