@@ -82,7 +82,8 @@ class Model {
 
 class IndexFuzzer {
  public:
-  IndexFuzzer(uint32_t limit, FuzzInput* in) : limit_(limit), index_(limit), model_(limit), in_(in) {}
+  IndexFuzzer(uint32_t limit, FuzzInput* in)
+      : limit_(limit), index_(limit), model_(limit), in_(in) {}
 
   void Run() {
     for (size_t n = 0; n < kMaxOps && !in_->empty(); ++n) {
@@ -140,8 +141,8 @@ class IndexFuzzer {
       return;
     }
     FUZZ_CHECK(id.ok()) << id.status();
-    FUZZ_CHECK(*id == model_.NextId()) << "Alloc gave " << *id << ", lowest free is "
-                                       << model_.NextId();
+    FUZZ_CHECK(*id == model_.NextId())
+        << "Alloc gave " << *id << ", lowest free is " << model_.NextId();
     model_.Insert(*id, page);
   }
 
@@ -284,8 +285,8 @@ class IndexFuzzer {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace pagepool::pool;
   pagepool::fuzz::FuzzInput in(data, size);
-  const uint32_t limits[] = {1,    2,    63,   64,       65,      127,    128,        4095,
-                             4096, 4097, 4160, 262143,   262144,  262145, 0xffffffffu, 0};
+  const uint32_t limits[] = {1,    2,    63,   64,     65,     127,    128,         4095,
+                             4096, 4097, 4160, 262143, 262144, 262145, 0xffffffffu, 0};
   uint32_t limit = limits[in.U8() % 16];
   if (limit == 0) limit = 1 + in.U32() % 70000;
   IndexFuzzer(limit, &in).Run();

@@ -277,15 +277,15 @@ class PgtableFuzzer {
       case kDump: CheckDump(); break;
       case kSweep: {
         std::vector<std::pair<DmaAddr, uint64_t>> got;
-        const uint64_t n = d_->SweepDirty(0, ~uint64_t{0}, [&](DmaAddr iova, uint64_t size) {
-          got.emplace_back(iova, size);
-        });
+        const uint64_t n = d_->SweepDirty(
+            0, ~uint64_t{0}, [&](DmaAddr iova, uint64_t size) { got.emplace_back(iova, size); });
         FUZZ_CHECK(n == got.size()) << n << " vs " << got.size();
         size_t i = 0;
         for (const auto& [iova, leaf] : ref_.leaves()) {
           if (!leaf.dirty) continue;
           FUZZ_CHECK(i < got.size()) << "dirty leaf " << std::hex << iova << " not reported";
-          FUZZ_CHECK(got[i].first == iova && got[i].second == PgtableReference::LeafSize(leaf.level))
+          FUZZ_CHECK(got[i].first == iova &&
+                     got[i].second == PgtableReference::LeafSize(leaf.level))
               << std::hex << "reported " << got[i].first << " want " << iova;
           ++i;
         }
@@ -382,10 +382,10 @@ class PgtableFuzzer {
         // Arguments MapPage must refuse without mapping or counting anything.
         const uint8_t kind = in_->U8() % 3;
         absl::StatusOr<DmaAddr> got =
-            kind == 0   ? dev_->MapPage(Phys(k4K), 0, DmaDirection::kToDevice)
-            : kind == 1 ? dev_->MapPage(Phys(k4K) + 1 + in_->U8() % (k4K - 1), k4K,
-                                        DmaDirection::kToDevice)
-                        : dev_->MapPage(Phys(k4K), k4K, static_cast<DmaDirection>(3 + in_->U8() % 8));
+            kind == 0 ? dev_->MapPage(Phys(k4K), 0, DmaDirection::kToDevice)
+            : kind == 1
+                ? dev_->MapPage(Phys(k4K) + 1 + in_->U8() % (k4K - 1), k4K, DmaDirection::kToDevice)
+                : dev_->MapPage(Phys(k4K), k4K, static_cast<DmaDirection>(3 + in_->U8() % 8));
         FUZZ_CHECK(got.status().code() == Code::kInvalidArgument) << got.status();
         break;
       }
@@ -410,8 +410,8 @@ class PgtableFuzzer {
                  e.size == PgtableReference::LeafSize(it->second.level) &&
                  e.prot == it->second.prot && e.dirty == it->second.dirty)
           << std::hex << "leaf " << e.iova << " phys " << e.phys << " size " << e.size << " prot "
-          << e.prot << " dirty " << e.dirty << "; want " << it->first << " phys "
-          << it->second.phys << " prot " << it->second.prot << " dirty " << it->second.dirty;
+          << e.prot << " dirty " << e.dirty << "; want " << it->first << " phys " << it->second.phys
+          << " prot " << it->second.prot << " dirty " << it->second.dirty;
       ++it;
       ++n;
       return true;

@@ -30,8 +30,8 @@
 // the runtime counts zero mapping-checker violations, except on devices that had a STRATEGY_NONE
 // pool (that strategy leaves pages mapped by design, and returning them afterwards is counted).
 #include <chrono>
-#include <cstdlib>
 #include <cstdint>
+#include <cstdlib>
 #include <future>
 #include <map>
 #include <memory>
@@ -63,9 +63,9 @@ constexpr size_t kMaxRequestBytes = 4096;
 
 // The methods a raw call may name, by selector.
 constexpr const char* kMethods[] = {
-    "CreateDevice", "GetDevice",  "ListDevices", "UnbindDevice", "CreatePool",   "GetPool",
-    "ListPools",    "DestroyPool", "Allocate",    "Recycle",      "Return",       "GetDomain",
-    "ListInflight", "DumpPageTable", "Traffic",
+    "CreateDevice", "GetDevice", "ListDevices",  "UnbindDevice",  "CreatePool",
+    "GetPool",      "ListPools", "DestroyPool",  "Allocate",      "Recycle",
+    "Return",       "GetDomain", "ListInflight", "DumpPageTable", "Traffic",
 };
 constexpr size_t kRawMethods = sizeof(kMethods) / sizeof(kMethods[0]);
 enum Built : uint8_t { kBuiltRecycle = kRawMethods, kBuiltReturn, kSelectors };
@@ -83,7 +83,8 @@ std::string ToString(const grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
   std::string out;
   if (!buffer.Dump(&slices).ok()) return out;
-  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
   return out;
 }
 
@@ -111,8 +112,8 @@ void CheckCode(const char* method, const grpc::Status& s) {
       << method << ": " << c << " " << s.error_message();
 }
 
-// A client stream call (server stream or bidi) over the generic stub: writes `requests`, half-closes,
-// reads every answer.
+// A client stream call (server stream or bidi) over the generic stub: writes `requests`,
+// half-closes, reads every answer.
 class StreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamCall(grpc::GenericStub* stub, const std::string& method,
@@ -182,7 +183,8 @@ class GrpcTransport final : public Transport {
     builder.SetMaxReceiveMessageSize(1 << 20);
     server_ = builder.BuildAndStart();
     FUZZ_CHECK(server_ != nullptr);
-    stub_ = std::make_unique<grpc::GenericStub>(server_->InProcessChannel(grpc::ChannelArguments()));
+    stub_ =
+        std::make_unique<grpc::GenericStub>(server_->InProcessChannel(grpc::ChannelArguments()));
   }
   ~GrpcTransport() override {
     server_->Shutdown();
@@ -229,18 +231,21 @@ class RuntimeTransport final : public Transport {
     const std::string_view m(method);
     if (m == "CreateDevice") {
       return Call<v1::CreateDeviceRequest, v1::CreateDeviceResponse>(
-          req, answer, [&](const auto& r, auto* a) { return rt_->CreateDevice(r, a->mutable_device()); });
+          req, answer,
+          [&](const auto& r, auto* a) { return rt_->CreateDevice(r, a->mutable_device()); });
     }
     if (m == "GetDevice") {
-      return Call<v1::GetDeviceRequest, v1::GetDeviceResponse>(req, answer, [&](const auto& r, auto* a) {
-        return rt_->GetDevice(r.device_id(), a->mutable_device());
-      });
+      return Call<v1::GetDeviceRequest, v1::GetDeviceResponse>(
+          req, answer, [&](const auto& r, auto* a) {
+            return rt_->GetDevice(r.device_id(), a->mutable_device());
+          });
     }
     if (m == "ListDevices") {
-      return Call<v1::ListDevicesRequest, v1::ListDevicesResponse>(req, answer, [&](const auto&, auto* a) {
-        rt_->ListDevices(a);
-        return absl::OkStatus();
-      });
+      return Call<v1::ListDevicesRequest, v1::ListDevicesResponse>(req, answer,
+                                                                   [&](const auto&, auto* a) {
+                                                                     rt_->ListDevices(a);
+                                                                     return absl::OkStatus();
+                                                                   });
     }
     if (m == "UnbindDevice") {
       return Call<v1::UnbindDeviceRequest, v1::UnbindDeviceResponse>(
@@ -248,12 +253,13 @@ class RuntimeTransport final : public Transport {
     }
     if (m == "CreatePool") {
       return Call<v1::CreatePoolRequest, v1::CreatePoolResponse>(
-          req, answer, [&](const auto& r, auto* a) { return rt_->CreatePool(r, a->mutable_pool()); });
+          req, answer,
+          [&](const auto& r, auto* a) { return rt_->CreatePool(r, a->mutable_pool()); });
     }
     if (m == "GetPool") {
-      return Call<v1::GetPoolRequest, v1::GetPoolResponse>(req, answer, [&](const auto& r, auto* a) {
-        return rt_->GetPool(r.pool_id(), a->mutable_pool());
-      });
+      return Call<v1::GetPoolRequest, v1::GetPoolResponse>(
+          req, answer,
+          [&](const auto& r, auto* a) { return rt_->GetPool(r.pool_id(), a->mutable_pool()); });
     }
     if (m == "ListPools") {
       return Call<v1::ListPoolsRequest, v1::ListPoolsResponse>(
@@ -264,23 +270,27 @@ class RuntimeTransport final : public Transport {
           req, answer, [&](const auto& r, auto* a) { return rt_->DestroyPool(r.pool_id(), a); });
     }
     if (m == "Allocate") {
-      return Call<v1::AllocateRequest, v1::AllocateResponse>(req, answer, [&](const auto& r, auto* a) {
-        return rt_->Allocate(r.pool_id(), r.count(), a->mutable_pages());
-      });
+      return Call<v1::AllocateRequest, v1::AllocateResponse>(
+          req, answer, [&](const auto& r, auto* a) {
+            return rt_->Allocate(r.pool_id(), r.count(), a->mutable_pages());
+          });
     }
     if (m == "Recycle") {
-      return Call<v1::RecycleRequest, v1::RecycleResponse>(req, answer, [&](const auto& r, auto* a) {
-        return rt_->Recycle(r.pool_id(), r.pages(), r.napi_local(), a);
-      });
+      return Call<v1::RecycleRequest, v1::RecycleResponse>(
+          req, answer, [&](const auto& r, auto* a) {
+            return rt_->Recycle(r.pool_id(), r.pages(), r.napi_local(), a);
+          });
     }
     if (m == "Return") {
-      return Call<v1::ReturnRequest, v1::ReturnResponse>(
-          req, answer, [&](const auto& r, auto* a) { return rt_->Return(r.pool_id(), r.pages(), a); });
+      return Call<v1::ReturnRequest, v1::ReturnResponse>(req, answer, [&](const auto& r, auto* a) {
+        return rt_->Return(r.pool_id(), r.pages(), a);
+      });
     }
     if (m == "GetDomain") {
-      return Call<v1::GetDomainRequest, v1::GetDomainResponse>(req, answer, [&](const auto& r, auto* a) {
-        return rt_->GetDomain(r.device_id(), a->mutable_domain());
-      });
+      return Call<v1::GetDomainRequest, v1::GetDomainResponse>(
+          req, answer, [&](const auto& r, auto* a) {
+            return rt_->GetDomain(r.device_id(), a->mutable_domain());
+          });
     }
     FUZZ_CHECK(false) << "no unary method " << method;
     return grpc::Status::OK;
@@ -539,7 +549,7 @@ class ServiceFuzzer {
 
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<Transport> transport_;  // destroyed first (a server holds the runtime)
-  std::map<uint64_t, Held> held_;  // frame -> pool and generation
+  std::map<uint64_t, Held> held_;         // frame -> pool and generation
   std::set<uint64_t> none_devices_;
   bool traffic_used_ = false;
 };

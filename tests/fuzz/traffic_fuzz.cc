@@ -50,7 +50,7 @@ struct Held {
 
 class TrafficFuzzer {
  public:
-  TrafficFuzzer(FuzzInput* in) : in_(in) {
+  explicit TrafficFuzzer(FuzzInput* in) : in_(in) {
     RuntimeOptions ro;
     ro.memory_bytes = uint64_t{64} << 20;
     ro.max_devices = 2;
@@ -259,8 +259,8 @@ class TrafficFuzzer {
     for (const v1::Page& p : out.allocated()) {
       const v1::PageHandle& h = p.handle();
       FUZZ_CHECK(held_.count(h.frame()) == 0)
-          << "frame " << h.frame() << " handed out while still held (pool "
-          << held_[h.frame()].pool << ")";
+          << "frame " << h.frame() << " handed out while still held (pool " << held_[h.frame()].pool
+          << ")";
       FUZZ_CHECK(h.generation() % 2 == 1) << "even generation " << h.generation();
       held_[h.frame()] = Held{req.pool_id(), h.generation()};
       gone_.erase(h.frame());
