@@ -1,4 +1,5 @@
-// Randomized differential test of the I/O page table against a std::map reference model.
+// Randomized differential test of the I/O page table against a std::map reference model
+// (tests/support/pgtable_reference.h).
 //
 // Every operation (map of 4 KiB runs, 2 MiB blocks, 2 MiB of 4 KiB leaves, rare 1 GiB blocks; exact
 // and random unmaps) is applied to both; statuses must agree, every translation the op touched is
@@ -9,7 +10,6 @@
 // PAGEPOOL_DIFF_OPS overrides the op count (default 1,000,000; 500,000 under ASan, 200,000 under
 // TSan).
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <random>
 #include <vector>
@@ -18,94 +18,14 @@
 #include "dma/iommu_domain.h"
 #include "gtest/gtest.h"
 #include "tests/dma/dma_test_util.h"
+#include "tests/support/pgtable_reference.h"
 
 namespace pagepool::dma {
 namespace {
 
 uint64_t OpCount() { return ScaledCount("PAGEPOOL_DIFF_OPS", 1'000'000, 500'000, 200'000); }
 
-unsigned Shift(unsigned level) { return 12 + 9 * level; }
-
-// The reference: leaves keyed by IOVA, plus a count of leaves under every non-root table.
-class Reference {
- public:
-  struct Leaf {
-    uint64_t phys;
-    unsigned level;
-  };
-  explicit Reference(unsigned levels) : top_(levels - 1) {}
-
-  // The leaf that covers iova, if any.
-  const std::pair<const uint64_t, Leaf>* Find(uint64_t iova) const {
-    auto it = leaves_.upper_bound(iova);
-    if (it == leaves_.begin()) return nullptr;
-    --it;
-    if (iova < it->first + (uint64_t{1} << Shift(it->second.level))) return &*it;
-    return nullptr;
-  }
-  bool AnyIn(uint64_t start, uint64_t end) const {
-    if (Find(start) != nullptr) return true;
-    auto it = leaves_.lower_bound(start);
-    return it != leaves_.end() && it->first < end;
-  }
-  // Same leaf choice as the page table: the largest size both addresses and the rest allow.
-  void Map(uint64_t iova, uint64_t phys, uint64_t size) {
-    for (uint64_t done = 0; done < size;) {
-      unsigned level = 0;
-      for (unsigned l = 2; l >= 1; --l) {
-        const uint64_t span = uint64_t{1} << Shift(l);
-        if ((((iova + done) | (phys + done)) & (span - 1)) == 0 && size - done >= span) {
-          level = l;
-          break;
-        }
-      }
-      Add(iova + done, Leaf{phys + done, level});
-      done += uint64_t{1} << Shift(level);
-    }
-  }
-  enum class UnmapResult { kOk, kNotFound, kCut };
-  UnmapResult Unmap(uint64_t iova, uint64_t size) {
-    const uint64_t end = iova + size;
-    for (uint64_t a : {iova, end - 1}) {
-      if (auto* l = Find(a)) {
-        const uint64_t span = uint64_t{1} << Shift(l->second.level);
-        if (l->first < iova || l->first + span > end) return UnmapResult::kCut;
-      }
-    }
-    auto it = leaves_.lower_bound(iova);
-    if (it == leaves_.end() || it->first >= end) return UnmapResult::kNotFound;
-    while (it != leaves_.end() && it->first < end) {
-      const uint64_t key = it->first;
-      const Leaf leaf = it->second;
-      ++it;
-      Remove(key, leaf);
-    }
-    return UnmapResult::kOk;
-  }
-  uint64_t tables() const { return tables_.size() + 1; }
-  uint64_t pages() const { return pages_; }
-  const std::map<uint64_t, Leaf>& leaves() const { return leaves_; }
-
- private:
-  void Add(uint64_t iova, Leaf leaf) {
-    leaves_[iova] = leaf;
-    pages_ += uint64_t{1} << (Shift(leaf.level) - 12);
-    for (unsigned k = leaf.level; k < top_; ++k) ++tables_[{k, iova >> Shift(k + 1)}];
-  }
-  void Remove(uint64_t iova, Leaf leaf) {
-    leaves_.erase(iova);
-    pages_ -= uint64_t{1} << (Shift(leaf.level) - 12);
-    for (unsigned k = leaf.level; k < top_; ++k) {
-      auto it = tables_.find({k, iova >> Shift(k + 1)});
-      if (--it->second == 0) tables_.erase(it);
-    }
-  }
-
-  const unsigned top_;
-  std::map<uint64_t, Leaf> leaves_;
-  std::map<std::pair<unsigned, uint64_t>, uint64_t> tables_;  // (level, index) -> leaves under it
-  uint64_t pages_ = 0;
-};
+using Reference = PgtableReference;
 
 struct Live {
   uint64_t iova, size;
@@ -224,7 +144,7 @@ void RunDifferential(const DomainConfig& config, uint64_t ops, uint64_t seed) {
         if (it == ref.leaves().end()) return false;
         EXPECT_EQ(e.iova, it->first);
         EXPECT_EQ(e.phys, it->second.phys);
-        EXPECT_EQ(e.size, uint64_t{1} << Shift(it->second.level));
+        EXPECT_EQ(e.size, PgtableReference::LeafSize(it->second.level));
         ++it;
         ++n;
         return true;
@@ -235,7 +155,7 @@ void RunDifferential(const DomainConfig& config, uint64_t ops, uint64_t seed) {
   // Tear everything down: only the root may remain.
   while (!ref.leaves().empty()) {
     const auto& [iova, leaf] = *ref.leaves().begin();
-    const uint64_t size = uint64_t{1} << Shift(leaf.level);
+    const uint64_t size = PgtableReference::LeafSize(leaf.level);
     const uint64_t i = iova;
     ref.Unmap(i, size);
     ASSERT_TRUE(d.Unmap(i, size).ok());
