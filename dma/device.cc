@@ -300,8 +300,7 @@ absl::Status Device::Unbind() {
   d.checker.ReleaseHistory();
   if (d.domain != nullptr) {
     d.domain->FlushQueues();
-    d.domain->Quiesce();
-    if (d.domain->iova() != nullptr) d.domain->iova()->FlushCaches();
+    d.domain->ReleaseCaches();
   }
   if (!first_error.ok()) {
     return absl::InternalError(

@@ -256,6 +256,11 @@ void IommuDomain::Quiesce() {
   if (impl_->pt) impl_->pt->Quiesce();
 }
 
+void IommuDomain::ReleaseCaches() {
+  if (impl_->pt) impl_->pt->Quiesce(/*keep=*/0);
+  if (impl_->iova) impl_->iova->FlushCaches();
+}
+
 DomainStats IommuDomain::stats() const {
   const DomainCounters& c = impl_->counters;
   DomainStats s;
@@ -281,6 +286,7 @@ DomainStats IommuDomain::stats() const {
   }
   s.fq_pending = RelaxedNonNeg(c.other.fq_pending);
   s.iova_allocated_pages = impl_->iova ? impl_->iova->stats().allocated_pages : 0;
+  s.cached_table_pages = impl_->pt ? impl_->pt->cached_tables() : 0;
   s.dirty_reports = Relaxed(c.other.dirty_reports);
   return s;
 }

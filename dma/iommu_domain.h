@@ -127,6 +127,10 @@ class IommuDomain {
   // teardown. In lazy mode tables still waiting in a flush queue are released by their flush: call
   // FlushQueues() first. Context: any thread not holding the RCU read lock.
   void Quiesce();
+  // Quiesce, then gives back what the domain keeps for reuse: every cached zeroed table and every
+  // IOVA sitting in the range caches (the kernel frees both with the domain). For a domain that is
+  // done with (Device::Unbind); it still works afterwards, only colder. Same context as Quiesce.
+  void ReleaseCaches();
 
   DomainStats stats() const;
   uint64_t faults() const;

@@ -305,6 +305,10 @@ void IovaAllocator::FlushCaches() {
     }
     impl_->FreeSharedMany(mags, order);
   }
+  // The table of blocks handed out keeps the capacity of its busiest moment: give back what is
+  // well above what it holds now (after a burst, or everything at unbind).
+  base::MutexLock l(&impl_->mu);
+  if (impl_->allocated.capacity() > 4 * impl_->allocated.size() + 64) impl_->allocated.rehash(0);
 }
 
 IovaStats IovaAllocator::stats() const {

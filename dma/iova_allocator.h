@@ -65,7 +65,8 @@ class IovaAllocator {
   // Frees a range returned by Alloc with the same `pages`. Context: any thread.
   void Free(uint64_t pfn, uint64_t pages);
 
-  // Returns every cached range to the shared allocator (the kernel's free_cpu_cached_iovas).
+  // Returns every cached range to the shared allocator (the kernel's free_cpu_cached_iovas), and
+  // shrinks the table of blocks handed out to what it holds now.
   void FlushCaches();
 
   IovaStats stats() const;

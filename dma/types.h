@@ -71,6 +71,7 @@ struct DomainStats {
   uint64_t fq_pending = 0;             // lazy mode: unmaps waiting in flush queues
   uint64_t iova_allocated_pages = 0;   // pages of IOVA space currently allocated
   uint64_t dirty_reports = 0;          // dirty leaves reported by sweeps
+  uint64_t cached_table_pages = 0;     // zeroed tables kept for reuse (not linked, not pending)
 };
 
 }  // namespace pagepool::dma

@@ -107,6 +107,8 @@ void AppendDomainMetrics(MetricsText& m, const std::vector<DeviceRow>& rows) {
   } families[] = {
       {"domain_table_pages", "gauge", "I/O page-table pages linked now.", &S::table_pages},
       {"domain_table_bytes", "gauge", "I/O page-table bytes linked now.", &S::table_bytes},
+      {"domain_cached_table_pages", "gauge", "Zeroed page-table pages kept for reuse.",
+       &S::cached_table_pages},
       {"domain_mapped_pages", "gauge", "4 KiB pages mapped now.", &S::mapped_pages},
       {"domain_live_mappings", "gauge", "DMA mappings live now (mapping checker).", nullptr},
       {"domain_tables_freed_total", "counter", "Page tables unlinked from the table.",

@@ -80,6 +80,7 @@ void FillDomain(const DeviceSpec& spec, const dma::Device& dev, v1::DomainInfo* 
   out->set_peak_table_pages(s.peak_table_pages);
   out->set_peak_table_bytes(s.peak_table_bytes);
   out->set_pending_free_pages(s.pending_free_pages);
+  out->set_cached_table_pages(s.cached_table_pages);
   out->set_tables_allocated(s.tables_allocated);
   out->set_tables_freed(s.tables_freed);
   out->set_tables_released(s.tables_released);

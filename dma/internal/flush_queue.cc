@@ -43,7 +43,7 @@ void FlushQueue::FlushAll() {
     Shard& s = shards_[i];
     base::MutexLock l(&s.mu);
     batch.insert(batch.end(), s.entries.begin(), s.entries.end());
-    s.entries.clear();
+    std::vector<FqEntry>().swap(s.entries);  // an idle queue keeps no memory (Add reserves again)
   }
   if (!batch.empty()) flush_(batch);
 }

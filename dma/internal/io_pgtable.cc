@@ -630,11 +630,11 @@ void IoPageTable::ReleaseBatch(PtTable* t) {
   counters_->tables.pending_free_pages.fetch_sub(n, std::memory_order_relaxed);
 }
 
-void IoPageTable::TrimCache() {
+void IoPageTable::TrimCache(size_t keep) {
   std::vector<PtTable*> excess;
   {
     base::MutexLock l(&cache_mu_);
-    while (cache_.size() > kCacheMax) {
+    while (cache_.size() > keep) {
       excess.push_back(cache_.back());
       cache_.pop_back();
     }
@@ -643,10 +643,15 @@ void IoPageTable::TrimCache() {
   for (PtTable* t : excess) delete t;
 }
 
-void IoPageTable::Quiesce() {
+size_t IoPageTable::cached_tables() const {
+  base::MutexLock l(&cache_mu_);
+  return cache_.size();
+}
+
+void IoPageTable::Quiesce(size_t keep) {
   SubmitPending();
   base::rcu::Barrier();
-  TrimCache();
+  TrimCache(keep);
 }
 
 }  // namespace pagepool::dma::internal

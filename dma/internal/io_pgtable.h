@@ -114,8 +114,11 @@ class IoPageTable {
   // Hands invalidated tables to RCU (batched). Context: any thread; the IOTLB is already flushed.
   void ReleaseGather(IotlbGather* gather);
   // Sends the pending batch to RCU, waits until every table handed over so far is released, and
-  // trims the cache of zeroed tables to kCacheMax. REQUIRES: the caller holds no RCU read lock.
-  void Quiesce();
+  // trims the cache of zeroed tables to `keep` (kCacheMax; 0 when the domain is done with, as at
+  // unbind). REQUIRES: the caller holds no RCU read lock.
+  void Quiesce(size_t keep = kCacheMax);
+  // Zeroed tables in the cache now. Context: any thread.
+  size_t cached_tables() const;
 
   // Tests only: runs `hook` in Map after a new table is allocated and before it is installed
   // (to force the install race of live-free case 1 deterministically). Not thread-safe to set.
@@ -187,7 +190,7 @@ class IoPageTable {
   static void RcuReleaseBatch(base::rcu::Head* head);
   void ReleaseBatch(PtTable* list);
   void SubmitPending();
-  void TrimCache();  // back to kCacheMax tables
+  void TrimCache(size_t keep);  // down to `keep` tables
   void DeleteSubtree(PtTable* t, unsigned level);
 
   const unsigned top_;    // level of the root

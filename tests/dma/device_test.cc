@@ -327,7 +327,10 @@ TEST_P(DeviceModeTest, UnbindGivesBackWhatPastMappingsLeft) {
     for (DmaAddr a : addrs) ASSERT_TRUE(dev->UnmapPage(a, 4096, kBi).ok());
   }
   if (dev->domain() != nullptr) {
+    dev->domain()->FlushQueues();  // lazy: the queued unmaps release their tables
+    dev->domain()->Quiesce();      // the freed tables reach the cache
     EXPECT_GT(dev->domain()->iova()->stats().cached_pages, 0u);
+    EXPECT_GT(dev->domain_stats().cached_table_pages, 0u);
   }
   ASSERT_TRUE(dev->Unbind().ok());
   EXPECT_EQ(dev->violations().Total(), 0u);
@@ -335,6 +338,7 @@ TEST_P(DeviceModeTest, UnbindGivesBackWhatPastMappingsLeft) {
     const DomainStats st = dev->domain_stats();
     EXPECT_EQ(st.mapped_pages, 0u);
     EXPECT_EQ(st.pending_free_pages, 0u);
+    EXPECT_EQ(st.cached_table_pages, 0u);
     EXPECT_EQ(dev->domain()->iova()->stats().cached_pages, 0u);
     EXPECT_EQ(dev->domain()->iova()->stats().allocated_pages, 0u);
   }
