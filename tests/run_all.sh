@@ -38,7 +38,7 @@ sanitizer_stage() {  # name, sanitizer (address|thread), ctest -L regex, ctest -
     local t
     for t in $(ctest --test-dir "$dir" --show-only=json-v1 -L "$labels" -LE "$exclude" |
         /usr/bin/python3 -c 'import json, os, sys
-for t in json.load(sys.stdin)["tests"]: print(os.path.basename(t["command"][0]))'); do
+for t in json.load(sys.stdin)["tests"]: print(os.path.basename(t.get("command", [t["name"]])[0]))'); do
       ninja -C "$dir" -t query "$t" >/dev/null 2>&1 && targets+=(--target "$t")
     done
   fi

@@ -21,7 +21,7 @@
 //     (ParseRequest, the stream reactors). Each call then waits for gRPC's callback threads, a few
 //     milliseconds on a loaded machine (tests/fuzz/README.md has the rates measured both ways), so
 //     it serves to replay the corpus through the real service (ctest
-//     fuzz_service_fuzz_grpc_replay) and for runs where time allows.
+//     service_fuzz_grpc_replay) and for runs where time allows.
 //
 // Invariants: no crash or sanitizer report; every call ends with a status code the service may
 // give (never UNKNOWN, INTERNAL, UNIMPLEMENTED, DATA_LOSS or DEADLINE_EXCEEDED); an OK answer
@@ -314,17 +314,30 @@ class RuntimeTransport final : public Transport {
     if (m == "ListInflight") {
       v1::ListInflightRequest r;
       if (!r.ParseFromString(reqs[0])) return Unparsable(method);
-      std::vector<InflightRecord> pages;
-      absl::Status s = rt_->ListInflight(r.pool_id(), r.limit(), &pages);
-      if (!s.ok()) return ToGrpcStatus(s);
+      // As the handler walks: a chunk at a time from the cursor, up to the limit (0: none).
+      Runtime::InflightCursor cursor(r.start_index_id());
       v1::ListInflightResponse a;
-      for (const InflightRecord& p : pages) {
-        v1::InflightPage* out = a.add_pages();
-        out->set_index_id(p.index_id);
-        out->mutable_handle()->set_frame(p.frame);
-        out->mutable_handle()->set_generation(p.generation);
-        out->set_dma_addr(p.dma_addr);
+      uint64_t listed = 0;
+      uint32_t last_id = 0;
+      while (!cursor.done() && (r.limit() == 0 || listed < r.limit())) {
+        std::vector<InflightRecord> pages;
+        const uint64_t left = r.limit() == 0 ? 0 : r.limit() - listed;
+        absl::Status s = rt_->ListInflight(r.pool_id(), &cursor, left, &pages);
+        if (!s.ok()) return ToGrpcStatus(s);
+        FUZZ_CHECK(pages.size() <= Runtime::kInflightChunk) << pages.size();
+        for (const InflightRecord& p : pages) {
+          FUZZ_CHECK(p.index_id > last_id && p.index_id >= r.start_index_id())
+              << "ListInflight out of order: " << p.index_id << " after " << last_id;
+          last_id = p.index_id;
+          v1::InflightPage* out = a.add_pages();
+          out->set_index_id(p.index_id);
+          out->mutable_handle()->set_frame(p.frame);
+          out->mutable_handle()->set_generation(p.generation);
+          out->set_dma_addr(p.dma_addr);
+        }
+        listed += pages.size();
       }
+      FUZZ_CHECK(r.limit() == 0 || listed <= r.limit()) << listed;
       answers->push_back(a.SerializeAsString());
       return grpc::Status::OK;
     }
