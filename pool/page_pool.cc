@@ -731,7 +731,7 @@ absl::StatusOr<FragPutResult> PagePool::PutFrag(const FragHandle& frag, bool nap
   return UnrefFrag(frag, /*release=*/false, napi_local, dma_sync_size);
 }
 
-absl::StatusOr<FragPutResult> PagePool::Return(const FragHandle& frag) {
+absl::StatusOr<FragPutResult> PagePool::ReturnFrag(const FragHandle& frag) {
   return UnrefFrag(frag, /*release=*/true, /*napi_local=*/false, kDmaSyncFullPage);
 }
 

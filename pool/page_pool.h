@@ -73,6 +73,7 @@
 // (page_pool_ref_netmem, as an skb sharing the fragment would). A frag page is handed out under
 // owner id | kFragOwnerBit, so whole-page calls (Recycle, Return, GetPage of a PageHandle) refuse
 // it; it stays in flight (inflight, the in-flight index) until its last reference is dropped.
+// PutFrag is Recycle for a fragment, ReturnFrag is Return.
 // Deliberate differences: pp_ref_count is 16 bits here, so the bias is 0x7fff (not LONG_MAX >> 1)
 // and a page carries at most kPpFragBias - 1 fragments; the count never goes below zero: a put
 // beyond the page's references is refused (FAILED_PRECONDITION) and counted (frag_put_refused).
@@ -347,20 +348,19 @@ class PagePool {
   // Context: NAPI context of the pool only.
   absl::StatusOr<PoolFrag> AllocFrag(uint32_t size);
 
-  // page_pool_put_page of a fragment (page_pool_put_netmem: unref, and only the last reference
+  // Recycle of a fragment: page_pool_put_page (page_pool_put_netmem: unref, and only the last reference
   // recycles, as Recycle does). FAILED_PRECONDITION for a handle whose page is not this pool's frag
   // page at that generation, or a put beyond the page's references (counted in frag_put_refused);
   // INVALID_ARGUMENT for a frame beyond memory or an offset/size outside the page.
   // Context: napi_local: NAPI context of the pool only; otherwise any thread.
+  // (The fragment calls have names of their own, not overloads of Recycle/Return: a braced
+  // {frame, generation} would be ambiguous between a PageHandle and a FragHandle.)
   absl::StatusOr<FragPutResult> PutFrag(const FragHandle& frag, bool napi_local,
                                         uint32_t dma_sync_size = kDmaSyncFullPage);
-  absl::StatusOr<FragPutResult> Recycle(const FragHandle& frag, bool napi_local) {
-    return PutFrag(frag, napi_local);
-  }
-  // Drops one reference of a fragment; the last one releases the page (unmap unless already
-  // unmapped, free) instead of recycling it. Errors as PutFrag.
+  // Return of a fragment: drops one reference; the last one releases the page (unmap unless
+  // already unmapped, free) instead of recycling it. Errors as PutFrag.
   // Context: any thread.
-  absl::StatusOr<FragPutResult> Return(const FragHandle& frag);
+  absl::StatusOr<FragPutResult> ReturnFrag(const FragHandle& frag);
   // page_pool_ref_netmem: one more reference on the fragment's page, dropped by one more
   // PutFrag/Return of the same handle. RESOURCE_EXHAUSTED when pp_ref_count would overflow; other
   // errors as PutFrag.

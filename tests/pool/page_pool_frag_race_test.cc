@@ -30,14 +30,14 @@ struct Counts {
   std::atomic<uint64_t> accepted{0}, refused{0}, last{0};
 };
 
-// Puts every fragment once, alternating PutFrag and Return by thread.
+// Puts every fragment once, alternating PutFrag and ReturnFrag by thread.
 void PutAll(PagePool* pool, const std::vector<PoolFrag>* frags, int thread, std::atomic<int>* go,
             Counts* counts) {
   while (go->load(std::memory_order_acquire) == 0) std::this_thread::yield();
   for (size_t i = 0; i < frags->size(); ++i) {
     const FragHandle& h = (*frags)[(i + size_t(thread) * 16) % frags->size()].handle;
     absl::StatusOr<FragPutResult> r =
-        (thread % 2 == 0) ? pool->PutFrag(h, /*napi_local=*/false) : pool->Return(h);
+        (thread % 2 == 0) ? pool->PutFrag(h, /*napi_local=*/false) : pool->ReturnFrag(h);
     if (!r.ok()) {
       EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
       counts->refused.fetch_add(1);

@@ -166,7 +166,7 @@ TEST_F(PagePoolFragTest, LastReferenceRecyclesIntoRingOrReleases) {
   const PoolFrag b = Alloc(*pool, 4096);  // drain: a held, new page
   const PoolFrag c = Alloc(*pool, 4096);  // drain: b held, new page
   ASSERT_NE(a.handle.page.frame, b.handle.page.frame);
-  absl::StatusOr<FragPutResult> r = pool->Recycle(a.handle, /*napi_local=*/false);
+  absl::StatusOr<FragPutResult> r = pool->PutFrag(a.handle, /*napi_local=*/false);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->refs_left, 0u);
   EXPECT_EQ(r->result, RecycleResult::kRing);
@@ -174,7 +174,7 @@ TEST_F(PagePoolFragTest, LastReferenceRecyclesIntoRingOrReleases) {
 
   const uint64_t unmaps = nic_->device().unmap_calls();
   const int64_t inflight = pool->inflight();
-  r = pool->Return(b.handle);
+  r = pool->ReturnFrag(b.handle);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->refs_left, 0u);
   EXPECT_EQ(r->result, RecycleResult::kReleased);
@@ -182,7 +182,7 @@ TEST_F(PagePoolFragTest, LastReferenceRecyclesIntoRingOrReleases) {
   EXPECT_EQ(pool->inflight(), inflight - 1);
   EXPECT_EQ(pool->info().frag_pages, 1u);
   // Returning the current frag page's only fragment leaves it with the pool's bias.
-  r = pool->Return(c.handle);
+  r = pool->ReturnFrag(c.handle);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->refs_left, uint32_t(kPpFragBias - 1));
   EXPECT_EQ(nic_->device().unmap_calls(), unmaps + 1);
@@ -229,7 +229,7 @@ TEST_F(PagePoolFragTest, PutBeyondReferencesIsRefusedNotACrash) {
   for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(pool->PutFrag(b.handle, false).status().code(),
               absl::StatusCode::kFailedPrecondition);
-    EXPECT_EQ(pool->Return(a.handle).status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(pool->ReturnFrag(a.handle).status().code(), absl::StatusCode::kFailedPrecondition);
   }
   EXPECT_EQ(pool->info().frag_put_refused, 6u);
   EXPECT_EQ(pool->info().ring_count, 1u);
@@ -286,7 +286,7 @@ TEST_F(PagePoolFragTest, NonMappingPoolCarvesFragmentsToo) {
   EXPECT_EQ(b.handle.offset, 1536u);
   EXPECT_EQ(b.phys, a.phys + 1536);
   ASSERT_TRUE(pool->PutFrag(a.handle, false).ok());
-  ASSERT_TRUE(pool->Return(b.handle).ok());
+  ASSERT_TRUE(pool->ReturnFrag(b.handle).ok());
   ASSERT_TRUE(pool->Destroy().ok());
   EXPECT_EQ(pool->inflight(), 0);  // page_pool_free_frag released the frag page
 }
@@ -351,7 +351,7 @@ TEST_P(PagePoolFragDestroyTest, FragmentsHeldAcrossDestroyAndUnbind) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->refs_left, 1u);
   EXPECT_EQ(pool->inflight(), 2);
-  r = pool->Return(b1.handle);
+  r = pool->ReturnFrag(b1.handle);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->refs_left, 0u);
   EXPECT_EQ(pool->inflight(), 1);
@@ -389,7 +389,7 @@ TEST_P(PagePoolFragDestroyTest, FreeFragReleasesAFragPageWithEverythingBack) {
   const PoolFrag a = Alloc(*pool, 512);
   const PoolFrag b = Alloc(*pool, 512);
   ASSERT_TRUE(pool->PutFrag(a.handle, true).ok());
-  ASSERT_TRUE(pool->Return(b.handle).ok());
+  ASSERT_TRUE(pool->ReturnFrag(b.handle).ok());
   absl::StatusOr<DestroyResult> d = nic_->DestroyPool(pool->id());
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_EQ(d->inflight_at_destroy, 0);
