@@ -79,7 +79,9 @@
 // beyond the page's references is refused (FAILED_PRECONDITION) and counted (frag_put_refused).
 // The count is per page, not per fragment (as in the kernel): a fragment put twice while other
 // fragments of its page are still held takes one of theirs, and the put that then finds no
-// reference left is the one refused.
+// reference left is the one refused. A put beyond the references that races the page's reuse as a
+// new frag page may take a reference of that next life (the handle check and the count are two
+// words); a put that takes such a page's count to zero loses the owner CAS and is refused.
 //
 // Pages given to users carry a PageHandle (frame, generation). The generation is bumped on every
 // hand-out and every give-back; a give-back claims the handle with one CAS on (owner pool,
@@ -93,6 +95,8 @@
 //     a per-pool NAPI mutex around these calls).
 //   * Recycle/PutFullPage with napi_local = false, Return, ReleasePage, GetPage, info(), stats(),
 //     ForEachInflight: any thread.
+//   * AllocFrag: the pool's NAPI context only; PutFrag with napi_local = false, ReturnFrag,
+//     RefFrag, PpRefCount: any thread.
 //   * Destroy, WaitForDestroy: any thread not holding an RCU read lock; Destroy may race with
 //     returns and ring recycles on other threads.
 //     REQUIRES: the NAPI context no longer allocates or recycles directly (the driver stops NAPI
