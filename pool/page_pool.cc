@@ -571,9 +571,8 @@ bool PagePool::FragPageDone(PageRecord* page, uint32_t generation) {
   // Only the party that took pp_ref_count to 0 at this generation wins; a stale put that took a
   // recycled page's count to 0 loses here.
   uint64_t expected = PageRecord::MakeOwnerGen(id_ | kFragOwnerBit, generation);
-  if (!page->owner_gen.compare_exchange_strong(expected,
-                                               PageRecord::MakeOwnerGen(id_, generation + 1),
-                                               std::memory_order_acq_rel)) {
+  if (!page->owner_gen.compare_exchange_strong(
+          expected, PageRecord::MakeOwnerGen(id_, generation + 1), std::memory_order_acq_rel)) {
     return false;
   }
   page->pp_ref_count.store(1, std::memory_order_relaxed);  // an ordinary pool page again
@@ -662,8 +661,8 @@ absl::StatusOr<PoolFrag> PagePool::AllocFrag(uint32_t size) {
   frag_refs_.fetch_add(1, std::memory_order_relaxed);
   PoolFrag out;
   const FrameNumber frame = memory_->FrameOf(page);
-  out.handle.page = PageHandle{
-      frame, PageRecord::GenerationOf(page->owner_gen.load(std::memory_order_relaxed))};
+  out.handle.page =
+      PageHandle{frame, PageRecord::GenerationOf(page->owner_gen.load(std::memory_order_relaxed))};
   out.handle.offset = offset;
   out.handle.size = size;
   const dma::DmaAddr dma = page->dma_addr.load(std::memory_order_relaxed);
@@ -687,8 +686,8 @@ absl::StatusOr<PageRecord*> PagePool::CheckFrag(const FragHandle& frag, const ch
   if (og != PageRecord::MakeOwnerGen(id_ | kFragOwnerBit, frag.page.generation)) {
     frag_put_refused_.fetch_add(1, std::memory_order_relaxed);
     return absl::FailedPreconditionError(absl::StrCat(
-        what, ": frame ", frame, " generation ", frag.page.generation,
-        " is not a page of pool ", id_, " split into fragments at that generation (owner ",
+        what, ": frame ", frame, " generation ", frag.page.generation, " is not a page of pool ",
+        id_, " split into fragments at that generation (owner ",
         PageRecord::OwnerOf(og) & ~kFragOwnerBit, ", generation ", PageRecord::GenerationOf(og),
         "; double put?)"));
   }
@@ -743,8 +742,8 @@ absl::Status PagePool::RefFrag(const FragHandle& frag) {
   uint16_t c = page->pp_ref_count.load(std::memory_order_acquire);
   do {
     if (c == 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "ref fragment: frame ", frag.page.frame, " has no reference left to add one to"));
+      return absl::FailedPreconditionError(absl::StrCat("ref fragment: frame ", frag.page.frame,
+                                                        " has no reference left to add one to"));
     }
     if (c == UINT16_MAX) {
       return absl::ResourceExhaustedError(
@@ -761,12 +760,13 @@ PpRefInfo PagePool::PpRefCount(FrameNumber frame) const {
   if (frame >= memory_->frames()) return out;
   const PageRecord* page = &memory_->record(frame);
   out.pp_ref_count = page->pp_ref_count.load(std::memory_order_acquire);
-  out.frag_page = PageRecord::OwnerOf(page->owner_gen.load(std::memory_order_acquire)) ==
-                  (id_ | kFragOwnerBit);
+  out.frag_page =
+      PageRecord::OwnerOf(page->owner_gen.load(std::memory_order_acquire)) == (id_ | kFragOwnerBit);
   out.current = out.frag_page && frag_page_.load(std::memory_order_relaxed) == page;
   out.user_refs = out.current ? int64_t(out.pp_ref_count) -
                                     (kPpFragBias - frag_users_.load(std::memory_order_relaxed))
-                              : out.frag_page ? int64_t(out.pp_ref_count) : 0;
+                  : out.frag_page ? int64_t(out.pp_ref_count)
+                                  : 0;
   return out;
 }
 

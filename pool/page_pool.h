@@ -212,10 +212,10 @@ struct PoolFrag {
 
 // One page's pp_ref_count as PpRefCount sees it (a snapshot; other threads may be putting).
 struct PpRefInfo {
-  bool frag_page = false;      // the page is split into fragments and in flight from this pool
-  bool current = false;        // it is the pool's frag_page (the bias is still on it)
-  uint32_t pp_ref_count = 0;   // the raw count (bias included for the current frag page)
-  int64_t user_refs = 0;       // references held outside the pool (fragments + extra references)
+  bool frag_page = false;     // the page is split into fragments and in flight from this pool
+  bool current = false;       // it is the pool's frag_page (the bias is still on it)
+  uint32_t pp_ref_count = 0;  // the raw count (bias included for the current frag page)
+  int64_t user_refs = 0;      // references held outside the pool (fragments + extra references)
 };
 
 // struct page_pool_alloc_stats + struct page_pool_recycle_stats.
@@ -352,13 +352,13 @@ class PagePool {
   // Context: NAPI context of the pool only.
   absl::StatusOr<PoolFrag> AllocFrag(uint32_t size);
 
-  // Recycle of a fragment: page_pool_put_page (page_pool_put_netmem: unref, and only the last reference
-  // recycles, as Recycle does). FAILED_PRECONDITION for a handle whose page is not this pool's frag
-  // page at that generation, or a put beyond the page's references (counted in frag_put_refused);
-  // INVALID_ARGUMENT for a frame beyond memory or an offset/size outside the page.
+  // Recycle of a fragment: page_pool_put_page (page_pool_put_netmem: unref, and only the last
+  // reference recycles, as Recycle does). FAILED_PRECONDITION for a handle whose page is not this
+  // pool's frag page at that generation, or a put beyond the page's references (counted in
+  // frag_put_refused); INVALID_ARGUMENT for a frame beyond memory or an offset/size outside the
+  // page. The fragment calls have names of their own, not overloads of Recycle/Return: a braced
+  // {frame, generation} would be ambiguous between a PageHandle and a FragHandle.
   // Context: napi_local: NAPI context of the pool only; otherwise any thread.
-  // (The fragment calls have names of their own, not overloads of Recycle/Return: a braced
-  // {frame, generation} would be ambiguous between a PageHandle and a FragHandle.)
   absl::StatusOr<FragPutResult> PutFrag(const FragHandle& frag, bool napi_local,
                                         uint32_t dma_sync_size = kDmaSyncFullPage);
   // Return of a fragment: drops one reference; the last one releases the page (unmap unless

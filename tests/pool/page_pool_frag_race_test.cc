@@ -104,9 +104,9 @@ TEST_P(PagePoolFragRaceTest, ConcurrentPutsOfOnePageRecycleItOnce) {
     ASSERT_EQ(counts.last.load(), 1u) << "round " << round;
     const PagePoolInfo after = pool->info();
     // The page went back exactly once: into the ring, or released by a Return.
-    EXPECT_EQ((after.stats.recycle_ring - before.stats.recycle_ring) +
-                  (before.inflight - after.inflight),
-              1u);
+    EXPECT_EQ(
+        (after.stats.recycle_ring - before.stats.recycle_ring) + (before.inflight - after.inflight),
+        1u);
     EXPECT_EQ(after.frag_pages, 1u);  // the current frag page
     refused += counts.refused.load();
     EXPECT_EQ(after.frag_put_refused, refused);

@@ -359,8 +359,7 @@ TEST_P(PagePoolFragDestroyTest, FragmentsHeldAcrossDestroyAndUnbind) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->refs_left, 0u);
   EXPECT_EQ(r->result, RecycleResult::kReleased);
-  EXPECT_EQ(pool->PutFrag(a1.handle, false).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(pool->PutFrag(a1.handle, false).status().code(), absl::StatusCode::kFailedPrecondition);
   info = pool->info();
   EXPECT_EQ(info.inflight, 0);
   EXPECT_EQ(info.frag_pages, 0u);
