@@ -110,7 +110,7 @@ absl::StatusOr<std::shared_ptr<PagePool>> PagePool::Create(std::shared_ptr<PhysM
     return absl::InvalidArgumentError("dma_index_limit must be at least 1");
   }
   const uint32_t id = g_next_pool_id.fetch_add(1, std::memory_order_relaxed);
-  if (id == 0) return absl::ResourceExhaustedError("pool ids exhausted");
+  if (id == 0 || id >= kFragOwnerBit) return absl::ResourceExhaustedError("pool ids exhausted");
   return std::shared_ptr<PagePool>(new PagePool(std::move(memory), std::move(device), params, id));
 }
 
@@ -140,6 +140,7 @@ PagePool::~PagePool() {
     // A pool dropped without Destroy: give back what it holds itself (user-held pages stay
     // allocated and can no longer be given back).
     ring_->Close();
+    FreeFrag();
     EmptyAllocCache();
     EmptyRing();
   }
@@ -456,6 +457,11 @@ absl::StatusOr<PageRecord*> PagePool::ClaimHandle(PageHandle handle, const char*
                      " is not in flight from a page pool (freed or never "
                      "allocated; double return?)"));
   }
+  if (owner == (id_ | kFragOwnerBit)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": frame ", handle.frame,
+                     " is split into fragments: give its fragments back one by one"));
+  }
   if (owner != id_) {
     return absl::FailedPreconditionError(absl::StrCat(
         what, ": frame ", handle.frame, " belongs to pool ", owner, ", not pool ", id_));
@@ -540,6 +546,231 @@ absl::Status PagePool::GetPage(PageHandle handle) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Fragments
+
+int32_t PagePool::UnrefNetmem(PageRecord* page, uint32_t nr) {
+  uint16_t c = page->pp_ref_count.load(std::memory_order_acquire);
+  do {
+    if (c < nr) return -1;
+  } while (!page->pp_ref_count.compare_exchange_weak(c, uint16_t(c - nr), std::memory_order_acq_rel,
+                                                     std::memory_order_acquire));
+  return int32_t(c - nr);
+}
+
+void PagePool::HandOutFrag(PageRecord* page) {
+  // page_pool_fragment_netmem(BIAS_MAX), published before the owner word a put checks first.
+  page->pp_ref_count.store(kPpFragBias, std::memory_order_relaxed);
+  const uint32_t gen =
+      PageRecord::GenerationOf(page->owner_gen.load(std::memory_order_relaxed)) + 1;
+  page->owner_gen.store(PageRecord::MakeOwnerGen(id_ | kFragOwnerBit, gen),
+                        std::memory_order_release);
+  frag_pages_.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool PagePool::FragPageDone(PageRecord* page, uint32_t generation) {
+  // Only the party that took pp_ref_count to 0 at this generation wins; a stale put that took a
+  // recycled page's count to 0 loses here.
+  uint64_t expected = PageRecord::MakeOwnerGen(id_ | kFragOwnerBit, generation);
+  if (!page->owner_gen.compare_exchange_strong(
+          expected, PageRecord::MakeOwnerGen(id_, generation + 1), std::memory_order_acq_rel)) {
+    return false;
+  }
+  page->pp_ref_count.store(1, std::memory_order_relaxed);  // an ordinary pool page again
+  frag_pages_.fetch_sub(1, std::memory_order_relaxed);
+  return true;
+}
+
+// Drops the pool's share of the current frag page's references (kPpFragBias - frag_users).
+// Returns true when that was the last reference (the page is then the pool's again). Puts beyond a
+// page's references that ate into the share are absorbed here (and taken out of frag_refs_ again).
+bool PagePool::DropFragBias(PageRecord* page) {
+  const uint32_t drain = kPpFragBias - frag_users_.load(std::memory_order_relaxed);
+  uint16_t c = page->pp_ref_count.load(std::memory_order_acquire);
+  uint32_t n;
+  do {
+    n = std::min<uint32_t>(c, drain);
+  } while (!page->pp_ref_count.compare_exchange_weak(c, uint16_t(c - n), std::memory_order_acq_rel,
+                                                     std::memory_order_acquire));
+  if (n < drain) frag_refs_.fetch_add(int64_t{drain - n}, std::memory_order_relaxed);
+  if (c - n != 0) return false;  // some user still holds a fragment
+  const uint32_t gen = PageRecord::GenerationOf(page->owner_gen.load(std::memory_order_acquire));
+  return FragPageDone(page, gen);
+}
+
+PageRecord* PagePool::DrainFrag(PageRecord* page) {
+  // page_pool_drain_frag
+  if (!DropFragBias(page)) return nullptr;
+  if (page->page_ref.load(std::memory_order_acquire) == 1 &&
+      memory_->FrameNid(memory_->FrameOf(page)) == pref_nid_) {
+    // __page_pool_page_can_be_recycled: reuse it as the next frag page at once.
+    DmaSyncForDevice(page, kDmaSyncFullPage);
+    return page;
+  }
+  ReleasePage(page);
+  return nullptr;
+}
+
+void PagePool::FreeFrag() {
+  // page_pool_free_frag
+  PageRecord* page = frag_page_.exchange(nullptr, std::memory_order_relaxed);
+  if (page == nullptr) return;
+  if (DropFragBias(page)) ReleasePage(page);
+}
+
+absl::StatusOr<PoolFrag> PagePool::AllocFrag(uint32_t size) {
+  if (destroyed()) return AllocErrorStatus(kDestroyed, id_, device_.get());
+  const uint64_t max_size = page_bytes();
+  if (size == 0 || size > max_size) {
+    return absl::InvalidArgumentError(absl::StrCat("alloc_frag: size ", size, " is not in 1..",
+                                                   max_size, " (the pool's page size)"));
+  }
+  // page_pool_alloc_frag_netmem. max_size is a multiple of kFragAlign: the aligned size fits too.
+  size = (size + kFragAlign - 1) & ~(kFragAlign - 1);
+  PageRecord* page = frag_page_.load(std::memory_order_relaxed);
+  uint32_t offset = frag_offset_.load(std::memory_order_relaxed);
+  const uint32_t users = frag_users_.load(std::memory_order_relaxed);
+  bool fresh = false;
+  if (page != nullptr && (offset + uint64_t{size} > max_size || users + 1 >= kPpFragBias)) {
+    page = DrainFrag(page);
+    if (page != nullptr) {
+      BumpSingle(stats_.alloc_fast);
+      HandOutFrag(page);
+      fresh = true;
+    }
+  }
+  if (page == nullptr) {
+    last_alloc_error_.store(kAllocOk, std::memory_order_relaxed);
+    page = AllocPage();
+    if (page == nullptr) {
+      frag_page_.store(nullptr, std::memory_order_relaxed);
+      return AllocErrorStatus(last_alloc_error_.load(), id_, device_.get());
+    }
+    HandOutFrag(page);
+    fresh = true;
+  }
+  if (fresh) {
+    frag_page_.store(page, std::memory_order_relaxed);
+    frag_users_.store(1, std::memory_order_relaxed);
+    offset = 0;
+    frag_offset_.store(size, std::memory_order_relaxed);
+  } else {
+    frag_users_.store(users + 1, std::memory_order_relaxed);
+    frag_offset_.store(offset + size, std::memory_order_relaxed);
+    BumpSingle(stats_.alloc_fast);
+  }
+  frag_refs_.fetch_add(1, std::memory_order_relaxed);
+  PoolFrag out;
+  const FrameNumber frame = memory_->FrameOf(page);
+  out.handle.page =
+      PageHandle{frame, PageRecord::GenerationOf(page->owner_gen.load(std::memory_order_relaxed))};
+  out.handle.offset = offset;
+  out.handle.size = size;
+  const dma::DmaAddr dma = page->dma_addr.load(std::memory_order_relaxed);
+  out.dma_addr = dma == 0 ? 0 : dma + offset;
+  out.phys = PhysMemory::PhysOf(frame) + offset;
+  return out;
+}
+
+absl::StatusOr<PageRecord*> PagePool::CheckFrag(const FragHandle& frag, const char* what) {
+  const FrameNumber frame = frag.page.frame;
+  if (frame >= memory_->frames()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": frame ", frame, " is beyond memory (",
+                                                   memory_->frames(), " frames)"));
+  }
+  if (frag.size == 0 || uint64_t{frag.offset} + frag.size > page_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": fragment at ", frag.offset, " of ",
+                                                   frag.size, " bytes is not inside the page"));
+  }
+  PageRecord* page = &memory_->record(frame);
+  const uint64_t og = page->owner_gen.load(std::memory_order_acquire);
+  if (og != PageRecord::MakeOwnerGen(id_ | kFragOwnerBit, frag.page.generation)) {
+    frag_put_refused_.fetch_add(1, std::memory_order_relaxed);
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": frame ", frame, " generation ", frag.page.generation, " is not a page of pool ",
+        id_, " split into fragments at that generation (owner ",
+        PageRecord::OwnerOf(og) & ~kFragOwnerBit, ", generation ", PageRecord::GenerationOf(og),
+        "; double put?)"));
+  }
+  return page;
+}
+
+absl::StatusOr<FragPutResult> PagePool::UnrefFrag(const FragHandle& frag, bool release,
+                                                  bool napi_local, uint32_t dma_sync_size) {
+  const char* what = release ? "return fragment" : "put fragment";
+  absl::StatusOr<PageRecord*> checked = CheckFrag(frag, what);
+  if (!checked.ok()) return checked.status();
+  PageRecord* page = *checked;
+  // page_pool_unref_netmem(1), refusing to go below zero.
+  const int32_t left = UnrefNetmem(page, 1);
+  if (left < 0 || (left == 0 && !FragPageDone(page, frag.page.generation))) {
+    // No reference left; or this put took the count of a page that was meanwhile given back (and
+    // set to 1) to 0: put that one back.
+    if (left == 0) page->pp_ref_count.fetch_add(1, std::memory_order_relaxed);
+    frag_put_refused_.fetch_add(1, std::memory_order_relaxed);
+    return absl::FailedPreconditionError(absl::StrCat(what, ": frame ", frag.page.frame,
+                                                      " generation ", frag.page.generation,
+                                                      " has no reference left (double put?)"));
+  }
+  frag_refs_.fetch_sub(1, std::memory_order_relaxed);
+  FragPutResult out;
+  out.refs_left = uint32_t(left);
+  if (left > 0) return out;
+  // The last reference: page_pool_put_unrefed_netmem, or page_pool_return_page for Return.
+  if (release) {
+    ReleasePage(page);
+    out.result = RecycleResult::kReleased;
+  } else {
+    out.result = PutPage(page, dma_sync_size, napi_local);
+  }
+  return out;
+}
+
+absl::StatusOr<FragPutResult> PagePool::PutFrag(const FragHandle& frag, bool napi_local,
+                                                uint32_t dma_sync_size) {
+  return UnrefFrag(frag, /*release=*/false, napi_local, dma_sync_size);
+}
+
+absl::StatusOr<FragPutResult> PagePool::ReturnFrag(const FragHandle& frag) {
+  return UnrefFrag(frag, /*release=*/true, /*napi_local=*/false, kDmaSyncFullPage);
+}
+
+absl::Status PagePool::RefFrag(const FragHandle& frag) {
+  absl::StatusOr<PageRecord*> checked = CheckFrag(frag, "ref fragment");
+  if (!checked.ok()) return checked.status();
+  PageRecord* page = *checked;
+  // page_pool_ref_netmem, refusing a page with no reference left or a count about to overflow.
+  uint16_t c = page->pp_ref_count.load(std::memory_order_acquire);
+  do {
+    if (c == 0) {
+      return absl::FailedPreconditionError(absl::StrCat("ref fragment: frame ", frag.page.frame,
+                                                        " has no reference left to add one to"));
+    }
+    if (c == UINT16_MAX) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("ref fragment: frame ", frag.page.frame, " pp_ref_count would overflow"));
+    }
+  } while (!page->pp_ref_count.compare_exchange_weak(c, uint16_t(c + 1), std::memory_order_acq_rel,
+                                                     std::memory_order_acquire));
+  frag_refs_.fetch_add(1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+PpRefInfo PagePool::PpRefCount(FrameNumber frame) const {
+  PpRefInfo out;
+  if (frame >= memory_->frames()) return out;
+  const PageRecord* page = &memory_->record(frame);
+  out.pp_ref_count = page->pp_ref_count.load(std::memory_order_acquire);
+  out.frag_page =
+      PageRecord::OwnerOf(page->owner_gen.load(std::memory_order_acquire)) == (id_ | kFragOwnerBit);
+  out.current = out.frag_page && frag_page_.load(std::memory_order_relaxed) == page;
+  out.user_refs = out.current ? int64_t(out.pp_ref_count) -
+                                    (kPpFragBias - frag_users_.load(std::memory_order_relaxed))
+                  : out.frag_page ? int64_t(out.pp_ref_count)
+                                  : 0;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Destroy
 
 void PagePool::EmptyAllocCache() {
@@ -599,7 +830,8 @@ uint64_t PagePool::UnmapInflightScanned(DestroyResult* result) {
     result->frames_scanned = memory_->ScanAllFramesUntil([&](FrameNumber, PageRecord& rec) {
       if (int64_t(claimed.size()) >= want) return false;  // inflight == unmapped: stop
       if (rec.page_ref.load(std::memory_order_relaxed) == 0 || !rec.IsPagePool() ||
-          PageRecord::OwnerOf(rec.owner_gen.load(std::memory_order_acquire)) != id_) {
+          (PageRecord::OwnerOf(rec.owner_gen.load(std::memory_order_acquire)) & ~kFragOwnerBit) !=
+              id_) {
         return true;
       }
       const dma::DmaAddr dma = rec.dma_addr.exchange(0, std::memory_order_acq_rel);
@@ -627,6 +859,9 @@ absl::StatusOr<DestroyResult> PagePool::Destroy() {
 
   // Close the ring first: from now on a recycled page is released, never stranded.
   ring_->Close();
+  // page_pool_free_frag: the bias the pool did not hand out goes; a frag page whose fragments
+  // are all back is released here, one with fragments still held stays in flight.
+  FreeFrag();
   // page_pool_scrub: page_pool_empty_alloc_cache_once, the index walk (kXarray), empty the ring.
   EmptyAllocCache();
   uint64_t unmapped = 0;
@@ -778,6 +1013,9 @@ PagePoolInfo PagePool::info() const {
   i.strategy = params_.strategy;
   if (index_ != nullptr) i.index = index_->stats();
   i.stats = stats();
+  i.frag_pages = frag_pages_.load(std::memory_order_relaxed);
+  i.frag_refs = uint64_t(std::max<int64_t>(0, frag_refs_.load(std::memory_order_relaxed)));
+  i.frag_put_refused = frag_put_refused_.load(std::memory_order_relaxed);
   return i;
 }
 

@@ -62,6 +62,27 @@
 // until the release worker's next pass). The pool object lives as long as any shared_ptr to it (the
 // owner, typically Nic, keeps it until inflight reaches 0).
 //
+// Fragments (page_pool_alloc_frag; PP_FLAG_PAGE_FRAG is always allowed, as in current kernels):
+// AllocFrag carves ALIGN(size, kFragAlign) bytes out of the pool's current frag page (frag_page,
+// frag_offset, frag_users). A fresh frag page gets pp_ref_count = kPpFragBias
+// (page_pool_fragment_netmem with BIAS_MAX); each fragment handed out is one of those references,
+// and every put of a fragment drops one (page_pool_unref_netmem). When the next fragment does not
+// fit, page_pool_drain_frag drops the bias the pool did not hand out (kPpFragBias - frag_users);
+// Destroy (page_pool_free_frag) and ~PagePool do the same for the last frag page. Whoever drops the
+// last reference recycles or releases the page, exactly once; RefFrag adds a reference
+// (page_pool_ref_netmem, as an skb sharing the fragment would). A frag page is handed out under
+// owner id | kFragOwnerBit, so whole-page calls (Recycle, Return, GetPage of a PageHandle) refuse
+// it; it stays in flight (inflight, the in-flight index) until its last reference is dropped.
+// PutFrag is Recycle for a fragment, ReturnFrag is Return.
+// Deliberate differences: pp_ref_count is 16 bits here, so the bias is 0x7fff (not LONG_MAX >> 1)
+// and a page carries at most kPpFragBias - 1 fragments; the count never goes below zero: a put
+// beyond the page's references is refused (FAILED_PRECONDITION) and counted (frag_put_refused).
+// The count is per page, not per fragment (as in the kernel): a fragment put twice while other
+// fragments of its page are still held takes one of theirs, and the put that then finds no
+// reference left is the one refused. A put beyond the references that races the page's reuse as a
+// new frag page may take a reference of that next life (the handle check and the count are two
+// words); a put that takes such a page's count to zero loses the owner CAS and is refused.
+//
 // Pages given to users carry a PageHandle (frame, generation). The generation is bumped on every
 // hand-out and every give-back; a give-back claims the handle with one CAS on (owner pool,
 // generation), so a double return, a stale handle or a handle of another pool is refused with
@@ -74,6 +95,8 @@
 //     a per-pool NAPI mutex around these calls).
 //   * Recycle/PutFullPage with napi_local = false, Return, ReleasePage, GetPage, info(), stats(),
 //     ForEachInflight: any thread.
+//   * AllocFrag: the pool's NAPI context only; PutFrag with napi_local = false, ReturnFrag,
+//     RefFrag, PpRefCount: any thread.
 //   * Destroy, WaitForDestroy: any thread not holding an RCU read lock; Destroy may race with
 //     returns and ring recycles on other threads.
 //     REQUIRES: the NAPI context no longer allocates or recycles directly (the driver stops NAPI
@@ -124,6 +147,12 @@ inline constexpr uint64_t kDeferWarnIntervalNs =
     60'000'000'000ull;  // DEFER_WARN_INTERVAL = 60 * HZ
 // dma_sync_size of page_pool_put_full_page (-1): the sync covers max_len.
 inline constexpr uint32_t kDmaSyncFullPage = 0xffffffffu;
+// Fragments: sizes are rounded up to dma_get_cache_alignment() (64 on x86_64).
+inline constexpr uint32_t kFragAlign = 64;
+// BIAS_MAX for a 16-bit pp_ref_count: half the range, the other half for extra references.
+inline constexpr uint16_t kPpFragBias = 0x7fff;
+// Owner-id bit of a page split into fragments (PageRecord::owner_gen).
+inline constexpr uint32_t kFragOwnerBit = 1u << 31;
 
 // Receives warnings such as "stalled pool shutdown: ...". Empty: write the line to stderr.
 using WarnSink = std::function<void(std::string_view line)>;
@@ -163,6 +192,30 @@ struct PoolPage {
   PageHandle handle;
   dma::DmaAddr dma_addr = 0;  // 0 when the pool does not DMA-map
   dma::PhysAddr phys = 0;
+};
+
+// A fragment as a user holds it: its page's handle (the generation the frag page was handed out
+// at, shared by every fragment of that page) and where in the page it lies.
+struct FragHandle {
+  PageHandle page;
+  uint32_t offset = 0;  // frag_offset: bytes from the start of the page
+  uint32_t size = 0;    // the aligned size carved out
+  friend bool operator==(const FragHandle&, const FragHandle&) = default;
+};
+
+// A fragment handed out by AllocFrag.
+struct PoolFrag {
+  FragHandle handle;
+  dma::DmaAddr dma_addr = 0;  // the page's dma_addr + offset; 0 when the pool does not DMA-map
+  dma::PhysAddr phys = 0;     // the page's physical address + offset
+};
+
+// One page's pp_ref_count as PpRefCount sees it (a snapshot; other threads may be putting).
+struct PpRefInfo {
+  bool frag_page = false;     // the page is split into fragments and in flight from this pool
+  bool current = false;       // it is the pool's frag_page (the bias is still on it)
+  uint32_t pp_ref_count = 0;  // the raw count (bias included for the current frag page)
+  int64_t user_refs = 0;      // references held outside the pool (fragments + extra references)
 };
 
 // struct page_pool_alloc_stats + struct page_pool_recycle_stats.
@@ -207,6 +260,10 @@ struct PagePoolInfo {
   DestroyStrategy strategy = DestroyStrategy::kXarray;
   InflightIndexStats index;  // all zero unless kXarray with DMA mapping
   PagePoolStats stats;
+  // Fragments.
+  uint64_t frag_pages = 0;        // pages split into fragments and still in flight
+  uint64_t frag_refs = 0;         // fragment references held by users (RefFrag's included)
+  uint64_t frag_put_refused = 0;  // puts of a fragment refused: no reference left on its page
 };
 
 // Where Recycle put a page.
@@ -214,6 +271,13 @@ enum class RecycleResult : uint8_t {
   kCached = 0,    // into the alloc cache (direct recycling)
   kRing = 1,      // into the ptr_ring
   kReleased = 2,  // released: ring full, refcount not 1, or destroyed pool
+};
+
+// What a put of a fragment did.
+struct FragPutResult {
+  uint32_t refs_left = 0;  // pp_ref_count after the put (0: this put dropped the last reference)
+  // Where the page went when refs_left is 0 (Recycle of a fragment); for Return, kReleased.
+  RecycleResult result = RecycleResult::kReleased;
 };
 
 struct DestroyResult {
@@ -278,6 +342,38 @@ class PagePool {
   // extra reference. The handle stays valid. Errors as Recycle.
   // Context: any thread.
   absl::Status GetPage(PageHandle handle);
+
+  // ---- Fragments (handle API) ----
+
+  // page_pool_dev_alloc_frag: `size` bytes rounded up to kFragAlign, carved from the current frag
+  // page at its frag_offset, or from a new page (page_pool_drain_frag on the old one first) when
+  // they do not fit. INVALID_ARGUMENT for size 0 or above the page size (the kernel's WARN +
+  // NULL); otherwise errors as Allocate.
+  // Context: NAPI context of the pool only.
+  absl::StatusOr<PoolFrag> AllocFrag(uint32_t size);
+
+  // Recycle of a fragment: page_pool_put_page (page_pool_put_netmem: unref, and only the last
+  // reference recycles, as Recycle does). FAILED_PRECONDITION for a handle whose page is not this
+  // pool's frag page at that generation, or a put beyond the page's references (counted in
+  // frag_put_refused); INVALID_ARGUMENT for a frame beyond memory or an offset/size outside the
+  // page. The fragment calls have names of their own, not overloads of Recycle/Return: a braced
+  // {frame, generation} would be ambiguous between a PageHandle and a FragHandle.
+  // Context: napi_local: NAPI context of the pool only; otherwise any thread.
+  absl::StatusOr<FragPutResult> PutFrag(const FragHandle& frag, bool napi_local,
+                                        uint32_t dma_sync_size = kDmaSyncFullPage);
+  // Return of a fragment: drops one reference; the last one releases the page (unmap unless
+  // already unmapped, free) instead of recycling it. Errors as PutFrag.
+  // Context: any thread.
+  absl::StatusOr<FragPutResult> ReturnFrag(const FragHandle& frag);
+  // page_pool_ref_netmem: one more reference on the fragment's page, dropped by one more
+  // PutFrag/Return of the same handle. RESOURCE_EXHAUSTED when pp_ref_count would overflow; other
+  // errors as PutFrag.
+  // Context: any thread.
+  absl::Status RefFrag(const FragHandle& frag);
+  // The pp_ref_count of `frame` (for listing in-flight pages). A page not split into fragments
+  // by this pool answers frag_page = false and its raw count.
+  // Context: any thread.
+  PpRefInfo PpRefCount(FrameNumber frame) const;
 
   // ---- Kernel-level API (benchmarks and in-process users; no handle bookkeeping) ----
 
@@ -394,6 +490,24 @@ class PagePool {
   // Sets the detach fields when pages are in flight, then publishes the destroy as finished.
   void FinishDestroy(int64_t inflight_now, uint64_t unmapped);
   void Warn(std::string_view line) const;
+  // Fragments.
+  // The handle names a page of this pool split into fragments at that generation; a refusal is
+  // counted in frag_put_refused.
+  absl::StatusOr<PageRecord*> CheckFrag(const FragHandle& frag, const char* what);
+  // page_pool_unref_netmem that refuses to go below zero: the count left, or -1 when the page
+  // has fewer than `nr` references.
+  static int32_t UnrefNetmem(PageRecord* page, uint32_t nr);
+  // A page becomes the frag page: pp_ref_count = kPpFragBias, owner id | kFragOwnerBit, next
+  // generation. REQUIRES: the pool owns the page. Context: NAPI context of the pool only.
+  void HandOutFrag(PageRecord* page);
+  // The last reference of the frag page at `generation` is dropped: claims it back for the pool
+  // (next generation, pp_ref_count 1). False when the page is no longer at that generation.
+  bool FragPageDone(PageRecord* page, uint32_t generation);
+  bool DropFragBias(PageRecord* page);
+  PageRecord* DrainFrag(PageRecord* page);  // page_pool_drain_frag
+  void FreeFrag();                          // page_pool_free_frag
+  absl::StatusOr<FragPutResult> UnrefFrag(const FragHandle& frag, bool release, bool napi_local,
+                                          uint32_t dma_sync_size);
 
   const uint32_t id_;
   const PagePoolParams params_;
@@ -449,6 +563,17 @@ class PagePool {
   std::atomic<int64_t> detach_time_{0};
   std::atomic<uint64_t> defer_warn_ns_{0};
   std::atomic<int> last_alloc_error_{0};  // why the last slow path came back empty
+
+  // The kernel's frag_page, frag_offset, frag_users: written by the NAPI context (and Destroy);
+  // atomics (relaxed) so PpRefCount may read them from any thread.
+  std::atomic<PageRecord*> frag_page_{nullptr};
+  std::atomic<uint32_t> frag_offset_{0};
+  std::atomic<uint32_t> frag_users_{0};
+  std::atomic<uint64_t> frag_pages_{0};  // frag pages in flight
+  // User references on them; signed: puts beyond a page's references may take it below zero
+  // until the drain absorbs them (info() reports max(0, n)).
+  std::atomic<int64_t> frag_refs_{0};
+  std::atomic<uint64_t> frag_put_refused_{0};
 
   // Stats: single-writer counters are bumped with load+store, shared ones with fetch_add.
   struct Stats {
