@@ -50,10 +50,8 @@ bool Expected(absl::StatusCode c) {
     case absl::StatusCode::kNotFound:
     case absl::StatusCode::kFailedPrecondition:
     case absl::StatusCode::kResourceExhausted:
-    case absl::StatusCode::kUnavailable:
-      return true;
-    default:
-      return false;
+    case absl::StatusCode::kUnavailable: return true;
+    default: return false;
   }
 }
 
@@ -217,12 +215,8 @@ class RuntimeConcurrencyTest : public ::testing::Test {
           for (const v1::Page& p : pages) held.push_back({pool, p.handle()});
           break;
         }
-        case 4:
-          give_back(1 + rng() % 8, /*recycle=*/true);
-          break;
-        case 5:
-          give_back(1 + rng() % 8, /*recycle=*/false);
-          break;
+        case 4: give_back(1 + rng() % 8, /*recycle=*/true); break;
+        case 5: give_back(1 + rng() % 8, /*recycle=*/false); break;
         case 6: {  // a pool of its own, destroyed with pages in flight that come back late
           uint64_t dev = devices_[rng() % devices_.size()];
           uint64_t pool = NewPool(dev, v1::Strategy(1 + rng() % 3));
