@@ -23,7 +23,7 @@ While they run, the daemon's VmRSS (/proc/PID/status) is sampled every second in
 (t_seconds,rss_kib). At the end every lane is stopped, every pool destroyed and every device
 unbound, and the test checks:
 
-  rss      growth after warm-up under 5%: the highest RSS of the last 20% of the run against the
+  rss      growth after warm-up under 5% (SOAK_RSS_LIMIT_PCT): the highest RSS of the last 20% of the run against the
            mean RSS over the end of the warm-up (warm-up: the first 20%; its end: 15% to 20%)
   runs     every ppctl run exited 0 (no unexpected refusal, no violation)
   violations  zero on every device (GetDomain through `ppctl list-devices`, and /metrics)
@@ -55,7 +55,10 @@ import time
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GROWTH_LIMIT_PCT = 5.0
+# The criterion of the soak (10 minutes). SOAK_RSS_LIMIT_PCT overrides it: the two-minute run of
+# the CI stage passes 10, because its warm-up (24 s) ends before the daemon's steady state; a leak
+# per operation or per device shows there as tens of percent all the same.
+GROWTH_LIMIT_PCT = float(os.environ.get("SOAK_RSS_LIMIT_PCT", "5"))
 WARMUP_FRACTION = 0.20
 WARMUP_END_FROM = 0.15  # the end of the warm-up: 15% to 20% of the run
 TAIL_FRACTION = 0.20
