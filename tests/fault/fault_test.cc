@@ -121,6 +121,41 @@ class FaultTest : public ::testing::Test {
     return last;
   }
 
+  // Four Traffic streams at once on `pool`, each trying to hold `want` pages in batches of
+  // `batch` until it is refused: each must be refused with RESOURCE_EXHAUSTED saying `why`. The
+  // streams keep what they got; `*held` is their total.
+  std::vector<std::unique_ptr<StreamClient>> HoldUntilRefused(uint64_t pool, size_t want,
+                                                              uint32_t batch,
+                                                              const std::string& why,
+                                                              size_t* held) {
+    constexpr int kClients = 4;
+    std::vector<std::unique_ptr<StreamClient>> clients;
+    std::vector<v1::TrafficResponse> refusals(kClients);
+    for (int i = 0; i < kClients; ++i)
+      clients.push_back(std::make_unique<StreamClient>(d_->address()));
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kClients; ++i) {
+      threads.emplace_back([&, i] { clients[i]->Hold(pool, want, batch, &refusals[i]); });
+    }
+    for (auto& t : threads) t.join();
+    *held = 0;
+    for (int i = 0; i < kClients; ++i) {
+      *held += clients[i]->held().size();
+      EXPECT_EQ(refusals[i].error_code(), int(grpc::StatusCode::RESOURCE_EXHAUSTED)) << i;
+      EXPECT_THAT(refusals[i].error_message(), HasSubstr(why));
+    }
+    return clients;
+  }
+  // Every stream gives back what it holds; none is refused.
+  void ReturnAll(std::vector<std::unique_ptr<StreamClient>>& clients, uint64_t pool) {
+    for (auto& cl : clients) {
+      const size_t n = cl->held().size();
+      v1::TrafficResponse r = cl->ReturnAll(pool);
+      EXPECT_EQ(r.returned(), n);
+      EXPECT_EQ(r.errors(), 0u) << r.error_message();
+    }
+  }
+
   std::unique_ptr<InProcessDaemon> d_;
 };
 
@@ -172,31 +207,12 @@ TEST_F(FaultTest, MemoryExhaustedUnderLoadThenRecovers) {
   Start();  // 0.25 GiB: 65536 frames
   uint64_t dev = NewDevice();
   uint64_t pool = NewPool(dev);
-  constexpr int kClients = 4;
-  std::vector<std::unique_ptr<StreamClient>> clients;
-  std::vector<v1::TrafficResponse> refusals(kClients);
-  for (int i = 0; i < kClients; ++i)
-    clients.push_back(std::make_unique<StreamClient>(d_->address()));
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kClients; ++i) {
-    threads.emplace_back([&, i] { clients[i]->Hold(pool, 70000, 512, &refusals[i]); });
-  }
-  for (auto& t : threads) t.join();
   size_t held = 0;
-  for (int i = 0; i < kClients; ++i) {
-    held += clients[i]->held().size();
-    EXPECT_EQ(refusals[i].error_code(), int(grpc::StatusCode::RESOURCE_EXHAUSTED)) << i;
-    EXPECT_THAT(refusals[i].error_message(), HasSubstr("out of simulated memory"));
-  }
+  auto clients = HoldUntilRefused(pool, 70000, 512, "out of simulated memory", &held);
   EXPECT_GT(held, 60000u);
   auto unary = c().Allocate(pool, 4096);
   EXPECT_EQ(unary.status().code(), absl::StatusCode::kResourceExhausted) << unary.status();
-  for (auto& cl : clients) {
-    const size_t n = cl->held().size();
-    v1::TrafficResponse r = cl->ReturnAll(pool);
-    EXPECT_EQ(r.returned(), n);
-    EXPECT_EQ(r.errors(), 0u) << r.error_message();
-  }
+  ReturnAll(clients, pool);
   // Recovered: every client allocates again.
   for (auto& cl : clients) EXPECT_EQ(cl->Hold(pool, 4096, 512), 4096u);
   EXPECT_TRUE(c().Allocate(pool, 1024).ok());
@@ -251,23 +267,9 @@ TEST_F(FaultTest, IovaSpaceExhaustedUnderLoadThenRecovers) {
   ASSERT_TRUE(created.ok()) << created.status();
   const uint64_t dev = created->device().id();
   uint64_t pool = NewPool(dev);
-  constexpr int kClients = 4;
-  std::vector<std::unique_ptr<StreamClient>> clients;
-  std::vector<v1::TrafficResponse> refusals(kClients);
-  for (int i = 0; i < kClients; ++i)
-    clients.push_back(std::make_unique<StreamClient>(d_->address()));
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kClients; ++i) {
-    threads.emplace_back([&, i] { clients[i]->Hold(pool, 1000, 16, &refusals[i]); });
-  }
-  for (auto& t : threads) t.join();
   size_t held = 0;
-  for (int i = 0; i < kClients; ++i) {
-    held += clients[i]->held().size();
-    EXPECT_EQ(refusals[i].error_code(), int(grpc::StatusCode::RESOURCE_EXHAUSTED)) << i;
-    EXPECT_THAT(refusals[i].error_message(),
-                HasSubstr("IOVA space exhausted below the 20-bit DMA mask"));
-  }
+  auto clients =
+      HoldUntilRefused(pool, 1000, 16, "IOVA space exhausted below the 20-bit DMA mask", &held);
   EXPECT_LE(held, 255u);
   EXPECT_GT(held, 255u - 128);  // the rest sits mapped in the pool's alloc cache
   auto unary = c().Allocate(pool, 16);
@@ -275,12 +277,7 @@ TEST_F(FaultTest, IovaSpaceExhaustedUnderLoadThenRecovers) {
   v1::DomainInfo dom = Domain(dev);
   EXPECT_EQ(dom.live_mappings(), c().GetPool(pool)->pool().dma_mapped());
   EXPECT_LE(dom.live_mappings(), 255u);
-  for (auto& cl : clients) {
-    const size_t n = cl->held().size();
-    v1::TrafficResponse r = cl->ReturnAll(pool);
-    EXPECT_EQ(r.returned(), n);
-    EXPECT_EQ(r.errors(), 0u) << r.error_message();
-  }
+  ReturnAll(clients, pool);
   // Recovered: the clients allocate again, up to the space the mask leaves.
   EXPECT_EQ(clients[0]->Hold(pool, 128, 16), 128u);
   EXPECT_EQ(clients[1]->Hold(pool, 64, 16), 64u);
