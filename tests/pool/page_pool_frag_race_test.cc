@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "pool/nic.h"
 #include "pool/page_pool.h"
+#include "tests/pool/frag_fixture.h"
 #include "tests/support/pool_fixtures.h"
 #include "tests/support/test_env.h"
 
@@ -67,21 +68,7 @@ std::vector<PoolFrag> FillAndDrain(PagePool& pool) {
   return frags;
 }
 
-class PagePoolFragRaceTest : public ::testing::TestWithParam<DestroyStrategy>,
-                             public testing::NicFixture {
- protected:
-  void SetUp() override {
-    const absl::Status s = CreateNic(64 * kMiB, 1, dma::IommuMode::kStrict);
-    ASSERT_TRUE(s.ok()) << s;
-  }
-  std::shared_ptr<PagePool> MakePool() {
-    PagePoolParams params;
-    params.flags = kPpFlagDmaMap | kPpFlagDmaSyncDev;
-    params.max_len = 2048;
-    params.strategy = GetParam();
-    return *nic_->CreatePool(params);
-  }
-};
+class PagePoolFragRaceTest : public testing::FragPoolTest {};
 
 TEST_P(PagePoolFragRaceTest, ConcurrentPutsOfOnePageRecycleItOnce) {
   auto pool = MakePool();

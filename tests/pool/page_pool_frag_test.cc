@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "pool/nic.h"
 #include "pool/page_pool.h"
+#include "tests/pool/frag_fixture.h"
 #include "tests/support/pool_fixtures.h"
 #include "tests/support/test_env.h"
 
@@ -292,20 +293,8 @@ TEST_F(PagePoolFragTest, NonMappingPoolCarvesFragmentsToo) {
 }
 
 // Destroy while fragments of one page are split between holders.
-class PagePoolFragDestroyTest : public ::testing::TestWithParam<DestroyStrategy>,
-                                public testing::NicFixture {
+class PagePoolFragDestroyTest : public testing::FragPoolTest {
  protected:
-  void SetUp() override {
-    const absl::Status s = CreateNic(64 * kMiB, 1, dma::IommuMode::kStrict);
-    ASSERT_TRUE(s.ok()) << s;
-  }
-  std::shared_ptr<PagePool> MakePool() {
-    PagePoolParams params;
-    params.flags = kPpFlagDmaMap | kPpFlagDmaSyncDev;
-    params.max_len = 2048;
-    params.strategy = GetParam();
-    return *nic_->CreatePool(params);
-  }
   void ExpectEmptyDomain() {
     const testing::DomainResidue r = testing::DrainDomain(nic_->device());
     EXPECT_EQ(r.live_mappings, 0u);
