@@ -261,6 +261,8 @@ void IommuDomain::ReleaseCaches() {
   if (impl_->iova) impl_->iova->FlushCaches();
 }
 
+size_t IommuDomain::TrimIdleCaches() { return impl_->pt ? impl_->pt->TrimIdle() : 0; }
+
 DomainStats IommuDomain::stats() const {
   const DomainCounters& c = impl_->counters;
   DomainStats s;

@@ -131,6 +131,10 @@ class IommuDomain {
   // IOVA sitting in the range caches (the kernel frees both with the domain). For a domain that is
   // done with (Device::Unbind); it still works afterwards, only colder. Same context as Quiesce.
   void ReleaseCaches();
+  // Gives back the cached zeroed tables that no map needed since the last call (IoPageTable::
+  // TrimIdle); returns how many. The daemon calls it once a second, so that a device keeps no
+  // table memory it is not using after a burst. Context: any thread.
+  size_t TrimIdleCaches();
 
   DomainStats stats() const;
   uint64_t faults() const;

@@ -66,7 +66,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Daemo
 }  // namespace
 
 Daemon::Daemon(const DaemonOptions& options, std::ostream* log)
-    : options_(options), log_(log), signals_(io_), tick_(io_), flush_tick_(io_) {}
+    : options_(options), log_(log), signals_(io_), tick_(io_), flush_tick_(io_), trim_tick_(io_) {}
 
 Daemon::~Daemon() {
   if (server_ && !stopping_.exchange(true)) server_->Shutdown();
@@ -87,6 +87,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   if (options.handle_signals) d->WatchSignals();
   d->ArmTimer(d->tick_, std::chrono::seconds(1), &Runtime::ReleaseRetryTick);
   d->ArmTimer(d->flush_tick_, std::chrono::milliseconds(10), &Runtime::FlushQueueTick);
+  d->ArmTimer(d->trim_tick_, std::chrono::seconds(1), &Runtime::TrimCachesTick);
   return d;
 }
 
@@ -201,6 +202,7 @@ void Daemon::Shutdown() {
   signals_.cancel(ignored);
   tick_.cancel();
   flush_tick_.cancel();
+  trim_tick_.cancel();
   if (metrics_) metrics_->Stop();
 
   summary_ = Summary(r);

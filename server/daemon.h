@@ -6,6 +6,7 @@
 //     then are cancelled), destroy every pool with in-flight unmap, print the summary, exit 0;
 //   - the 1 s release-retry tick of STRATEGY_NONE pools (Runtime::ReleaseRetryTick);
 //   - the 10 ms lazy flush-queue timer of IOMMU_MODE_LAZY domains (Runtime::FlushQueueTick);
+//   - the 1 s trim of the page-table caches a burst left behind (Runtime::TrimCachesTick);
 //   - the Prometheus /metrics endpoint (Boost.Beast).
 // gRPC runs calls on its own callback threads; the io_context runs on the thread that calls Run().
 //
@@ -111,6 +112,7 @@ class Daemon {
   boost::asio::signal_set signals_;
   boost::asio::steady_timer tick_;
   boost::asio::steady_timer flush_tick_;
+  boost::asio::steady_timer trim_tick_;
   std::unique_ptr<MetricsHttpServer> metrics_;
   std::atomic<bool> stopping_{false};
   std::chrono::steady_clock::time_point started_;

@@ -427,6 +427,19 @@ void Runtime::FlushQueueTick() {
   }
 }
 
+void Runtime::TrimCachesTick() {
+  DeviceList devs;
+  {
+    base::MutexLock l(&mu_);
+    if (shut_down_) return;
+    devs = DevicesLocked();
+  }
+  for (auto& d : devs) {
+    dma::IommuDomain* domain = d->nic->device().domain();
+    if (domain != nullptr) domain->TrimIdleCaches();
+  }
+}
+
 void Runtime::ReleaseRetryTick() {
   // Under mu_ throughout: a pool a Nic forgets here is announced before any lookup, listing or
   // replay can miss it.

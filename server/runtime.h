@@ -216,6 +216,10 @@ class Runtime {
   // device does not keep them pending until its queue fills. Context: the daemon's timer.
   void FlushQueueTick();
 
+  // The 1 s cache trim: every domain gives back the cached zeroed tables that no map needed in the
+  // last second (dma::IommuDomain::TrimIdleCaches). Context: the daemon's timer (any thread).
+  void TrimCachesTick();
+
   // Ends every WatchEvents subscription (they finish with OK) and refuses new ones.
   // Context: any thread.
   void CloseEvents();

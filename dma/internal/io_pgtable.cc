@@ -69,6 +69,7 @@ PtTable* IoPageTable::AllocTable() {
     if (!cache_.empty()) {
       t = cache_.back();
       cache_.pop_back();
+      cache_low_ = std::min(cache_low_, cache_.size());
       cache_size_.store(cache_.size(), std::memory_order_relaxed);
     }
   }
@@ -613,6 +614,7 @@ void IoPageTable::ReleaseBatch(PtTable* t) {
       c->next = excess;
       excess = c;
     }
+    cache_low_ = std::min(cache_low_, cache_.size());
     cache_size_.store(cache_.size(), std::memory_order_relaxed);
   }
   while (t != nullptr) {
@@ -638,9 +640,34 @@ void IoPageTable::TrimCache(size_t keep) {
       excess.push_back(cache_.back());
       cache_.pop_back();
     }
+    cache_low_ = std::min(cache_low_, cache_.size());
     cache_size_.store(cache_.size(), std::memory_order_relaxed);
   }
   for (PtTable* t : excess) delete t;
+}
+
+size_t IoPageTable::TrimIdle() {
+  PtTable* excess = nullptr;
+  size_t n = 0;
+  {
+    base::MutexLock l(&cache_mu_);
+    // The tables below the low-water mark were not taken in the whole interval. The ones taken
+    // from the top since are interchangeable with them, so free from the top.
+    for (size_t idle = std::min(cache_low_, cache_.size()); n < idle; ++n) {
+      PtTable* c = cache_.back();
+      cache_.pop_back();
+      c->next = excess;
+      excess = c;
+    }
+    cache_low_ = cache_.size();
+    cache_size_.store(cache_.size(), std::memory_order_relaxed);
+  }
+  while (excess != nullptr) {
+    PtTable* next = excess->next;
+    delete excess;
+    excess = next;
+  }
+  return n;
 }
 
 size_t IoPageTable::cached_tables() const {

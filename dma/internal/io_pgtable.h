@@ -46,7 +46,7 @@
 // bounds the memory held by tables waiting to be freed. It never does so while it holds the RCU
 // read lock. Released tables are all zero and are kept for reuse instead of freeing: up to
 // kCacheMax, or as many as are still in flight while a burst of frees is coming back (see
-// ReleaseBatch); Quiesce trims.
+// ReleaseBatch); Quiesce trims, and TrimIdle gives back what a whole interval did not need.
 //
 // Thread safety: everything but the destructor may be called concurrently. The caller guarantees
 // that Map/Unmap ranges in flight at the same time do not overlap.
@@ -117,6 +117,12 @@ class IoPageTable {
   // trims the cache of zeroed tables to `keep` (kCacheMax; 0 when the domain is done with, as at
   // unbind). REQUIRES: the caller holds no RCU read lock.
   void Quiesce(size_t keep = kCacheMax);
+  // Gives back the cached tables that no allocation needed since the last call: the fewest the
+  // cache held in that interval (its low-water mark), so a cache that a steady load keeps drawing
+  // from stays, and one left full after a burst empties over two calls. The daemon calls it once a
+  // second (the kernel keeps no such cache: its freed tables go back to the page allocator at
+  // once). Returns the number of tables freed. Context: any thread.
+  size_t TrimIdle();
   // Zeroed tables in the cache now. Context: any thread.
   size_t cached_tables() const;
 
@@ -205,6 +211,8 @@ class IoPageTable {
 
   alignas(64) mutable base::Mutex cache_mu_;
   std::vector<PtTable*> cache_ ABSL_GUARDED_BY(cache_mu_);
+  // The fewest tables cache_ held since the last TrimIdle.
+  size_t cache_low_ ABSL_GUARDED_BY(cache_mu_) = 0;
   std::atomic<size_t> cache_size_{0};  // hint only, read without the lock
 };
 

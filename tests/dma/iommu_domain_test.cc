@@ -435,6 +435,55 @@ TEST(IommuDomainFree, Case3BlockSizedUnmapFindsTable) {
   }
 }
 
+// Maps one 4 KiB page in each of `n` 1 GiB regions starting at region `first` (each needs its own
+// leaf and 2M-level tables) and unmaps them all: with freeing on, their tables go to the cache.
+void MapAndUnmapRegions(IommuDomain* d, uint64_t first, uint64_t n) {
+  for (uint64_t i = first; i < first + n; ++i) {
+    ASSERT_TRUE(d->Map(i << 30, i << 12, k4K, kRW).ok());
+  }
+  for (uint64_t i = first; i < first + n; ++i) ASSERT_TRUE(d->Unmap(i << 30, k4K).ok());
+  d->Quiesce();  // the freed tables reach the cache
+}
+
+// The cache of zeroed tables gives back, at each TrimIdleCaches, what no map took since the call
+// before (its low-water mark): a burst's leftovers go within two calls, a cache in use keeps what
+// the maps between two calls drew from it.
+TEST(IommuDomainTableCache, TrimIdleGivesBackWhatNoMapNeeded) {
+  auto d = MakeDomain(48, /*free_tables=*/true);
+  MapAndUnmapRegions(d.get(), 1, 20);
+  // A leaf and a 2M-level table per region, and the 512G-level table they share.
+  const uint64_t burst = d->stats().cached_table_pages;
+  ASSERT_EQ(burst, 2 * 20 + 1u);
+  const uint64_t released = d->stats().tables_released;
+
+  // The first call only learns the low-water mark: the cache was drawn from before it.
+  EXPECT_EQ(d->TrimIdleCaches(), 0u);
+  EXPECT_EQ(d->stats().cached_table_pages, burst);
+  // Nothing taken for a whole interval: all of it goes.
+  EXPECT_EQ(d->TrimIdleCaches(), burst);
+  EXPECT_EQ(d->stats().cached_table_pages, 0u);
+  EXPECT_EQ(d->stats().tables_released, released);  // released to the cache before, not again
+
+  // A steady load: 5 regions mapped and unmapped in each interval take 11 tables from the cache
+  // and put them back; the other tables of the burst sit idle and are given back.
+  MapAndUnmapRegions(d.get(), 1, 20);
+  ASSERT_EQ(d->stats().cached_table_pages, burst);
+  EXPECT_EQ(d->TrimIdleCaches(), 0u);  // sets the mark at `burst`
+  MapAndUnmapRegions(d.get(), 100, 5);
+  ASSERT_EQ(d->stats().cached_table_pages, burst);  // every table came back
+  EXPECT_EQ(d->TrimIdleCaches(), burst - 11);
+  EXPECT_EQ(d->stats().cached_table_pages, 11u);
+  // The same load in the next interval is served from what was kept, and keeps it.
+  const uint64_t allocated = d->stats().tables_allocated;
+  MapAndUnmapRegions(d.get(), 100, 5);
+  EXPECT_EQ(d->stats().tables_allocated - allocated, 11u);
+  EXPECT_EQ(d->stats().cached_table_pages, 11u);
+  EXPECT_EQ(d->TrimIdleCaches(), 0u);
+  EXPECT_EQ(d->stats().cached_table_pages, 11u);
+  EXPECT_EQ(d->stats().mapped_pages, 0u);
+  EXPECT_EQ(d->stats().table_pages, 1u);
+}
+
 // ---- IOTLB modes -------------------------------------------------------------------------------
 
 TEST(IommuDomainModes, StrictFlushesEveryUnmapAndReleasesIova) {

@@ -3,11 +3,11 @@
 // The daemon's whole concurrency without gRPC, for ThreadSanitizer: server::Runtime called from
 // many threads at once (Traffic streams with their caches, unary Allocate/Recycle/Return, pools
 // and devices created, destroyed and unbound, listings, dumps, metrics, watchers subscribing and
-// leaving) while a Boost.Asio io_context runs the daemon's two ticks (release retry, lazy flush
-// queue) on steady_timers as server/daemon.cc arms them, only faster; then CloseEvents and
-// Shutdown arrive while the calls are still running. gRPC's own threads are left out on purpose:
-// Debian's gRPC locks with an abseil Mutex that TSan cannot see (RELIABILITY.md), so everything of
-// server/ below the gRPC adapters is checked here instead.
+// leaving) while a Boost.Asio io_context runs the daemon's three ticks (release retry, lazy flush
+// queue, cache trim) on steady_timers as server/daemon.cc arms them, only faster; then CloseEvents
+// and Shutdown arrive while the calls are still running. gRPC's own threads are left out on
+// purpose: Debian's gRPC locks with an abseil Mutex that TSan cannot see (RELIABILITY.md), so
+// everything of server/ below the gRPC adapters is checked here instead.
 //
 // What must hold: no data race (TSan), no status outside the documented codes, zero
 // mapping-checker violations, every frame back and every domain's tables back to its roots once
@@ -64,13 +64,14 @@ class CountingSink final : public EventSink {
   std::atomic<bool> closed{false};
 };
 
-// The daemon's timers: the release-retry tick and the lazy flush-queue tick, re-armed from their
-// own handlers on one io_context thread as Daemon::ArmTimer does, plus a metrics scrape.
+// The daemon's timers: the release-retry, lazy flush-queue and cache-trim ticks, re-armed from
+// their own handlers on one io_context thread as Daemon::ArmTimer does, plus a metrics scrape.
 class Ticks {
  public:
-  explicit Ticks(Runtime* rt) : rt_(rt), retry_(io_), flush_(io_), scrape_(io_) {
+  explicit Ticks(Runtime* rt) : rt_(rt), retry_(io_), flush_(io_), trim_(io_), scrape_(io_) {
     Arm(retry_, std::chrono::milliseconds(3), [this] { rt_->ReleaseRetryTick(); });
     Arm(flush_, std::chrono::milliseconds(1), [this] { rt_->FlushQueueTick(); });
+    Arm(trim_, std::chrono::milliseconds(2), [this] { rt_->TrimCachesTick(); });
     Arm(scrape_, std::chrono::milliseconds(2), [this] {
       std::string text;
       rt_->AppendMetrics(&text);
@@ -100,7 +101,7 @@ class Ticks {
 
   Runtime* const rt_;
   boost::asio::io_context io_;
-  boost::asio::steady_timer retry_, flush_, scrape_;
+  boost::asio::steady_timer retry_, flush_, trim_, scrape_;
   std::atomic<uint64_t> ticks_{0};
   uint64_t scraped_bytes_ = 0;  // io thread only
   std::thread thread_;
