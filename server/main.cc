@@ -1,6 +1,8 @@
 // File: server/main.cc
 //
 // pagepoold: parses flags (each with a PAGEPOOLD_* environment twin) and runs the Daemon.
+#include <malloc.h>
+
 #include <cstdlib>
 #include <iostream>
 
@@ -10,8 +12,9 @@
 
 namespace {
 
-// Every flag of pagepoold, each with its PAGEPOOLD_* environment twin, into `o`.
-void AddFlags(CLI::App& app, pagepool::server::DaemonOptions& o) {
+// Every flag of pagepoold, each with its PAGEPOOLD_* environment twin, into `o` (and
+// `malloc_arenas`, a setting of the process rather than of the daemon).
+void AddFlags(CLI::App& app, pagepool::server::DaemonOptions& o, uint32_t& malloc_arenas) {
   app.add_option("--listen", o.listen, "gRPC address host:port (port 0: any free port)")
       ->envname("PAGEPOOLD_LISTEN")
       ->capture_default_str();
@@ -72,15 +75,28 @@ void AddFlags(CLI::App& app, pagepool::server::DaemonOptions& o) {
                  "at SIGINT/SIGTERM, time calls in flight get before they are cancelled")
       ->envname("PAGEPOOLD_SHUTDOWN_GRACE_MS")
       ->capture_default_str();
+  app.add_option("--malloc-arenas", malloc_arenas,
+                 "glibc malloc arenas (M_ARENA_MAX); 0: glibc's default of 8 per core. gRPC runs "
+                 "calls on many threads, and with an arena per thread the memory one thread frees "
+                 "is not reused by the next: RSS creeps up under churn (RELIABILITY.md, soak)")
+      ->envname("PAGEPOOLD_MALLOC_ARENAS")
+      ->check(CLI::Range(0, 64))
+      ->capture_default_str();
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   pagepool::server::DaemonOptions o;
+  uint32_t malloc_arenas = 1;
   CLI::App app{"pagepoold: simulated NIC page pools over a modelled IOMMU, driven over gRPC"};
-  AddFlags(app, o);
+  AddFlags(app, o, malloc_arenas);
   CLI11_PARSE(app, argc, argv);
+  // Before any thread starts: an arena is bound to a thread at its first malloc.
+  if (malloc_arenas != 0 && mallopt(M_ARENA_MAX, int(malloc_arenas)) != 1) {
+    std::cerr << "pagepoold: mallopt(M_ARENA_MAX, " << malloc_arenas << ") failed" << std::endl;
+    return 1;
+  }
   // CLI11 treats an empty environment variable as unset; an empty PAGEPOOLD_METRICS_LISTEN means
   // "no metrics endpoint", as an empty --metrics-listen does.
   const char* metrics_env = std::getenv("PAGEPOOLD_METRICS_LISTEN");
