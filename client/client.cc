@@ -139,7 +139,8 @@ void Client::SetDeadline(grpc::ClientContext* ctx) const {
 
 namespace {
 
-// A request whose one field is the device id (GetDevice, UnbindDevice, ListPools, GetDomain).
+// A request whose one field is the device id (GetDevice, UnbindDevice, DeleteDevice, ListPools,
+// GetDomain).
 template <typename Req>
 Req DeviceRequest(uint64_t device_id) {
   Req req;
@@ -198,6 +199,10 @@ absl::StatusOr<v1::ListDevicesResponse> Client::ListDevices() {
 
 absl::StatusOr<v1::UnbindDeviceResponse> Client::UnbindDevice(uint64_t device_id) {
   return Unary(&Stub::UnbindDevice, DeviceRequest<v1::UnbindDeviceRequest>(device_id));
+}
+
+absl::StatusOr<v1::DeleteDeviceResponse> Client::DeleteDevice(uint64_t device_id) {
+  return Unary(&Stub::DeleteDevice, DeviceRequest<v1::DeleteDeviceRequest>(device_id));
 }
 
 absl::StatusOr<v1::CreatePoolResponse> Client::CreatePool(const v1::CreatePoolRequest& req) {

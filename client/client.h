@@ -57,6 +57,7 @@ class Client {
   absl::StatusOr<pagepool::v1::GetDeviceResponse> GetDevice(uint64_t device_id);
   absl::StatusOr<pagepool::v1::ListDevicesResponse> ListDevices();
   absl::StatusOr<pagepool::v1::UnbindDeviceResponse> UnbindDevice(uint64_t device_id);
+  absl::StatusOr<pagepool::v1::DeleteDeviceResponse> DeleteDevice(uint64_t device_id);
   absl::StatusOr<pagepool::v1::CreatePoolResponse> CreatePool(
       const pagepool::v1::CreatePoolRequest& req);
   absl::StatusOr<pagepool::v1::GetPoolResponse> GetPool(uint64_t pool_id);

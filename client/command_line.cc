@@ -211,6 +211,8 @@ const Subcommand kSubcommands[] = {
      [](CommandContext& c, Args) { return RunListDevices(c); }},
     {"unbind-device", "UnbindDevice: destroy pools, unbind", AddDeviceId,
      [](CommandContext& c, Args a) { return RunUnbindDevice(c, a.id); }},
+    {"delete-device", "DeleteDevice: free an unbound device whose pools are gone", AddDeviceId,
+     [](CommandContext& c, Args a) { return RunDeleteDevice(c, a.id); }},
     {"create-pool", "CreatePool on a device", AddCreatePoolOptions,
      [](CommandContext& c, Args a) { return RunCreatePool(c, a.create_pool); }},
     {"get-pool", "GetPool", AddPoolId,

@@ -110,6 +110,10 @@ int RunUnbindDevice(CommandContext& ctx, uint64_t device_id) {
   return Reply(ctx, ctx.client.UnbindDevice(device_id));
 }
 
+int RunDeleteDevice(CommandContext& ctx, uint64_t device_id) {
+  return Reply(ctx, ctx.client.DeleteDevice(device_id));
+}
+
 int RunCreatePool(CommandContext& ctx, const CreatePoolArgs& args) {
   v1::CreatePoolRequest req;
   req.set_device_id(args.device_id);

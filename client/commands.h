@@ -116,6 +116,7 @@ int RunCreateDevice(CommandContext& ctx, const CreateDeviceArgs& args);
 int RunGetDevice(CommandContext& ctx, uint64_t device_id);
 int RunListDevices(CommandContext& ctx);
 int RunUnbindDevice(CommandContext& ctx, uint64_t device_id);
+int RunDeleteDevice(CommandContext& ctx, uint64_t device_id);
 int RunCreatePool(CommandContext& ctx, const CreatePoolArgs& args);
 int RunGetPool(CommandContext& ctx, uint64_t pool_id);
 int RunListPools(CommandContext& ctx, uint64_t device_id);

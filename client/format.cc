@@ -142,6 +142,10 @@ std::string FormatResponse(const v1::UnbindDeviceResponse& r) {
                       " unmapped\n", FormatDevice(r.device()));
 }
 
+std::string FormatResponse(const v1::DeleteDeviceResponse& r) {
+  return absl::StrCat("deleted; its last figures:\n", FormatDevice(r.device()));
+}
+
 std::string FormatResponse(const v1::CreatePoolResponse& r) { return FormatPool(r.pool()); }
 
 std::string FormatResponse(const v1::GetPoolResponse& r) { return FormatPool(r.pool()); }

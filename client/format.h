@@ -35,6 +35,7 @@ std::string FormatResponse(const pagepool::v1::CreateDeviceResponse& r);  // the
 std::string FormatResponse(const pagepool::v1::GetDeviceResponse& r);     // device and domain
 std::string FormatResponse(const pagepool::v1::ListDevicesResponse& r);   // "no devices" if none
 std::string FormatResponse(const pagepool::v1::UnbindDeviceResponse& r);
+std::string FormatResponse(const pagepool::v1::DeleteDeviceResponse& r);
 std::string FormatResponse(const pagepool::v1::CreatePoolResponse& r);
 std::string FormatResponse(const pagepool::v1::GetPoolResponse& r);
 std::string FormatResponse(const pagepool::v1::ListPoolsResponse& r);  // "no pools" if none

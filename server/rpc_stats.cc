@@ -8,9 +8,9 @@ namespace pagepool::server {
 namespace {
 
 constexpr std::string_view kMethodNames[] = {
-    "CreateDevice", "GetDevice",   "ListDevices",   "UnbindDevice", "CreatePool", "GetPool",
-    "ListPools",    "DestroyPool", "Allocate",      "Recycle",      "Return",     "Traffic",
-    "ListInflight", "GetDomain",   "DumpPageTable", "WatchEvents",
+    "CreateDevice", "GetDevice",    "ListDevices", "UnbindDevice",  "DeleteDevice", "CreatePool",
+    "GetPool",      "ListPools",    "DestroyPool", "Allocate",      "Recycle",      "Return",
+    "Traffic",      "ListInflight", "GetDomain",   "DumpPageTable", "WatchEvents",
 };
 static_assert(std::size(kMethodNames) == RpcStats::kMethods);
 

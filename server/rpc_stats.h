@@ -26,6 +26,7 @@ enum class RpcMethod : int {
   kGetDevice,
   kListDevices,
   kUnbindDevice,
+  kDeleteDevice,
   kCreatePool,
   kGetPool,
   kListPools,

@@ -271,6 +271,38 @@ absl::Status Runtime::UnbindDevice(uint64_t device_id, v1::UnbindDeviceResponse*
   PublishDestroyed(*dev, r->destroyed);  // pools destroyed before have had their events
   FillDevice(dev->spec, *dev->nic, out->mutable_device());
   PublishDevice(v1::EVENT_TYPE_DEVICE_CHANGE, out->device());
+  dev->unbind_done = true;
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::DeleteDevice(uint64_t device_id, v1::Device* out) {
+  std::shared_ptr<DeviceEntry> dev;  // freed after mu_ is dropped, unless a call still holds it
+  {
+    base::MutexLock l(&mu_);
+    if (shut_down_) return ShuttingDown("DeleteDevice");
+    auto it = devices_.find(device_id);
+    if (it == devices_.end()) {
+      return absl::NotFoundError(absl::StrCat("DeleteDevice: device ", device_id, " not found"));
+    }
+    DeviceEntry& d = *it->second;
+    if (d.nic->bound() || (d.unbinding && !d.unbind_done)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("DeleteDevice: device ", device_id,
+                       d.unbinding ? " is being unbound" : " is bound: unbind it first"));
+    }
+    if (const size_t pools = d.nic->pool_count(); pools != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "DeleteDevice: device ", device_id, " still has ", pools,
+          " detached pool(s) with pages in flight; a pool goes at the 1 s tick after its last "
+          "page comes back (ListPools shows them)"));
+    }
+    FillDevice(d.spec, *d.nic, out);
+    deleted_violations_ += d.nic->device().violations().Total();
+    ++devices_deleted_;
+    dev = std::move(it->second);
+    devices_.erase(it);
+    PublishDevice(v1::EVENT_TYPE_DEVICE_DELETE, *out);
+  }
   return absl::OkStatus();
 }
 
@@ -490,6 +522,10 @@ ShutdownReport Runtime::Shutdown() {
     AddDestroyed(r.destroyed, &rep);
   }
   for (auto& d : devs) rep.violations += d->nic->device().violations().Total();
+  {
+    base::MutexLock l(&mu_);
+    rep.violations += deleted_violations_;
+  }
   return rep;
 }
 

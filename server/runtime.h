@@ -53,9 +53,9 @@ namespace pagepool::server {
 
 struct RuntimeOptions {
   uint64_t memory_bytes = uint64_t{4} << 30;  // simulated physical memory
-  uint32_t max_devices = 64;                  // devices ever created (unbound ones count)
-  uint32_t max_pools = 1024;                  // pools not yet deleted (live or detached)
-  uint32_t max_pages_per_call = 65536;        // pages in one Allocate/Recycle/Return/Traffic batch
+  uint32_t max_devices = 64;            // devices that exist (unbound ones count until deleted)
+  uint32_t max_pools = 1024;            // pools not yet deleted (live or detached)
+  uint32_t max_pages_per_call = 65536;  // pages in one Allocate/Recycle/Return/Traffic batch
 };
 
 // What the shutdown teardown did (printed in the daemon's summary).
@@ -84,6 +84,8 @@ struct DeviceEntry {
   std::unique_ptr<pool::Nic> nic;
   // Set under Runtime::mu_ when UnbindDevice starts: no pool may be created from then on.
   bool unbinding = false;
+  // Set under Runtime::mu_ once UnbindDevice has announced the unbind (DeleteDevice waits for it).
+  bool unbind_done = false;
 };
 
 // A pool found by id, with its device.
@@ -149,6 +151,11 @@ class Runtime {
   // Destroys the device's pools (with in-flight unmap per their strategy), then unbinds it.
   // FAILED_PRECONDITION if already unbound.
   absl::Status UnbindDevice(uint64_t device_id, pagepool::v1::UnbindDeviceResponse* out);
+  // Removes an unbound device none of whose pools is listed any more, and frees it (its domain, its
+  // checker, everything it kept); `out` gets its last figures. FAILED_PRECONDITION while it is
+  // bound or being unbound, or while a pool of it is still listed; NOT_FOUND for an unknown id.
+  // Its violations stay in the daemon's totals.
+  absl::Status DeleteDevice(uint64_t device_id, pagepool::v1::Device* out);
   absl::Status GetDomain(uint64_t device_id, pagepool::v1::DomainInfo* out);
   // Present leaves in [start, end) (end 0: whole space), at most `limit` (0: no limit).
   absl::Status DumpPageTable(uint64_t device_id, uint64_t start, uint64_t end, uint64_t limit,
@@ -278,6 +285,9 @@ class Runtime {
   mutable base::Mutex mu_;
   std::map<uint64_t, std::shared_ptr<internal::DeviceEntry>> devices_ ABSL_GUARDED_BY(mu_);
   uint64_t next_device_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // What deleted devices leave behind in the daemon's totals.
+  uint64_t devices_deleted_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t deleted_violations_ ABSL_GUARDED_BY(mu_) = 0;
   // The release-retry tick's memory: the inflight it last reported (POOL_CHANGE) per detached pool,
   // rebuilt by every tick from what the Nics list.
   std::map<uint64_t, int64_t> reported_inflight_ ABSL_GUARDED_BY(mu_);

@@ -16,7 +16,8 @@ namespace {
 
 void AppendMemoryAndDeviceMetrics(MetricsText& m, const pool::PhysMemory& mem,
                                   const std::vector<const internal::DeviceEntry*>& devs,
-                                  uint64_t pools_created) {
+                                  uint64_t pools_created, uint64_t devices_deleted,
+                                  uint64_t deleted_violations) {
   m.Family("memory_frames", "gauge", "Frames (4 KiB) of simulated physical memory.");
   m.Sample("memory_frames", {}, mem.frames());
   m.Family("memory_frames_free", "gauge", "Free frames of simulated physical memory.");
@@ -26,6 +27,11 @@ void AppendMemoryAndDeviceMetrics(MetricsText& m, const pool::PhysMemory& mem,
   for (const internal::DeviceEntry* d : devs) bound += d->nic->bound() ? 1 : 0;
   m.Sample("devices", {{"state", "bound"}}, bound);
   m.Sample("devices", {{"state", "unbound"}}, uint64_t(devs.size() - bound));
+  m.Family("devices_deleted_total", "counter", "Unbound devices deleted (DeleteDevice).");
+  m.Sample("devices_deleted_total", {}, devices_deleted);
+  m.Family("deleted_device_violations_total", "counter",
+           "Mapping-checker violations of deleted devices (all kinds), counted before each went.");
+  m.Sample("deleted_device_violations_total", {}, deleted_violations);
   m.Family("pools_created_total", "counter", "Pools ever created.");
   m.Sample("pools_created_total", {}, pools_created);
 }
@@ -143,10 +149,13 @@ void AppendDomainMetrics(MetricsText& m, const std::vector<DeviceRow>& rows) {
 void Runtime::AppendMetrics(std::string* out) {
   DeviceList devs;
   std::vector<internal::PoolRef> pools;
+  uint64_t devices_deleted, deleted_violations;
   {
     base::MutexLock l(&mu_);
     devs = DevicesLocked();
     pools = PoolsLocked();
+    devices_deleted = devices_deleted_;
+    deleted_violations = deleted_violations_;
   }
   std::vector<const internal::DeviceEntry*> dev_ptrs;
   std::vector<DeviceRow> dev_rows;
@@ -163,7 +172,8 @@ void Runtime::AppendMetrics(std::string* out) {
                          std::string(pool::DestroyStrategyName(pp.strategy())), pp.info()});
   }
   MetricsText m(out);
-  AppendMemoryAndDeviceMetrics(m, *memory_, dev_ptrs, pools_created_.load());
+  AppendMemoryAndDeviceMetrics(m, *memory_, dev_ptrs, pools_created_.load(), devices_deleted,
+                               deleted_violations);
   AppendPoolMetrics(m, pool_rows);
   AppendDomainMetrics(m, dev_rows);
 }

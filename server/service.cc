@@ -506,6 +506,15 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::UnbindDevice(grpc::CallbackServer
       [&](const auto& req, auto* resp) { return runtime_->UnbindDevice(req.device_id(), resp); });
 }
 
+grpc::ServerUnaryReactor* PagePoolServiceImpl::DeleteDevice(grpc::CallbackServerContext* ctx,
+                                                            const grpc::ByteBuffer* in,
+                                                            grpc::ByteBuffer* out) {
+  return Unary<v1::DeleteDeviceRequest, v1::DeleteDeviceResponse>(
+      ctx, RpcMethod::kDeleteDevice, "DeleteDevice", in, out, [&](const auto& req, auto* resp) {
+        return runtime_->DeleteDevice(req.device_id(), resp->mutable_device());
+      });
+}
+
 grpc::ServerUnaryReactor* PagePoolServiceImpl::CreatePool(grpc::CallbackServerContext* ctx,
                                                           const grpc::ByteBuffer* in,
                                                           grpc::ByteBuffer* out) {

@@ -53,15 +53,16 @@ namespace internal {
 using V1 = ::pagepool::v1::PagePoolService;
 using PagePoolServiceBase = V1::WithRawCallbackMethod_CreateDevice<
     V1::WithRawCallbackMethod_GetDevice<V1::WithRawCallbackMethod_ListDevices<
-        V1::WithRawCallbackMethod_UnbindDevice<V1::WithRawCallbackMethod_CreatePool<
-            V1::WithRawCallbackMethod_GetPool<V1::WithRawCallbackMethod_ListPools<
-                V1::WithRawCallbackMethod_DestroyPool<V1::WithRawCallbackMethod_Allocate<
-                    V1::WithRawCallbackMethod_Recycle<V1::WithRawCallbackMethod_Return<
-                        V1::WithRawCallbackMethod_Traffic<V1::WithRawCallbackMethod_ListInflight<
-                            V1::WithRawCallbackMethod_GetDomain<
-                                V1::WithRawCallbackMethod_DumpPageTable<
-                                    V1::WithRawCallbackMethod_WatchEvents<
-                                        V1::Service>>>>>>>>>>>>>>>>;
+        V1::WithRawCallbackMethod_UnbindDevice<V1::WithRawCallbackMethod_DeleteDevice<
+            V1::WithRawCallbackMethod_CreatePool<V1::WithRawCallbackMethod_GetPool<
+                V1::WithRawCallbackMethod_ListPools<V1::WithRawCallbackMethod_DestroyPool<
+                    V1::WithRawCallbackMethod_Allocate<V1::WithRawCallbackMethod_Recycle<
+                        V1::WithRawCallbackMethod_Return<V1::WithRawCallbackMethod_Traffic<
+                            V1::WithRawCallbackMethod_ListInflight<
+                                V1::WithRawCallbackMethod_GetDomain<
+                                    V1::WithRawCallbackMethod_DumpPageTable<
+                                        V1::WithRawCallbackMethod_WatchEvents<
+                                            V1::Service>>>>>>>>>>>>>>>>>;
 }  // namespace internal
 
 // What the service enforces on its own (the daemon's flags of the same names).
@@ -100,6 +101,9 @@ class PagePoolServiceImpl final : public internal::PagePoolServiceBase {
                                         const grpc::ByteBuffer* req,
                                         grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* UnbindDevice(grpc::CallbackServerContext* ctx,
+                                         const grpc::ByteBuffer* req,
+                                         grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* DeleteDevice(grpc::CallbackServerContext* ctx,
                                          const grpc::ByteBuffer* req,
                                          grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* CreatePool(grpc::CallbackServerContext* ctx,

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/test_env.h"
@@ -444,6 +445,52 @@ TEST_F(RuntimeTest, UnbindDestroysThePoolsOnceAndAnnouncesThem) {
   v1::DomainInfo dom;
   ASSERT_TRUE(rt_->GetDomain(dev, &dom).ok());
   EXPECT_EQ(dom.violations().total(), 0u);
+}
+
+// DeleteDevice: only an unbound device none of whose pools is listed; it then leaves the registry
+// (its id unknown, its slot under --max-devices free) and its violations stay in the totals.
+TEST_F(RuntimeTest, DeleteDeviceTakesAnUnboundDeviceWithoutPoolsAndKeepsItsViolations) {
+  uint64_t dev = NewDevice();
+  uint64_t pool = NewPool(dev, v1::STRATEGY_NONE);
+  Handles held = Alloc(pool, 2);
+  v1::Device out;
+  absl::Status s = rt_->DeleteDevice(dev, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.message(), absl::StrCat("DeleteDevice: device ", dev, " is bound: unbind it first"));
+  EXPECT_EQ(rt_->DeleteDevice(999, &out).code(), absl::StatusCode::kNotFound);
+
+  // NONE does not unmap at unbind: 2 live mappings at unbind, then 2 unmaps after it.
+  v1::UnbindDeviceResponse u;
+  ASSERT_TRUE(rt_->UnbindDevice(dev, &u).ok());
+  s = rt_->DeleteDevice(dev, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("still has 1 detached pool(s) with pages in flight"));
+  ASSERT_TRUE(ReturnAll(pool, held).ok());
+  rt_->ReleaseRetryTick();
+  rt_->ReleaseRetryTick();  // the pool is forgotten
+  v1::Pool p;
+  ASSERT_EQ(rt_->GetPool(pool, &p).code(), absl::StatusCode::kNotFound);
+
+  ASSERT_TRUE(rt_->DeleteDevice(dev, &out).ok());
+  EXPECT_EQ(out.id(), dev);
+  EXPECT_EQ(out.state(), v1::DEVICE_STATE_UNBOUND);
+  EXPECT_EQ(events_.Types().back(), v1::EVENT_TYPE_DEVICE_DELETE);
+  EXPECT_EQ(events_.events.back().device().id(), dev);
+  EXPECT_EQ(rt_->GetDevice(dev, &out).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(rt_->DeleteDevice(dev, &out).code(), absl::StatusCode::kNotFound);
+  v1::ListDevicesResponse list;
+  rt_->ListDevices(&list);
+  EXPECT_EQ(list.devices_size(), 0);
+  std::string metrics;
+  rt_->AppendMetrics(&metrics);
+  EXPECT_THAT(metrics, HasSubstr("pagepool_devices_deleted_total 1\n"));
+  EXPECT_THAT(metrics, HasSubstr("pagepool_deleted_device_violations_total 4\n"));
+
+  // The fixture's --max-devices is 4, and the deleted device no longer counts.
+  for (int i = 0; i < 4; ++i) NewDevice();
+  EXPECT_EQ(rt_->CreateDevice(v1::CreateDeviceRequest(), &out).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(rt_->Shutdown().violations, 4u);
 }
 
 TEST_F(RuntimeTest, LimitsAnswerResourceExhaustedNamingTheFlag) {
