@@ -19,6 +19,12 @@ shorter one, so that the warm-up sees every setting of every lane):
            unbound with the other's pages in flight, and every page is returned to the destroyed
            pools afterwards
 
+Every device a lane unbinds (churn's, dut's own and the fresh one its run went on to) is then
+retired: once its pools are gone it is deleted (DeleteDevice), and the figures DeleteDevice
+answers must show its page table back at the root, nothing mapped and zero violations, as the
+final check asks of every device still there. A daemon that binds and unbinds devices for hours
+keeps none of them.
+
 While they run, the daemon's VmRSS (/proc/PID/status) is sampled every second into rss.csv
 (t_seconds,rss_kib). At the end every lane is stopped, every pool destroyed and every device
 unbound, and the test checks:
@@ -83,6 +89,7 @@ class Soak:
         self.rss = []        # (t_seconds, rss_kib)
         self.t0 = None
         self.devices_made = 0
+        self.devices_deleted = 0
         self.pools_made = 0
         self.unbinds = 0
         self.device_times = []  # when each device was made, seconds into the run
@@ -209,6 +216,44 @@ class Soak:
         with self.lock:
             st["page_ops"] += int(res["page_ops"])
         os.unlink(result)
+        return res
+
+    def check_domain(self, d):
+        """The leak and violation figures of one device's domain (a Device as JSON): a list of
+        what is wrong, empty when its page table is back at its root with nothing mapped."""
+        dom = d.get("domain", {})
+        figures = {k: int(dom.get(k, 0)) for k in
+                   ("table_pages", "mapped_pages", "live_mappings", "iova_allocated_pages",
+                    "fq_pending")}
+        bad = []
+        # Unlinked tables not yet released: at most one partial call_rcu batch per domain.
+        p = int(dom.get("pending_free_pages", 0))
+        if figures["table_pages"] != 1 or any(
+                figures[k] for k in figures if k != "table_pages") or p >= RCU_BATCH:
+            bad.append("device %s %s, pending_free_pages %d" % (d["id"], figures, p))
+        v = int(dom.get("violations", {}).get("total", 0))
+        if v:
+            bad.append("device %s: %d violations" % (d["id"], v))
+        return bad
+
+    def retire_device(self, dev):
+        """Deletes an unbound device once its detached pools are gone (the 1 s tick forgets a
+        pool after its last page is back), after checking what DeleteDevice answers."""
+        deadline = time.monotonic() + 10
+        while True:
+            r = subprocess.run(self.ppctl_cmd("--json", "delete-device", dev), capture_output=True,
+                               text=True, timeout=60)
+            if r.returncode == 0:
+                break
+            if "detached pool" not in r.stderr or time.monotonic() > deadline:
+                self.fail("delete-device %s: exit %d: %s" % (dev, r.returncode, r.stderr.strip()))
+                return
+            time.sleep(0.5)
+        bad = self.check_domain(json.loads(r.stdout)["device"])
+        if bad:
+            self.fail("retired device: " + "; ".join(bad))
+        with self.lock:
+            self.devices_deleted += 1
 
     def lane_on_pools(self, lane, device, make_args, segment):
         """Traffic in segments on a fresh pool each; the pool destroyed after each."""
@@ -238,8 +283,15 @@ class Soak:
             pool = self.create_pool(dev, strategy)
             with self.lock:
                 self.pools_made += 1  # the fresh one
-            self.traffic("dut", args + ["--pool-id", pool],
-                         min(self.segment * 2 / 3, self.remaining() - 1))
+            res = self.traffic("dut", args + ["--pool-id", pool],
+                               min(self.segment * 2 / 3, self.remaining() - 1))
+            if dev != device and res is not None:
+                # The run unbound `dev` and went on to a fresh device, which it leaves bound.
+                fresh = int(res.get("fresh_device_id", 0))
+                if fresh:
+                    self.pp("unbind-device", fresh)
+                    self.retire_device(fresh)
+                self.retire_device(dev)
             i += 1
 
     def lane_churn(self):
@@ -263,6 +315,7 @@ class Soak:
                 self.unbinds += 1
             for pool in (a, b):          # their holder gives them back to the destroyed pools
                 self.pp("return", pool, *held[pool])
+            self.retire_device(dev)
             i += 1
             with self.lock:
                 st = self.runs.setdefault("churn", {"runs": 0, "page_ops": 0, "failed": 0})
@@ -338,16 +391,9 @@ class Soak:
         pending = 0
         for d in devices:
             dom = d.get("domain", {})
-            figures = {k: int(dom.get(k, 0)) for k in
-                       ("table_pages", "mapped_pages", "live_mappings", "iova_allocated_pages",
-                        "fq_pending")}
-            table_pages += figures["table_pages"]
-            # Unlinked tables not yet released: at most one partial call_rcu batch per domain.
-            p = int(dom.get("pending_free_pages", 0))
-            pending += p
-            if figures["table_pages"] != 1 or any(
-                    figures[k] for k in figures if k != "table_pages") or p >= RCU_BATCH:
-                bad_tables.append("device %s %s, pending_free_pages %d" % (d["id"], figures, p))
+            table_pages += int(dom.get("table_pages", 0))
+            pending += int(dom.get("pending_free_pages", 0))
+            bad_tables += [b for b in self.check_domain(d) if "violations" not in b]
         leaks["table_pages"] = table_pages
         leaks["pending_free_pages"] = pending
         if bad_tables:
@@ -363,10 +409,11 @@ class Soak:
             self.fail("leak: %d bytes of in-flight index, %d live mappings left" % (index_bytes,
                                                                                    live))
         summary["leaks"] = leaks
-        print("soak: leaks: %d/%d frames free (%d at the start); %d devices, every page table %s "
+        print("soak: leaks: %d/%d frames free (%d at the start); %d devices left (%d retired "
+              "before), every page table %s "
               "(%d table pages in all; %d unlinked ones waiting for a call_rcu batch, under %d "
               "per device); %d pools left; in-flight index bytes %d; live mappings %d" % (
-                  free, frames, self.frames_free_at_start, len(devices),
+                  free, frames, self.frames_free_at_start, len(devices), self.devices_deleted,
                   "at its root" if not bad_tables else "NOT at its root", table_pages, pending,
                   RCU_BATCH, len(pools), index_bytes, live), flush=True)
 
@@ -375,6 +422,7 @@ class Soak:
             v = d.get("domain", {}).get("violations", {})
             violations += int(v.get("total", 0))
         mv = sum(v for _, v in metric("pagepool_domain_violations_total"))
+        mv += sum(v for _, v in metric("pagepool_deleted_device_violations_total"))
         summary["violations"] = {"get_domain": violations, "metrics": int(mv)}
         print("soak: violations: %d (GetDomain over %d devices), %d (/metrics)" % (
             violations, len(devices), mv), flush=True)
@@ -455,6 +503,7 @@ class Soak:
         summary["client_page_ops"] = client_ops
         summary["client_page_ops_per_sec"] = round(client_ops / elapsed, 1)
         summary["devices_made"] = self.devices_made
+        summary["devices_deleted"] = self.devices_deleted
         summary["pools_made"] = self.pools_made
         summary["unbinds"] = self.unbinds
         print("soak: runs: %s" % ", ".join(
