@@ -34,6 +34,7 @@ const std::map<std::string, std::vector<std::string>>& MinimalArgs() {
       {"get-domain", {"1"}},    {"dump-page-table", {"1"}},
       {"watch-events", {}},     {"traffic", {"steady"}},
       {"health", {}},           {"report", {"r.json", "-o", "r.html"}},
+      {"compare", {}},
   };
   return *args;
 }
