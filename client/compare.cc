@@ -713,7 +713,7 @@ std::string CompareResult::Table() const {
       traffic, Grouped(trace_batches), Grouped(trace_page_ops), Grouped(inflight), iommu_mode,
       free_empty_tables ? "on" : "off", repeat, repeat == 1 ? "" : "s", warmup);
   const std::vector<std::string> head = {"strategy",   "destroy",     "pages unmapped",
-                                         "frames scanned", "ns/page op", "tracking cost",
+                                         "frames scanned", "ns/page op best/median", "tracking cost",
                                          "index bytes", "violations"};
   std::vector<std::vector<std::string>> cells = {head};
   for (const CompareRow& row : rows) {
@@ -725,7 +725,7 @@ std::string CompareResult::Table() const {
         Millis(row.destroy_ns_best),
         RoundsValue(row, [](const CompareRound& r) { return r.pages_unmapped; }),
         RoundsValue(row, [](const CompareRound& r) { return r.frames_scanned; }),
-        absl::StrFormat("%.1f", row.ns_per_op_best),
+        absl::StrFormat("%.1f / %.1f", row.ns_per_op_best, row.ns_per_op_median),
         cost,
         index_bytes_known
             ? RoundsValue(row, [](const CompareRound& r) { return uint64_t(r.index_bytes); })
@@ -748,7 +748,8 @@ std::string CompareResult::Table() const {
   }
   absl::StrAppend(&out,
                   "\ndestroy: DestroyPool's duration; ns/page op: the traffic's wall time on the "
-                  "client over its page ops; tracking cost: against none's\n");
+                  "client over its page ops, best and median round; tracking cost: the best "
+                  "against none's best\n");
   if (!index_bytes_known) {
     absl::StrAppend(&out, "index bytes: n/a (--metrics off)\n");
   }

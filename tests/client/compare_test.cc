@@ -277,6 +277,7 @@ TEST(CompareOutputTest, TableIsAlignedWithOneRowAStrategy) {
   EXPECT_EQ(header[2].rfind("scan", 0), 0u);
   EXPECT_EQ(header[3].rfind("none", 0), 0u);
   EXPECT_THAT(header[1], HasSubstr("0.001 ms"));       // best destroy
+  EXPECT_THAT(header[1], HasSubstr("110.0 / 120.0"));   // ns per page op, best / median
   EXPECT_THAT(header[1], HasSubstr("1.10x (+10 ns)"));  // best against best
   EXPECT_THAT(header[1], HasSubstr("4608"));
   EXPECT_THAT(header[2], HasSubstr("500-512"));  // rounds that differ show their range
