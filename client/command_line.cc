@@ -192,24 +192,25 @@ void AddHealthOptions(CLI::App* cmd, CommandArgs* a) {
 }
 
 constexpr char kCompareFooter[] =
-    "Each strategy (xarray, scan, none) gets a fresh device of the same settings and a fresh pool;\n"
-    "the same traffic (one Traffic stream, window 1) is replayed on it, leaving --inflight pages\n"
-    "held; then DestroyPool, UnbindDevice, and the held pages are returned late (after the unbind).\n"
-    "--repeat rounds, strategies in rotated order, after --warmup replays; times are the best of\n"
-    "the rounds (--json: best and median, and every round). Index bytes are read from pagepoold's\n"
-    "/metrics (--metrics; default: the --target host, port 9464). Exit 3 when xarray or scan saw\n"
-    "violations.";
+    "Each strategy (xarray, scan, none) gets a fresh device of the same settings and a fresh\n"
+    "pool; the same traffic (one Traffic stream, window 1) is replayed on it, leaving --inflight\n"
+    "pages held; then DestroyPool, UnbindDevice, and the held pages are returned late (after the\n"
+    "unbind). --repeat rounds, strategies in rotated order, after --warmup replays; times are the\n"
+    "best of the rounds (--json: best and median, and every round). Index bytes are read from\n"
+    "pagepoold's /metrics (--metrics; default: the --target host, port 9464). Exit 3 when xarray\n"
+    "or scan saw violations.";
 
 void AddCompareOptions(CLI::App* cmd, CommandArgs* args) {
   CompareArgs& a = args->compare;
   cmd->footer(std::string(kCompareFooter) + "\n\n" + kGlobalsFooter);
   CLI::Option* seed = cmd->add_option("--seed", a.trace.seed, "seed of the generated traffic")
-                          ->check(kUint64)->capture_default_str();
+                          ->check(kUint64)
+                          ->capture_default_str();
   CLI::Option* inflight =
       cmd->add_option("--inflight", a.trace.inflight, "pages left in flight at the destroy")
           ->capture_default_str();
-  CLI::Option* batch = cmd->add_option("--batch", a.trace.batch, "pages allocated per batch")
-                           ->capture_default_str();
+  CLI::Option* batch =
+      cmd->add_option("--batch", a.trace.batch, "pages allocated per batch")->capture_default_str();
   CLI::Option* batches =
       cmd->add_option("--batches", a.trace.batches, "churn batches before the fill")
           ->capture_default_str();
@@ -223,8 +224,12 @@ void AddCompareOptions(CLI::App* cmd, CommandArgs* args) {
           ->capture_default_str();
   cmd->add_option("--record", a.record_path, "write the traffic (a trace file) here");
   cmd->add_option("--replay", a.replay_path, "replay this trace file instead of generating")
-      ->excludes(seed)->excludes(inflight)->excludes(batch)->excludes(batches)
-      ->excludes(working_set)->excludes(return_pct);
+      ->excludes(seed)
+      ->excludes(inflight)
+      ->excludes(batch)
+      ->excludes(batches)
+      ->excludes(working_set)
+      ->excludes(return_pct);
   cmd->add_option("--repeat", a.options.repeat, "measured rounds")->capture_default_str();
   cmd->add_option("--warmup", a.options.warmup, "unmeasured replays first")->capture_default_str();
   cmd->add_option("--iommu-mode", a.options.iommu_mode,

@@ -2,7 +2,6 @@
 
 #include <netdb.h>
 #include <poll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "client/format.h"
+#include <sys/socket.h>
 
 namespace pagepool::client {
 namespace v1 = ::pagepool::v1;
@@ -68,8 +68,7 @@ void RemoveAt(std::vector<T>* items, const std::vector<uint32_t>& a, const std::
 }
 
 // Recomputes the derived fields of a trace; INVALID_ARGUMENT (via `where`) for a bad batch.
-absl::Status Derive(CompareTrace* t,
-                    const std::function<std::string(size_t batch_index)>& where) {
+absl::Status Derive(CompareTrace* t, const std::function<std::string(size_t batch_index)>& where) {
   t->page_ops = t->held_at_end = t->peak_held = t->max_batch_pages = 0;
   uint64_t held = 0;
   std::vector<char> seen;
@@ -83,8 +82,8 @@ absl::Status Derive(CompareTrace* t,
     for (const auto* list : {&b.recycle, &b.return_pages}) {
       for (uint32_t p : *list) {
         if (p >= held) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              where(i), ": position ", p, " is not below the ", held, " pages held"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(where(i), ": position ", p, " is not below the ", held, " pages held"));
         }
         if (seen[p]) {
           return absl::InvalidArgumentError(
@@ -96,8 +95,7 @@ absl::Status Derive(CompareTrace* t,
     held = held - gives + b.allocate;
     t->page_ops += b.allocate + gives;
     t->peak_held = std::max(t->peak_held, held);
-    t->max_batch_pages =
-        std::max({t->max_batch_pages, b.allocate, static_cast<uint32_t>(gives)});
+    t->max_batch_pages = std::max({t->max_batch_pages, b.allocate, static_cast<uint32_t>(gives)});
   }
   if (t->batches.empty()) return absl::InvalidArgumentError(absl::StrCat(where(0), ": no batch"));
   t->held_at_end = held;
@@ -202,12 +200,12 @@ absl::StatusOr<std::string> FetchMetrics(const std::string& address) {
   size_t sent = 0;
   const auto deadline = Clock::now() + std::chrono::milliseconds(kMetricsTimeoutMs);
   while (true) {
-    const int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(
-                             deadline - Clock::now()).count());
+    const int left =
+        int(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
     if (left <= 0) {
       close(fd);
-      return absl::DeadlineExceededError(absl::StrCat("metrics ", address, ": no answer in ",
-                                                      kMetricsTimeoutMs, " ms"));
+      return absl::DeadlineExceededError(
+          absl::StrCat("metrics ", address, ": no answer in ", kMetricsTimeoutMs, " ms"));
     }
     pollfd p{fd, short(sent < request.size() ? POLLOUT : POLLIN), 0};
     if (poll(&p, 1, left) <= 0) continue;
@@ -258,8 +256,7 @@ class RoundRun {
   ~RoundRun() { (void)CleanUp(); }
 
   // Creates the device and the pool.
-  absl::Status SetUp(const std::string& strategy, const std::string& name,
-                     CompareResult* settings);
+  absl::Status SetUp(const std::string& strategy, const std::string& name, CompareResult* settings);
   // Replays the trace on the pool (timed); the held pages stay in held_.
   absl::Status Replay(CompareRound* r);
   // GetPool, /metrics, DestroyPool, UnbindDevice, the late returns, GetDomain.
@@ -368,11 +365,14 @@ absl::Status RoundRun::Replay(CompareRound* r) {
   stream->WritesDone();
   const absl::Status finished = FromGrpc(stream->Finish());
   if (!refused.ok()) return refused;
-  if (!finished.ok()) return absl::Status(finished.code(), absl::StrCat("Traffic: ", finished.message()));
+  if (!finished.ok()) {
+    return absl::Status(finished.code(), absl::StrCat("Traffic: ", finished.message()));
+  }
   if (r->batches != trace_.batches.size()) {
     return absl::UnavailableError("Traffic: the stream ended before the last batch");
   }
-  r->traffic_ns = uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count());
+  r->traffic_ns =
+      uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count());
   r->ns_per_page_op = r->page_ops ? double(r->traffic_ns) / double(r->page_ops) : 0;
   return absl::OkStatus();
 }
@@ -397,8 +397,9 @@ absl::Status RoundRun::Measure(CompareRound* r) {
     }
     auto bytes = ParseIndexBytes(*text, pool_id_);
     if (!bytes) {
-      return absl::NotFoundError(absl::StrCat("metrics ", o_.metrics, ": no pool_index_bytes of pool ",
-                                              pool_id_, " (is it this daemon's /metrics?)"));
+      return absl::NotFoundError(absl::StrCat("metrics ", o_.metrics,
+                                              ": no pool_index_bytes of pool ", pool_id_,
+                                              " (is it this daemon's /metrics?)"));
     }
     r->index_bytes = int64_t(*bytes);
   }
@@ -454,8 +455,8 @@ absl::Status RoundRun::CleanUp() {
 // The status of a failed step, with the hint of what to change.
 absl::Status WithHint(const absl::Status& s, const std::string& step) {
   const std::string hint = CompareLimitHint(s);
-  return absl::Status(s.code(), absl::StrCat(step, ": ", s.message(), hint.empty() ? "" : " -- ",
-                                             hint));
+  return absl::Status(s.code(),
+                      absl::StrCat(step, ": ", s.message(), hint.empty() ? "" : " -- ", hint));
 }
 
 }  // namespace
@@ -464,8 +465,8 @@ absl::StatusOr<CompareTrace> GenerateTrace(const TraceParams& p) {
   if (p.batch == 0) return absl::InvalidArgumentError("--batch must be at least 1");
   if (p.return_pct > 100) return absl::InvalidArgumentError("--return-pct must be 0..100");
   if (p.working_set < p.batch) {
-    return absl::InvalidArgumentError(absl::StrCat("--working-set ", p.working_set,
-                                                   " is below --batch ", p.batch));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--working-set ", p.working_set, " is below --batch ", p.batch));
   }
   TraceRandom rnd(p.seed);
   CompareTrace t;
@@ -483,7 +484,8 @@ absl::StatusOr<CompareTrace> GenerateTrace(const TraceParams& p) {
     TraceBatch b;
     b.allocate = p.batch;
     const uint32_t h = uint32_t(held.size());
-    const uint32_t give = h + p.batch > p.working_set ? std::min(h, h + p.batch - p.working_set) : 0;
+    const uint32_t give =
+        h + p.batch > p.working_set ? std::min(h, h + p.batch - p.working_set) : 0;
     chosen.clear();
     while (chosen.size() < give) {
       const uint32_t pos = rnd.Below(h);
@@ -551,9 +553,8 @@ absl::StatusOr<CompareTrace> ParseTrace(const std::string& text, const std::stri
     const std::string where = absl::StrCat("trace ", name, " line ", line_no);
     if (!header) {
       if (line != kTraceHeader) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, ": not a ppctl compare trace (the first line must be '",
-                         kTraceHeader, "')"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": not a ppctl compare trace (the first line must be '", kTraceHeader, "')"));
       }
       header = true;
       continue;
@@ -563,7 +564,8 @@ absl::StatusOr<CompareTrace> ParseTrace(const std::string& text, const std::stri
     bool allocate_next = false, allocated = false;
     for (absl::string_view tok : absl::StrSplit(line, ' ', absl::SkipEmpty())) {
       if (tok == "A" || tok == "R" || tok == "T") {
-        if (allocate_next) return absl::InvalidArgumentError(absl::StrCat(where, ": A needs a count"));
+        if (allocate_next)
+          return absl::InvalidArgumentError(absl::StrCat(where, ": A needs a count"));
         if ((tok == "A" && allocated) || (tok == "R" && !b.recycle.empty()) ||
             (tok == "T" && !b.return_pages.empty())) {
           return absl::InvalidArgumentError(absl::StrCat(where, ": ", tok, " given twice"));
@@ -584,8 +586,7 @@ absl::StatusOr<CompareTrace> ParseTrace(const std::string& text, const std::stri
       } else if (list != nullptr) {
         list->push_back(v);
       } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, ": number ", v, " before A, R or T"));
+        return absl::InvalidArgumentError(absl::StrCat(where, ": number ", v, " before A, R or T"));
       }
     }
     if (allocate_next) return absl::InvalidArgumentError(absl::StrCat(where, ": A needs a count"));
@@ -599,10 +600,8 @@ absl::StatusOr<CompareTrace> ParseTrace(const std::string& text, const std::stri
   if (t.batches.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("trace ", name, ": no batch"));
   }
-  if (absl::Status s = Derive(&t,
-                              [&](size_t i) {
-                                return absl::StrCat("trace ", name, " line ", line_of[i]);
-                              });
+  if (absl::Status s =
+          Derive(&t, [&](size_t i) { return absl::StrCat("trace ", name, " line ", line_of[i]); });
       !s.ok()) {
     return s;
   }
@@ -712,9 +711,9 @@ std::string CompareResult::Table() const {
       "in rotated order; times are the best of the rounds\n\n",
       traffic, Grouped(trace_batches), Grouped(trace_page_ops), Grouped(inflight), iommu_mode,
       free_empty_tables ? "on" : "off", repeat, repeat == 1 ? "" : "s", warmup);
-  const std::vector<std::string> head = {"strategy",   "destroy",     "pages unmapped",
-                                         "frames scanned", "ns/page op best/median", "tracking cost",
-                                         "index bytes", "violations"};
+  const std::vector<std::string> head = {
+      "strategy",      "destroy",     "pages unmapped", "frames scanned", "ns/page op best/median",
+      "tracking cost", "index bytes", "violations"};
   std::vector<std::vector<std::string>> cells = {head};
   for (const CompareRow& row : rows) {
     std::string cost = row.strategy == "none"
@@ -790,8 +789,8 @@ std::string CompareResult::ToJson() const {
                           "      \"tracking_extra_ns_best\": %.3f,\n"
                           "      \"tracking_extra_ns_median\": %.3f,\n",
                           row.destroy_ns_best, row.destroy_ns_median, row.ns_per_op_best,
-                          row.ns_per_op_median, row.ratio_best, row.ratio_median,
-                          row.extra_ns_best, row.extra_ns_median);
+                          row.ns_per_op_median, row.ratio_best, row.ratio_median, row.extra_ns_best,
+                          row.extra_ns_median);
     absl::StrAppend(&s, "      \"rounds\": [");
     for (size_t k = 0; k < row.rounds.size(); ++k) {
       const CompareRound& r = row.rounds[k];
@@ -808,8 +807,8 @@ std::string CompareResult::ToJson() const {
           r.round, r.device_id, r.pool_id, r.batches, r.page_ops, r.traffic_ns, r.ns_per_page_op,
           r.alloc_fast, r.alloc_slow, r.recycle_cached, r.recycle_ring, r.recycle_released,
           r.inflight, r.index_bytes < 0 ? std::string("null") : absl::StrCat(r.index_bytes),
-          r.inflight_at_destroy, r.destroy_ns, r.pages_unmapped, r.frames_scanned,
-          r.late_returned, r.violations, r.live_at_unbind, r.call_after_unbind);
+          r.inflight_at_destroy, r.destroy_ns, r.pages_unmapped, r.frames_scanned, r.late_returned,
+          r.violations, r.live_at_unbind, r.call_after_unbind);
     }
     absl::StrAppend(&s, row.rounds.empty() ? "]\n" : "\n      ]\n", "    }");
   }

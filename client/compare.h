@@ -47,28 +47,28 @@ namespace pagepool::client {
 // One batch of a trace.
 struct TraceBatch {
   uint32_t allocate = 0;
-  std::vector<uint32_t> recycle;      // positions in the held list (before this batch)
+  std::vector<uint32_t> recycle;       // positions in the held list (before this batch)
   std::vector<uint32_t> return_pages;  // positions in the held list (before this batch)
 };
 
 struct CompareTrace {
   std::vector<TraceBatch> batches;
   // Derived from the batches (ParseTrace and GenerateTrace fill them).
-  uint64_t page_ops = 0;    // pages allocated + recycled + returned
-  uint64_t held_at_end = 0;  // pages the client holds after the last batch
-  uint64_t peak_held = 0;    // most pages held after any batch
+  uint64_t page_ops = 0;         // pages allocated + recycled + returned
+  uint64_t held_at_end = 0;      // pages the client holds after the last batch
+  uint64_t peak_held = 0;        // most pages held after any batch
   uint32_t max_batch_pages = 0;  // largest allocate, and largest recycle + return, of a batch
 };
 
 // How GenerateTrace shapes the traffic.
 struct TraceParams {
   uint64_t seed = 1;
-  uint32_t inflight = 65536;   // pages held at the end (left in flight for the destroy)
-  uint32_t batch = 256;        // pages allocated per batch
-  uint32_t batches = 512;      // churn batches
+  uint32_t inflight = 65536;    // pages held at the end (left in flight for the destroy)
+  uint32_t batch = 256;         // pages allocated per batch
+  uint32_t batches = 512;       // churn batches
   uint32_t working_set = 4096;  // pages held during the churn
-  uint32_t return_pct = 50;    // of the pages given back in the churn, percent returned (the
-                               // others recycled napi_local)
+  uint32_t return_pct = 50;     // of the pages given back in the churn, percent returned (the
+                                // others recycled napi_local)
 };
 
 // Pages the fill phase allocates at least, so that the alloc cache (128) and the ptr_ring (1024

@@ -232,12 +232,13 @@ CompareResult Example() {
   res.repeat = 3;
   res.warmup = 1;
   res.index_bytes_known = true;
-  res.rows = {{"xarray", {Round(0, 3000, 120, 512, 0), Round(1, 1000, 110, 512, 0),
-                          Round(2, 2000, 130, 512, 0)}},
-              {"scan", {Round(0, 9000, 101, 512, 0), Round(1, 8000, 100, 500, 0),
-                        Round(2, 7000, 105, 512, 0)}},
-              {"none", {Round(0, 10, 100, 0, 1024), Round(1, 30, 100, 0, 1024),
-                        Round(2, 20, 120, 0, 1024)}}};
+  res.rows = {
+      {"xarray",
+       {Round(0, 3000, 120, 512, 0), Round(1, 1000, 110, 512, 0), Round(2, 2000, 130, 512, 0)}},
+      {"scan",
+       {Round(0, 9000, 101, 512, 0), Round(1, 8000, 100, 500, 0), Round(2, 7000, 105, 512, 0)}},
+      {"none",
+       {Round(0, 10, 100, 0, 1024), Round(1, 30, 100, 0, 1024), Round(2, 20, 120, 0, 1024)}}};
   res.rows[0].rounds[1].index_bytes = 4608;
   res.rows[0].rounds[0].index_bytes = 4608;
   res.rows[0].rounds[2].index_bytes = 4608;
@@ -252,8 +253,8 @@ TEST(CompareSummaryTest, BestAndMedianOfTheRoundsAgainstNone) {
   EXPECT_EQ(x.destroy_ns_median, 2000u);
   EXPECT_DOUBLE_EQ(x.ns_per_op_best, 110);
   EXPECT_DOUBLE_EQ(x.ns_per_op_median, 120);
-  EXPECT_DOUBLE_EQ(x.ratio_best, 1.10);        // 110 / 100
-  EXPECT_DOUBLE_EQ(x.ratio_median, 1.2);       // 120 / 100
+  EXPECT_DOUBLE_EQ(x.ratio_best, 1.10);   // 110 / 100
+  EXPECT_DOUBLE_EQ(x.ratio_median, 1.2);  // 120 / 100
   EXPECT_DOUBLE_EQ(x.extra_ns_best, 10);
   EXPECT_DOUBLE_EQ(res.rows[2].ratio_best, 1.0);
   EXPECT_FALSE(res.TrackedViolations());  // none's violations are expected
@@ -267,16 +268,15 @@ TEST(CompareOutputTest, TableIsAlignedWithOneRowAStrategy) {
   std::istringstream in(table);
   std::vector<std::string> lines;
   for (std::string l; std::getline(in, l);) lines.push_back(l);
-  const auto header = std::find_if(lines.begin(), lines.end(), [](const std::string& l) {
-    return l.rfind("strategy", 0) == 0;
-  });
+  const auto header = std::find_if(
+      lines.begin(), lines.end(), [](const std::string& l) { return l.rfind("strategy", 0) == 0; });
   ASSERT_NE(header, lines.end()) << table;
   ASSERT_GE(lines.end() - header, 4);
   for (int i = 1; i <= 3; ++i) EXPECT_EQ(header[i].size(), header->size()) << table;
   EXPECT_EQ(header[1].rfind("xarray", 0), 0u);
   EXPECT_EQ(header[2].rfind("scan", 0), 0u);
   EXPECT_EQ(header[3].rfind("none", 0), 0u);
-  EXPECT_THAT(header[1], HasSubstr("0.001 ms"));       // best destroy
+  EXPECT_THAT(header[1], HasSubstr("0.001 ms"));        // best destroy
   EXPECT_THAT(header[1], HasSubstr("110.0 / 120.0"));   // ns per page op, best / median
   EXPECT_THAT(header[1], HasSubstr("1.10x (+10 ns)"));  // best against best
   EXPECT_THAT(header[1], HasSubstr("4608"));
@@ -340,11 +340,11 @@ TEST(CompareCommandLineTest, OptionsAndTheirDefaults) {
 }
 
 TEST(CompareCommandLineTest, ReplayExcludesTheGeneratorsOptions) {
-  for (const std::vector<std::string>& bad : std::vector<std::vector<std::string>>{
-           {"compare", "--replay", "t.trace", "--seed", "2"},
-           {"compare", "--replay", "t.trace", "--inflight", "2"},
-           {"compare", "--return-pct", "101"},
-           {"compare", "--inflight", "-1"}}) {
+  for (const std::vector<std::string>& bad :
+       std::vector<std::vector<std::string>>{{"compare", "--replay", "t.trace", "--seed", "2"},
+                                             {"compare", "--replay", "t.trace", "--inflight", "2"},
+                                             {"compare", "--return-pct", "101"},
+                                             {"compare", "--inflight", "-1"}}) {
     SCOPED_TRACE(::testing::PrintToString(bad));
     std::ostringstream err;
     const CommandLine cl = Parse(bad, &err);
