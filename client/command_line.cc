@@ -191,6 +191,54 @@ void AddHealthOptions(CLI::App* cmd, CommandArgs* a) {
                   "service name (default: the whole server), e.g. pagepool.v1.PagePoolService");
 }
 
+constexpr char kCompareFooter[] =
+    "Each strategy (xarray, scan, none) gets a fresh device of the same settings and a fresh\n"
+    "pool; the same traffic (one Traffic stream, window 1) is replayed on it, leaving --inflight\n"
+    "pages held; then DestroyPool, UnbindDevice, and the held pages are returned late (after the\n"
+    "unbind). --repeat rounds, strategies in rotated order, after --warmup replays; times are the\n"
+    "best of the rounds (--json: best and median, and every round). Index bytes are read from\n"
+    "pagepoold's /metrics (--metrics; default: the --target host, port 9464). Exit 3 when xarray\n"
+    "or scan saw violations.";
+
+void AddCompareOptions(CLI::App* cmd, CommandArgs* args) {
+  CompareArgs& a = args->compare;
+  cmd->footer(std::string(kCompareFooter) + "\n\n" + kGlobalsFooter);
+  CLI::Option* seed = cmd->add_option("--seed", a.trace.seed, "seed of the generated traffic")
+                          ->check(kUint64)
+                          ->capture_default_str();
+  CLI::Option* inflight =
+      cmd->add_option("--inflight", a.trace.inflight, "pages left in flight at the destroy")
+          ->capture_default_str();
+  CLI::Option* batch =
+      cmd->add_option("--batch", a.trace.batch, "pages allocated per batch")->capture_default_str();
+  CLI::Option* batches =
+      cmd->add_option("--batches", a.trace.batches, "churn batches before the fill")
+          ->capture_default_str();
+  CLI::Option* working_set =
+      cmd->add_option("--working-set", a.trace.working_set, "pages held during the churn")
+          ->capture_default_str();
+  CLI::Option* return_pct =
+      cmd->add_option("--return-pct", a.trace.return_pct,
+                      "percent of the churn's give-backs returned (the rest recycled)")
+          ->check(CLI::Range(0u, 100u))
+          ->capture_default_str();
+  cmd->add_option("--record", a.record_path, "write the traffic (a trace file) here");
+  cmd->add_option("--replay", a.replay_path, "replay this trace file instead of generating")
+      ->excludes(seed)
+      ->excludes(inflight)
+      ->excludes(batch)
+      ->excludes(batches)
+      ->excludes(working_set)
+      ->excludes(return_pct);
+  cmd->add_option("--repeat", a.options.repeat, "measured rounds")->capture_default_str();
+  cmd->add_option("--warmup", a.options.warmup, "unmeasured replays first")->capture_default_str();
+  cmd->add_option("--iommu-mode", a.options.iommu_mode,
+                  "strict, lazy or passthrough (default: the daemon's)");
+  cmd->add_flag("--no-free-empty-tables", a.options.no_free_empty_tables,
+                "keep page tables emptied by unmaps");
+  cmd->add_option("--metrics", a.metrics, "pagepoold's /metrics HOST:PORT, or off");
+}
+
 // One row of the table: a subcommand's name, help line, options, and run: `run` with a client of
 // the daemon, or `run_offline` for a subcommand that needs none.
 struct Subcommand {
@@ -239,6 +287,8 @@ const Subcommand kSubcommands[] = {
      [](CommandContext& c, Args a) { return RunTrafficCommand(c, a.traffic); }},
     {"health", "grpc.health.v1 Check: prints the serving status; exit 0 only when SERVING",
      AddHealthOptions, [](CommandContext& c, Args a) { return RunHealth(c, a.health); }},
+    {"compare", "the seed-002 table: the same traffic against xarray, scan and none",
+     AddCompareOptions, [](CommandContext& c, Args a) { return RunCompareCommand(c, a.compare); }},
     {"report", "render traffic results (--out JSON) as one HTML page with charts; no daemon",
      AddReportOptions, nullptr,
      [](std::ostream& out, std::ostream& err, Args a) { return RunReport(out, err, a.report); }},
@@ -281,6 +331,7 @@ CommandLine ParseCommandLine(int argc, const char* const* argv, std::ostream& ou
     return cl;
   }
   cl.subcommand = app.get_subcommands().front()->get_name();
+  cl.args.compare.target = cl.globals.target;
   return cl;
 }
 

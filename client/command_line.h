@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "client/commands.h"
+#include "client/compare.h"
 
 namespace pagepool::client {
 
@@ -46,6 +47,7 @@ struct CommandArgs {
   TrafficArgs traffic;
   HealthArgs health;
   ReportArgs report;
+  CompareArgs compare;
 };
 
 struct CommandLine {

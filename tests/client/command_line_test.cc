@@ -25,15 +25,26 @@ using ::testing::Not;
 // The smallest valid arguments of each subcommand.
 const std::map<std::string, std::vector<std::string>>& MinimalArgs() {
   static const auto* args = new std::map<std::string, std::vector<std::string>>{
-      {"create-device", {}},    {"get-device", {"1"}},
-      {"list-devices", {}},     {"unbind-device", {"1"}},
-      {"create-pool", {"1"}},   {"get-pool", {"1"}},
-      {"list-pools", {}},       {"destroy-pool", {"1"}},
-      {"allocate", {"1"}},      {"recycle", {"1", "2:3"}},
-      {"return", {"1", "2:3"}}, {"list-inflight", {"1"}},
-      {"get-domain", {"1"}},    {"dump-page-table", {"1"}},
-      {"watch-events", {}},     {"traffic", {"steady"}},
-      {"health", {}},           {"report", {"r.json", "-o", "r.html"}},
+      {"create-device", {}},
+      {"get-device", {"1"}},
+      {"list-devices", {}},
+      {"unbind-device", {"1"}},
+      {"delete-device", {"1"}},
+      {"create-pool", {"1"}},
+      {"get-pool", {"1"}},
+      {"list-pools", {}},
+      {"destroy-pool", {"1"}},
+      {"allocate", {"1"}},
+      {"recycle", {"1", "2:3"}},
+      {"return", {"1", "2:3"}},
+      {"list-inflight", {"1"}},
+      {"get-domain", {"1"}},
+      {"dump-page-table", {"1"}},
+      {"watch-events", {}},
+      {"traffic", {"steady"}},
+      {"health", {}},
+      {"report", {"r.json", "-o", "r.html"}},
+      {"compare", {}},
   };
   return *args;
 }
