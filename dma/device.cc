@@ -154,9 +154,8 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceConfig& confi
   }
   if (config.coherence != DmaCoherence::kNonCoherent &&
       config.coherence != DmaCoherence::kCoherent && config.coherence != DmaCoherence::kSwiotlb) {
-    return absl::InvalidArgumentError(absl::StrCat("device ", config.name,
-                                                   ": unknown DMA coherence ",
-                                                   static_cast<int>(config.coherence)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "device ", config.name, ": unknown DMA coherence ", static_cast<int>(config.coherence)));
   }
   std::unique_ptr<Device> dev(new Device());
   dev->impl_->config = config;

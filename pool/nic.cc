@@ -23,8 +23,7 @@ Nic::Nic(std::shared_ptr<PhysMemory> memory, std::shared_ptr<dma::Device> device
 
 Nic::~Nic() { (void)DestroyLivePools(); }
 
-absl::StatusOr<std::shared_ptr<NicPool>> Nic::CreateNicPool(PagePoolParams params,
-                                                             bool xdp_rxq) {
+absl::StatusOr<std::shared_ptr<NicPool>> Nic::CreateNicPool(PagePoolParams params, bool xdp_rxq) {
   params.ifindex = config_.ifindex;
   if (params.clock == nullptr) params.clock = config_.clock;
   if (!params.warn) params.warn = config_.warn;
@@ -35,14 +34,12 @@ absl::StatusOr<std::shared_ptr<NicPool>> Nic::CreateNicPool(PagePoolParams param
   }
   absl::StatusOr<std::shared_ptr<PagePool>> pool = PagePool::Create(memory_, device_, params);
   if (!pool.ok()) return pool.status();
-  std::shared_ptr<NicPool> entry(new NicPool(std::move(*pool)));
   if (xdp_rxq) {
-    // Nobody else can see the pool yet: its NAPI mutex is free.
-    base::MutexLock napi(&entry->napi_mu_);
-    absl::Status used = entry->pool_->UseXdpMem();
+    // Nobody else can see the pool yet; no NAPI mutex is taken under mu_ (lock order).
+    absl::Status used = (*pool)->UseXdpMem();
     if (!used.ok()) return used;
-    entry->xdp_rxqs_ = 1;
   }
+  std::shared_ptr<NicPool> entry(new NicPool(std::move(*pool), xdp_rxq ? 1 : 0));
   pools_.emplace(entry->id(), Entry{entry});
   return entry;
 }
@@ -132,9 +129,9 @@ absl::StatusOr<PoolDestroyed> Nic::DestroyPool(NicPool& pool) {
 absl::Status Nic::XdpRxqReg(NicPool& pool) {
   base::MutexLock napi(&pool.napi_mu_);
   if (pool.napi_stopped_) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "xdp_rxq_info_reg_mem_model on pool ", pool.id(), ": its queue is stopped (",
-        pool.pool_->destroyed() ? "pool destroyed" : "its driver destroyed it", ")"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("xdp_rxq_info_reg_mem_model on pool ", pool.id(), ": its queue is stopped (",
+                     pool.pool_->destroyed() ? "pool destroyed" : "its driver destroyed it", ")"));
   }
   absl::Status used = pool.pool_->UseXdpMem();
   if (!used.ok()) return used;

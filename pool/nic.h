@@ -96,7 +96,8 @@ class NicPool {
 
  private:
   friend class Nic;
-  explicit NicPool(std::shared_ptr<PagePool> pool) : pool_(std::move(pool)) {}
+  NicPool(std::shared_ptr<PagePool> pool, uint32_t xdp_rxqs)
+      : pool_(std::move(pool)), xdp_rxqs_(xdp_rxqs) {}
 
   const std::shared_ptr<PagePool> pool_;
   mutable base::Mutex napi_mu_;

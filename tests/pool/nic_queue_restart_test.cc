@@ -31,7 +31,8 @@ class QueueRestartTest : public ::testing::Test, public testing::NicFixture {
     ASSERT_TRUE(s.ok()) << s;
   }
 
-  std::shared_ptr<NicPool> NewPool(bool xdp_rxq, DestroyStrategy strategy = DestroyStrategy::kXarray,
+  std::shared_ptr<NicPool> NewPool(bool xdp_rxq,
+                                   DestroyStrategy strategy = DestroyStrategy::kXarray,
                                    uint32_t pool_size = 0) {
     PagePoolParams params;
     params.strategy = strategy;

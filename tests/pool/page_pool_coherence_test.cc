@@ -1,18 +1,17 @@
-// File: tests/pool/dma_coherence_test.cc
+// File: tests/pool/page_pool_coherence_test.cc
 //
-// dma_dev_need_sync() per device: a device's DmaCoherence (dma::DeviceConfig::coherence) decides
-// whether its DMA syncs do anything, and so whether the page pools created on it (through a Nic,
-// which hands every pool its device) sync for the device and whether their XARRAY destroy waits a
-// grace period (synchronize_net) to stop those syncs. Coherent: no sync for the device or the CPU
-// is made, checked or counted, and the destroy waits only for returns still in their unmap;
-// non-coherent and swiotlb: both.
+// dma_dev_need_sync() per device, as the page pools of a device see it: the device's DmaCoherence
+// (dma::DeviceConfig::coherence, set through NicConfig) decides whether the pools created on it
+// sync for the device and whether their XARRAY destroy waits a grace period (synchronize_net) to
+// stop those syncs. Coherent: no sync is made and the destroy waits only for returns still in
+// their unmap; non-coherent and swiotlb: both. (The Device's own side, syncs skipped and not
+// counted, is tests/dma/device_test.cc's.)
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "gtest/gtest.h"
-#include "dma/device.h"
 #include "dma/types.h"
+#include "gtest/gtest.h"
 #include "pool/nic.h"
 #include "pool/page_pool.h"
 #include "tests/support/pool_fixtures.h"
@@ -20,51 +19,16 @@
 namespace pagepool::pool {
 namespace {
 
-using ::pagepool::testing::kMiB;
 using dma::DmaCoherence;
+using ::pagepool::testing::kMiB;
 
 constexpr DmaCoherence kAll[] = {DmaCoherence::kCoherent, DmaCoherence::kNonCoherent,
                                  DmaCoherence::kSwiotlb};
 
-TEST(DmaCoherenceTest, OnlyACoherentDeviceNeedsNoSync) {
-  EXPECT_EQ(dma::DmaCoherenceName(DmaCoherence::kCoherent), "coherent");
-  EXPECT_EQ(dma::DmaCoherenceName(DmaCoherence::kNonCoherent), "non_coherent");
-  EXPECT_EQ(dma::DmaCoherenceName(DmaCoherence::kSwiotlb), "swiotlb");
-  for (DmaCoherence c : kAll) {
-    SCOPED_TRACE(std::string(dma::DmaCoherenceName(c)));
-    dma::DeviceConfig config;
-    config.name = "eth0";
-    config.coherence = c;
-    absl::StatusOr<std::unique_ptr<dma::Device>> dev = dma::Device::Create(config);
-    ASSERT_TRUE(dev.ok()) << dev.status();
-    const bool need = c != DmaCoherence::kCoherent;
-    EXPECT_EQ((*dev)->coherence(), c);
-    EXPECT_EQ((*dev)->need_sync(), need);
-    absl::StatusOr<dma::DmaAddr> a =
-        (*dev)->MapPage(0x10000, dma::kPageSize, dma::DmaDirection::kFromDevice);
-    ASSERT_TRUE(a.ok()) << a.status();
-    EXPECT_TRUE((*dev)->SyncForDevice(*a, 0, 1500, dma::DmaDirection::kFromDevice).ok());
-    EXPECT_TRUE((*dev)->SyncForCpu(*a, 0, 1500, dma::DmaDirection::kFromDevice).ok());
-    EXPECT_EQ((*dev)->sync_calls(), need ? 2u : 0u);
-    // A sync of an address never mapped: checked (and counted) only where syncs happen at all.
-    const absl::Status unknown =
-        (*dev)->SyncForCpu(0x7770000, 0, 64, dma::DmaDirection::kFromDevice);
-    EXPECT_EQ(unknown.ok(), !need) << unknown;
-    EXPECT_EQ((*dev)->violations().sync_unknown, need ? 1u : 0u);
-    ASSERT_TRUE((*dev)->UnmapPage(*a, dma::kPageSize, dma::DmaDirection::kFromDevice).ok());
-  }
-  dma::DeviceConfig bad;
-  bad.name = "eth1";
-  bad.coherence = static_cast<DmaCoherence>(7);
-  absl::StatusOr<std::unique_ptr<dma::Device>> refused = dma::Device::Create(bad);
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(refused.status().message().find("coherence"), std::string::npos) << refused.status();
-}
-
 // A pool with PP_FLAG_DMA_SYNC_DEV on each kind of device: page_pool_dma_map syncs max_len of each
 // new page and page_pool_put_page syncs on recycle only where the device needs it, and
 // page_pool_scrub's synchronize_net() happens only there.
-TEST(DmaCoherenceTest, PoolsOfADeviceSyncAndWaitToStopSyncsOnlyIfTheDeviceNeedsIt) {
+TEST(PagePoolCoherenceTest, PoolsOfADeviceSyncAndWaitToStopSyncsOnlyIfTheDeviceNeedsIt) {
   for (DmaCoherence c : kAll) {
     SCOPED_TRACE(std::string(dma::DmaCoherenceName(c)));
     const bool need = c != DmaCoherence::kCoherent;
