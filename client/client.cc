@@ -221,6 +221,10 @@ absl::StatusOr<v1::DestroyPoolResponse> Client::DestroyPool(uint64_t pool_id) {
   return Unary(&Stub::DestroyPool, PoolRequest<v1::DestroyPoolRequest>(pool_id));
 }
 
+absl::StatusOr<v1::DestroyPoolResponse> Client::DestroyPool(const v1::DestroyPoolRequest& req) {
+  return Unary(&Stub::DestroyPool, req);
+}
+
 absl::StatusOr<v1::AllocateResponse> Client::Allocate(uint64_t pool_id, uint32_t count) {
   v1::AllocateRequest req;
   req.set_pool_id(pool_id);

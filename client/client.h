@@ -63,6 +63,8 @@ class Client {
   absl::StatusOr<pagepool::v1::GetPoolResponse> GetPool(uint64_t pool_id);
   absl::StatusOr<pagepool::v1::ListPoolsResponse> ListPools(uint64_t device_id = 0);
   absl::StatusOr<pagepool::v1::DestroyPoolResponse> DestroyPool(uint64_t pool_id);
+  absl::StatusOr<pagepool::v1::DestroyPoolResponse> DestroyPool(
+      const pagepool::v1::DestroyPoolRequest& req);
   absl::StatusOr<pagepool::v1::AllocateResponse> Allocate(uint64_t pool_id, uint32_t count);
   absl::StatusOr<pagepool::v1::RecycleResponse> Recycle(const pagepool::v1::RecycleRequest& req);
   absl::StatusOr<pagepool::v1::ReturnResponse> Return(const pagepool::v1::ReturnRequest& req);

@@ -68,6 +68,9 @@ void AddCreateDeviceOptions(CLI::App* cmd, CommandArgs* args) {
   cmd->add_option("--dma-mask-bits", a.dma_mask_bits,
                   "DMA mask: IOVAs stay below 2^bits (13 .. address width; 0: the width)")
       ->capture_default_str();
+  cmd->add_option("--dma-coherence", a.dma_coherence,
+                  "coherent (dma_dev_need_sync() false: no DMA syncs), non-coherent (default) or "
+                  "swiotlb");
 }
 
 void AddCreatePoolOptions(CLI::App* cmd, CommandArgs* args) {
@@ -81,6 +84,21 @@ void AddCreatePoolOptions(CLI::App* cmd, CommandArgs* args) {
   cmd->add_flag("--dma-sync-dev", a.dma_sync_dev, "PP_FLAG_DMA_SYNC_DEV");
   cmd->add_option("--max-len", a.max_len, "bytes synced for the device");
   cmd->add_option("--offset", a.offset, "offset of the device's writes");
+  cmd->add_flag("--xdp-rxq", a.xdp_rxq,
+                "the queue registers its xdp_rxq on the pool (one more user of the pool)");
+  cmd->add_option("--replaces", a.replaces_pool_id,
+                  "restart the queue of this pool (ring resize): new pool first, then the old "
+                  "queue stops and its pool's users are dropped")
+      ->check(kUint64);
+  cmd->add_flag("--keep-old-xdp-rxq", a.keep_old_xdp_rxq,
+                "with --replaces: leave the old queue's xdp_rxq registered (the old pool stays "
+                "until destroy-pool --xdp-rxq-unreg)");
+}
+
+void AddDestroyPoolOptions(CLI::App* cmd, CommandArgs* args) {
+  AddId(cmd, "pool_id", &args->destroy_pool.pool_id);
+  cmd->add_flag("--xdp-rxq-unreg", args->destroy_pool.xdp_rxq_unreg,
+                "xdp_rxq_info_unreg: drop an xdp_rxq's user instead of the driver's");
 }
 
 void AddListPoolsOptions(CLI::App* cmd, CommandArgs* a) {
@@ -267,8 +285,9 @@ const Subcommand kSubcommands[] = {
      [](CommandContext& c, Args a) { return RunGetPool(c, a.id); }},
     {"list-pools", "ListPools", AddListPoolsOptions,
      [](CommandContext& c, Args a) { return RunListPools(c, a.list_pools_device); }},
-    {"destroy-pool", "DestroyPool with in-flight unmap", AddPoolId,
-     [](CommandContext& c, Args a) { return RunDestroyPool(c, a.id); }},
+    {"destroy-pool", "DestroyPool: drop a user; the last one destroys (in-flight unmap)",
+     AddDestroyPoolOptions,
+     [](CommandContext& c, Args a) { return RunDestroyPool(c, a.destroy_pool); }},
     {"allocate", "Allocate pages (prints FRAME:GEN handles)", AddAllocateOptions,
      [](CommandContext& c, Args a) { return RunAllocate(c, a.allocate); }},
     {"recycle", "Recycle pages FRAME:GEN ...", AddRecycleOptions,

@@ -38,6 +38,7 @@ struct CommandArgs {
   uint64_t id = 0;  // the one id of get-device, unbind-device, get-pool, destroy-pool, get-domain
   CreateDeviceArgs create_device;
   CreatePoolArgs create_pool;
+  DestroyPoolArgs destroy_pool;
   uint64_t list_pools_device = 0;  // list-pools --device
   AllocateArgs allocate;
   PagesArgs pages;  // recycle, return

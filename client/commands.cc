@@ -59,8 +59,14 @@ bool ParseStrategy(const std::string& text, v1::Strategy* out) {
   return ParseEnumOption(text, "STRATEGY_", v1::Strategy_Parse, out);
 }
 
+bool ParseDmaCoherence(const std::string& text, v1::DmaCoherence* out) {
+  return text != "unspecified" &&
+         ParseEnumOption(text, "DMA_COHERENCE_", v1::DmaCoherence_Parse, out);
+}
+
 const char kBadIommuMode[] = "' is not strict, lazy or passthrough";
 const char kBadStrategy[] = "' is not xarray, scan or none";
+const char kBadDmaCoherence[] = "' is not coherent, non-coherent or swiotlb";
 
 bool ParseHandles(const std::vector<std::string>& handles,
                   google::protobuf::RepeatedPtrField<v1::PageHandle>* out) {
@@ -97,6 +103,13 @@ int RunCreateDevice(CommandContext& ctx, const CreateDeviceArgs& args) {
   if (args.no_free_empty_tables) req.set_free_empty_tables(false);
   req.set_address_width(args.address_width);
   req.set_dma_mask_bits(args.dma_mask_bits);
+  if (!args.dma_coherence.empty()) {
+    v1::DmaCoherence coherence;
+    if (!ParseDmaCoherence(args.dma_coherence, &coherence)) {
+      return Usage(ctx, "--dma-coherence: '" + args.dma_coherence + kBadDmaCoherence);
+    }
+    req.set_dma_coherence(coherence);
+  }
   return Reply(ctx, ctx.client.CreateDevice(req));
 }
 
@@ -130,6 +143,9 @@ int RunCreatePool(CommandContext& ctx, const CreatePoolArgs& args) {
   flags->set_dma_sync_dev(args.dma_sync_dev);
   flags->set_max_len(args.max_len);
   flags->set_offset(args.offset);
+  req.set_xdp_rxq(args.xdp_rxq);
+  req.set_replaces_pool_id(args.replaces_pool_id);
+  req.set_keep_old_xdp_rxq(args.keep_old_xdp_rxq);
   return Reply(ctx, ctx.client.CreatePool(req));
 }
 
@@ -141,8 +157,11 @@ int RunListPools(CommandContext& ctx, uint64_t device_id) {
   return Reply(ctx, ctx.client.ListPools(device_id));
 }
 
-int RunDestroyPool(CommandContext& ctx, uint64_t pool_id) {
-  return Reply(ctx, ctx.client.DestroyPool(pool_id));
+int RunDestroyPool(CommandContext& ctx, const DestroyPoolArgs& args) {
+  v1::DestroyPoolRequest req;
+  req.set_pool_id(args.pool_id);
+  req.set_xdp_rxq_unreg(args.xdp_rxq_unreg);
+  return Reply(ctx, ctx.client.DestroyPool(req));
 }
 
 int RunAllocate(CommandContext& ctx, const AllocateArgs& args) {

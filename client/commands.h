@@ -48,6 +48,7 @@ struct CreateDeviceArgs {
   bool no_free_empty_tables = false;
   uint32_t address_width = 48;
   uint32_t dma_mask_bits = 0;  // 0: the address width
+  std::string dma_coherence;   // coherent, non-coherent, swiotlb; "": the daemon's default
 };
 
 struct CreatePoolArgs {
@@ -60,6 +61,14 @@ struct CreatePoolArgs {
   bool dma_sync_dev = false;
   uint32_t max_len = 0;
   uint32_t offset = 0;
+  bool xdp_rxq = false;           // register the queue's xdp_rxq on the pool
+  uint64_t replaces_pool_id = 0;  // a queue restart of this pool's queue
+  bool keep_old_xdp_rxq = false;  // with replaces_pool_id
+};
+
+struct DestroyPoolArgs {
+  uint64_t pool_id = 0;
+  bool xdp_rxq_unreg = false;  // xdp_rxq_info_unreg's page_pool_destroy, not the driver's
 };
 
 struct AllocateArgs {
@@ -120,7 +129,7 @@ int RunDeleteDevice(CommandContext& ctx, uint64_t device_id);
 int RunCreatePool(CommandContext& ctx, const CreatePoolArgs& args);
 int RunGetPool(CommandContext& ctx, uint64_t pool_id);
 int RunListPools(CommandContext& ctx, uint64_t device_id);
-int RunDestroyPool(CommandContext& ctx, uint64_t pool_id);
+int RunDestroyPool(CommandContext& ctx, const DestroyPoolArgs& args);
 int RunAllocate(CommandContext& ctx, const AllocateArgs& args);
 int RunRecycle(CommandContext& ctx, const PagesArgs& args);
 int RunReturn(CommandContext& ctx, const PagesArgs& args);

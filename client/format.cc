@@ -86,9 +86,16 @@ std::string FormatDomain(const v1::DomainInfo& d) {
 
 std::string FormatDevice(const v1::Device& d) {
   // The DMA mask is shown only when it is below the address width (a 32-bit device).
-  const std::string mask = d.dma_mask_bits() != 0 && d.dma_mask_bits() < d.address_width()
-                               ? absl::StrFormat(", dma mask %d-bit", d.dma_mask_bits())
-                               : std::string();
+  std::string mask = d.dma_mask_bits() != 0 && d.dma_mask_bits() < d.address_width()
+                         ? absl::StrFormat(", dma mask %d-bit", d.dma_mask_bits())
+                         : std::string();
+  // The DMA coherence is shown only when it is not the default (non-coherent: syncs).
+  if (d.dma_coherence() == v1::DMA_COHERENCE_COHERENT ||
+      d.dma_coherence() == v1::DMA_COHERENCE_SWIOTLB) {
+    absl::StrAppend(&mask, ", dma ",
+                    EnumLabel(v1::DmaCoherence_Name(d.dma_coherence()), "DMA_COHERENCE_"),
+                    d.dma_need_sync() ? "" : " (no dma sync)");
+  }
   return absl::StrFormat(
       "device %d \"%s\" (ifindex %d): %s, iommu %s, %d-bit%s, pools [%s], mapped %d pages, "
       "page tables %d, violations %d\n",
@@ -146,7 +153,10 @@ std::string FormatResponse(const v1::DeleteDeviceResponse& r) {
   return absl::StrCat("deleted; its last figures:\n", FormatDevice(r.device()));
 }
 
-std::string FormatResponse(const v1::CreatePoolResponse& r) { return FormatPool(r.pool()); }
+std::string FormatResponse(const v1::CreatePoolResponse& r) {
+  if (!r.has_replaced()) return FormatPool(r.pool());
+  return absl::StrCat(FormatPool(r.pool()), "replaced: ", FormatResponse(r.replaced()));
+}
 
 std::string FormatResponse(const v1::GetPoolResponse& r) { return FormatPool(r.pool()); }
 
@@ -155,6 +165,10 @@ std::string FormatResponse(const v1::ListPoolsResponse& r) {
 }
 
 std::string FormatResponse(const v1::DestroyPoolResponse& r) {
+  if (r.users_left() > 0) {
+    return absl::StrFormat("pool %d not destroyed: %d user(s) left (xdp_rxq or driver)\n",
+                           r.pool_id(), r.users_left());
+  }
   return absl::StrFormat("pool %d destroyed (%s): %d pages in flight, %d unmapped, %.3f ms\n",
                          r.pool_id(), EnumLabel(v1::Strategy_Name(r.strategy()), "STRATEGY_"),
                          r.inflight_at_destroy(), r.pages_unmapped(), r.duration_ns() / 1e6);

@@ -103,6 +103,8 @@ struct Device::Impl {
   // dma_sync_single_for_device / _for_cpu: both only check and count (see device.h).
   absl::Status Sync(std::string_view call, DmaAddr addr, uint64_t offset, uint64_t size,
                     DmaDirection dir) {
+    // dma_sync_single_for_*: `if (dma_dev_need_sync(dev))` around the real sync.
+    if (config.coherence == DmaCoherence::kCoherent) return absl::OkStatus();
     if (!bound.load(std::memory_order_acquire)) return RefuseUnbound(call);
     CallGuard guard(*this);
     if (!guard.ok()) return RefuseUnbound(call);
@@ -149,6 +151,11 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceConfig& confi
       config.mode != IommuMode::kPassthrough) {
     return absl::InvalidArgumentError(absl::StrCat("device ", config.name, ": unknown IOMMU mode ",
                                                    static_cast<int>(config.mode)));
+  }
+  if (config.coherence != DmaCoherence::kNonCoherent &&
+      config.coherence != DmaCoherence::kCoherent && config.coherence != DmaCoherence::kSwiotlb) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "device ", config.name, ": unknown DMA coherence ", static_cast<int>(config.coherence)));
   }
   std::unique_ptr<Device> dev(new Device());
   dev->impl_->config = config;
@@ -313,6 +320,8 @@ absl::Status Device::Unbind() {
 bool Device::bound() const { return impl_->bound.load(std::memory_order_acquire); }
 const std::string& Device::name() const { return impl_->config.name; }
 IommuMode Device::mode() const { return impl_->config.mode; }
+DmaCoherence Device::coherence() const { return impl_->config.coherence; }
+bool Device::need_sync() const { return impl_->config.coherence != DmaCoherence::kCoherent; }
 unsigned Device::address_width() const { return impl_->config.address_width; }
 unsigned Device::dma_mask_bits() const { return impl_->config.dma_mask_bits; }
 IommuDomain* Device::domain() const { return impl_->domain.get(); }

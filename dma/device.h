@@ -24,7 +24,10 @@
 // this.
 //
 // Sync calls are checked and counted; they do not walk the page table (a Translate would set the
-// leaf's accessed/dirty bits and disturb dirty tracking).
+// leaf's accessed/dirty bits and disturb dirty tracking). On a device that needs no syncing
+// (DeviceConfig::coherence kCoherent: need_sync() false, the kernel's dma_dev_need_sync()) they
+// return at once, unchecked and uncounted, as the kernel's inline dma_sync_single_for_* do (this
+// model's checker does not force syncs the way CONFIG_DMA_API_DEBUG does).
 #ifndef PAGEPOOL_DMA_DEVICE_H_
 #define PAGEPOOL_DMA_DEVICE_H_
 
@@ -49,6 +52,9 @@ struct DeviceConfig {
   // The DMA mask in bits (dma_set_mask): no IOVA handed out (in passthrough, no bus address) is at
   // or above 2^dma_mask_bits. 0: address_width; otherwise kMinDmaMaskBits .. address_width.
   unsigned dma_mask_bits = 0;
+  // The device's DMA coherence: decides need_sync() (dma_dev_need_sync). kCoherent devices skip
+  // every sync; kNonCoherent and kSwiotlb ones sync.
+  DmaCoherence coherence = DmaCoherence::kNonCoherent;
 };
 
 class Device {
@@ -92,7 +98,8 @@ class Device {
 
   // dma_sync_single_for_device / _for_cpu over [addr + offset, addr + offset + size) of a live
   // mapping. Counted and refused after Unbind or for an unknown address; INVALID_ARGUMENT (not
-  // counted) for a direction outside the enum.
+  // counted) for a direction outside the enum. On a device that needs no syncing (need_sync()
+  // false) OK at once: nothing is checked or counted (the kernel's dma_dev_need_sync() test).
   // Context: any thread.
   absl::Status SyncForDevice(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir);
   absl::Status SyncForCpu(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir);
@@ -105,6 +112,9 @@ class Device {
   bool bound() const;
   const std::string& name() const;
   IommuMode mode() const;
+  DmaCoherence coherence() const;
+  // dma_dev_need_sync(): false for a kCoherent device, true for kNonCoherent and kSwiotlb ones.
+  bool need_sync() const;
   // The device's domain; nullptr in passthrough.
   IommuDomain* domain() const;
   CheckerCounters violations() const;

@@ -20,4 +20,13 @@ std::string_view DmaDirectionName(DmaDirection dir) {
   return "unknown";
 }
 
+std::string_view DmaCoherenceName(DmaCoherence coherence) {
+  switch (coherence) {
+    case DmaCoherence::kNonCoherent: return "non_coherent";
+    case DmaCoherence::kCoherent: return "coherent";
+    case DmaCoherence::kSwiotlb: return "swiotlb";
+  }
+  return "unknown";
+}
+
 }  // namespace pagepool::dma

@@ -28,8 +28,20 @@ enum class DmaDirection : uint8_t { kBidirectional = 0, kToDevice = 1, kFromDevi
 //   kPassthrough  no page table: dma_addr == phys (identity mapping, iommu=pt).
 enum class IommuMode : uint8_t { kStrict = 0, kLazy = 1, kPassthrough = 2 };
 
+// Whether the CPU's caches see the device's DMA without help, which decides the kernel's
+// dma_dev_need_sync(dev) (dev->dma_skip_sync):
+//   kNonCoherent  the device does not snoop the CPU caches (many arm64/riscv SoC NICs): every
+//                 dma_sync_single_for_device/_for_cpu does cache maintenance. Needs syncing.
+//   kCoherent     cache-coherent DMA with no bounce buffering (x86, PCIe on most servers):
+//                 dma_skip_sync is set, so the sync calls return at once. Needs no syncing.
+//   kSwiotlb      coherent, but mappings go through swiotlb bounce buffers (swiotlb=force, a
+//                 DMA mask below the memory, confidential-computing guests): the syncs copy
+//                 to and from the bounce buffer. Needs syncing.
+enum class DmaCoherence : uint8_t { kNonCoherent = 0, kCoherent = 1, kSwiotlb = 2 };
+
 std::string_view IommuModeName(IommuMode mode);
 std::string_view DmaDirectionName(DmaDirection dir);
+std::string_view DmaCoherenceName(DmaCoherence coherence);  // "non_coherent", "coherent", "swiotlb"
 
 // Page-table protection bits for IommuDomain::Map.
 enum Prot : uint32_t { kProtRead = 1u << 0, kProtWrite = 1u << 1 };

@@ -124,7 +124,8 @@ PagePool::PagePool(std::shared_ptr<PhysMemory> memory, std::shared_ptr<dma::Devi
       dma_map_((params.flags & kPpFlagDmaMap) != 0),
       dma_sync_max_len_(params.max_len == 0 ? uint32_t(dma::kPageSize << params.order)
                                             : params.max_len),
-      dma_sync_((params.flags & kPpFlagDmaSyncDev) != 0 && params.dma_need_sync) {
+      dma_sync_((params.flags & kPpFlagDmaSyncDev) != 0 && params.dma_need_sync &&
+                device_ != nullptr && device_->need_sync()) {
   netdev_linked_.store(params_.ifindex != 0, std::memory_order_relaxed);
   if (params_.strategy == DestroyStrategy::kXarray && dma_map_) {
     index_ = std::make_unique<InflightIndex>(params_.dma_index_limit);
@@ -846,16 +847,34 @@ uint64_t PagePool::UnmapInflightScanned(DestroyResult* result) {
   return claimed.size();
 }
 
+absl::Status PagePool::UseXdpMem() {
+  base::MutexLock l(&destroy_mu_);
+  const uint32_t users = users_.load(std::memory_order_relaxed);
+  if (users == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("pool ", id_, " is destroyed: no xdp_rxq can use it"));
+  }
+  users_.store(users + 1, std::memory_order_release);  // refcount_inc(&pool->user_cnt)
+  return absl::OkStatus();
+}
+
 absl::StatusOr<DestroyResult> PagePool::Destroy() {
   base::MutexLock destroying(&destroy_mu_);
-  bool expected = false;
-  if (!destroyed_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {
-    return absl::FailedPreconditionError(absl::StrCat("pool ", id_, " is already destroyed"));
-  }
-  const uint64_t start = base::MonotonicNanos();
   DestroyResult result;
   result.pool_id = id_;
   result.strategy = params_.strategy;
+  // page_pool_put: refcount_dec_and_test(&pool->user_cnt).
+  const uint32_t users = users_.load(std::memory_order_relaxed);
+  if (users == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("pool ", id_, " is already destroyed"));
+  }
+  users_.store(users - 1, std::memory_order_release);
+  if (users > 1) {
+    result.users_left = users - 1;  // another user still holds the pool: nothing more to do
+    return result;
+  }
+  destroyed_.exchange(true, std::memory_order_acq_rel);
+  const uint64_t start = base::MonotonicNanos();
 
   // Close the ring first: from now on a recycled page is released, never stranded.
   ring_->Close();
@@ -1016,6 +1035,7 @@ PagePoolInfo PagePool::info() const {
   i.frag_pages = frag_pages_.load(std::memory_order_relaxed);
   i.frag_refs = uint64_t(std::max<int64_t>(0, frag_refs_.load(std::memory_order_relaxed)));
   i.frag_put_refused = frag_put_refused_.load(std::memory_order_relaxed);
+  i.users = users();
   return i;
 }
 

@@ -12,7 +12,7 @@
 //     strategy: one index allocation, one index lock, per page) and syncs max_len for the device;
 //   * PP_FLAG_DMA_SYNC_DEV syncs min(dma_sync_size, max_len) bytes at `offset` on recycle
 //     (page_pool_put_page; a full-page put syncs max_len), and only on a device that needs syncing
-//     (params.dma_need_sync, the kernel's dma_dev_need_sync());
+//     (dma::Device::need_sync(), the kernel's dma_dev_need_sync(), from the device's coherence);
 //   * page_pool_init's checks: PP_FLAG_DMA_MAP needs dma_dir FROM_DEVICE or BIDIRECTIONAL, and
 //     PP_FLAG_DMA_SYNC_DEV needs PP_FLAG_DMA_MAP and a non-zero max_len;
 //   * SetNid (page_pool_nid_changed) flushes the alloc cache when the node changes;
@@ -45,6 +45,12 @@
 // checker costs each the same. Exactly-once teardown: the party that unmaps a page claims it first
 // (index CompareExchange for kXarray, dma_addr exchange for kScan), so a page is never unmapped
 // twice and, with kXarray/kScan, no DMA-API call happens after Destroy() returns.
+//
+// Users (user_cnt): the creator holds one; each xdp_rxq registration (UseXdpMem, the kernel's
+// page_pool_use_xdp_mem) adds one. Destroy is page_pool_destroy: it drops one user, and only the
+// call that drops the last one destroys (the others return at once, users_left > 0, the pool still
+// live). A driver that destroys its pool before xdp_rxq_info_unreg (mlx5e_free_rq's order) leaves
+// the pool to be destroyed by that unregistration.
 //
 // Detach (page_pool_detached): a Destroy that leaves pages in flight sets detach_time (boot-time
 // seconds, the netlink field), detach_time_ns and the warning clock (the pool's clock), and only
@@ -167,10 +173,11 @@ struct PagePoolParams {
   uint32_t offset = 0;     // where the device writes in the page
   // FROM_DEVICE or BIDIRECTIONAL with PP_FLAG_DMA_MAP (page_pool_init refuses TO_DEVICE).
   dma::DmaDirection dma_dir = dma::DmaDirection::kFromDevice;
-  // dma_dev_need_sync() of the device: false for a DMA-coherent device without bounce buffering
-  // (no sync for the device is ever made, and Destroy waits no grace period to stop syncs); true
-  // for a non-coherent or swiotlb one. A property of the device: whoever creates the device's
-  // pools sets it alike on each.
+  // dma_dev_need_sync() is the device's (dma::Device::need_sync(), from its DmaCoherence): on a
+  // device that needs no syncing (coherent, no bounce buffering) no sync for the device is ever
+  // made, and Destroy waits no grace period to stop syncs; on a non-coherent or swiotlb one both
+  // happen. false here treats the device as not needing syncs whatever it is (the pool syncs only
+  // when both say so); true, the default, leaves it to the device.
   bool dma_need_sync = true;
   uint32_t napi_id = 0;
   uint32_t ifindex = 0;  // 0: not linked to a netdev (the stall warning is printed)
@@ -264,6 +271,9 @@ struct PagePoolInfo {
   uint64_t frag_pages = 0;        // pages split into fragments and still in flight
   uint64_t frag_refs = 0;         // fragment references held by users (RefFrag's included)
   uint64_t frag_put_refused = 0;  // puts of a fragment refused: no reference left on its page
+  // user_cnt: the creator's reference plus one per xdp_rxq registration (UseXdpMem) not yet
+  // dropped; the Destroy that drops the last one destroys the pool. 0 once destroyed.
+  uint32_t users = 0;
 };
 
 // Where Recycle put a page.
@@ -282,6 +292,10 @@ struct FragPutResult {
 
 struct DestroyResult {
   uint64_t pool_id = 0;
+  // page_pool_put found other users of the pool (an xdp_rxq registration, or the driver's own
+  // reference): this call only dropped its user, nothing was destroyed, every other field but
+  // pool_id and strategy is zero. 0: this call dropped the last user and destroyed the pool.
+  uint32_t users_left = 0;
   int64_t inflight_at_destroy = 0;  // user-held pages when the destroy finished its scrub
   uint64_t pages_unmapped = 0;      // in-flight pages the destroy path unmapped (0 for kNone)
   uint64_t duration_ns = 0;         // wall time of Destroy() (steady clock)
@@ -393,12 +407,22 @@ class PagePool {
   // unmapped. REQUIRES: as PutFullPage. Context: any thread.
   bool ReleasePage(PageRecord* page);
 
-  // ---- Destroy ----
+  // ---- Users and destroy ----
 
-  // page_pool_destroy with the pool's strategy. FAILED_PRECONDITION if already destroyed (a
-  // second Destroy racing the first waits for it, then fails).
+  // page_pool_use_xdp_mem (xdp_rxq_info_reg_mem_model with MEM_TYPE_PAGE_POOL): one more user of
+  // the pool (user_cnt), which a later Destroy (xdp_rxq_info_unreg -> xdp_unreg_mem_model ->
+  // page_pool_destroy) drops again. FAILED_PRECONDITION once the pool is destroyed (its last user
+  // gone). Context: any thread not holding an RCU read lock (waits for a Destroy in progress).
+  absl::Status UseXdpMem();
+  // user_cnt: 1 (the creator's) plus one per UseXdpMem not yet dropped; 0 once destroyed.
+  uint32_t users() const { return users_.load(std::memory_order_acquire); }
+
+  // page_pool_destroy: drops one user (page_pool_put). While other users remain it returns at
+  // once with result.users_left > 0 and changes nothing else: the pool stays live. The call that
+  // drops the last user destroys the pool with its strategy. FAILED_PRECONDITION if already
+  // destroyed (a second Destroy racing the last one waits for it, then fails).
   // Context: any thread not holding an RCU read lock; may block for RCU grace periods.
-  // REQUIRES: the NAPI context no longer allocates or recycles directly.
+  // REQUIRES: for the last user, the NAPI context no longer allocates or recycles directly.
   absl::StatusOr<DestroyResult> Destroy();
 
   // Returns once no Destroy of this pool is running: at once if none has started, else when the
@@ -550,6 +574,8 @@ class PagePool {
   // Held for the whole of Destroy (WaitForDestroy waits on it). Taken before every other lock of
   // the pool, never under an RCU read lock.
   mutable base::Mutex destroy_mu_;
+  // user_cnt: written under destroy_mu_ only (Destroy, UseXdpMem); read by anyone.
+  std::atomic<uint32_t> users_{1};
   std::atomic<uint32_t> destroy_cnt_{0};  // kScan: returns take destroy_lock_ while non-zero
   // kScan: serialises returns with the destroy's frame walk. Never taken under an RCU read lock.
   base::Mutex destroy_lock_;

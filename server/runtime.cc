@@ -66,8 +66,12 @@ Runtime::Runtime(const RuntimeOptions& options, std::shared_ptr<pool::PhysMemory
     : options_(options), memory_(std::move(memory)) {}
 
 Runtime::~Runtime() {
-  base::MutexLock l(&mu_);
-  devices_.clear();  // ~Nic destroys pools still live
+  std::map<uint64_t, std::shared_ptr<DeviceEntry>> devices;
+  {
+    base::MutexLock l(&mu_);
+    devices.swap(devices_);
+  }
+  devices.clear();  // ~Nic destroys pools still live, in their NAPI contexts: not under mu_
 }
 
 Runtime::DeviceList Runtime::DevicesLocked() const {
@@ -143,6 +147,7 @@ void Runtime::PublishDevice(v1::EventType type, const v1::Device& device) {
 void Runtime::PublishDestroyed(const DeviceEntry& device,
                                const std::vector<pool::PoolDestroyed>& destroyed) {
   for (const pool::PoolDestroyed& d : destroyed) {
+    if (!d.destroyed()) continue;  // other users still hold it: it is as live as before
     PublishPool(d.forgotten ? v1::EVENT_TYPE_POOL_DELETE : v1::EVENT_TYPE_POOL_DETACH, device,
                 *d.pool);
   }
@@ -182,6 +187,10 @@ absl::Status Runtime::CreateDevice(const v1::CreateDeviceRequest& req, v1::Devic
     return absl::InvalidArgumentError(
         absl::StrCat("CreateDevice: iommu_mode ", req.iommu_mode(), " is not an IommuMode (0..3)"));
   }
+  if (!v1::DmaCoherence_IsValid(req.dma_coherence())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CreateDevice: dma_coherence ", req.dma_coherence(), " is not a DmaCoherence (0..3)"));
+  }
   if (req.name().size() > 64) {
     return absl::InvalidArgumentError(
         absl::StrCat("CreateDevice: name is ", req.name().size(), " bytes, at most 64"));
@@ -205,6 +214,9 @@ absl::Status Runtime::CreateDevice(const v1::CreateDeviceRequest& req, v1::Devic
   spec.free_empty_tables = req.has_free_empty_tables() ? req.free_empty_tables() : true;
   spec.address_width = width;
   spec.dma_mask_bits = mask_bits;
+  spec.coherence = req.dma_coherence() == v1::DMA_COHERENCE_UNSPECIFIED
+                       ? v1::DMA_COHERENCE_NON_COHERENT
+                       : req.dma_coherence();
 
   base::MutexLock l(&mu_);
   if (shut_down_) return ShuttingDown("CreateDevice");
@@ -334,7 +346,12 @@ absl::Status Runtime::DumpPageTable(uint64_t device_id, uint64_t start, uint64_t
 
 // ---- Pools ----
 
-absl::Status Runtime::CreatePool(const v1::CreatePoolRequest& req, v1::Pool* out) {
+absl::Status Runtime::CreatePool(const v1::CreatePoolRequest& req, v1::Pool* out,
+                                 v1::DestroyPoolResponse* replaced) {
+  if (req.keep_old_xdp_rxq() && req.replaces_pool_id() == 0) {
+    return absl::InvalidArgumentError(
+        "CreatePool: keep_old_xdp_rxq is for a queue restart: it needs replaces_pool_id");
+  }
   if (!v1::Strategy_IsValid(req.strategy())) {
     return absl::InvalidArgumentError(
         absl::StrCat("CreatePool: strategy ", req.strategy(), " is not a Strategy (0..3)"));
@@ -358,6 +375,7 @@ absl::Status Runtime::CreatePool(const v1::CreatePoolRequest& req, v1::Pool* out
         " bits (a size-aligned IOVA range of ", uint64_t{1} << req.order(),
         " pages above IOVA 0); device ", req.device_id(), " has ", d.spec.dma_mask_bits));
   }
+  if (req.replaces_pool_id() != 0) return RestartQueue(req, d, params, out, replaced);
 
   base::MutexLock l(&mu_);
   if (shut_down_) return ShuttingDown("CreatePool");
@@ -365,11 +383,11 @@ absl::Status Runtime::CreatePool(const v1::CreatePoolRequest& req, v1::Pool* out
     return absl::FailedPreconditionError(
         absl::StrCat("CreatePool: device ", req.device_id(), " is unbound"));
   }
-  if (PoolCountLocked() >= options_.max_pools) {
+  if (PoolCountLocked() + pools_reserved_ >= options_.max_pools) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "CreatePool: pool limit reached (", options_.max_pools, " pools exist, --max-pools)"));
   }
-  auto p = d.nic->CreateNicPool(params);
+  auto p = d.nic->CreateNicPool(params, req.xdp_rxq());
   if (!p.ok()) {
     return base::Annotate(p.status(), absl::StrCat("CreatePool on device ", req.device_id()));
   }
@@ -379,6 +397,66 @@ absl::Status Runtime::CreatePool(const v1::CreatePoolRequest& req, v1::Pool* out
   ev.set_type(v1::EVENT_TYPE_POOL_ADD);
   *ev.mutable_pool() = *out;
   events_.Publish(std::move(ev));
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::RestartQueue(const v1::CreatePoolRequest& req, DeviceEntry& d,
+                                   const pool::PagePoolParams& params, v1::Pool* out,
+                                   v1::DestroyPoolResponse* replaced) {
+  const uint64_t old_id = req.replaces_pool_id();
+  auto found = FindPool(old_id);
+  if (!found.ok()) {
+    return base::Annotate(found.status(), absl::StrCat("CreatePool: replaces_pool_id ", old_id));
+  }
+  const PoolRef old = *std::move(found);
+  if (old.device.get() != &d) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CreatePool: replaces_pool_id ", old_id, " is a pool of device ", old.device->spec.id,
+        ", not of device ", d.spec.id, " (a queue restart stays on its device)"));
+  }
+  {
+    base::MutexLock l(&mu_);
+    if (shut_down_) return ShuttingDown("CreatePool");
+    if (d.unbinding || !d.nic->bound()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("CreatePool: device ", d.spec.id, " is unbound: no queue restarts"));
+    }
+    if (PoolCountLocked() + pools_reserved_ >= options_.max_pools) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("CreatePool: pool limit reached (", options_.max_pools,
+                       " pools exist, --max-pools; a queue restart needs its new pool before the "
+                       "old one goes)"));
+    }
+    ++pools_reserved_;
+  }
+  bool reserved = true;
+  pool::RestartOptions options;
+  options.xdp_rxq = req.xdp_rxq();
+  options.keep_old_xdp_rxq = req.keep_old_xdp_rxq();
+  options.on_created = [&](const std::shared_ptr<pool::NicPool>& created) {
+    // Announced before the old queue stops: a watcher sees the new pool's ADD first.
+    base::MutexLock l(&mu_);
+    --pools_reserved_;
+    reserved = false;
+    pools_created_.fetch_add(1, std::memory_order_relaxed);
+    FillPool(d.spec.id, created->pool(), out);
+    v1::Event ev;
+    ev.set_type(v1::EVENT_TYPE_POOL_ADD);
+    *ev.mutable_pool() = *out;
+    events_.Publish(std::move(ev));
+  };
+  absl::StatusOr<pool::QueueRestart> r = d.nic->RestartQueue(*old.pool, params, options);
+  if (reserved) {
+    base::MutexLock l(&mu_);
+    --pools_reserved_;
+  }
+  if (!r.ok()) {
+    return base::Annotate(r.status(), absl::StrCat("CreatePool: restart of the queue of pool ",
+                                                   old_id, " on device ", d.spec.id));
+  }
+  if (replaced != nullptr) FillDestroyed(r->old, replaced);
+  base::MutexLock l(&mu_);
+  PublishDestroyed(d, {r->old});
   return absl::OkStatus();
 }
 
@@ -401,19 +479,16 @@ absl::Status Runtime::ListPools(uint64_t device_id, v1::ListPoolsResponse* out) 
   return absl::OkStatus();
 }
 
-absl::Status Runtime::DestroyPool(uint64_t pool_id, v1::DestroyPoolResponse* out) {
+absl::Status Runtime::DestroyPool(uint64_t pool_id, v1::DestroyPoolResponse* out,
+                                  bool xdp_rxq_unreg) {
+  const char* call = xdp_rxq_unreg ? "DestroyPool (xdp_rxq_unreg)" : "DestroyPool";
   auto found = FindPool(pool_id);
-  if (!found.ok()) return base::Annotate(found.status(), "DestroyPool");
+  if (!found.ok()) return base::Annotate(found.status(), call);
   const PoolRef& p = *found;
-  absl::StatusOr<pool::PoolDestroyed> d = p.device->nic->DestroyPool(*p.pool);
-  if (!d.ok()) return base::Annotate(d.status(), "DestroyPool");
-  const pool::DestroyResult& r = d->result;
-  out->set_pool_id(pool_id);
-  out->set_inflight_at_destroy(r.inflight_at_destroy > 0 ? uint64_t(r.inflight_at_destroy) : 0);
-  out->set_pages_unmapped(r.pages_unmapped);
-  out->set_duration_ns(r.duration_ns);
-  out->set_strategy(FromPoolStrategy(r.strategy));
-  out->set_frames_scanned(r.frames_scanned);
+  absl::StatusOr<pool::PoolDestroyed> d =
+      xdp_rxq_unreg ? p.device->nic->XdpRxqUnreg(*p.pool) : p.device->nic->DestroyPool(*p.pool);
+  if (!d.ok()) return base::Annotate(d.status(), call);
+  FillDestroyed(*d, out);
 
   base::MutexLock l(&mu_);
   PublishDestroyed(*p.device, {*d});

@@ -24,8 +24,10 @@
 // UnbindDevice and Shutdown destroy through the Nic, which stops the NAPI context first.
 //
 // Thread safety: every public method may be called from any thread concurrently. The device map,
-// the event publication and the tick's memory are guarded by `mu_`; lock order: mu_, then a Nic's
-// registry mutex. Events are published under mu_, so Subscribe's replay sees no event half-done.
+// the event publication and the tick's memory are guarded by `mu_`; lock order: a pool's NAPI
+// mutex (a queue restart announces its new pool holding the old pool's), then mu_, then a Nic's
+// registry mutex; nothing takes a NAPI mutex under mu_. Events are published under mu_, so
+// Subscribe's replay sees no event half-done.
 #ifndef PAGEPOOL_SERVER_RUNTIME_H_
 #define PAGEPOOL_SERVER_RUNTIME_H_
 
@@ -162,12 +164,20 @@ class Runtime {
                              std::vector<pagepool::v1::PageTableEntry>* out);
 
   // Pools. Context: any thread.
-  absl::Status CreatePool(const pagepool::v1::CreatePoolRequest& req, pagepool::v1::Pool* out);
+  // With req.replaces_pool_id, a queue restart (pool::Nic::RestartQueue): the new pool is created
+  // and announced (POOL_ADD) before the old queue stops; `replaced` (may be null) gets what the
+  // restart did to the old pool, whose POOL_DETACH or POOL_DELETE follows if it was destroyed.
+  absl::Status CreatePool(const pagepool::v1::CreatePoolRequest& req, pagepool::v1::Pool* out,
+                          pagepool::v1::DestroyPoolResponse* replaced = nullptr);
   absl::Status GetPool(uint64_t pool_id, pagepool::v1::Pool* out);
   // Pools of one device (0: of all devices), in id order. NOT_FOUND for an unknown device id
   // (an unbound device is known: its detached pools are listed).
   absl::Status ListPools(uint64_t device_id, pagepool::v1::ListPoolsResponse* out);
-  absl::Status DestroyPool(uint64_t pool_id, pagepool::v1::DestroyPoolResponse* out);
+  // The driver's page_pool_destroy of the pool, or with `xdp_rxq_unreg` the xdp_rxq_info_unreg of
+  // one xdp_rxq registered on it; either drops one user and the last drop destroys the pool
+  // (out->destroyed(); POOL_DETACH or POOL_DELETE then).
+  absl::Status DestroyPool(uint64_t pool_id, pagepool::v1::DestroyPoolResponse* out,
+                           bool xdp_rxq_unreg = false);
   // One chunk of a ListInflight walk: replaces *out with the next tracked pages of the pool's
   // in-flight index at or above cursor->next_index_id(), in increasing index-id order, at most
   // `max` of them and never more than kInflightChunk (max 0: kInflightChunk), as compact records
@@ -261,6 +271,10 @@ class Runtime {
   // RESOURCE_EXHAUSTED when `count` more pages would leave the stream of `cache` above its
   // max_held.
   static absl::Status CheckHeld(const TrafficCache& cache, uint32_t count);
+  // CreatePool with replaces_pool_id, on device `d` (found), with the request's params.
+  absl::Status RestartQueue(const pagepool::v1::CreatePoolRequest& req, internal::DeviceEntry& d,
+                            const pool::PagePoolParams& params, pagepool::v1::Pool* out,
+                            pagepool::v1::DestroyPoolResponse* replaced);
   // Allocate on a pool already found (Allocate, Traffic).
   absl::Status AllocateFrom(const internal::PoolRef& ref, uint32_t count,
                             google::protobuf::RepeatedPtrField<pagepool::v1::Page>* out);
@@ -270,7 +284,8 @@ class Runtime {
                    const pool::PagePool& pool) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishDevice(pagepool::v1::EventType type, const pagepool::v1::Device& device)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // POOL_DELETE or POOL_DETACH for each pool a destroy path destroyed, as it left the pool.
+  // POOL_DELETE or POOL_DETACH for each pool a destroy path destroyed, as it left the pool (a drop
+  // that left other users on the pool announces nothing).
   void PublishDestroyed(const internal::DeviceEntry& device,
                         const std::vector<pool::PoolDestroyed>& destroyed)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -288,6 +303,8 @@ class Runtime {
   // What deleted devices leave behind in the daemon's totals.
   uint64_t devices_deleted_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t deleted_violations_ ABSL_GUARDED_BY(mu_) = 0;
+  // Queue restarts whose new pool is not created yet: each counts against max_pools.
+  uint32_t pools_reserved_ ABSL_GUARDED_BY(mu_) = 0;
   // The release-retry tick's memory: the inflight it last reported (POOL_CHANGE) per detached pool,
   // rebuilt by every tick from what the Nics list.
   std::map<uint64_t, int64_t> reported_inflight_ ABSL_GUARDED_BY(mu_);

@@ -65,6 +65,14 @@ void AppendPoolMetrics(MetricsText& m, const std::vector<PoolRow>& rows) {
   PoolFamily(m, rows, "pool_detached", "gauge",
              "1 when the pool was destroyed with pages still in flight.",
              [](const I& i) { return i.destroyed ? 1 : 0; });
+  PoolFamily(
+      m, rows, "pool_users", "gauge",
+      "Users of the pool (user_cnt): the driver's while its queue runs, plus one per xdp_rxq "
+      "registration.",
+      [](const I& i) { return i.users; });
+  PoolFamily(m, rows, "pool_dma_synced_bytes_total", "counter",
+             "Bytes the pool synced for the device (0 on a device that needs no sync).",
+             [](const I& i) { return i.dma_synced_bytes; });
   // The kernel's page_pool stats, as counters.
   using S = pool::PagePoolStats;
   const struct {
@@ -101,6 +109,7 @@ struct DeviceRow {
   dma::DomainStats s;
   dma::CheckerCounters v;
   uint64_t live = 0;
+  uint64_t sync_calls = 0;
 };
 
 void AppendDomainMetrics(MetricsText& m, const std::vector<DeviceRow>& rows) {
@@ -129,6 +138,13 @@ void AppendDomainMetrics(MetricsText& m, const std::vector<DeviceRow>& rows) {
       m.Sample(f.name, {{"device_id", r.id}, {"iommu_mode", r.mode}},
                uint64_t(f.field == nullptr ? r.live : r.s.*f.field));
     }
+  }
+  m.Family("domain_sync_calls_total", "counter",
+           "DMA syncs (for the device and for the CPU) the device made; a device that needs no "
+           "sync (DMA_COHERENCE_COHERENT) makes none.");
+  for (const DeviceRow& r : rows) {
+    m.Sample("domain_sync_calls_total", {{"device_id", r.id}, {"iommu_mode", r.mode}},
+             r.sync_calls);
   }
   m.Family("domain_violations_total", "counter", "Mapping-checker violations, by kind.");
   for (const DeviceRow& r : rows) {
@@ -163,7 +179,8 @@ void Runtime::AppendMetrics(std::string* out) {
     const dma::Device& dev = d->nic->device();
     dev_ptrs.push_back(d.get());
     dev_rows.push_back({std::to_string(d->spec.id), v1::IommuMode_Name(d->spec.mode),
-                        dev.domain_stats(), dev.violations(), dev.live_mappings()});
+                        dev.domain_stats(), dev.violations(), dev.live_mappings(),
+                        dev.sync_calls()});
   }
   std::vector<PoolRow> pool_rows;
   for (const internal::PoolRef& p : pools) {

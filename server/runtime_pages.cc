@@ -193,8 +193,14 @@ absl::Status Runtime::AllocateFrom(const PoolRef& ref, uint32_t count,
   {
     base::MutexLock napi(&p.napi_mu());
     if (p.napi_stopped()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("Allocate: pool ", p.id(), " is destroyed"));
+      if (p.pool().destroyed()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("Allocate: pool ", p.id(), " is destroyed"));
+      }
+      return absl::FailedPreconditionError(absl::StrCat(
+          "Allocate: pool ", p.id(), "'s queue is stopped (its driver destroyed it, or the queue ",
+          "was restarted); the pool lives on only for its ", p.xdp_rxqs(),
+          " xdp_rxq registration(s)"));
     }
     s = p.pool().AllocateBulk(count, &pages);
   }

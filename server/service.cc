@@ -519,8 +519,11 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::CreatePool(grpc::CallbackServerCo
                                                           const grpc::ByteBuffer* in,
                                                           grpc::ByteBuffer* out) {
   return Unary<v1::CreatePoolRequest, v1::CreatePoolResponse>(
-      ctx, RpcMethod::kCreatePool, "CreatePool", in, out,
-      [&](const auto& req, auto* resp) { return runtime_->CreatePool(req, resp->mutable_pool()); });
+      ctx, RpcMethod::kCreatePool, "CreatePool", in, out, [&](const auto& req, auto* resp) {
+        return runtime_->CreatePool(
+            req, resp->mutable_pool(),
+            req.replaces_pool_id() != 0 ? resp->mutable_replaced() : nullptr);
+      });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::GetPool(grpc::CallbackServerContext* ctx,
@@ -544,8 +547,9 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::DestroyPool(grpc::CallbackServerC
                                                            const grpc::ByteBuffer* in,
                                                            grpc::ByteBuffer* out) {
   return Unary<v1::DestroyPoolRequest, v1::DestroyPoolResponse>(
-      ctx, RpcMethod::kDestroyPool, "DestroyPool", in, out,
-      [&](const auto& req, auto* resp) { return runtime_->DestroyPool(req.pool_id(), resp); });
+      ctx, RpcMethod::kDestroyPool, "DestroyPool", in, out, [&](const auto& req, auto* resp) {
+        return runtime_->DestroyPool(req.pool_id(), resp, req.xdp_rxq_unreg());
+      });
 }
 
 grpc::ServerUnaryReactor* PagePoolServiceImpl::Allocate(grpc::CallbackServerContext* ctx,

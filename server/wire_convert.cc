@@ -20,6 +20,14 @@ pool::DestroyStrategy ToPoolStrategy(v1::Strategy strategy) {
   }
 }
 
+dma::DmaCoherence ToDmaCoherence(v1::DmaCoherence coherence) {
+  switch (coherence) {
+    case v1::DMA_COHERENCE_COHERENT: return dma::DmaCoherence::kCoherent;
+    case v1::DMA_COHERENCE_SWIOTLB: return dma::DmaCoherence::kSwiotlb;
+    default: return dma::DmaCoherence::kNonCoherent;
+  }
+}
+
 v1::Strategy FromPoolStrategy(pool::DestroyStrategy strategy) {
   switch (strategy) {
     case pool::DestroyStrategy::kScan: return v1::STRATEGY_SCAN;
@@ -35,6 +43,7 @@ pool::NicConfig ToNicConfig(const DeviceSpec& spec) {
   nc.device.free_empty_tables = spec.free_empty_tables;
   nc.device.address_width = spec.address_width;
   nc.device.dma_mask_bits = spec.dma_mask_bits;
+  nc.device.coherence = ToDmaCoherence(spec.coherence);
   nc.ifindex = static_cast<uint32_t>(spec.id);
   return nc;
 }
@@ -111,6 +120,8 @@ void FillDevice(const DeviceSpec& spec, const pool::Nic& nic, v1::Device* out) {
   out->set_free_empty_tables(spec.free_empty_tables);
   out->set_address_width(spec.address_width);
   out->set_dma_mask_bits(spec.dma_mask_bits);
+  out->set_dma_coherence(spec.coherence);
+  out->set_dma_need_sync(nic.device().need_sync());
   for (const std::shared_ptr<pool::PagePool>& p : nic.Pools()) out->add_pool_ids(p->id());
   FillDomain(spec, nic.device(), out->mutable_domain());
 }
@@ -159,6 +170,19 @@ void FillPool(uint64_t device_id, const pool::PagePool& pool, v1::Pool* out) {
   out->set_strategy(FromPoolStrategy(params.strategy));
   out->set_destroyed(info.destroyed);
   out->set_unmapped_at_destroy(info.unmapped_at_destroy);
+}
+
+void FillDestroyed(const pool::PoolDestroyed& d, v1::DestroyPoolResponse* out) {
+  const pool::DestroyResult& r = d.result;
+  out->set_pool_id(d.pool->id());
+  out->set_inflight_at_destroy(r.inflight_at_destroy > 0 ? uint64_t(r.inflight_at_destroy) : 0);
+  out->set_pages_unmapped(r.pages_unmapped);
+  out->set_duration_ns(r.duration_ns);
+  out->set_strategy(FromPoolStrategy(r.strategy));
+  out->set_frames_scanned(r.frames_scanned);
+  out->set_grace_periods(r.grace_periods);
+  out->set_destroyed(d.destroyed());
+  out->set_users_left(r.users_left);
 }
 
 void FillPage(const pool::PoolPage& page, v1::Page* out) {

@@ -28,11 +28,13 @@ struct DeviceSpec {
   bool free_empty_tables = true;
   uint32_t address_width = 48;
   uint32_t dma_mask_bits = 48;  // resolved: address_width when the request left it 0
+  pagepool::v1::DmaCoherence coherence = pagepool::v1::DMA_COHERENCE_NON_COHERENT;
 };
 
 // UNSPECIFIED (already defaulted by the caller) and unknown values map to the default.
 dma::IommuMode ToDmaMode(pagepool::v1::IommuMode mode);
 pool::DestroyStrategy ToPoolStrategy(pagepool::v1::Strategy strategy);
+dma::DmaCoherence ToDmaCoherence(pagepool::v1::DmaCoherence coherence);
 pagepool::v1::Strategy FromPoolStrategy(pool::DestroyStrategy strategy);
 
 // The device config of a Nic for `spec` (ifindex = device id).
@@ -50,6 +52,8 @@ void FillDomain(const DeviceSpec& spec, const dma::Device& device, pagepool::v1:
 void FillDevice(const DeviceSpec& spec, const pool::Nic& nic, pagepool::v1::Device* out);
 // The pool as GetPool answers it; its flags, size and strategy come from the pool's params.
 void FillPool(uint64_t device_id, const pool::PagePool& pool, pagepool::v1::Pool* out);
+// What dropping a user of a pool did (DestroyPool, a queue restart's old pool).
+void FillDestroyed(const pool::PoolDestroyed& destroyed, pagepool::v1::DestroyPoolResponse* out);
 void FillPage(const pool::PoolPage& page, pagepool::v1::Page* out);
 void FillPageTableEntry(const dma::PresentEntry& entry, pagepool::v1::PageTableEntry* out);
 

@@ -532,5 +532,41 @@ TEST(DeviceTest, UnbindWithoutFreeingTablesStillUnmapsEverything) {
   EXPECT_EQ(dev->domain()->iova()->stats().allocated_pages, 0u);
 }
 
+// dma_dev_need_sync(): only a coherent device needs no sync, and its sync calls return at once,
+// unchecked and uncounted, as the kernel's inline dma_sync_single_for_* do.
+TEST(DeviceTest, OnlyACoherentDeviceNeedsNoSync) {
+  EXPECT_EQ(DmaCoherenceName(DmaCoherence::kCoherent), "coherent");
+  EXPECT_EQ(DmaCoherenceName(DmaCoherence::kNonCoherent), "non_coherent");
+  EXPECT_EQ(DmaCoherenceName(DmaCoherence::kSwiotlb), "swiotlb");
+  for (DmaCoherence c :
+       {DmaCoherence::kCoherent, DmaCoherence::kNonCoherent, DmaCoherence::kSwiotlb}) {
+    SCOPED_TRACE(std::string(DmaCoherenceName(c)));
+    DeviceConfig config;
+    config.name = "eth0";
+    config.coherence = c;
+    absl::StatusOr<std::unique_ptr<Device>> dev = Device::Create(config);
+    ASSERT_TRUE(dev.ok()) << dev.status();
+    const bool need = c != DmaCoherence::kCoherent;
+    EXPECT_EQ((*dev)->coherence(), c);
+    EXPECT_EQ((*dev)->need_sync(), need);
+    absl::StatusOr<DmaAddr> a = (*dev)->MapPage(0x10000, kPageSize, DmaDirection::kFromDevice);
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_TRUE((*dev)->SyncForDevice(*a, 0, 1500, DmaDirection::kFromDevice).ok());
+    EXPECT_TRUE((*dev)->SyncForCpu(*a, 0, 1500, DmaDirection::kFromDevice).ok());
+    EXPECT_EQ((*dev)->sync_calls(), need ? 2u : 0u);
+    // A sync of an address never mapped: checked (and counted) only where syncs happen at all.
+    const absl::Status unknown = (*dev)->SyncForCpu(0x7770000, 0, 64, DmaDirection::kFromDevice);
+    EXPECT_EQ(unknown.ok(), !need) << unknown;
+    EXPECT_EQ((*dev)->violations().sync_unknown, need ? 1u : 0u);
+    ASSERT_TRUE((*dev)->UnmapPage(*a, kPageSize, DmaDirection::kFromDevice).ok());
+  }
+  DeviceConfig bad;
+  bad.name = "eth1";
+  bad.coherence = static_cast<DmaCoherence>(7);
+  absl::StatusOr<std::unique_ptr<Device>> refused = Device::Create(bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("coherence"), std::string::npos) << refused.status();
+}
+
 }  // namespace
 }  // namespace pagepool::dma
