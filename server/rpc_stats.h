@@ -38,6 +38,7 @@ enum class RpcMethod : int {
   kGetDomain,
   kDumpPageTable,
   kWatchEvents,
+  kRefFrag,
   kCount,
 };
 
