@@ -217,7 +217,7 @@ absl::StatusOr<v1::DestroyPoolResponse> Client::DestroyPool(uint64_t pool_id) {
 }
 
 absl::StatusOr<v1::AllocateResponse> Client::Allocate(uint64_t pool_id, uint32_t count,
-                                                     uint32_t frag_size) {
+                                                      uint32_t frag_size) {
   v1::AllocateRequest req;
   req.set_pool_id(pool_id);
   req.set_count(count);

@@ -60,7 +60,7 @@ struct TrafficOptions {
   double duration_s = 5;
   uint32_t streams = 2;
   uint32_t batch = 64;
-  uint32_t window = 1;   // batches in flight per stream, 1..kMaxTrafficWindow
+  uint32_t window = 1;  // batches in flight per stream, 1..kMaxTrafficWindow
   // Fragment mode: batches allocate `batch` fragments of this many bytes (TrafficRequest.frag_size;
   // unary: Allocate with frag_size) and give them back as fragments; 0: whole pages.
   uint32_t frag_size = 0;

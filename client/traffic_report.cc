@@ -104,10 +104,9 @@ std::string TrafficResult::Summary() const {
   if (!first_error.empty()) absl::StrAppend(&s, " (first: ", first_error, ")");
   absl::StrAppend(&s, "\n");
   if (frag_size != 0) {
-    absl::StrAppend(&s, "  fragments:  ", frag_size, " bytes each: ", frag_ops,
-                    " fragment ops, ", pages_from_frags,
-                    " pages freed by their last fragment; at the end ", frag_pages,
-                    " pages split, ", frag_refs, " fragment references held\n");
+    absl::StrAppend(&s, "  fragments:  ", frag_size, " bytes each: ", frag_ops, " fragment ops, ",
+                    pages_from_frags, " pages freed by their last fragment; at the end ",
+                    frag_pages, " pages split, ", frag_refs, " fragment references held\n");
   }
   for (const TrafficEvent& e : events) {
     absl::StrAppend(

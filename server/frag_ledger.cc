@@ -20,10 +20,10 @@ void FragLedger::Add(absl::Span<const pool::PoolFrag> frags) {
 absl::Status FragLedger::CheckLocked(const pool::FragHandle& f, uint32_t times) const {
   auto it = held_.find(Key{f.page.frame, f.offset});
   if (it == held_.end() || it->second.generation != f.page.generation) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "no fragment of frame ", f.page.frame, " generation ", f.page.generation,
-        " is in flight at offset ", f.offset,
-        " (already given back: a double return; or never handed out at that offset)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("no fragment of frame ", f.page.frame, " generation ", f.page.generation,
+                     " is in flight at offset ", f.offset,
+                     " (already given back: a double return; or never handed out at that offset)"));
   }
   const Entry& e = it->second;
   if (e.size != f.size) {
@@ -33,8 +33,8 @@ absl::Status FragLedger::CheckLocked(const pool::FragHandle& f, uint32_t times) 
   }
   if (times > e.refs) {
     return absl::FailedPreconditionError(
-        absl::StrCat("the fragment at offset ", f.offset, " of frame ", f.page.frame,
-                     " is named ", times, " times in the call but holds ", e.refs,
+        absl::StrCat("the fragment at offset ", f.offset, " of frame ", f.page.frame, " is named ",
+                     times, " times in the call but holds ", e.refs,
                      e.refs == 1 ? " reference" : " references", " (a double return)"));
   }
   return absl::OkStatus();

@@ -421,8 +421,7 @@ absl::Status Runtime::ListInflight(uint64_t pool_id, InflightCursor* cursor, siz
   const uint32_t next = pp.ForEachInflightFrom(
       cursor->next_index_id_, max, [&](uint32_t id, pool::PageHandle h, dma::DmaAddr addr) {
         const pool::PpRefInfo refs = pp.PpRefCount(h.frame);
-        out->push_back(InflightRecord{id, h.generation, h.frame, addr,
-                                      uint16_t(refs.pp_ref_count),
+        out->push_back(InflightRecord{id, h.generation, h.frame, addr, uint16_t(refs.pp_ref_count),
                                       uint16_t(std::clamp<int64_t>(refs.user_refs, 0, UINT16_MAX)),
                                       refs.frag_page});
         return true;

@@ -69,7 +69,8 @@ struct ShutdownReport {
   uint64_t violations = 0;           // mapping-checker violations over all devices, ever
 };
 
-// One page of a pool's in-flight index (ListInflight), with its pp_ref_count (PagePool::PpRefCount).
+// One page of a pool's in-flight index (ListInflight), with its pp_ref_count
+// (PagePool::PpRefCount).
 struct InflightRecord {
   uint32_t index_id = 0;
   uint32_t generation = 0;

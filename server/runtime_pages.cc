@@ -199,7 +199,8 @@ absl::Status CheckFragHandle(const pool::PhysMemory& memory, uint64_t pool_id, u
   const uint32_t raw_owner = pool::PageRecord::OwnerOf(og);
   const uint32_t owner = raw_owner & ~pool::kFragOwnerBit;
   const uint32_t gen = pool::PageRecord::GenerationOf(og);
-  if (raw_owner == (static_cast<uint32_t>(pool_id) | pool::kFragOwnerBit) && gen == h.generation()) {
+  if (raw_owner == (static_cast<uint32_t>(pool_id) | pool::kFragOwnerBit) &&
+      gen == h.generation()) {
     return absl::OkStatus();
   }
   if (owner == 0) {
@@ -213,9 +214,9 @@ absl::Status CheckFragHandle(const pool::PhysMemory& memory, uint64_t pool_id, u
         absl::StrCat("frame ", h.frame(), " belongs to pool ", owner, ", not pool ", pool_id));
   }
   if (raw_owner == owner && gen == h.generation()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "frame ", h.frame(), " generation ", h.generation(),
-        " is a whole page, not split into fragments: give it back in `pages`"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("frame ", h.frame(), " generation ", h.generation(),
+                     " is a whole page, not split into fragments: give it back in `pages`"));
   }
   return absl::FailedPreconditionError(absl::StrCat(
       "frame ", h.frame(), " generation ", h.generation(),
@@ -249,10 +250,9 @@ absl::Status CheckGiveBack(const pool::PhysMemory& memory, const internal::PoolR
                            const RepeatedPtrField<v1::FragHandle>& frags, const char* what,
                            const char* done) {
   auto refuse = [&](const absl::Status& s, int index, const char* item) {
-    return absl::Status(s.code(),
-                        absl::StrCat(what, " on pool ", pool_id, ": ", item, " #", index, ": ",
-                                     s.message(), "; no page was ", done, " (", what,
-                                     " is all-or-nothing)"));
+    return absl::Status(s.code(), absl::StrCat(what, " on pool ", pool_id, ": ", item, " #", index,
+                                               ": ", s.message(), "; no page was ", done, " (",
+                                               what, " is all-or-nothing)"));
   };
   for (int i = 0; i < pages.size(); ++i) {
     if (absl::Status s = CheckHandle(memory, pool_id, pages[i]); !s.ok()) {
@@ -316,10 +316,10 @@ absl::Status Runtime::AllocateFrom(const PoolRef& ref, uint32_t count, uint32_t 
   if (frag_size != 0) {
     const uint64_t page_bytes = p.pool().page_bytes();
     if (frag_size > page_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "Allocate: frag_size ", frag_size, " is above the page size of pool ", p.id(), " (",
-          page_bytes, " bytes: 4096 << order ", p.pool().params().order,
-          "); page_pool_alloc_frag refuses it (0 asks for whole pages)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("Allocate: frag_size ", frag_size, " is above the page size of pool ",
+                       p.id(), " (", page_bytes, " bytes: 4096 << order ", p.pool().params().order,
+                       "); page_pool_alloc_frag refuses it (0 asks for whole pages)"));
     }
     std::vector<pool::PoolFrag>& frags = ScratchFrags();
     absl::Status s;
@@ -405,8 +405,8 @@ absl::Status Runtime::Recycle(uint64_t pool_id, const RepeatedPtrField<v1::PageH
   out->set_released(t.released);
   out->set_frags(t.frags_recycled);
   out->set_pages_from_frags(t.pages_from_frags);
-  return RaceResult(t, static_cast<int>(n), t.cached + t.ring + t.released - t.pages_from_frags +
-                                                t.frags_recycled,
+  return RaceResult(t, static_cast<int>(n),
+                    t.cached + t.ring + t.released - t.pages_from_frags + t.frags_recycled,
                     "recycled");
 }
 
@@ -420,16 +420,14 @@ absl::Status Runtime::Return(uint64_t pool_id, const RepeatedPtrField<v1::PageHa
   if (absl::Status s = CheckPageLimit(n, "Return", "", " pages and fragments"); !s.ok()) return s;
   auto found = FindPool(pool_id);
   if (!found.ok()) return base::Annotate(found.status(), "Return");
-  if (absl::Status s =
-          CheckGiveBack(*memory_, *found, pool_id, pages, frags, "Return", "returned");
+  if (absl::Status s = CheckGiveBack(*memory_, *found, pool_id, pages, frags, "Return", "returned");
       !s.ok()) {
     return s;
   }
   GiveBackTally t;
   if (!pages.empty()) ReturnBatch(*found->pool, pages, &t);
   if (!frags.empty()) {
-    FragBatch(*found->pool, found->frags.get(), frags, /*release=*/true, false, /*taken=*/true,
-              &t);
+    FragBatch(*found->pool, found->frags.get(), frags, /*release=*/true, false, /*taken=*/true, &t);
   }
   out->set_returned(t.returned);
   out->set_unmapped(t.unmapped);
@@ -511,8 +509,8 @@ uint64_t Runtime::Traffic(const v1::TrafficRequest& req, v1::TrafficResponse* ou
   GiveBackTally t;
   if (!req.recycle().empty()) RecycleBatch(*ref.pool, req.recycle(), req.napi_local(), &t);
   if (!req.recycle_frags().empty()) {
-    FragBatch(*ref.pool, ref.frags.get(), req.recycle_frags(), /*release=*/false,
-              req.napi_local(), /*taken=*/false, &t);
+    FragBatch(*ref.pool, ref.frags.get(), req.recycle_frags(), /*release=*/false, req.napi_local(),
+              /*taken=*/false, &t);
   }
   if (!req.return_pages().empty()) ReturnBatch(*ref.pool, req.return_pages(), &t);
   if (!req.return_frags().empty()) {

@@ -554,8 +554,8 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::Allocate(grpc::CallbackServerCont
   return Unary<v1::AllocateRequest, v1::AllocateResponse>(
       ctx, RpcMethod::kAllocate, "Allocate", in, out,
       [&](const v1::AllocateRequest& req, v1::AllocateResponse* resp) {
-        absl::Status s = runtime_->Allocate(req.pool_id(), req.count(), req.frag_size(),
-                                            resp->mutable_pages());
+        absl::Status s =
+            runtime_->Allocate(req.pool_id(), req.count(), req.frag_size(), resp->mutable_pages());
         if (s.ok() && max_message_bytes_ != 0) {
           size_t bytes = resp->ByteSizeLong();
           if (bytes > max_message_bytes_) {

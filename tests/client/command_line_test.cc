@@ -25,16 +25,25 @@ using ::testing::Not;
 // The smallest valid arguments of each subcommand.
 const std::map<std::string, std::vector<std::string>>& MinimalArgs() {
   static const auto* args = new std::map<std::string, std::vector<std::string>>{
-      {"create-device", {}},    {"get-device", {"1"}},
-      {"list-devices", {}},     {"unbind-device", {"1"}},
-      {"create-pool", {"1"}},   {"get-pool", {"1"}},
-      {"list-pools", {}},       {"destroy-pool", {"1"}},
-      {"allocate", {"1"}},      {"recycle", {"1", "2:3"}},
-      {"return", {"1", "2:3"}}, {"list-inflight", {"1"}},
+      {"create-device", {}},
+      {"get-device", {"1"}},
+      {"list-devices", {}},
+      {"unbind-device", {"1"}},
+      {"create-pool", {"1"}},
+      {"get-pool", {"1"}},
+      {"list-pools", {}},
+      {"destroy-pool", {"1"}},
+      {"allocate", {"1"}},
+      {"recycle", {"1", "2:3"}},
+      {"return", {"1", "2:3"}},
+      {"list-inflight", {"1"}},
       {"ref-frag", {"1", "2:3@0/64"}},
-      {"get-domain", {"1"}},    {"dump-page-table", {"1"}},
-      {"watch-events", {}},     {"traffic", {"steady"}},
-      {"health", {}},           {"report", {"r.json", "-o", "r.html"}},
+      {"get-domain", {"1"}},
+      {"dump-page-table", {"1"}},
+      {"watch-events", {}},
+      {"traffic", {"steady"}},
+      {"health", {}},
+      {"report", {"r.json", "-o", "r.html"}},
   };
   return *args;
 }
@@ -270,8 +279,8 @@ TEST_F(CommandLineTest, SubcommandArgumentChecksExit2BeforeAnyCall) {
        "ppctl: --strategy: 'sometimes' is not xarray, scan or none"},
       {{"recycle", "1", "2:3", "bad"}, kHandles},
       {{"return", "1", "x:1"}, kHandles},
-      {{"return", "1", "2:3@64"}, kHandles},      // a fragment without its size
-      {{"recycle", "1", "2:3@x/64"}, kHandles},   // an offset that is not a number
+      {{"return", "1", "2:3@64"}, kHandles},     // a fragment without its size
+      {{"recycle", "1", "2:3@x/64"}, kHandles},  // an offset that is not a number
       {{"ref-frag", "1", "2:3"}, "ppctl: ref-frag takes fragment handles FRAME:GEN@OFFSET/SIZE"},
       {{"watch-events", "--type", "pool-explode"},
        "ppctl: --type: 'pool-explode' is not an event type"},

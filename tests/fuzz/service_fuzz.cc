@@ -66,10 +66,9 @@ constexpr size_t kMaxRequestBytes = 4096;
 
 // The methods a raw call may name, by selector.
 constexpr const char* kMethods[] = {
-    "CreateDevice", "GetDevice", "ListDevices",  "UnbindDevice",  "CreatePool",
-    "GetPool",      "ListPools", "DestroyPool",  "Allocate",      "Recycle",
-    "Return",       "GetDomain", "ListInflight", "DumpPageTable", "Traffic",
-    "RefFrag",
+    "CreateDevice", "GetDevice",     "ListDevices", "UnbindDevice", "CreatePool", "GetPool",
+    "ListPools",    "DestroyPool",   "Allocate",    "Recycle",      "Return",     "GetDomain",
+    "ListInflight", "DumpPageTable", "Traffic",     "RefFrag",
 };
 constexpr size_t kRawMethods = sizeof(kMethods) / sizeof(kMethods[0]);
 enum Built : uint8_t { kBuiltRecycle = kRawMethods, kBuiltReturn, kBuiltFrags, kSelectors };
@@ -291,9 +290,9 @@ class RuntimeTransport final : public Transport {
       });
     }
     if (m == "RefFrag") {
-      return Call<v1::RefFragRequest, v1::RefFragResponse>(req, answer, [&](const auto& r, auto* a) {
-        return rt_->RefFrag(r.pool_id(), r.frags(), a);
-      });
+      return Call<v1::RefFragRequest, v1::RefFragResponse>(
+          req, answer,
+          [&](const auto& r, auto* a) { return rt_->RefFrag(r.pool_id(), r.frags(), a); });
     }
     if (m == "GetDomain") {
       return Call<v1::GetDomainRequest, v1::GetDomainResponse>(
@@ -489,7 +488,9 @@ class ServiceFuzzer {
       v1::RecycleRequest rr;
       v1::ReturnRequest r;
       FUZZ_CHECK(r.ParseFromArray(req.data(), static_cast<int>(req.size())));
-      if (name == "Recycle") FUZZ_CHECK(rr.ParseFromArray(req.data(), static_cast<int>(req.size())));
+      if (name == "Recycle") {
+        FUZZ_CHECK(rr.ParseFromArray(req.data(), static_cast<int>(req.size())));
+      }
       for (const v1::PageHandle& h : r.pages()) GiveBack(r.pool_id(), h, method);
       for (const v1::FragHandle& f : name == "Recycle" ? rr.frags() : r.frags()) {
         ForgetFrag(r.pool_id(), f);
@@ -671,8 +672,8 @@ namespace pagepool::fuzz {
 
 std::vector<std::string> FuzzSeeds() {
   namespace v1 = ::pagepool::v1;
-  using pagepool::server::kBuiltRecycle;
   using pagepool::server::kBuiltFrags;
+  using pagepool::server::kBuiltRecycle;
   using pagepool::server::kBuiltReturn;
   auto sel = [](std::string_view name) {
     for (size_t i = 0; i < pagepool::server::kRawMethods; ++i) {

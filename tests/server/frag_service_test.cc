@@ -273,9 +273,9 @@ TEST_F(FragServiceTest, DoubleReturnsWrongOffsetsAndSizesAreRefusedWithNothingCh
   ASSERT_TRUE(r.ok()) << r.status();
   r = ReturnFrags(pool, {frags[1], frags[0]}, {page});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(r.status().message()),
-              HasSubstr("fragment #1: no fragment of frame " +
-                        std::to_string(frags[0].page().frame())));
+  EXPECT_THAT(
+      std::string(r.status().message()),
+      HasSubstr("fragment #1: no fragment of frame " + std::to_string(frags[0].page().frame())));
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("a double return"));
   v1::Pool now = GetPool(pool);
   EXPECT_EQ(now.frag_refs(), 2u);
@@ -321,8 +321,7 @@ TEST_F(FragServiceTest, RefFragAddsAReferenceGivenBackByOneMorePut) {
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("fragment #1"));
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("no reference was added"));
   EXPECT_EQ(Inflight(pool)[b.page().frame()].frag_refs(), 1u);
-  EXPECT_EQ(c().RefFrag(v1::RefFragRequest()).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c().RefFrag(v1::RefFragRequest()).status().code(), absl::StatusCode::kInvalidArgument);
 
   // A twice in one call: both references; the page goes with the second.
   auto back = ReturnFrags(pool, {a, a});
