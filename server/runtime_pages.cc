@@ -386,7 +386,11 @@ absl::Status Runtime::Recycle(uint64_t pool_id, const RepeatedPtrField<v1::PageH
     return absl::InvalidArgumentError("Recycle: no pages or fragments given");
   }
   const uint64_t n = uint64_t(pages.size()) + uint64_t(frags.size());
-  if (absl::Status s = CheckPageLimit(n, "Recycle", "", " pages and fragments"); !s.ok()) return s;
+  if (absl::Status s =
+          CheckPageLimit(n, "Recycle", "", frags.empty() ? " pages" : " pages and fragments");
+      !s.ok()) {
+    return s;
+  }
   auto found = FindPool(pool_id);
   if (!found.ok()) return base::Annotate(found.status(), "Recycle");
   if (absl::Status s =
@@ -417,7 +421,11 @@ absl::Status Runtime::Return(uint64_t pool_id, const RepeatedPtrField<v1::PageHa
     return absl::InvalidArgumentError("Return: no pages or fragments given");
   }
   const uint64_t n = uint64_t(pages.size()) + uint64_t(frags.size());
-  if (absl::Status s = CheckPageLimit(n, "Return", "", " pages and fragments"); !s.ok()) return s;
+  if (absl::Status s =
+          CheckPageLimit(n, "Return", "", frags.empty() ? " pages" : " pages and fragments");
+      !s.ok()) {
+    return s;
+  }
   auto found = FindPool(pool_id);
   if (!found.ok()) return base::Annotate(found.status(), "Return");
   if (absl::Status s = CheckGiveBack(*memory_, *found, pool_id, pages, frags, "Return", "returned");
