@@ -225,10 +225,12 @@ absl::StatusOr<v1::DestroyPoolResponse> Client::DestroyPool(const v1::DestroyPoo
   return Unary(&Stub::DestroyPool, req);
 }
 
-absl::StatusOr<v1::AllocateResponse> Client::Allocate(uint64_t pool_id, uint32_t count) {
+absl::StatusOr<v1::AllocateResponse> Client::Allocate(uint64_t pool_id, uint32_t count,
+                                                      uint32_t frag_size) {
   v1::AllocateRequest req;
   req.set_pool_id(pool_id);
   req.set_count(count);
+  req.set_frag_size(frag_size);
   return Unary(&Stub::Allocate, req);
 }
 
@@ -238,6 +240,10 @@ absl::StatusOr<v1::RecycleResponse> Client::Recycle(const v1::RecycleRequest& re
 
 absl::StatusOr<v1::ReturnResponse> Client::Return(const v1::ReturnRequest& req) {
   return Unary(&Stub::Return, req);
+}
+
+absl::StatusOr<v1::RefFragResponse> Client::RefFrag(const v1::RefFragRequest& req) {
+  return Unary(&Stub::RefFrag, req);
 }
 
 absl::StatusOr<v1::GetDomainResponse> Client::GetDomain(uint64_t device_id) {

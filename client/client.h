@@ -65,9 +65,12 @@ class Client {
   absl::StatusOr<pagepool::v1::DestroyPoolResponse> DestroyPool(uint64_t pool_id);
   absl::StatusOr<pagepool::v1::DestroyPoolResponse> DestroyPool(
       const pagepool::v1::DestroyPoolRequest& req);
-  absl::StatusOr<pagepool::v1::AllocateResponse> Allocate(uint64_t pool_id, uint32_t count);
+  // frag_size 0: whole pages; otherwise `count` fragments of frag_size bytes (each Page's frag).
+  absl::StatusOr<pagepool::v1::AllocateResponse> Allocate(uint64_t pool_id, uint32_t count,
+                                                          uint32_t frag_size = 0);
   absl::StatusOr<pagepool::v1::RecycleResponse> Recycle(const pagepool::v1::RecycleRequest& req);
   absl::StatusOr<pagepool::v1::ReturnResponse> Return(const pagepool::v1::ReturnRequest& req);
+  absl::StatusOr<pagepool::v1::RefFragResponse> RefFrag(const pagepool::v1::RefFragRequest& req);
   absl::StatusOr<pagepool::v1::GetDomainResponse> GetDomain(uint64_t device_id);
   // Server streams, collected: every message until the stream ends.
   // ListInflight of the pages with index id >= start_index_id (0: all), at most `limit` (0: all).

@@ -107,12 +107,19 @@ void AddListPoolsOptions(CLI::App* cmd, CommandArgs* a) {
 
 void AddAllocateOptions(CLI::App* cmd, CommandArgs* a) {
   AddId(cmd, "pool_id", &a->allocate.pool_id);
-  cmd->add_option("--count", a->allocate.count, "pages")->capture_default_str();
+  cmd->add_option("--count", a->allocate.count, "pages (fragments, with --frag-size)")
+      ->capture_default_str();
+  cmd->add_option("--frag-size", a->allocate.frag_size,
+                  "allocate fragments of this many bytes (page_pool_alloc_frag; rounded up to 64, "
+                  "at most the pool's page size); 0: whole pages")
+      ->capture_default_str();
 }
 
 void AddReturnOptions(CLI::App* cmd, CommandArgs* a) {
   AddId(cmd, "pool_id", &a->pages.pool_id);
-  cmd->add_option("handles", a->pages.handles, "FRAME:GEN handles")->required();
+  cmd->add_option("handles", a->pages.handles,
+                  "FRAME:GEN page handles, FRAME:GEN@OFFSET/SIZE fragment handles")
+      ->required();
 }
 
 void AddRecycleOptions(CLI::App* cmd, CommandArgs* a) {
@@ -171,7 +178,12 @@ void AddTrafficOptions(CLI::App* cmd, CommandArgs* args) {
       ->required();
   cmd->add_option("--duration", o.duration_s, "seconds")->capture_default_str();
   cmd->add_option("--streams", o.streams, "concurrent Traffic streams")->capture_default_str();
-  cmd->add_option("--batch", o.batch, "pages per batch")->capture_default_str();
+  cmd->add_option("--batch", o.batch, "pages per batch (fragments, with --frag-size)")
+      ->capture_default_str();
+  cmd->add_option("--frag-size", o.frag_size,
+                  "fragment mode: batches allocate fragments of this many bytes and give them "
+                  "back (page_pool_alloc_frag; unary: Allocate with frag_size); 0: whole pages")
+      ->capture_default_str();
   cmd->add_option("--window", o.window, "batches in flight per stream (1..256)")
       ->check(CLI::Range(1u, kMaxTrafficWindow))
       ->capture_default_str();
@@ -288,12 +300,14 @@ const Subcommand kSubcommands[] = {
     {"destroy-pool", "DestroyPool: drop a user; the last one destroys (in-flight unmap)",
      AddDestroyPoolOptions,
      [](CommandContext& c, Args a) { return RunDestroyPool(c, a.destroy_pool); }},
-    {"allocate", "Allocate pages (prints FRAME:GEN handles)", AddAllocateOptions,
-     [](CommandContext& c, Args a) { return RunAllocate(c, a.allocate); }},
-    {"recycle", "Recycle pages FRAME:GEN ...", AddRecycleOptions,
-     [](CommandContext& c, Args a) { return RunRecycle(c, a.pages); }},
-    {"return", "Return pages FRAME:GEN ... to the page allocator", AddReturnOptions,
+    {"allocate", "Allocate pages or fragments (prints FRAME:GEN or FRAME:GEN@OFFSET/SIZE handles)",
+     AddAllocateOptions, [](CommandContext& c, Args a) { return RunAllocate(c, a.allocate); }},
+    {"recycle", "Recycle pages FRAME:GEN and fragments FRAME:GEN@OFFSET/SIZE ...",
+     AddRecycleOptions, [](CommandContext& c, Args a) { return RunRecycle(c, a.pages); }},
+    {"return", "Return pages and fragments ... to the page allocator", AddReturnOptions,
      [](CommandContext& c, Args a) { return RunReturn(c, a.pages); }},
+    {"ref-frag", "RefFrag: one more reference on fragments FRAME:GEN@OFFSET/SIZE ...",
+     AddReturnOptions, [](CommandContext& c, Args a) { return RunRefFrag(c, a.pages); }},
     {"list-inflight", "ListInflight: a pool's tracked pages", AddListInflightOptions,
      [](CommandContext& c, Args a) { return RunListInflight(c, a.list_inflight); }},
     {"get-domain", "GetDomain: page tables and violations", AddDeviceId,

@@ -68,13 +68,19 @@ const char kBadIommuMode[] = "' is not strict, lazy or passthrough";
 const char kBadStrategy[] = "' is not xarray, scan or none";
 const char kBadDmaCoherence[] = "' is not coherent, non-coherent or swiotlb";
 
+// Pages (FRAME:GEN) into `pages`, fragments (FRAME:GEN@OFFSET/SIZE) into `frags`.
 bool ParseHandles(const std::vector<std::string>& handles,
-                  google::protobuf::RepeatedPtrField<v1::PageHandle>* out) {
+                  google::protobuf::RepeatedPtrField<v1::PageHandle>* pages,
+                  google::protobuf::RepeatedPtrField<v1::FragHandle>* frags) {
   for (const std::string& h : handles) {
-    if (!ParseHandle(h, out->Add())) return false;
+    const bool ok = h.find('@') == std::string::npos ? ParseHandle(h, pages->Add())
+                                                     : ParseFrag(h, frags->Add());
+    if (!ok) return false;
   }
   return true;
 }
+
+const char kBadHandles[] = "handles are FRAME:GEN (a page) or FRAME:GEN@OFFSET/SIZE (a fragment)";
 
 // Writes `content` to `path` (nothing when the path is empty); false when it cannot.
 bool WriteFileIfAsked(const std::string& path, const std::string& content) {
@@ -165,22 +171,36 @@ int RunDestroyPool(CommandContext& ctx, const DestroyPoolArgs& args) {
 }
 
 int RunAllocate(CommandContext& ctx, const AllocateArgs& args) {
-  return Reply(ctx, ctx.client.Allocate(args.pool_id, args.count));
+  return Reply(ctx, ctx.client.Allocate(args.pool_id, args.count, args.frag_size));
 }
 
 int RunRecycle(CommandContext& ctx, const PagesArgs& args) {
   v1::RecycleRequest req;
   req.set_pool_id(args.pool_id);
   req.set_napi_local(args.napi_local);
-  if (!ParseHandles(args.handles, req.mutable_pages())) return Usage(ctx, "handles are FRAME:GEN");
+  if (!ParseHandles(args.handles, req.mutable_pages(), req.mutable_frags())) {
+    return Usage(ctx, kBadHandles);
+  }
   return Reply(ctx, ctx.client.Recycle(req));
 }
 
 int RunReturn(CommandContext& ctx, const PagesArgs& args) {
   v1::ReturnRequest req;
   req.set_pool_id(args.pool_id);
-  if (!ParseHandles(args.handles, req.mutable_pages())) return Usage(ctx, "handles are FRAME:GEN");
+  if (!ParseHandles(args.handles, req.mutable_pages(), req.mutable_frags())) {
+    return Usage(ctx, kBadHandles);
+  }
   return Reply(ctx, ctx.client.Return(req));
+}
+
+int RunRefFrag(CommandContext& ctx, const PagesArgs& args) {
+  v1::RefFragRequest req;
+  req.set_pool_id(args.pool_id);
+  google::protobuf::RepeatedPtrField<v1::PageHandle> pages;
+  if (!ParseHandles(args.handles, &pages, req.mutable_frags()) || !pages.empty()) {
+    return Usage(ctx, "ref-frag takes fragment handles FRAME:GEN@OFFSET/SIZE");
+  }
+  return Reply(ctx, ctx.client.RefFrag(req));
 }
 
 int RunListInflight(CommandContext& ctx, const ListInflightArgs& args) {

@@ -74,12 +74,13 @@ struct DestroyPoolArgs {
 struct AllocateArgs {
   uint64_t pool_id = 0;
   uint32_t count = 1;
+  uint32_t frag_size = 0;  // --frag-size: fragments of this many bytes (0: whole pages)
 };
 
 // recycle and return.
 struct PagesArgs {
   uint64_t pool_id = 0;
-  std::vector<std::string> handles;  // FRAME:GEN
+  std::vector<std::string> handles;  // FRAME:GEN (a page) or FRAME:GEN@OFFSET/SIZE (a fragment)
   bool napi_local = false;           // recycle only
 };
 
@@ -133,6 +134,8 @@ int RunDestroyPool(CommandContext& ctx, const DestroyPoolArgs& args);
 int RunAllocate(CommandContext& ctx, const AllocateArgs& args);
 int RunRecycle(CommandContext& ctx, const PagesArgs& args);
 int RunReturn(CommandContext& ctx, const PagesArgs& args);
+// RefFrag of the fragment handles in args.handles (page handles are refused before any call).
+int RunRefFrag(CommandContext& ctx, const PagesArgs& args);
 int RunListInflight(CommandContext& ctx, const ListInflightArgs& args);
 int RunGetDomain(CommandContext& ctx, uint64_t device_id);
 int RunDumpPageTable(CommandContext& ctx, const DumpPageTableArgs& args);

@@ -57,6 +57,25 @@ bool ParseHandle(const std::string& text, v1::PageHandle* out) {
   return true;
 }
 
+std::string FormatFrag(const v1::FragHandle& f) {
+  return absl::StrCat(FormatHandle(f.page()), "@", f.offset(), "/", f.size());
+}
+
+bool ParseFrag(const std::string& text, v1::FragHandle* out) {
+  const size_t at = text.find('@');
+  const size_t slash = text.find('/', at == std::string::npos ? 0 : at);
+  if (at == std::string::npos || slash == std::string::npos) return false;
+  uint32_t offset = 0, size = 0;
+  if (!ParseHandle(text.substr(0, at), out->mutable_page()) ||
+      !absl::SimpleAtoi(text.substr(at + 1, slash - at - 1), &offset) ||
+      !absl::SimpleAtoi(text.substr(slash + 1), &size)) {
+    return false;
+  }
+  out->set_offset(offset);
+  out->set_size(size);
+  return true;
+}
+
 std::string EnumLabel(const std::string& name, const std::string& prefix) {
   std::string s = name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name;
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -111,13 +130,18 @@ std::string FormatPool(const v1::Pool& p) {
       "pool %d on device %d (ifindex %d, napi %d): order %d, %s%s, inflight %d (%d bytes), "
       "dma_mapped %d, detach_time %d\n"
       "  alloc:   fast %d, slow %d, slow_high_order %d, empty %d, refill %d, waive %d\n"
-      "  recycle: cached %d, cache_full %d, ring %d, ring_full %d, released_refcnt %d\n",
+      "  recycle: cached %d, cache_full %d, ring %d, ring_full %d, released_refcnt %d\n%s",
       p.id(), p.device_id(), p.ifindex(), p.napi_id(), p.order(),
       EnumLabel(v1::Strategy_Name(p.strategy()), "STRATEGY_"), p.destroyed() ? ", destroyed" : "",
       p.inflight(), p.inflight_mem(), p.dma_mapped(), p.detach_time(), st.alloc_fast(),
       st.alloc_slow(), st.alloc_slow_high_order(), st.alloc_empty(), st.alloc_refill(),
       st.alloc_waive(), st.recycle_cached(), st.recycle_cache_full(), st.recycle_ring(),
-      st.recycle_ring_full(), st.recycle_released_refcnt());
+      st.recycle_ring_full(), st.recycle_released_refcnt(),
+      // Fragments, once the pool has had any.
+      p.frag_pages() + p.frag_refs() + p.frag_put_refused() == 0
+          ? std::string()
+          : absl::StrFormat("  frags:   pages %d, refs %d, put_refused %d\n", p.frag_pages(),
+                            p.frag_refs(), p.frag_put_refused()));
 }
 
 std::string FormatEvent(const v1::Event& e) {
@@ -176,24 +200,47 @@ std::string FormatResponse(const v1::DestroyPoolResponse& r) {
 
 std::string FormatResponse(const v1::AllocateResponse& r) {
   std::string text;
-  for (const v1::Page& p : r.pages()) text += PageLine(p.handle(), p.dma_addr());
+  for (const v1::Page& p : r.pages()) {
+    text += p.has_frag() ? absl::StrFormat("%s dma_addr 0x%x\n", FormatFrag(p.frag()), p.dma_addr())
+                         : PageLine(p.handle(), p.dma_addr());
+  }
   return text;
 }
 
 std::string FormatResponse(const v1::RecycleResponse& r) {
+  std::string frags;
+  if (r.frags() > 0) {
+    frags = absl::StrCat(", ", r.frags(), " fragments (", r.pages_from_frags(),
+                         " pages by their last fragment)");
+  }
   return absl::StrCat("recycled: ", r.cached(), " cached, ", r.ring(), " ring, ", r.released(),
-                      " released\n");
+                      " released", frags, "\n");
 }
 
 std::string FormatResponse(const v1::ReturnResponse& r) {
+  std::string frags;
+  if (r.frags() > 0) {
+    frags = absl::StrCat(", ", r.frags(), " fragments (", r.pages_from_frags(),
+                         " pages by their last fragment)");
+  }
   return absl::StrCat("returned: ", r.returned(), " pages, ", r.unmapped(),
-                      " unmapped by this call\n");
+                      " unmapped by this call", frags, "\n");
+}
+
+std::string FormatResponse(const v1::RefFragResponse& r) {
+  return absl::StrCat("referenced: ", r.refs(), " fragments (one more reference each)\n");
 }
 
 std::string FormatResponse(const v1::ListInflightResponse& r) {
   std::string text;
   for (const v1::InflightPage& p : r.pages()) {
-    absl::StrAppend(&text, "id ", p.index_id(), " ", PageLine(p.handle(), p.dma_addr()));
+    std::string line = PageLine(p.handle(), p.dma_addr());
+    if (p.fragmented()) {
+      line.pop_back();  // the newline
+      absl::StrAppend(&line, " fragmented, pp_ref_count ", p.pp_ref_count(), ", frag_refs ",
+                      p.frag_refs(), "\n");
+    }
+    absl::StrAppend(&text, "id ", p.index_id(), " ", line);
   }
   absl::StrAppend(&text, r.pages_size(), " pages tracked\n");
   return text;

@@ -21,6 +21,10 @@ std::string ToJson(const google::protobuf::Message& message);
 std::string FormatHandle(const pagepool::v1::PageHandle& handle);
 // Parses "FRAME:GENERATION"; false when malformed.
 bool ParseHandle(const std::string& text, pagepool::v1::PageHandle* out);
+// "FRAME:GENERATION@OFFSET/SIZE", the fragment syntax ppctl accepts back.
+std::string FormatFrag(const pagepool::v1::FragHandle& frag);
+// Parses "FRAME:GENERATION@OFFSET/SIZE"; false when malformed (no '@' included).
+bool ParseFrag(const std::string& text, pagepool::v1::FragHandle* out);
 
 // "IOMMU_MODE_STRICT" without `prefix` ("IOMMU_MODE_"), in lower case: "strict".
 std::string EnumLabel(const std::string& name, const std::string& prefix);
@@ -40,11 +44,13 @@ std::string FormatResponse(const pagepool::v1::CreatePoolResponse& r);
 std::string FormatResponse(const pagepool::v1::GetPoolResponse& r);
 std::string FormatResponse(const pagepool::v1::ListPoolsResponse& r);  // "no pools" if none
 std::string FormatResponse(const pagepool::v1::DestroyPoolResponse& r);
-// One line a page: "FRAME:GEN dma_addr 0x...".
+// One line a page: "FRAME:GEN dma_addr 0x..." (a fragment: "FRAME:GEN@OFFSET/SIZE dma_addr 0x...").
 std::string FormatResponse(const pagepool::v1::AllocateResponse& r);
 std::string FormatResponse(const pagepool::v1::RecycleResponse& r);
 std::string FormatResponse(const pagepool::v1::ReturnResponse& r);
-// One line a page ("id N FRAME:GEN dma_addr 0x..."), then the count.
+std::string FormatResponse(const pagepool::v1::RefFragResponse& r);  // "referenced: N fragments"
+// One line a page ("id N FRAME:GEN dma_addr 0x...", and for a page split into fragments
+// " fragmented, pp_ref_count N, frag_refs N"), then the count.
 std::string FormatResponse(const pagepool::v1::ListInflightResponse& r);
 std::string FormatResponse(const pagepool::v1::GetDomainResponse& r);
 // One line an entry, then the count.

@@ -95,6 +95,7 @@ class TrafficRun {
     res_.streams = o_.streams;
     res_.batch = o_.batch;
     res_.window = o_.pattern == "unary" ? 1 : o_.window;
+    res_.frag_size = o_.frag_size;
   }
   ~TrafficRun() { StopStreams(); }
 
@@ -147,8 +148,6 @@ class TrafficRun {
     }
     return d;
   }
-  // inflight of `pool_id`; 0 when it is 0 or deleted.
-  absl::StatusOr<uint64_t> PoolInflight(uint64_t pool_id);
   void CollectCounters();
 
   Client& client_;
@@ -397,6 +396,8 @@ void TrafficRun::CollectCounters() {
   res_.duration_s = SecondsBetween(start_, end_);
   res_.batches = shared_.batches.load();
   res_.page_ops = shared_.page_ops.load();
+  res_.frag_ops = shared_.frag_ops.load();
+  res_.pages_from_frags = shared_.pages_from_frags.load();
   res_.page_ops_per_sec = res_.duration_s > 0 ? double(res_.page_ops) / res_.duration_s : 0;
   res_.errors = shared_.errors.load();
   res_.expected_refusals = shared_.expected.load();
@@ -415,20 +416,16 @@ void TrafficRun::CollectCounters() {
   res_.rpc_p99_us = Percentile(all, 0.99);
 }
 
-absl::StatusOr<uint64_t> TrafficRun::PoolInflight(uint64_t pool_id) {
-  if (pool_id == 0) return 0;
-  auto pool = client_.GetPool(pool_id);
-  if (pool.ok()) return pool->pool().inflight();
-  if (pool.status().code() == absl::StatusCode::kNotFound) return 0;
-  return pool.status();
-}
-
 absl::Status TrafficRun::Collect() {
   CollectCounters();
   for (uint64_t pool : {res_.pool_id, res_.fresh_pool_id}) {
-    auto inflight = PoolInflight(pool);
-    if (!inflight.ok()) return inflight.status();
-    res_.inflight += *inflight;
+    if (pool == 0) continue;
+    auto p = client_.GetPool(pool);
+    if (p.status().code() == absl::StatusCode::kNotFound) continue;  // deleted: nothing in flight
+    if (!p.ok()) return p.status();
+    res_.inflight += p->pool().inflight();
+    res_.frag_pages += p->pool().frag_pages();
+    res_.frag_refs += p->pool().frag_refs();
   }
   for (uint64_t device : Devices()) {
     auto dom = client_.GetDomain(device);

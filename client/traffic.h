@@ -26,7 +26,10 @@
 //   unary                  (for comparison) unary Allocate then Return of `batch` pages; the
 //                          window does not apply.
 // Unless pool_id is given, the run creates its own device and pool first (and destroys the pool at
-// the end, except for leak and keep).
+// the end, except for leak and keep). With frag_size every pattern works on fragments instead of
+// pages: what it allocates, holds and gives back are fragments (a page leaves flight when its last
+// fragment comes back), and the result counts fragment operations and the pages freed by their
+// last fragment.
 //
 // Sampling: the calling thread samples every 100 ms for the first 60 s of a run, then every
 // second (a one-hour run keeps about 4,200 samples): page ops/s and the batch latency p50/p99
@@ -57,7 +60,10 @@ struct TrafficOptions {
   double duration_s = 5;
   uint32_t streams = 2;
   uint32_t batch = 64;
-  uint32_t window = 1;   // batches in flight per stream, 1..kMaxTrafficWindow
+  uint32_t window = 1;  // batches in flight per stream, 1..kMaxTrafficWindow
+  // Fragment mode: batches allocate `batch` fragments of this many bytes (TrafficRequest.frag_size;
+  // unary: Allocate with frag_size) and give them back as fragments; 0: whole pages.
+  uint32_t frag_size = 0;
   uint64_t pool_id = 0;  // 0: create a device and a pool for the run
   // For the device/pool the run creates.
   pagepool::v1::IommuMode iommu_mode = pagepool::v1::IOMMU_MODE_STRICT;

@@ -45,6 +45,7 @@ std::string TrafficResult::ToJson() const {
   integer("streams", streams);
   integer("batch", batch);
   integer("window", window);
+  integer("frag_size", frag_size);
   integer("device_id", device_id);
   integer("pool_id", pool_id);
   integer("fresh_device_id", fresh_device_id);
@@ -52,6 +53,10 @@ std::string TrafficResult::ToJson() const {
   num("duration_s", duration_s);
   integer("batches", batches);
   integer("page_ops", page_ops);
+  integer("frag_ops", frag_ops);
+  integer("pages_from_frags", pages_from_frags);
+  integer("frag_pages", frag_pages);
+  integer("frag_refs", frag_refs);
   num("page_ops_per_sec", page_ops_per_sec);
   num("rpc_p50_us", rpc_p50_us);
   num("rpc_p99_us", rpc_p99_us);
@@ -98,6 +103,11 @@ std::string TrafficResult::Summary() const {
       fresh_pool_id != 0 ? "s" : "", errors);
   if (!first_error.empty()) absl::StrAppend(&s, " (first: ", first_error, ")");
   absl::StrAppend(&s, "\n");
+  if (frag_size != 0) {
+    absl::StrAppend(&s, "  fragments:  ", frag_size, " bytes each: ", frag_ops, " fragment ops, ",
+                    pages_from_frags, " pages freed by their last fragment; at the end ",
+                    frag_pages, " pages split, ", frag_refs, " fragment references held\n");
+  }
   for (const TrafficEvent& e : events) {
     absl::StrAppend(
         &s, absl::StrFormat("  %-11s at %.2f s, %.2f ms: ", e.kind + ":", e.t_s, e.duration_ms),

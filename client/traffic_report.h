@@ -41,10 +41,15 @@ struct TrafficResult {
   std::string iommu_mode;  // of the device: "strict", "lazy", "passthrough"
   uint32_t streams = 0;
   uint32_t batch = 0;
-  uint32_t window = 1;    // batches in flight per stream
-  double duration_s = 0;  // measured
-  uint64_t batches = 0;   // batches (or unary calls) answered
-  uint64_t page_ops = 0;  // pages allocated + recycled + returned
+  uint32_t window = 1;     // batches in flight per stream
+  uint32_t frag_size = 0;  // fragment mode: bytes per fragment (0: whole pages)
+  double duration_s = 0;   // measured
+  uint64_t batches = 0;    // batches (or unary calls) answered
+  uint64_t page_ops = 0;   // pages (fragments, in fragment mode) allocated + recycled + returned
+  uint64_t frag_ops = 0;   // of those, fragments allocated, recycled and returned
+  uint64_t pages_from_frags = 0;  // pages whose last fragment reference a give-back dropped
+  uint64_t frag_pages = 0;        // the pools' pages split into fragments at the end (GetPool)
+  uint64_t frag_refs = 0;         // the pools' fragment references held at the end
   double page_ops_per_sec = 0;
   double rpc_p50_us = 0;  // per batch / per unary call, client-side
   double rpc_p99_us = 0;

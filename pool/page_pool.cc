@@ -718,7 +718,7 @@ absl::StatusOr<FragPutResult> PagePool::UnrefFrag(const FragHandle& frag, bool r
   if (left > 0) return out;
   // The last reference: page_pool_put_unrefed_netmem, or page_pool_return_page for Return.
   if (release) {
-    ReleasePage(page);
+    out.unmapped = ReleasePage(page);
     out.result = RecycleResult::kReleased;
   } else {
     out.result = PutPage(page, dma_sync_size, napi_local);

@@ -288,6 +288,9 @@ struct FragPutResult {
   uint32_t refs_left = 0;  // pp_ref_count after the put (0: this put dropped the last reference)
   // Where the page went when refs_left is 0 (Recycle of a fragment); for Return, kReleased.
   RecycleResult result = RecycleResult::kReleased;
+  // ReturnFrag that dropped the last reference: this call DMA-unmapped the page (as Return's
+  // answer; false when the destroy path had unmapped it, or the pool does not DMA-map).
+  bool unmapped = false;
 };
 
 struct DestroyResult {

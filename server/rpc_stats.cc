@@ -10,7 +10,7 @@ namespace {
 constexpr std::string_view kMethodNames[] = {
     "CreateDevice", "GetDevice",    "ListDevices", "UnbindDevice",  "DeleteDevice", "CreatePool",
     "GetPool",      "ListPools",    "DestroyPool", "Allocate",      "Recycle",      "Return",
-    "Traffic",      "ListInflight", "GetDomain",   "DumpPageTable", "WatchEvents",
+    "Traffic",      "ListInflight", "GetDomain",   "DumpPageTable", "WatchEvents",  "RefFrag",
 };
 static_assert(std::size(kMethodNames) == RpcStats::kMethods);
 

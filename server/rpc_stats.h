@@ -39,6 +39,7 @@ enum class RpcMethod : int {
   kGetDomain,
   kDumpPageTable,
   kWatchEvents,
+  kRefFrag,
   kCount,
 };
 

@@ -88,16 +88,32 @@ Runtime::DeviceList Runtime::Devices() const {
 
 PoolRef Runtime::FindPoolLocked(uint64_t pool_id) const {
   for (const auto& [id, d] : devices_) {
-    if (std::shared_ptr<pool::NicPool> p = d->nic->FindNicPool(pool_id)) return PoolRef{d, p};
+    if (std::shared_ptr<pool::NicPool> p = d->nic->FindNicPool(pool_id)) {
+      return PoolRef{d, p, LedgerLocked(pool_id)};
+    }
   }
   return PoolRef{};
+}
+
+std::shared_ptr<FragLedger> Runtime::LedgerLocked(uint64_t pool_id) const {
+  auto it = ledgers_.find(pool_id);
+  return it == ledgers_.end() ? nullptr : it->second;
+}
+
+void Runtime::FillPoolLocked(const DeviceEntry& device, const pool::PagePool& p,
+                             v1::Pool* out) const {
+  std::shared_ptr<FragLedger> ledger = LedgerLocked(p.id());
+  FillPool(device.spec.id, p, out, ledger == nullptr ? 0 : ledger->refused());
 }
 
 std::vector<PoolRef> Runtime::PoolsLocked(uint64_t device_id) const {
   std::vector<PoolRef> out;
   for (const auto& [id, d] : devices_) {
     if (device_id != 0 && id != device_id) continue;
-    for (std::shared_ptr<pool::NicPool>& p : d->nic->NicPools()) out.push_back({d, std::move(p)});
+    for (std::shared_ptr<pool::NicPool>& p : d->nic->NicPools()) {
+      std::shared_ptr<FragLedger> ledger = LedgerLocked(p->id());
+      out.push_back({d, std::move(p), std::move(ledger)});
+    }
   }
   std::sort(out.begin(), out.end(),
             [](const PoolRef& a, const PoolRef& b) { return a.pool->id() < b.pool->id(); });
@@ -133,7 +149,7 @@ absl::StatusOr<PoolRef> Runtime::FindPool(uint64_t id) {
 void Runtime::PublishPool(v1::EventType type, const DeviceEntry& device, const pool::PagePool& p) {
   v1::Event ev;
   ev.set_type(type);
-  FillPool(device.spec.id, p, ev.mutable_pool());
+  FillPoolLocked(device, p, ev.mutable_pool());
   events_.Publish(std::move(ev));
 }
 
@@ -150,6 +166,7 @@ void Runtime::PublishDestroyed(const DeviceEntry& device,
     if (!d.destroyed()) continue;  // other users still hold it: it is as live as before
     PublishPool(d.forgotten ? v1::EVENT_TYPE_POOL_DELETE : v1::EVENT_TYPE_POOL_DETACH, device,
                 *d.pool);
+    if (d.forgotten) ledgers_.erase(d.pool->id());  // nothing in flight: no fragment is held
   }
 }
 
@@ -165,7 +182,7 @@ bool Runtime::Subscribe(EventSink* sink, bool include_existing) {
     for (const PoolRef& p : PoolsLocked()) {
       v1::Event& ev = existing.emplace_back();
       ev.set_type(v1::EVENT_TYPE_POOL_ADD);
-      FillPool(p.device->spec.id, p.pool->pool(), ev.mutable_pool());
+      FillPoolLocked(*p.device, p.pool->pool(), ev.mutable_pool());
     }
     const int64_t now_ns = WallNanos();
     for (v1::Event& ev : existing) {
@@ -392,6 +409,7 @@ absl::Status Runtime::CreatePool(const v1::CreatePoolRequest& req, v1::Pool* out
     return base::Annotate(p.status(), absl::StrCat("CreatePool on device ", req.device_id()));
   }
   pools_created_.fetch_add(1, std::memory_order_relaxed);
+  ledgers_[(*p)->id()] = std::make_shared<FragLedger>();
   FillPool(d.spec.id, (*p)->pool(), out);
   v1::Event ev;
   ev.set_type(v1::EVENT_TYPE_POOL_ADD);
@@ -463,7 +481,7 @@ absl::Status Runtime::RestartQueue(const v1::CreatePoolRequest& req, DeviceEntry
 absl::Status Runtime::GetPool(uint64_t pool_id, v1::Pool* out) {
   auto p = FindPool(pool_id);
   if (!p.ok()) return base::Annotate(p.status(), "GetPool");
-  FillPool(p->device->spec.id, p->pool->pool(), out);
+  FillPool(p->device->spec.id, p->pool->pool(), out, p->frags == nullptr ? 0 : p->frags->refused());
   return absl::OkStatus();
 }
 
@@ -474,7 +492,7 @@ absl::Status Runtime::ListPools(uint64_t device_id, v1::ListPoolsResponse* out) 
                                             " not found (device_id 0 lists every device's pools)"));
   }
   for (const PoolRef& p : PoolsLocked(device_id)) {
-    FillPool(p.device->spec.id, p.pool->pool(), out->add_pools());
+    FillPoolLocked(*p.device, p.pool->pool(), out->add_pools());
   }
   return absl::OkStatus();
 }
@@ -506,9 +524,13 @@ absl::Status Runtime::ListInflight(uint64_t pool_id, InflightCursor* cursor, siz
   if (cursor->done_) return absl::OkStatus();
   max = max == 0 ? kInflightChunk : std::min(max, kInflightChunk);
   out->reserve(max);
-  const uint32_t next = cursor->pool_.pool->pool().ForEachInflightFrom(
+  const pool::PagePool& pp = cursor->pool_.pool->pool();
+  const uint32_t next = pp.ForEachInflightFrom(
       cursor->next_index_id_, max, [&](uint32_t id, pool::PageHandle h, dma::DmaAddr addr) {
-        out->push_back(InflightRecord{id, h.generation, h.frame, addr});
+        const pool::PpRefInfo refs = pp.PpRefCount(h.frame);
+        out->push_back(InflightRecord{id, h.generation, h.frame, addr, uint16_t(refs.pp_ref_count),
+                                      uint16_t(std::clamp<int64_t>(refs.user_refs, 0, UINT16_MAX)),
+                                      refs.frag_page});
         return true;
       });
   if (next == 0) {
@@ -577,7 +599,10 @@ void Runtime::ReleaseRetryTick() {
   reported_inflight_.swap(reported);
   std::sort(rows.begin(), rows.end(),
             [](const Row& a, const Row& b) { return a.pool->id() < b.pool->id(); });
-  for (const Row& r : rows) PublishPool(r.type, *r.device, *r.pool);
+  for (const Row& r : rows) {
+    PublishPool(r.type, *r.device, *r.pool);
+    if (r.type == v1::EVENT_TYPE_POOL_DELETE) ledgers_.erase(r.pool->id());
+  }
 }
 
 ShutdownReport Runtime::Shutdown() {

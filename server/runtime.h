@@ -49,6 +49,7 @@
 #include "pool/nic.h"
 #include "pool/phys_memory.h"
 #include "server/event_hub.h"
+#include "server/frag_ledger.h"
 #include "server/wire_convert.h"
 
 namespace pagepool::server {
@@ -70,12 +71,16 @@ struct ShutdownReport {
   uint64_t violations = 0;           // mapping-checker violations over all devices, ever
 };
 
-// One page of a pool's in-flight index (ListInflight).
+// One page of a pool's in-flight index (ListInflight), with its pp_ref_count
+// (PagePool::PpRefCount).
 struct InflightRecord {
   uint32_t index_id = 0;
   uint32_t generation = 0;
   uint64_t frame = 0;
   uint64_t dma_addr = 0;
+  uint16_t pp_ref_count = 0;  // 16 bits in this model (pool/page_pool.h)
+  uint16_t frag_refs = 0;     // references clients hold on a page split into fragments
+  bool fragmented = false;    // the page is split into fragments
 };
 
 namespace internal {
@@ -90,10 +95,11 @@ struct DeviceEntry {
   bool unbind_done = false;
 };
 
-// A pool found by id, with its device.
+// A pool found by id, with its device and the fragments clients hold of it.
 struct PoolRef {
   std::shared_ptr<DeviceEntry> device;
   std::shared_ptr<pool::NicPool> pool;
+  std::shared_ptr<FragLedger> frags;
 };
 
 }  // namespace internal
@@ -181,8 +187,10 @@ class Runtime {
   // One chunk of a ListInflight walk: replaces *out with the next tracked pages of the pool's
   // in-flight index at or above cursor->next_index_id(), in increasing index-id order, at most
   // `max` of them and never more than kInflightChunk (max 0: kInflightChunk), as compact records
-  // (24 bytes a page; a pool may track a million pages, so a walk is read a chunk at a time), and
-  // advances the cursor (done() once nothing is left). The first call finds the pool (NOT_FOUND
+  // (32 bytes a page; a pool may track a million pages, so a walk is read a chunk at a time), and
+  // advances the cursor (done() once nothing is left). Each record carries the page's
+  // pp_ref_count and, for a page split into fragments, the references clients hold on it. The
+  // first call finds the pool (NOT_FOUND
   // for an unknown id, with *out empty) and the cursor keeps it for the rest of the walk, so a
   // pool destroyed meanwhile is still walked (its index emptied by the destroy). Each chunk is one
   // RCU read section of the index (xa_for_each_start): pages allocated or given back between or
@@ -193,9 +201,15 @@ class Runtime {
                             std::vector<InflightRecord>* out);
 
   // Pages. Allocate runs in the pool's NAPI context; on any error no page is handed out.
-  // Context: any thread.
-  absl::Status Allocate(uint64_t pool_id, uint32_t count,
+  // frag_size 0: whole pages; otherwise `count` fragments of frag_size bytes (AllocFrag), each
+  // recorded in the pool's fragment ledger; INVALID_ARGUMENT for a frag_size above the pool's page
+  // size. Context: any thread.
+  absl::Status Allocate(uint64_t pool_id, uint32_t count, uint32_t frag_size,
                         google::protobuf::RepeatedPtrField<pagepool::v1::Page>* out);
+  absl::Status Allocate(uint64_t pool_id, uint32_t count,
+                        google::protobuf::RepeatedPtrField<pagepool::v1::Page>* out) {
+    return Allocate(pool_id, count, 0, out);
+  }
   // Recycle and Return are all-or-nothing: every page is checked first (a frame within memory, an
   // odd generation, in flight from this pool at exactly that generation, not named twice in the
   // call); if one is bad, nothing is done and the status (INVALID_ARGUMENT for a frame beyond
@@ -203,14 +217,42 @@ class Runtime {
   // ("page #i") and says that no page was recycled/returned. The one exception is a race: a page
   // that another call gives back between the check and the give-back is refused then; the others
   // are still given back and the status says how many were (`out` counts them too).
+  // Fragments (`frags`) are checked with the pages: a frame within memory, an offset and size
+  // inside the page, the page split into fragments by this pool at that generation, and then,
+  // atomically, held in the pool's fragment ledger at that offset and size no fewer times than the
+  // call names it (FAILED_PRECONDITION "fragment #i: ..." otherwise: a double return, a wrong
+  // offset); only then is anything given back. Each fragment drops one reference of its page; the
+  // one that drops the last recycles (returns) the page.
   absl::Status Recycle(uint64_t pool_id,
                        const google::protobuf::RepeatedPtrField<pagepool::v1::PageHandle>& pages,
+                       const google::protobuf::RepeatedPtrField<pagepool::v1::FragHandle>& frags,
                        bool napi_local, pagepool::v1::RecycleResponse* out);
   absl::Status Return(uint64_t pool_id,
                       const google::protobuf::RepeatedPtrField<pagepool::v1::PageHandle>& pages,
+                      const google::protobuf::RepeatedPtrField<pagepool::v1::FragHandle>& frags,
                       pagepool::v1::ReturnResponse* out);
+  absl::Status Recycle(uint64_t pool_id,
+                       const google::protobuf::RepeatedPtrField<pagepool::v1::PageHandle>& pages,
+                       bool napi_local, pagepool::v1::RecycleResponse* out) {
+    return Recycle(pool_id, pages, {}, napi_local, out);
+  }
+  absl::Status Return(uint64_t pool_id,
+                      const google::protobuf::RepeatedPtrField<pagepool::v1::PageHandle>& pages,
+                      pagepool::v1::ReturnResponse* out) {
+    return Return(pool_id, pages, {}, out);
+  }
+  // page_pool_ref_netmem on each fragment's page (an skb clone's reference), all or nothing: every
+  // fragment is checked as Recycle checks it and must be held in the pool's fragment ledger (as
+  // often as the call names it: FAILED_PRECONDITION "fragment #i: ..." otherwise); then each gets
+  // one more reference, in the pool and in the ledger. RESOURCE_EXHAUSTED, with none added, when a
+  // page's pp_ref_count would overflow.
+  absl::Status RefFrag(uint64_t pool_id,
+                       const google::protobuf::RepeatedPtrField<pagepool::v1::FragHandle>& frags,
+                       pagepool::v1::RefFragResponse* out);
   // One Traffic batch: recycle, return, allocate; errors are reported in `out`, never thrown.
-  // Pages are handled one by one: a bad page is refused (counted in `errors`), the others are done.
+  // Pages are handled one by one: a bad page is refused (counted in `errors`), the others are done;
+  // so are fragments (recycle_frags, return_frags; frag_size allocates fragments), each checked
+  // against the pool's fragment ledger as in Recycle.
   // `cache` (may be null) is the stream's; with it a batch looks its pool up only when the pool
   // differs from the previous batch's or was forgotten, and an allocation that would leave the
   // stream holding more than its max_held pages is refused with RESOURCE_EXHAUSTED. Returns the
@@ -275,9 +317,15 @@ class Runtime {
   absl::Status RestartQueue(const pagepool::v1::CreatePoolRequest& req, internal::DeviceEntry& d,
                             const pool::PagePoolParams& params, pagepool::v1::Pool* out,
                             pagepool::v1::DestroyPoolResponse* replaced);
-  // Allocate on a pool already found (Allocate, Traffic).
-  absl::Status AllocateFrom(const internal::PoolRef& ref, uint32_t count,
+  // Allocate on a pool already found (Allocate, Traffic); fragments when frag_size is not 0.
+  absl::Status AllocateFrom(const internal::PoolRef& ref, uint32_t count, uint32_t frag_size,
                             google::protobuf::RepeatedPtrField<pagepool::v1::Page>* out);
+  // The pool as GetPool answers it, its ledger's refusals counted in frag_put_refused.
+  void FillPoolLocked(const internal::DeviceEntry& device, const pool::PagePool& pool,
+                      pagepool::v1::Pool* out) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The fragment ledger of a pool not yet forgotten (null if none).
+  std::shared_ptr<FragLedger> LedgerLocked(uint64_t pool_id) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Publishes a pool or device event. Context: mu_ held (see the class comment).
   void PublishPool(pagepool::v1::EventType type, const internal::DeviceEntry& device,
@@ -308,6 +356,8 @@ class Runtime {
   // The release-retry tick's memory: the inflight it last reported (POOL_CHANGE) per detached pool,
   // rebuilt by every tick from what the Nics list.
   std::map<uint64_t, int64_t> reported_inflight_ ABSL_GUARDED_BY(mu_);
+  // Each pool's fragment ledger, from CreatePool until its Nic forgets the pool.
+  std::map<uint64_t, std::shared_ptr<FragLedger>> ledgers_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace pagepool::server

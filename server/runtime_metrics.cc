@@ -101,6 +101,16 @@ void AppendPoolMetrics(MetricsText& m, const std::vector<PoolRow>& rows) {
   }
   PoolFamily(m, rows, "pool_index_bytes", "gauge", "Bytes of the pool's in-flight index nodes.",
              [](const I& i) { return i.index.node_bytes; });
+  // Fragments (page_pool_alloc_frag and pp_ref_count).
+  PoolFamily(m, rows, "pool_frag_pages", "gauge",
+             "Pages of the pool split into fragments and still in flight.",
+             [](const I& i) { return i.frag_pages; });
+  PoolFamily(m, rows, "pool_frag_refs", "gauge",
+             "Fragment references held by clients (fragments not yet given back).",
+             [](const I& i) { return i.frag_refs; });
+  PoolFamily(m, rows, "pool_frag_put_refused_total", "counter",
+             "Fragment give-backs refused (not in flight at that offset, double return).",
+             [](const I& i) { return i.frag_put_refused; });
 }
 
 // One row per device: its labels and its domain's figures.
@@ -187,6 +197,7 @@ void Runtime::AppendMetrics(std::string* out) {
     const pool::PagePool& pp = p.pool->pool();
     pool_rows.push_back({std::to_string(pp.id()), std::to_string(p.device->spec.id),
                          std::string(pool::DestroyStrategyName(pp.strategy())), pp.info()});
+    if (p.frags != nullptr) pool_rows.back().info.frag_put_refused += p.frags->refused();
   }
   MetricsText m(out);
   AppendMemoryAndDeviceMetrics(m, *memory_, dev_ptrs, pools_created_.load(), devices_deleted,

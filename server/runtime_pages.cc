@@ -1,6 +1,8 @@
 // File: server/runtime_pages.cc
 //
-// Runtime: the page calls (Allocate, Recycle, Return) and the Traffic batch built from them.
+// Runtime: the page calls (Allocate, Recycle, Return) and the Traffic batch built from them, for
+// whole pages and for fragments (each fragment give-back checked against the pool's FragLedger
+// before the pool sees it).
 #include <algorithm>
 #include <atomic>
 #include <string>
@@ -23,17 +25,31 @@ std::vector<pool::PoolPage>& ScratchPages() {
   pages.clear();
   return pages;
 }
+std::vector<pool::PoolFrag>& ScratchFrags() {
+  thread_local std::vector<pool::PoolFrag> frags;
+  frags.clear();
+  return frags;
+}
 
 // Counts of a batch of give-backs.
 struct GiveBackTally {
   uint64_t cached = 0, ring = 0, released = 0, returned = 0, unmapped = 0;
+  uint64_t frags_recycled = 0, frags_returned = 0, pages_from_frags = 0;
   uint64_t refused = 0;
   absl::Status first_error;
 
-  void Refuse(const absl::Status& s, int index, const char* what, uint64_t pool_id) {
+  void Refuse(const absl::Status& s, int index, const char* what, uint64_t pool_id,
+              const char* item = "page") {
     if (refused++ == 0) {
-      first_error = absl::Status(
-          s.code(), absl::StrCat(what, " on pool ", pool_id, ": page #", index, ": ", s.message()));
+      first_error = absl::Status(s.code(), absl::StrCat(what, " on pool ", pool_id, ": ", item,
+                                                        " #", index, ": ", s.message()));
+    }
+  }
+  void Count(pool::RecycleResult r) {
+    switch (r) {
+      case pool::RecycleResult::kCached: ++cached; break;
+      case pool::RecycleResult::kRing: ++ring; break;
+      case pool::RecycleResult::kReleased: ++released; break;
     }
   }
   absl::Status Result() const {
@@ -55,11 +71,7 @@ void RecycleBatch(pool::NicPool& p, const RepeatedPtrField<v1::PageHandle>& page
         t->Refuse(r.status(), i, "Recycle", p.id());
         continue;
       }
-      switch (*r) {
-        case pool::RecycleResult::kCached: ++t->cached; break;
-        case pool::RecycleResult::kRing: ++t->ring; break;
-        case pool::RecycleResult::kReleased: ++t->released; break;
-      }
+      t->Count(*r);
     }
   };
   if (!napi_local) {
@@ -83,6 +95,45 @@ void ReturnBatch(pool::NicPool& p, const RepeatedPtrField<v1::PageHandle>& pages
   }
 }
 
+// Gives fragments back to the pool (`release`: Return, else Recycle), each one checked against
+// the ledger first unless `taken` (the unary calls took them all at once). Recycle puts go direct
+// when napi_local and the NAPI context still runs.
+void FragBatch(pool::NicPool& p, FragLedger* ledger, const RepeatedPtrField<v1::FragHandle>& frags,
+               bool release, bool napi_local, bool taken, GiveBackTally* t) {
+  const char* what = release ? "Return" : "Recycle";
+  auto all = [&](bool direct) {
+    for (int i = 0; i < frags.size(); ++i) {
+      const pool::FragHandle f = FromWire(frags[i]);
+      if (!taken && ledger != nullptr) {
+        if (absl::Status s = ledger->Take(f); !s.ok()) {
+          t->Refuse(s, i, what, p.id(), "fragment");
+          continue;
+        }
+      }
+      auto r = release ? p.pool().ReturnFrag(f) : p.pool().PutFrag(f, direct);
+      if (!r.ok()) {
+        t->Refuse(r.status(), i, what, p.id(), "fragment");
+        continue;
+      }
+      ++(release ? t->frags_returned : t->frags_recycled);
+      if (r->refs_left != 0) continue;  // other references keep the page in flight
+      ++t->pages_from_frags;
+      if (release) {
+        ++t->returned;
+        if (r->unmapped) ++t->unmapped;
+      } else {
+        t->Count(r->result);
+      }
+    }
+  };
+  if (release || !napi_local) {
+    all(false);
+    return;
+  }
+  base::MutexLock napi(&p.napi_mu());
+  all(!p.napi_stopped());
+}
+
 // The give-back a pool would refuse for `h`, or OK; the same checks, in the same order and with
 // the same words, as the pool's handle claim, without claiming anything.
 absl::Status CheckHandle(const pool::PhysMemory& memory, uint64_t pool_id,
@@ -97,9 +148,13 @@ absl::Status CheckHandle(const pool::PhysMemory& memory, uint64_t pool_id,
                      " was never handed out (handed-out generations are odd)"));
   }
   const uint64_t og = memory.record(h.frame()).owner_gen.load(std::memory_order_acquire);
-  const uint32_t owner = pool::PageRecord::OwnerOf(og);
+  // A page split into fragments is handed out under its pool's id with kFragOwnerBit set.
+  const uint32_t owner = pool::PageRecord::OwnerOf(og) & ~pool::kFragOwnerBit;
+  const bool fragmented = (pool::PageRecord::OwnerOf(og) & pool::kFragOwnerBit) != 0;
   const uint32_t gen = pool::PageRecord::GenerationOf(og);
-  if (owner == static_cast<uint32_t>(pool_id) && gen == h.generation()) return absl::OkStatus();
+  if (owner == static_cast<uint32_t>(pool_id) && gen == h.generation() && !fragmented) {
+    return absl::OkStatus();
+  }
   if (owner == 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "frame ", h.frame(),
@@ -109,6 +164,11 @@ absl::Status CheckHandle(const pool::PhysMemory& memory, uint64_t pool_id,
     return absl::FailedPreconditionError(
         absl::StrCat("frame ", h.frame(), " belongs to pool ", owner, ", not pool ", pool_id));
   }
+  if (fragmented && gen == h.generation()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("frame ", h.frame(),
+                     " is split into fragments: give its fragments back one by one (frags)"));
+  }
   if (gen == h.generation() + 1) {
     return absl::FailedPreconditionError(absl::StrCat("frame ", h.frame(), " generation ",
                                                       h.generation(),
@@ -117,6 +177,51 @@ absl::Status CheckHandle(const pool::PhysMemory& memory, uint64_t pool_id,
   return absl::FailedPreconditionError(absl::StrCat("stale handle: frame ", h.frame(),
                                                     " generation ", h.generation(),
                                                     ", the frame is at generation ", gen));
+}
+
+// What a fragment give-back would be refused for by the pool's own checks (the ledger's come
+// after), or OK: a frame within memory, a 64-byte aligned offset and a size inside the page, the
+// page split into fragments by this pool at that generation.
+absl::Status CheckFragHandle(const pool::PhysMemory& memory, uint64_t pool_id, uint64_t page_bytes,
+                             const v1::FragHandle& f) {
+  const v1::PageHandle& h = f.page();
+  if (h.frame() >= memory.frames()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("frame ", h.frame(), " is beyond memory (", memory.frames(), " frames)"));
+  }
+  if (f.size() == 0 || uint64_t{f.offset()} + f.size() > page_bytes ||
+      f.offset() % pool::kFragAlign != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a fragment at offset ", f.offset(), " of ", f.size(), " bytes is not inside a page of ",
+        page_bytes, " bytes at a multiple of ", pool::kFragAlign));
+  }
+  const uint64_t og = memory.record(h.frame()).owner_gen.load(std::memory_order_acquire);
+  const uint32_t raw_owner = pool::PageRecord::OwnerOf(og);
+  const uint32_t owner = raw_owner & ~pool::kFragOwnerBit;
+  const uint32_t gen = pool::PageRecord::GenerationOf(og);
+  if (raw_owner == (static_cast<uint32_t>(pool_id) | pool::kFragOwnerBit) &&
+      gen == h.generation()) {
+    return absl::OkStatus();
+  }
+  if (owner == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("frame ", h.frame(),
+                     " is not in flight from a page pool (its last fragment was given back, or "
+                     "it was never allocated; double return?)"));
+  }
+  if (owner != static_cast<uint32_t>(pool_id)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("frame ", h.frame(), " belongs to pool ", owner, ", not pool ", pool_id));
+  }
+  if (raw_owner == owner && gen == h.generation()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("frame ", h.frame(), " generation ", h.generation(),
+                     " is a whole page, not split into fragments: give it back in `pages`"));
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "frame ", h.frame(), " generation ", h.generation(),
+      " is not split into fragments at that generation (the frame is at generation ", gen,
+      "): its last fragment was given back already (double return?) or the handle is stale"));
 }
 
 // The index of the first page that names a frame an earlier page of the call named, or -1.
@@ -137,23 +242,43 @@ int FirstRepeatedFrame(const RepeatedPtrField<v1::PageHandle>& pages) {
 }
 
 // The all-or-nothing check of a unary Recycle or Return (`what`: "Recycle", `done`: "recycled"):
-// OK when every page may be given back; else the status of the first bad page, naming its index
-// and saying that nothing was done.
-absl::Status CheckGiveBack(const pool::PhysMemory& memory, uint64_t pool_id,
-                           const RepeatedPtrField<v1::PageHandle>& pages, const char* what,
+// OK when every page and fragment may be given back, the fragments' references then taken from
+// `ledger` all at once; else the status of the first bad page or fragment, naming its index and
+// saying that nothing was done (and no reference is taken).
+absl::Status CheckGiveBack(const pool::PhysMemory& memory, const internal::PoolRef& ref,
+                           uint64_t pool_id, const RepeatedPtrField<v1::PageHandle>& pages,
+                           const RepeatedPtrField<v1::FragHandle>& frags, const char* what,
                            const char* done) {
-  auto refuse = [&](const absl::Status& s, int index) {
-    return absl::Status(
-        s.code(), absl::StrCat(what, " on pool ", pool_id, ": page #", index, ": ", s.message(),
-                               "; no page was ", done, " (", what, " is all-or-nothing)"));
+  auto refuse = [&](const absl::Status& s, int index, const char* item) {
+    return absl::Status(s.code(), absl::StrCat(what, " on pool ", pool_id, ": ", item, " #", index,
+                                               ": ", s.message(), "; no page was ", done, " (",
+                                               what, " is all-or-nothing)"));
   };
   for (int i = 0; i < pages.size(); ++i) {
-    if (absl::Status s = CheckHandle(memory, pool_id, pages[i]); !s.ok()) return refuse(s, i);
+    if (absl::Status s = CheckHandle(memory, pool_id, pages[i]); !s.ok()) {
+      return refuse(s, i, "page");
+    }
   }
   if (int i = FirstRepeatedFrame(pages); i >= 0) {
     return refuse(absl::InvalidArgumentError(
                       absl::StrCat("frame ", pages[i].frame(), " is named twice in the call")),
-                  i);
+                  i, "page");
+  }
+  if (frags.empty()) return absl::OkStatus();
+  const uint64_t page_bytes = ref.pool->pool().page_bytes();
+  for (int i = 0; i < frags.size(); ++i) {
+    if (absl::Status s = CheckFragHandle(memory, pool_id, page_bytes, frags[i]); !s.ok()) {
+      if (ref.frags != nullptr) ref.frags->CountRefusal();
+      return refuse(s, i, "fragment");
+    }
+  }
+  if (ref.frags == nullptr) return absl::OkStatus();  // a pool being forgotten: nothing is held
+  thread_local std::vector<pool::FragHandle> handles;
+  handles.clear();
+  for (const v1::FragHandle& f : frags) handles.push_back(FromWire(f));
+  int bad = -1;
+  if (absl::Status s = ref.frags->TakeAll(handles, &bad); !s.ok()) {
+    return refuse(s, bad, "fragment");
   }
   return absl::OkStatus();
 }
@@ -185,9 +310,48 @@ absl::Status Runtime::CheckHeld(const TrafficCache& cache, uint32_t count) {
       cache.max_held_, " (--max-held-per-stream): give pages back first, or use more streams"));
 }
 
-absl::Status Runtime::AllocateFrom(const PoolRef& ref, uint32_t count,
+absl::Status Runtime::AllocateFrom(const PoolRef& ref, uint32_t count, uint32_t frag_size,
                                    RepeatedPtrField<v1::Page>* out) {
   pool::NicPool& p = *ref.pool;
+  if (frag_size != 0) {
+    const uint64_t page_bytes = p.pool().page_bytes();
+    if (frag_size > page_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Allocate: frag_size ", frag_size, " is above the page size of pool ",
+                       p.id(), " (", page_bytes, " bytes: 4096 << order ", p.pool().params().order,
+                       "); page_pool_alloc_frag refuses it (0 asks for whole pages)"));
+    }
+    std::vector<pool::PoolFrag>& frags = ScratchFrags();
+    absl::Status s;
+    {
+      base::MutexLock napi(&p.napi_mu());
+      if (p.napi_stopped()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("Allocate: pool ", p.id(), " is destroyed"));
+      }
+      frags.reserve(count);
+      for (uint32_t i = 0; i < count; ++i) {
+        absl::StatusOr<pool::PoolFrag> f = p.pool().AllocFrag(frag_size);
+        if (!f.ok()) {
+          s = f.status();
+          break;
+        }
+        frags.push_back(*f);
+      }
+      if (!s.ok()) {
+        // All or nothing: the fragments this call took go back, as a driver would (direct).
+        for (const pool::PoolFrag& f : frags) (void)p.pool().PutFrag(f.handle, true);
+      }
+    }
+    if (!s.ok()) {
+      return base::Annotate(s, absl::StrCat("Allocate ", count, " fragments of ", frag_size,
+                                            " bytes from pool ", p.id()));
+    }
+    if (ref.frags != nullptr) ref.frags->Add(frags);
+    out->Reserve(static_cast<int>(frags.size()));
+    for (const pool::PoolFrag& f : frags) FillFrag(f, out->Add());
+    return absl::OkStatus();
+  }
   std::vector<pool::PoolPage>& pages = ScratchPages();
   absl::Status s;
   {
@@ -212,45 +376,117 @@ absl::Status Runtime::AllocateFrom(const PoolRef& ref, uint32_t count,
   return absl::OkStatus();
 }
 
-absl::Status Runtime::Allocate(uint64_t pool_id, uint32_t count, RepeatedPtrField<v1::Page>* out) {
+absl::Status Runtime::Allocate(uint64_t pool_id, uint32_t count, uint32_t frag_size,
+                               RepeatedPtrField<v1::Page>* out) {
   if (count == 0) return absl::InvalidArgumentError("Allocate: count is 0, must be at least 1");
   if (absl::Status s = CheckPageLimit(count, "Allocate", "count ", ""); !s.ok()) return s;
   auto found = FindPool(pool_id);
   if (!found.ok()) return base::Annotate(found.status(), "Allocate");
-  return AllocateFrom(*found, count, out);
+  return AllocateFrom(*found, count, frag_size, out);
 }
 
 absl::Status Runtime::Recycle(uint64_t pool_id, const RepeatedPtrField<v1::PageHandle>& pages,
-                              bool napi_local, v1::RecycleResponse* out) {
-  if (pages.empty()) return absl::InvalidArgumentError("Recycle: no pages given");
-  if (absl::Status s = CheckPageLimit(pages.size(), "Recycle", "", " pages"); !s.ok()) return s;
+                              const RepeatedPtrField<v1::FragHandle>& frags, bool napi_local,
+                              v1::RecycleResponse* out) {
+  if (pages.empty() && frags.empty()) {
+    return absl::InvalidArgumentError("Recycle: no pages or fragments given");
+  }
+  const uint64_t n = uint64_t(pages.size()) + uint64_t(frags.size());
+  if (absl::Status s =
+          CheckPageLimit(n, "Recycle", "", frags.empty() ? " pages" : " pages and fragments");
+      !s.ok()) {
+    return s;
+  }
   auto found = FindPool(pool_id);
   if (!found.ok()) return base::Annotate(found.status(), "Recycle");
-  if (absl::Status s = CheckGiveBack(*memory_, pool_id, pages, "Recycle", "recycled"); !s.ok()) {
+  if (absl::Status s =
+          CheckGiveBack(*memory_, *found, pool_id, pages, frags, "Recycle", "recycled");
+      !s.ok()) {
     return s;
   }
   GiveBackTally t;
-  RecycleBatch(*found->pool, pages, napi_local, &t);
+  if (!pages.empty()) RecycleBatch(*found->pool, pages, napi_local, &t);
+  if (!frags.empty()) {
+    FragBatch(*found->pool, found->frags.get(), frags, /*release=*/false, napi_local,
+              /*taken=*/true, &t);
+  }
   out->set_cached(t.cached);
   out->set_ring(t.ring);
   out->set_released(t.released);
-  return RaceResult(t, pages.size(), t.cached + t.ring + t.released, "recycled");
+  out->set_frags(t.frags_recycled);
+  out->set_pages_from_frags(t.pages_from_frags);
+  return RaceResult(t, static_cast<int>(n),
+                    t.cached + t.ring + t.released - t.pages_from_frags + t.frags_recycled,
+                    "recycled");
 }
 
 absl::Status Runtime::Return(uint64_t pool_id, const RepeatedPtrField<v1::PageHandle>& pages,
+                             const RepeatedPtrField<v1::FragHandle>& frags,
                              v1::ReturnResponse* out) {
-  if (pages.empty()) return absl::InvalidArgumentError("Return: no pages given");
-  if (absl::Status s = CheckPageLimit(pages.size(), "Return", "", " pages"); !s.ok()) return s;
+  if (pages.empty() && frags.empty()) {
+    return absl::InvalidArgumentError("Return: no pages or fragments given");
+  }
+  const uint64_t n = uint64_t(pages.size()) + uint64_t(frags.size());
+  if (absl::Status s =
+          CheckPageLimit(n, "Return", "", frags.empty() ? " pages" : " pages and fragments");
+      !s.ok()) {
+    return s;
+  }
   auto found = FindPool(pool_id);
   if (!found.ok()) return base::Annotate(found.status(), "Return");
-  if (absl::Status s = CheckGiveBack(*memory_, pool_id, pages, "Return", "returned"); !s.ok()) {
+  if (absl::Status s = CheckGiveBack(*memory_, *found, pool_id, pages, frags, "Return", "returned");
+      !s.ok()) {
     return s;
   }
   GiveBackTally t;
-  ReturnBatch(*found->pool, pages, &t);
+  if (!pages.empty()) ReturnBatch(*found->pool, pages, &t);
+  if (!frags.empty()) {
+    FragBatch(*found->pool, found->frags.get(), frags, /*release=*/true, false, /*taken=*/true, &t);
+  }
   out->set_returned(t.returned);
   out->set_unmapped(t.unmapped);
-  return RaceResult(t, pages.size(), t.returned, "returned");
+  out->set_frags(t.frags_returned);
+  out->set_pages_from_frags(t.pages_from_frags);
+  return RaceResult(t, static_cast<int>(n), t.returned - t.pages_from_frags + t.frags_returned,
+                    "returned");
+}
+
+absl::Status Runtime::RefFrag(uint64_t pool_id, const RepeatedPtrField<v1::FragHandle>& frags,
+                              v1::RefFragResponse* out) {
+  if (frags.empty()) return absl::InvalidArgumentError("RefFrag: no fragments given");
+  if (absl::Status s = CheckPageLimit(frags.size(), "RefFrag", "", " fragments"); !s.ok()) {
+    return s;
+  }
+  auto found = FindPool(pool_id);
+  if (!found.ok()) return base::Annotate(found.status(), "RefFrag");
+  auto refuse = [&](const absl::Status& s, int index) {
+    return absl::Status(s.code(), absl::StrCat("RefFrag on pool ", pool_id, ": fragment #", index,
+                                               ": ", s.message(),
+                                               "; no reference was added (RefFrag is "
+                                               "all-or-nothing)"));
+  };
+  pool::PagePool& pp = found->pool->pool();
+  for (int i = 0; i < frags.size(); ++i) {
+    if (absl::Status s = CheckFragHandle(*memory_, pool_id, pp.page_bytes(), frags[i]); !s.ok()) {
+      if (found->frags != nullptr) found->frags->CountRefusal();
+      return refuse(s, i);
+    }
+  }
+  if (found->frags == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("RefFrag: pool ", pool_id, " holds no fragment any more"));
+  }
+  std::vector<pool::FragHandle> handles;
+  handles.reserve(frags.size());
+  for (const v1::FragHandle& f : frags) handles.push_back(FromWire(f));
+  int bad = -1;
+  absl::Status s = found->frags->RefAll(
+      handles, &bad, [&](size_t i) { return pp.RefFrag(handles[i]); },
+      // The fragment's own reference is held (the ledger says so): this put never drops the last.
+      [&](size_t i) { (void)pp.PutFrag(handles[i], /*napi_local=*/false); });
+  if (!s.ok()) return refuse(s, bad);
+  out->set_refs(handles.size());
+  return absl::OkStatus();
 }
 
 uint64_t Runtime::Traffic(const v1::TrafficRequest& req, v1::TrafficResponse* out,
@@ -263,7 +499,8 @@ uint64_t Runtime::Traffic(const v1::TrafficRequest& req, v1::TrafficResponse* ou
     }
     out->set_errors(out->errors() + ops);
   };
-  uint64_t total = uint64_t{req.allocate()} + req.recycle_size() + req.return_pages_size();
+  uint64_t total = uint64_t{req.allocate()} + req.recycle_size() + req.return_pages_size() +
+                   req.recycle_frags_size() + req.return_frags_size();
   if (absl::Status s = CheckPageLimit(total, "Traffic", "batch of ", " page ops"); !s.ok()) {
     fail(s, 1);
     return 0;
@@ -285,18 +522,31 @@ uint64_t Runtime::Traffic(const v1::TrafficRequest& req, v1::TrafficResponse* ou
   uint64_t ops = 0;
   GiveBackTally t;
   if (!req.recycle().empty()) RecycleBatch(*ref.pool, req.recycle(), req.napi_local(), &t);
+  if (!req.recycle_frags().empty()) {
+    FragBatch(*ref.pool, ref.frags.get(), req.recycle_frags(), /*release=*/false, req.napi_local(),
+              /*taken=*/false, &t);
+  }
   if (!req.return_pages().empty()) ReturnBatch(*ref.pool, req.return_pages(), &t);
+  if (!req.return_frags().empty()) {
+    FragBatch(*ref.pool, ref.frags.get(), req.return_frags(), /*release=*/true, false,
+              /*taken=*/false, &t);
+  }
   out->set_recycled_cached(t.cached);
   out->set_recycled_ring(t.ring);
   out->set_recycled_released(t.released);
   out->set_returned(t.returned);
-  const uint64_t given_back = t.cached + t.ring + t.released + t.returned;
+  out->set_frags_recycled(t.frags_recycled);
+  out->set_frags_returned(t.frags_returned);
+  out->set_pages_from_frags(t.pages_from_frags);
+  // Whole pages and fragments given back (a page freed by its last fragment is that fragment).
+  const uint64_t given_back = t.cached + t.ring + t.released + t.returned - t.pages_from_frags +
+                              t.frags_recycled + t.frags_returned;
   ops += given_back;
   cache->Forget(given_back);
   if (t.refused > 0) fail(t.Result(), static_cast<uint32_t>(t.refused));
   if (req.allocate() > 0) {
     absl::Status s = CheckHeld(*cache, req.allocate());
-    if (s.ok()) s = AllocateFrom(ref, req.allocate(), out->mutable_allocated());
+    if (s.ok()) s = AllocateFrom(ref, req.allocate(), req.frag_size(), out->mutable_allocated());
     if (s.ok()) {
       ops += req.allocate();
       cache->held_ += req.allocate();

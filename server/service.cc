@@ -30,10 +30,16 @@ size_t FieldBytes(size_t size) {
 void GiveBack(Runtime* runtime, uint64_t pool_id,
               const google::protobuf::RepeatedPtrField<v1::Page>& pages) {
   google::protobuf::RepeatedPtrField<v1::PageHandle> handles;
-  handles.Reserve(pages.size());
-  for (const v1::Page& p : pages) *handles.Add() = p.handle();
+  google::protobuf::RepeatedPtrField<v1::FragHandle> frags;
+  for (const v1::Page& p : pages) {
+    if (p.has_frag()) {
+      *frags.Add() = p.frag();
+    } else {
+      *handles.Add() = p.handle();
+    }
+  }
   v1::ReturnResponse ignored;
-  (void)runtime->Return(pool_id, handles, &ignored);
+  (void)runtime->Return(pool_id, handles, frags, &ignored);
 }
 
 // RESOURCE_EXHAUSTED for an answer of `pages` pages and `bytes` bytes above `limit`.
@@ -83,7 +89,7 @@ class RefusedBidi final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
 };
 
 // ListInflight: walks the pool's in-flight index a chunk at a time (Runtime::ListInflight: at most
-// Runtime::kInflightChunk compact records of 24 bytes, converted to messages only as they are
+// Runtime::kInflightChunk compact records of 32 bytes, converted to messages only as they are
 // sent), writes each chunk in messages of kStreamBatch entries (fewer when the message limit is
 // small), and reads the next chunk only once the previous one has been written, so a listing holds
 // one chunk and one message whatever the pool's size. Stops after the request's limit (0: none)
@@ -140,6 +146,9 @@ class InflightWriter final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       page.mutable_handle()->set_frame(r.frame);
       page.mutable_handle()->set_generation(r.generation);
       page.set_dma_addr(r.dma_addr);
+      page.set_pp_ref_count(r.pp_ref_count);
+      page.set_fragmented(r.fragmented);
+      page.set_frag_refs(r.frag_refs);
       size_t more = FieldBytes(page.ByteSizeLong());
       if (n > 0 && max_message_bytes_ != 0 && bytes + more > max_message_bytes_) break;
       bytes += more;
@@ -558,7 +567,8 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::Allocate(grpc::CallbackServerCont
   return Unary<v1::AllocateRequest, v1::AllocateResponse>(
       ctx, RpcMethod::kAllocate, "Allocate", in, out,
       [&](const v1::AllocateRequest& req, v1::AllocateResponse* resp) {
-        absl::Status s = runtime_->Allocate(req.pool_id(), req.count(), resp->mutable_pages());
+        absl::Status s =
+            runtime_->Allocate(req.pool_id(), req.count(), req.frag_size(), resp->mutable_pages());
         if (s.ok() && max_message_bytes_ != 0) {
           size_t bytes = resp->ByteSizeLong();
           if (bytes > max_message_bytes_) {
@@ -577,7 +587,7 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::Recycle(grpc::CallbackServerConte
                                                        grpc::ByteBuffer* out) {
   return Unary<v1::RecycleRequest, v1::RecycleResponse>(
       ctx, RpcMethod::kRecycle, "Recycle", in, out, [&](const auto& req, auto* resp) {
-        return runtime_->Recycle(req.pool_id(), req.pages(), req.napi_local(), resp);
+        return runtime_->Recycle(req.pool_id(), req.pages(), req.frags(), req.napi_local(), resp);
       });
 }
 
@@ -586,7 +596,16 @@ grpc::ServerUnaryReactor* PagePoolServiceImpl::Return(grpc::CallbackServerContex
                                                       grpc::ByteBuffer* out) {
   return Unary<v1::ReturnRequest, v1::ReturnResponse>(
       ctx, RpcMethod::kReturn, "Return", in, out, [&](const auto& req, auto* resp) {
-        return runtime_->Return(req.pool_id(), req.pages(), resp);
+        return runtime_->Return(req.pool_id(), req.pages(), req.frags(), resp);
+      });
+}
+
+grpc::ServerUnaryReactor* PagePoolServiceImpl::RefFrag(grpc::CallbackServerContext* ctx,
+                                                       const grpc::ByteBuffer* in,
+                                                       grpc::ByteBuffer* out) {
+  return Unary<v1::RefFragRequest, v1::RefFragResponse>(
+      ctx, RpcMethod::kRefFrag, "RefFrag", in, out, [&](const auto& req, auto* resp) {
+        return runtime_->RefFrag(req.pool_id(), req.frags(), resp);
       });
 }
 

@@ -62,7 +62,8 @@ using PagePoolServiceBase = V1::WithRawCallbackMethod_CreateDevice<
                                 V1::WithRawCallbackMethod_GetDomain<
                                     V1::WithRawCallbackMethod_DumpPageTable<
                                         V1::WithRawCallbackMethod_WatchEvents<
-                                            V1::Service>>>>>>>>>>>>>>>>>;
+                                            V1::WithRawCallbackMethod_RefFrag<
+                                                V1::Service>>>>>>>>>>>>>>>>>>;
 }  // namespace internal
 
 // What the service enforces on its own (the daemon's flags of the same names).
@@ -134,6 +135,8 @@ class PagePoolServiceImpl final : public internal::PagePoolServiceBase {
                                                             const grpc::ByteBuffer* req) override;
   grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchEvents(grpc::CallbackServerContext* ctx,
                                                           const grpc::ByteBuffer* req) override;
+  grpc::ServerUnaryReactor* RefFrag(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                    grpc::ByteBuffer* resp) override;
 
  private:
   // A raw unary call: checks the bearer token (UNAUTHENTICATED), parses the request

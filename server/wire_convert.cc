@@ -152,7 +152,8 @@ void FillFlags(const pool::PagePoolParams& p, v1::PoolFlags* out) {
 
 }  // namespace
 
-void FillPool(uint64_t device_id, const pool::PagePool& pool, v1::Pool* out) {
+void FillPool(uint64_t device_id, const pool::PagePool& pool, v1::Pool* out,
+              uint64_t frags_refused) {
   pool::PagePoolInfo info = pool.info();
   const pool::PagePoolParams& params = pool.params();
   out->set_id(pool.id());
@@ -170,6 +171,9 @@ void FillPool(uint64_t device_id, const pool::PagePool& pool, v1::Pool* out) {
   out->set_strategy(FromPoolStrategy(params.strategy));
   out->set_destroyed(info.destroyed);
   out->set_unmapped_at_destroy(info.unmapped_at_destroy);
+  out->set_frag_pages(info.frag_pages);
+  out->set_frag_refs(info.frag_refs);
+  out->set_frag_put_refused(info.frag_put_refused + frags_refused);
 }
 
 void FillDestroyed(const pool::PoolDestroyed& d, v1::DestroyPoolResponse* out) {
@@ -189,6 +193,16 @@ void FillPage(const pool::PoolPage& page, v1::Page* out) {
   out->mutable_handle()->set_frame(page.handle.frame);
   out->mutable_handle()->set_generation(page.handle.generation);
   out->set_dma_addr(page.dma_addr);
+}
+
+void FillFrag(const pool::PoolFrag& frag, v1::Page* out) {
+  v1::FragHandle* f = out->mutable_frag();
+  f->mutable_page()->set_frame(frag.handle.page.frame);
+  f->mutable_page()->set_generation(frag.handle.page.generation);
+  f->set_offset(frag.handle.offset);
+  f->set_size(frag.handle.size);
+  *out->mutable_handle() = f->page();
+  out->set_dma_addr(frag.dma_addr);
 }
 
 void FillPageTableEntry(const dma::PresentEntry& e, v1::PageTableEntry* out) {

@@ -45,16 +45,24 @@ pool::PagePoolParams ToPoolParams(const pagepool::v1::CreatePoolRequest& req);
 inline pool::PageHandle FromWire(const pagepool::v1::PageHandle& h) {
   return pool::PageHandle{h.frame(), h.generation()};
 }
+inline pool::FragHandle FromWire(const pagepool::v1::FragHandle& f) {
+  return pool::FragHandle{FromWire(f.page()), f.offset(), f.size()};
+}
 
 void FillViolations(const dma::CheckerCounters& counters, pagepool::v1::Violations* out);
 void FillDomain(const DeviceSpec& spec, const dma::Device& device, pagepool::v1::DomainInfo* out);
 // The device with the ids of the Nic's live and detached pools.
 void FillDevice(const DeviceSpec& spec, const pool::Nic& nic, pagepool::v1::Device* out);
 // The pool as GetPool answers it; its flags, size and strategy come from the pool's params.
-void FillPool(uint64_t device_id, const pool::PagePool& pool, pagepool::v1::Pool* out);
+// `frags_refused` (the daemon's fragment ledger's refusals) is added to the pool's own
+// frag_put_refused.
+void FillPool(uint64_t device_id, const pool::PagePool& pool, pagepool::v1::Pool* out,
+              uint64_t frags_refused = 0);
 // What dropping a user of a pool did (DestroyPool, a queue restart's old pool).
 void FillDestroyed(const pool::PoolDestroyed& destroyed, pagepool::v1::DestroyPoolResponse* out);
 void FillPage(const pool::PoolPage& page, pagepool::v1::Page* out);
+// A fragment as a Page: the page's handle, the fragment's bus address, and `frag` set.
+void FillFrag(const pool::PoolFrag& frag, pagepool::v1::Page* out);
 void FillPageTableEntry(const dma::PresentEntry& entry, pagepool::v1::PageTableEntry* out);
 
 }  // namespace pagepool::server

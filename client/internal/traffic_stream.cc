@@ -12,8 +12,30 @@ namespace {
 
 constexpr uint32_t kBurstBatches = 8;
 
-void Take(const v1::TrafficResponse& resp, std::vector<v1::PageHandle>* into) {
-  for (const v1::Page& p : resp.allocated()) into->push_back(p.handle());
+HeldItem ItemOf(const v1::Page& p) {
+  if (!p.has_frag()) return HeldItem{p.handle()};
+  return HeldItem{p.frag().page(), p.frag().offset(), p.frag().size()};
+}
+
+void Take(const v1::TrafficResponse& resp, std::vector<HeldItem>* into) {
+  for (const v1::Page& p : resp.allocated()) into->push_back(ItemOf(p));
+}
+
+// Adds `item` to the request's recycle (or, `ret`, return) list of its kind.
+void AddGiveBack(const HeldItem& item, bool ret, v1::TrafficRequest* req) {
+  if (item.frag_size == 0) {
+    *(ret ? req->add_return_pages() : req->add_recycle()) = item.page;
+    return;
+  }
+  v1::FragHandle* f = ret ? req->add_return_frags() : req->add_recycle_frags();
+  *f->mutable_page() = item.page;
+  f->set_offset(item.frag_offset);
+  f->set_size(item.frag_size);
+}
+
+int GiveBacks(const v1::TrafficRequest& req) {
+  return req.recycle_size() + req.return_pages_size() + req.recycle_frags_size() +
+         req.return_frags_size();
 }
 
 // Pages a give-back batch carries at most.
@@ -84,7 +106,8 @@ bool StreamWorker::Send() {
   req_.set_pool_id(pool_id_);
   req_.set_seq(++seq_);
   req_.set_napi_local(o_.napi_local);
-  sh_.held.fetch_sub(req_.recycle_size() + req_.return_pages_size(), std::memory_order_relaxed);
+  req_.set_frag_size(o_.frag_size);
+  sh_.held.fetch_sub(GiveBacks(req_), std::memory_order_relaxed);
   sent_.push_back(Clock::now());
   return rw_->Write(req_);
 }
@@ -93,10 +116,18 @@ bool StreamWorker::ReceiveOne() {
   if (!rw_->Read(&resp_)) return false;
   CountLatency(sent_.front());
   sent_.pop_front();
+  // A page freed by its last fragment is counted in the page figures and as that fragment.
+  const uint64_t frag_ops = resp_.frags_recycled() + resp_.frags_returned() +
+                            (o_.frag_size != 0 ? resp_.allocated_size() : 0);
   uint64_t ops = resp_.allocated_size() + resp_.recycled_cached() + resp_.recycled_ring() +
-                 resp_.recycled_released() + resp_.returned();
+                 resp_.recycled_released() + resp_.returned() - resp_.pages_from_frags() +
+                 resp_.frags_recycled() + resp_.frags_returned();
   sh_.batches.fetch_add(1, std::memory_order_relaxed);
   sh_.page_ops.fetch_add(ops, std::memory_order_relaxed);
+  if (frag_ops != 0) sh_.frag_ops.fetch_add(frag_ops, std::memory_order_relaxed);
+  if (resp_.pages_from_frags() != 0) {
+    sh_.pages_from_frags.fetch_add(resp_.pages_from_frags(), std::memory_order_relaxed);
+  }
   sh_.held.fetch_add(resp_.allocated_size(), std::memory_order_relaxed);
   if (resp_.errors() > 0) {
     // Refusals by the original pool once its destroy was asked for are the pattern's point.
@@ -118,7 +149,7 @@ bool StreamWorker::Exchange() {
   return ReceiveOne();
 }
 
-bool StreamWorker::Drain(std::vector<v1::PageHandle>* into) {
+bool StreamWorker::Drain(std::vector<HeldItem>* into) {
   while (!sent_.empty()) {
     if (!ReceiveOne()) return false;
     Take(resp_, into);
@@ -126,15 +157,13 @@ bool StreamWorker::Drain(std::vector<v1::PageHandle>* into) {
   return true;
 }
 
-bool StreamWorker::GiveBack(std::vector<v1::PageHandle>* pages, bool ret) {
+bool StreamWorker::GiveBack(std::vector<HeldItem>* pages, bool ret) {
   if (!Drain(pages)) return false;
   size_t pos = 0;
   while (pos < pages->size()) {
     req_.Clear();
     size_t end = std::min(pages->size(), pos + GiveBackBatch(o_.batch));
-    for (; pos < end; ++pos) {
-      *(ret ? req_.add_return_pages() : req_.add_recycle()) = (*pages)[pos];
-    }
+    for (; pos < end; ++pos) AddGiveBack((*pages)[pos], ret, &req_);
     if (!Exchange()) return false;  // every answer now is a give-back's: no pages in it
   }
   pages->clear();
@@ -142,10 +171,10 @@ bool StreamWorker::GiveBack(std::vector<v1::PageHandle>* pages, bool ret) {
 }
 
 bool StreamWorker::Steady() {
-  std::vector<v1::PageHandle> prev;
+  std::vector<HeldItem> prev;
   while (!sh_.stop.load(std::memory_order_relaxed)) {
     req_.Clear();
-    for (auto& h : prev) *req_.add_recycle() = h;
+    for (const HeldItem& h : prev) AddGiveBack(h, false, &req_);
     prev.clear();
     req_.set_allocate(o_.batch);
     if (!Exchange()) return false;
@@ -155,7 +184,7 @@ bool StreamWorker::Steady() {
 }
 
 bool StreamWorker::Burst() {
-  std::vector<v1::PageHandle> held;
+  std::vector<HeldItem> held;
   while (!sh_.stop.load(std::memory_order_relaxed)) {
     for (uint32_t i = 0; i < kBurstBatches && !sh_.stop.load(); ++i) {
       req_.Clear();
@@ -171,26 +200,26 @@ bool StreamWorker::Burst() {
 bool StreamWorker::Hold() {
   struct Held {
     Clock::time_point until;
-    v1::PageHandle handle;
+    HeldItem item;
   };
   std::deque<Held> held;
   const auto hold =
       std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.hold_s));
   auto keep = [&] {
     auto until = Clock::now() + hold;
-    for (const v1::Page& p : resp_.allocated()) held.push_back({until, p.handle()});
+    for (const v1::Page& p : resp_.allocated()) held.push_back({until, ItemOf(p)});
   };
   while (!sh_.stop.load(std::memory_order_relaxed)) {
     req_.Clear();
     auto now = Clock::now();
     while (!held.empty() && held.front().until <= now &&
-           req_.return_pages_size() < int(GiveBackBatch(o_.batch) * 4)) {
-      *req_.add_return_pages() = held.front().handle;
+           GiveBacks(req_) < int(GiveBackBatch(o_.batch) * 4)) {
+      AddGiveBack(held.front().item, true, &req_);
       held.pop_front();
     }
     // Outstanding batches may each bring `batch` pages.
     if (held.size() + (sent_.size() + 1) * o_.batch <= o_.max_held) req_.set_allocate(o_.batch);
-    if (req_.allocate() == 0 && req_.return_pages().empty()) {
+    if (req_.allocate() == 0 && GiveBacks(req_) == 0) {
       if (sent_.empty()) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
       } else if (ReceiveOne()) {
@@ -203,8 +232,8 @@ bool StreamWorker::Hold() {
     if (!Exchange()) return false;
     keep();
   }
-  std::vector<v1::PageHandle> rest;
-  for (auto& h : held) rest.push_back(h.handle);
+  std::vector<HeldItem> rest;
+  for (auto& h : held) rest.push_back(h.item);
   return GiveBack(&rest, true);
 }
 
@@ -226,22 +255,22 @@ bool StreamWorker::Leak() {
     if (!Exchange()) return false;
     held += resp_.allocated_size();
   }
-  std::vector<v1::PageHandle> rest;
+  std::vector<HeldItem> rest;
   return Drain(&rest);  // the pages stay in flight: that is the pattern
 }
 
-bool StreamWorker::HoldUntilDestroyed(std::vector<v1::PageHandle>* rest) {
-  std::deque<std::vector<v1::PageHandle>> held;  // batches, oldest first
+bool StreamWorker::HoldUntilDestroyed(std::vector<HeldItem>* rest) {
+  std::deque<std::vector<HeldItem>> held;  // batches, oldest first
   while (!sh_.stop.load(std::memory_order_relaxed) && !sh_.destroyed.load()) {
     req_.Clear();
     if (held.size() >= o_.hold_batches) {
-      for (auto& h : held.front()) *req_.add_recycle() = h;
+      for (const HeldItem& h : held.front()) AddGiveBack(h, false, &req_);
       held.pop_front();
     }
     // Allocation goes on while the destroy runs (it is refused once the pool is gone).
     req_.set_allocate(o_.batch);
     if (!Exchange()) return false;
-    std::vector<v1::PageHandle> got;
+    std::vector<HeldItem> got;
     Take(resp_, &got);
     if (!got.empty()) held.push_back(std::move(got));
   }
@@ -250,7 +279,7 @@ bool StreamWorker::HoldUntilDestroyed(std::vector<v1::PageHandle>* rest) {
 }
 
 bool StreamWorker::DestroyUnderTraffic() {
-  std::vector<v1::PageHandle> held;
+  std::vector<HeldItem> held;
   if (!HoldUntilDestroyed(&held)) return false;
   // The pool is gone (or the run ended): return every page still held, outstanding answers' too.
   if (!GiveBack(&held, true)) return false;
@@ -271,7 +300,7 @@ void StreamWorker::RunUnary() {
 
 void StreamWorker::UnaryRound(v1::ReturnRequest* ret) {
   auto t0 = Clock::now();
-  auto a = client_.Allocate(pool_id_, o_.batch);
+  auto a = client_.Allocate(pool_id_, o_.batch, o_.frag_size);
   CountLatency(t0);
   if (!a.ok()) {
     if (absl::IsUnavailable(a.status())) {
@@ -282,12 +311,24 @@ void StreamWorker::UnaryRound(v1::ReturnRequest* ret) {
     return;
   }
   ret->clear_pages();
-  for (const v1::Page& p : a->pages()) *ret->add_pages() = p.handle();
+  ret->clear_frags();
+  for (const v1::Page& p : a->pages()) {
+    if (p.has_frag()) {
+      *ret->add_frags() = p.frag();
+    } else {
+      *ret->add_pages() = p.handle();
+    }
+  }
   auto t2 = Clock::now();
   auto r = client_.Return(*ret);
   CountLatency(t2);
   sh_.batches.fetch_add(2, std::memory_order_relaxed);
-  sh_.page_ops.fetch_add(a->pages_size() + (r.ok() ? r->returned() : 0), std::memory_order_relaxed);
+  const uint64_t back = r.ok() ? r->returned() - r->pages_from_frags() + r->frags() : 0;
+  sh_.page_ops.fetch_add(a->pages_size() + back, std::memory_order_relaxed);
+  if (o_.frag_size != 0) {
+    sh_.frag_ops.fetch_add(a->pages_size() + (r.ok() ? r->frags() : 0), std::memory_order_relaxed);
+    if (r.ok()) sh_.pages_from_frags.fetch_add(r->pages_from_frags(), std::memory_order_relaxed);
+  }
   if (absl::IsUnavailable(r.status())) {
     sh_.NoteDaemonLost(absl::StrCat("Return: ", r.status().message()));
   } else if (!r.ok()) {

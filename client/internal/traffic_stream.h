@@ -28,6 +28,13 @@
 
 namespace pagepool::client::internal {
 
+// A page or a fragment (fragment mode) that a stream holds: what it gives back.
+struct HeldItem {
+  pagepool::v1::PageHandle page;
+  uint32_t frag_offset = 0;
+  uint32_t frag_size = 0;  // 0: a whole page
+};
+
 // State shared by the stream threads of one run and the thread that runs it.
 //
 // Thread safety: any thread. The flags and counters are atomics; the messages are under mu.
@@ -52,6 +59,8 @@ struct TrafficShared {
   std::atomic<uint64_t> fresh_pool_id{0};
   std::atomic<uint64_t> batches{0};
   std::atomic<uint64_t> page_ops{0};
+  std::atomic<uint64_t> frag_ops{0};          // fragments allocated and given back
+  std::atomic<uint64_t> pages_from_frags{0};  // pages freed by their last fragment
   std::atomic<uint64_t> errors{0};
   std::atomic<uint64_t> expected{0};
   std::atomic<int64_t> held{0};  // pages the client holds now, all streams
@@ -96,10 +105,10 @@ class StreamWorker {
   // resp_ is cleared (no pages to take).
   bool Exchange();
   // Receives every outstanding answer, appending the pages allocated to `into`.
-  bool Drain(std::vector<pagepool::v1::PageHandle>* into);
+  bool Drain(std::vector<HeldItem>* into);
   // Drains into `pages`, then gives them back in batches (recycle, or return when `ret`), clearing
   // it; ends with nothing outstanding.
-  bool GiveBack(std::vector<pagepool::v1::PageHandle>* pages, bool ret);
+  bool GiveBack(std::vector<HeldItem>* pages, bool ret);
   bool RunPattern();
   // The patterns (client/traffic.h); false when the stream broke.
   bool Steady();
@@ -109,7 +118,7 @@ class StreamWorker {
   bool DestroyUnderTraffic();
   // destroy-under-traffic, before the destroy returns: hold_batches batches held, the oldest
   // recycled; every page held (outstanding answers included) is in `held` when it returns true.
-  bool HoldUntilDestroyed(std::vector<pagepool::v1::PageHandle>* held);
+  bool HoldUntilDestroyed(std::vector<HeldItem>* held);
   void RunUnary();
   // One unary Allocate then Return.
   void UnaryRound(pagepool::v1::ReturnRequest* ret);

@@ -38,6 +38,7 @@ const std::map<std::string, std::vector<std::string>>& MinimalArgs() {
       {"recycle", {"1", "2:3"}},
       {"return", {"1", "2:3"}},
       {"list-inflight", {"1"}},
+      {"ref-frag", {"1", "2:3@0/64"}},
       {"get-domain", {"1"}},
       {"dump-page-table", {"1"}},
       {"watch-events", {}},
@@ -161,6 +162,21 @@ TEST_F(CommandLineTest, ArgumentsLandInTheirSubcommandsFields) {
   EXPECT_THAT(cl.args.pages.handles, ::testing::ElementsAre("1:2", "3:4"));
   EXPECT_TRUE(cl.args.pages.napi_local);
 
+  // Fragments: allocate --frag-size, fragment handles among page handles, traffic --frag-size.
+  cl = Parse({"allocate", "2", "--count", "3", "--frag-size", "1500"});
+  ASSERT_FALSE(cl.exit_status) << err_.str();
+  EXPECT_EQ(cl.args.allocate.pool_id, 2u);
+  EXPECT_EQ(cl.args.allocate.count, 3u);
+  EXPECT_EQ(cl.args.allocate.frag_size, 1500u);
+  EXPECT_EQ(Parse({"allocate", "2"}).args.allocate.frag_size, 0u);
+  cl = Parse({"return", "2", "64:1@0/1536", "63:1"});
+  ASSERT_FALSE(cl.exit_status) << err_.str();
+  EXPECT_THAT(cl.args.pages.handles, ::testing::ElementsAre("64:1@0/1536", "63:1"));
+  cl = Parse({"traffic", "steady", "--frag-size", "256"});
+  ASSERT_FALSE(cl.exit_status) << err_.str();
+  EXPECT_EQ(cl.args.traffic.options.frag_size, 256u);
+  EXPECT_EQ(Parse({"traffic", "steady"}).args.traffic.options.frag_size, 0u);
+
   cl = Parse({"get-device", "18446744073709551615"});
   ASSERT_FALSE(cl.exit_status) << err_.str();
   EXPECT_EQ(cl.args.id, UINT64_MAX);
@@ -200,6 +216,8 @@ TEST_F(CommandLineTest, BadCommandLinesExit2WithAMessage) {
   const std::vector<std::vector<std::string>> bad = {
       {"get-device", "abc"},
       {"allocate", "1", "--count", "-5"},
+      {"allocate", "1", "--frag-size", "x"},
+      {"traffic", "steady", "--frag-size", "-1"},
       {"get-device"},
       {"no-such-subcommand"},
       {},
@@ -254,13 +272,18 @@ TEST_F(CommandLineTest, ReportRunsWithoutADaemon) {
 // not exist; a call would answer UNAVAILABLE, exit 1).
 TEST_F(CommandLineTest, SubcommandArgumentChecksExit2BeforeAnyCall) {
   const std::string nowhere = "127.0.0.1:1";
+  const std::string kHandles =
+      "ppctl: handles are FRAME:GEN (a page) or FRAME:GEN@OFFSET/SIZE (a fragment)";
   const std::vector<std::pair<std::vector<std::string>, std::string>> bad = {
       {{"create-device", "--iommu-mode", "sideways"},
        "ppctl: --iommu-mode: 'sideways' is not strict, lazy or passthrough"},
       {{"create-pool", "1", "--strategy", "sometimes"},
        "ppctl: --strategy: 'sometimes' is not xarray, scan or none"},
-      {{"recycle", "1", "2:3", "bad"}, "ppctl: handles are FRAME:GEN"},
-      {{"return", "1", "x:1"}, "ppctl: handles are FRAME:GEN"},
+      {{"recycle", "1", "2:3", "bad"}, kHandles},
+      {{"return", "1", "x:1"}, kHandles},
+      {{"return", "1", "2:3@64"}, kHandles},     // a fragment without its size
+      {{"recycle", "1", "2:3@x/64"}, kHandles},  // an offset that is not a number
+      {{"ref-frag", "1", "2:3"}, "ppctl: ref-frag takes fragment handles FRAME:GEN@OFFSET/SIZE"},
       {{"watch-events", "--type", "pool-explode"},
        "ppctl: --type: 'pool-explode' is not an event type"},
       {{"traffic", "steady", "--strategy", "later"},

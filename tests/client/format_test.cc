@@ -12,6 +12,7 @@ namespace {
 
 namespace v1 = ::pagepool::v1;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 v1::Device Eth0() {
@@ -200,6 +201,55 @@ TEST(FormatTest, PagesText) {
   returned.set_returned(2);
   returned.set_unmapped(2);
   EXPECT_EQ(FormatResponse(returned), "returned: 2 pages, 2 unmapped by this call\n");
+}
+
+TEST(FormatTest, FragmentsText) {
+  v1::FragHandle f;
+  ASSERT_TRUE(ParseFrag("62:1@1536/1536", &f));
+  EXPECT_EQ(f.page().frame(), 62u);
+  EXPECT_EQ(f.page().generation(), 1u);
+  EXPECT_EQ(f.offset(), 1536u);
+  EXPECT_EQ(f.size(), 1536u);
+  EXPECT_EQ(FormatFrag(f), "62:1@1536/1536");
+  for (const char* bad : {"62:1", "62:1@1536", "62:1@x/64", "62:1@0/", "62@0/64", "62:1@0/64x"}) {
+    EXPECT_FALSE(ParseFrag(bad, &f)) << bad;
+  }
+
+  v1::AllocateResponse allocated;
+  v1::Page* page = allocated.add_pages();
+  page->mutable_handle()->set_frame(62);
+  page->mutable_handle()->set_generation(1);
+  page->set_dma_addr(0xfffffffc2600);
+  ASSERT_TRUE(ParseFrag("62:1@1536/1536", page->mutable_frag()));
+  EXPECT_EQ(FormatResponse(allocated), "62:1@1536/1536 dma_addr 0xfffffffc2600\n");
+
+  v1::ListInflightResponse inflight;
+  v1::InflightPage* p = inflight.add_pages();
+  p->set_index_id(3);
+  p->mutable_handle()->set_frame(61);
+  p->mutable_handle()->set_generation(1);
+  p->set_dma_addr(0x3000);
+  p->set_fragmented(true);
+  p->set_pp_ref_count(32767);
+  p->set_frag_refs(1);
+  EXPECT_EQ(FormatResponse(inflight),
+            "id 3 61:1 dma_addr 0x3000 fragmented, pp_ref_count 32767, frag_refs 1\n"
+            "1 pages tracked\n");
+
+  v1::RecycleResponse recycled;
+  recycled.set_cached(1);
+  recycled.set_frags(4);
+  recycled.set_pages_from_frags(1);
+  EXPECT_EQ(FormatResponse(recycled),
+            "recycled: 1 cached, 0 ring, 0 released, 4 fragments (1 pages by their last "
+            "fragment)\n");
+
+  v1::Pool pool;
+  pool.set_frag_pages(2);
+  pool.set_frag_refs(3);
+  pool.set_frag_put_refused(1);
+  EXPECT_THAT(FormatPool(pool), HasSubstr("\n  frags:   pages 2, refs 3, put_refused 1\n"));
+  EXPECT_THAT(FormatPool(v1::Pool()), Not(HasSubstr("frags:")));
 }
 
 TEST(FormatTest, PagesJson) {

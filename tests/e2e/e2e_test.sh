@@ -53,6 +53,25 @@ ok "bad command lines exit 2"
 if pp return "$pool" $handles 2>"$tmp/err"; then fail "double return accepted"; fi
 grep -q "FAILED_PRECONDITION" "$tmp/err" || fail "double return: $(cat "$tmp/err")"
 ok "double return refused: $(cat "$tmp/err")"
+# Fragments: allocate --frag-size prints FRAME:GEN@OFFSET/SIZE handles; they go back one by one
+# (the page with its last), a double return is refused, list-inflight shows pp_ref_count.
+frags=$(pp allocate "$pool" --count 2 --frag-size 2000 | awk '{print $1}')
+[ "$(echo "$frags" | grep -c '^[0-9]*:[0-9]*@[0-9]*/2048$')" -eq 2 ] || fail "allocate --frag-size: $frags"
+first=$(echo "$frags" | head -1)
+second=$(echo "$frags" | tail -1)
+# Both fit in one page, the pool's current frag page: its count holds the bias not handed out.
+pp list-inflight "$pool" | grep -q "fragmented, pp_ref_count 32767, frag_refs 2" \
+  || fail "list-inflight pp_ref_count: $(pp list-inflight "$pool" | grep fragmented)"
+pp return "$pool" "$first" | grep -q "returned: 0 pages, 0 unmapped by this call, 1 fragments" \
+  || fail "return of a fragment"
+if pp return "$pool" "$first" 2>"$tmp/err"; then fail "double fragment return accepted"; fi
+grep -q "FAILED_PRECONDITION: .*fragment #0: no fragment" "$tmp/err" \
+  || fail "double fragment return: $(cat "$tmp/err")"
+pp recycle "$pool" "$second" | grep -q ", 1 fragments (0 pages by their last fragment)" \
+  || fail "recycle of the last fragment of the current frag page (the pool keeps its bias)"
+pp get-pool "$pool" | grep -q "frags:   pages 1, refs 0, put_refused 1" \
+  || fail "get-pool frags: $(pp get-pool "$pool")"
+ok "fragments: allocate, return, double return refused, recycle, get-pool"
 if pp get-pool 999 2>"$tmp/err"; then fail "get-pool 999 accepted"; fi
 grep -q "NOT_FOUND" "$tmp/err" || fail "get-pool 999: $(cat "$tmp/err")"
 ok "unknown pool: NOT_FOUND"

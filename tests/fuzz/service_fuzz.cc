@@ -9,7 +9,9 @@
 //     Return, GetDomain) or of a server stream (ListInflight, DumpPageTable), or 1-4 such messages
 //     on one Traffic stream;
 //   * a built call: Recycle or Return of pages a previous Allocate handed out, so that inputs
-//     reach the give-back paths with valid handles (a count and flag bytes choose which and how).
+//     reach the give-back paths with valid handles (a count and flag bytes choose which and how);
+//     or Recycle or Return of fragments a previous Allocate with frag_size handed out (a count and
+//     a flag byte: recycle or return, napi_local, one fragment named twice).
 //
 // Two transports carry the same calls:
 //   * by default the request bytes are parsed as the method's request message (INVALID_ARGUMENT
@@ -25,8 +27,9 @@
 //
 // Invariants: no crash or sanitizer report; every call ends with a status code the service may
 // give (never UNKNOWN, INTERNAL, UNIMPLEMENTED, DATA_LOSS or DEADLINE_EXCEEDED); an OK answer
-// parses as the method's response type; an OK Allocate gives exactly `count` pages, none of them a
-// frame already handed out and not given back; Recycle and Return are all-or-nothing; at shutdown
+// parses as the method's response type; an OK Allocate gives exactly `count` pages (or fragments),
+// no whole page a frame already handed out and not given back; Recycle and Return are
+// all-or-nothing, a fragment named more often than it is held refused; at shutdown
 // the runtime counts zero mapping-checker violations, except on devices that had a STRATEGY_NONE
 // pool (that strategy leaves pages mapped by design, and returning them afterwards is counted).
 #include <chrono>
@@ -63,12 +66,12 @@ constexpr size_t kMaxRequestBytes = 4096;
 
 // The methods a raw call may name, by selector.
 constexpr const char* kMethods[] = {
-    "CreateDevice", "GetDevice", "ListDevices",  "UnbindDevice",  "CreatePool",
-    "GetPool",      "ListPools", "DestroyPool",  "Allocate",      "Recycle",
-    "Return",       "GetDomain", "ListInflight", "DumpPageTable", "Traffic",
+    "CreateDevice", "GetDevice",     "ListDevices", "UnbindDevice", "CreatePool", "GetPool",
+    "ListPools",    "DestroyPool",   "Allocate",    "Recycle",      "Return",     "GetDomain",
+    "ListInflight", "DumpPageTable", "Traffic",     "RefFrag",
 };
 constexpr size_t kRawMethods = sizeof(kMethods) / sizeof(kMethods[0]);
-enum Built : uint8_t { kBuiltRecycle = kRawMethods, kBuiltReturn, kSelectors };
+enum Built : uint8_t { kBuiltRecycle = kRawMethods, kBuiltReturn, kBuiltFrags, kSelectors };
 
 std::string MethodPath(std::string_view name) {
   return std::string("/pagepool.v1.PagePoolService/").append(name);
@@ -272,19 +275,24 @@ class RuntimeTransport final : public Transport {
     if (m == "Allocate") {
       return Call<v1::AllocateRequest, v1::AllocateResponse>(
           req, answer, [&](const auto& r, auto* a) {
-            return rt_->Allocate(r.pool_id(), r.count(), a->mutable_pages());
+            return rt_->Allocate(r.pool_id(), r.count(), r.frag_size(), a->mutable_pages());
           });
     }
     if (m == "Recycle") {
       return Call<v1::RecycleRequest, v1::RecycleResponse>(
           req, answer, [&](const auto& r, auto* a) {
-            return rt_->Recycle(r.pool_id(), r.pages(), r.napi_local(), a);
+            return rt_->Recycle(r.pool_id(), r.pages(), r.frags(), r.napi_local(), a);
           });
     }
     if (m == "Return") {
       return Call<v1::ReturnRequest, v1::ReturnResponse>(req, answer, [&](const auto& r, auto* a) {
-        return rt_->Return(r.pool_id(), r.pages(), a);
+        return rt_->Return(r.pool_id(), r.pages(), r.frags(), a);
       });
+    }
+    if (m == "RefFrag") {
+      return Call<v1::RefFragRequest, v1::RefFragResponse>(
+          req, answer,
+          [&](const auto& r, auto* a) { return rt_->RefFrag(r.pool_id(), r.frags(), a); });
     }
     if (m == "GetDomain") {
       return Call<v1::GetDomainRequest, v1::GetDomainResponse>(
@@ -416,6 +424,8 @@ class ServiceFuzzer {
       const uint8_t sel = in->U8() % kSelectors;
       if (sel == kBuiltRecycle || sel == kBuiltReturn) {
         BuiltGiveBack(in, sel == kBuiltRecycle);
+      } else if (sel == kBuiltFrags) {
+        BuiltFragGiveBack(in);
       } else if (std::string_view(kMethods[sel]) == "Traffic") {
         std::vector<std::string> msgs;
         const unsigned count = 1 + in->U8() % 4;
@@ -465,12 +475,32 @@ class ServiceFuzzer {
       FUZZ_CHECK(resp.ParseFromString(answer));
       FUZZ_CHECK(resp.pages_size() == static_cast<int>(r.count()))
           << "Allocate of " << r.count() << " gave " << resp.pages_size();
-      for (const v1::Page& p : resp.pages()) Hand(r.pool_id(), p.handle());
+      for (const v1::Page& p : resp.pages()) {
+        FUZZ_CHECK(p.has_frag() == (r.frag_size() != 0)) << "Allocate: a page of the wrong kind";
+        if (p.has_frag()) {
+          frags_.push_back({r.pool_id(), p.frag()});  // fragments share their page's frame
+        } else {
+          Hand(r.pool_id(), p.handle());
+        }
+      }
     } else if (name == "Recycle" || name == "Return") {
-      // All-or-nothing: OK means every page named went back.
-      v1::ReturnRequest r;  // Recycle's fields 1 and 2 are the same
+      // All-or-nothing: OK means every page and fragment named went back.
+      v1::RecycleRequest rr;
+      v1::ReturnRequest r;
       FUZZ_CHECK(r.ParseFromArray(req.data(), static_cast<int>(req.size())));
+      if (name == "Recycle") {
+        FUZZ_CHECK(rr.ParseFromArray(req.data(), static_cast<int>(req.size())));
+      }
       for (const v1::PageHandle& h : r.pages()) GiveBack(r.pool_id(), h, method);
+      for (const v1::FragHandle& f : name == "Recycle" ? rr.frags() : r.frags()) {
+        ForgetFrag(r.pool_id(), f);
+      }
+    } else if (name == "RefFrag") {
+      // Each reference added is one more give-back of the fragment.
+      v1::RefFragRequest r;
+      FUZZ_CHECK(r.ParseFromArray(req.data(), static_cast<int>(req.size())));
+      for (const v1::FragHandle& f : r.frags()) frags_.push_back({r.pool_id(), f});
+      refs_added_ = true;
     }
   }
 
@@ -488,7 +518,9 @@ class ServiceFuzzer {
     for (const std::string& a : answers) {
       v1::TrafficResponse resp;
       FUZZ_CHECK(resp.ParseFromString(a));
-      for (const v1::Page& p : resp.allocated()) Hand(0, p.handle());
+      for (const v1::Page& p : resp.allocated()) {
+        if (!p.has_frag()) Hand(0, p.handle());
+      }
     }
     traffic_used_ = true;
   }
@@ -506,6 +538,55 @@ class ServiceFuzzer {
         << method << " of frame " << h.frame() << " gen " << h.generation()
         << " succeeded, but it is not in flight";
     if (it != held_.end()) held_.erase(it);
+  }
+
+  void ForgetFrag(uint64_t pool_id, const v1::FragHandle& f) {
+    for (auto it = frags_.begin(); it != frags_.end(); ++it) {
+      if (it->pool == pool_id && it->frag.SerializeAsString() == f.SerializeAsString()) {
+        frags_.erase(it);
+        return;
+      }
+    }
+  }
+
+  // Recycle or Return of fragments handed out earlier, the oldest of one pool first. With flag 4
+  // the first one is named twice (holding one reference): the whole call must be refused.
+  void BuiltFragGiveBack(FuzzInput* in) {
+    const unsigned want = 1 + in->U8() % 16;
+    const uint8_t flags = in->U8();
+    if (frags_.empty()) return;
+    const uint64_t pool_id = frags_.front().pool;
+    const bool recycle = (flags & 1) != 0;
+    v1::RecycleRequest rr;
+    v1::ReturnRequest r;
+    std::vector<v1::FragHandle> named;
+    for (const HeldFrag& h : frags_) {
+      if (named.size() >= want) break;
+      if (h.pool == pool_id) named.push_back(h.frag);
+    }
+    const bool twice = (flags & 4) != 0;
+    if (twice) named.push_back(named.front());
+    for (const v1::FragHandle& f : named) *(recycle ? rr.add_frags() : r.add_frags()) = f;
+    rr.set_pool_id(pool_id);
+    rr.set_napi_local((flags & 2) != 0);
+    r.set_pool_id(pool_id);
+    const char* method = recycle ? "Recycle" : "Return";
+    std::string answer;
+    const grpc::Status s =
+        Call(method, recycle ? rr.SerializeAsString() : r.SerializeAsString(), &answer);
+    if (twice) {
+      // (Unless RefFrag gave it a second reference.)
+      FUZZ_CHECK(!s.ok() || refs_added_) << method << " naming a fragment twice succeeded";
+      if (!s.ok()) return;
+      named.pop_back();
+      ForgetFrag(pool_id, named.front());
+    }
+    if (!s.ok()) {
+      FUZZ_CHECK(s.error_code() == grpc::FAILED_PRECONDITION || s.error_code() == grpc::NOT_FOUND)
+          << method << ": " << s.error_code() << " " << s.error_message();
+      return;
+    }
+    for (const v1::FragHandle& f : named) ForgetFrag(pool_id, f);
   }
 
   // Recycle or Return of pages handed out earlier, built from the handles held.
@@ -559,10 +640,16 @@ class ServiceFuzzer {
     uint64_t pool;  // 0: handed out by a Traffic stream (pool unknown here)
     uint32_t generation;
   };
+  struct HeldFrag {
+    uint64_t pool;
+    v1::FragHandle frag;
+  };
 
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<Transport> transport_;  // destroyed first (a server holds the runtime)
   std::map<uint64_t, Held> held_;         // frame -> pool and generation
+  std::vector<HeldFrag> frags_;           // fragments handed out by Allocate, oldest first
+  bool refs_added_ = false;               // a RefFrag succeeded: a fragment may be held twice
   std::set<uint64_t> none_devices_;
   bool traffic_used_ = false;
 };
@@ -585,6 +672,7 @@ namespace pagepool::fuzz {
 
 std::vector<std::string> FuzzSeeds() {
   namespace v1 = ::pagepool::v1;
+  using pagepool::server::kBuiltFrags;
   using pagepool::server::kBuiltRecycle;
   using pagepool::server::kBuiltReturn;
   auto sel = [](std::string_view name) {
@@ -654,6 +742,52 @@ std::vector<std::string> FuzzSeeds() {
     v1::GetDeviceRequest gdv;
     gdv.set_device_id(1);
     call(&w, "GetDevice", gdv);
+    seeds.push_back(w.str());
+  }
+  // Fragments (Allocate and Traffic with frag_size), given back one by one, twice (refused), after
+  // a destroy and an unbind; a frag_size above the page size.
+  for (int i = 0; i < 2; ++i) {
+    SeedWriter w;
+    v1::CreateDeviceRequest cd;
+    cd.set_iommu_mode(modes[i]);
+    call(&w, "CreateDevice", cd);
+    v1::CreatePoolRequest cp;
+    cp.set_device_id(1);
+    cp.set_strategy(strategies[i]);
+    call(&w, "CreatePool", cp);
+    v1::AllocateRequest al;
+    al.set_pool_id(1);
+    al.set_count(6);
+    al.set_frag_size(1000);
+    call(&w, "Allocate", al);
+    al.set_frag_size(5000);
+    call(&w, "Allocate", al);
+    v1::ListInflightRequest li;
+    li.set_pool_id(1);
+    call(&w, "ListInflight", li);
+    w.U8(kBuiltFrags).U8(2).U8(4);  // named twice: refused
+    w.U8(kBuiltFrags).U8(1).U8(3);  // recycled, napi_local
+    w.U8(kBuiltFrags).U8(0).U8(0);  // returned
+    v1::TrafficRequest tr;
+    tr.set_pool_id(1);
+    tr.set_allocate(5);
+    tr.set_frag_size(700);
+    w.U8(sel("Traffic")).U8(0);
+    w.Bytes(tr.SerializeAsString(), server::kMaxRequestBytes);
+    v1::GetPoolRequest gp;
+    gp.set_pool_id(1);
+    call(&w, "GetPool", gp);
+    v1::DestroyPoolRequest dpl;
+    dpl.set_pool_id(1);
+    call(&w, "DestroyPool", dpl);
+    w.U8(kBuiltFrags).U8(0).U8(0);
+    v1::UnbindDeviceRequest ub;
+    ub.set_device_id(1);
+    call(&w, "UnbindDevice", ub);
+    w.U8(kBuiltFrags).U8(15).U8(1);
+    v1::GetDomainRequest gd;
+    gd.set_device_id(1);
+    call(&w, "GetDomain", gd);
     seeds.push_back(w.str());
   }
   // Bytes that are not protobuf, for every method.

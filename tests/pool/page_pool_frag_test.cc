@@ -179,6 +179,7 @@ TEST_F(PagePoolFragTest, LastReferenceRecyclesIntoRingOrReleases) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->refs_left, 0u);
   EXPECT_EQ(r->result, RecycleResult::kReleased);
+  EXPECT_TRUE(r->unmapped);  // this call unmapped the page
   EXPECT_EQ(nic_->device().unmap_calls(), unmaps + 1);
   EXPECT_EQ(pool->inflight(), inflight - 1);
   EXPECT_EQ(pool->info().frag_pages, 1u);
@@ -343,6 +344,8 @@ TEST_P(PagePoolFragDestroyTest, FragmentsHeldAcrossDestroyAndUnbind) {
   r = pool->ReturnFrag(b1.handle);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->refs_left, 0u);
+  // Unmapped at the destroy already; kNone's late unmap is tried (and refused: unbound).
+  EXPECT_EQ(r->unmapped, strategy == DestroyStrategy::kNone);
   EXPECT_EQ(pool->inflight(), 1);
   r = pool->PutFrag(a1.handle, true);  // the stack's reference: the last of A
   ASSERT_TRUE(r.ok()) << r.status();

@@ -107,6 +107,9 @@ TEST(MetricsTextTest, RuntimeAndRpcFamiliesArePresentAndWellFormed) {
                         "pool_recycle_ring_full_total",
                         "pool_recycle_released_refcnt_total",
                         "pool_index_bytes",
+                        "pool_frag_pages",
+                        "pool_frag_refs",
+                        "pool_frag_put_refused_total",
                         "domain_table_pages",
                         "domain_table_bytes",
                         "domain_mapped_pages",
@@ -127,6 +130,9 @@ TEST(MetricsTextTest, RuntimeAndRpcFamiliesArePresentAndWellFormed) {
   EXPECT_THAT(text, HasSubstr("# TYPE pagepool_pool_alloc_slow_total counter\n"));
   EXPECT_THAT(text, HasSubstr("pagepool_pool_alloc_slow_total{pool_id=\"" + id + "\",ifindex=\"" +
                               ifindex + "\",strategy=\"xarray\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("# TYPE pagepool_pool_frag_put_refused_total counter\n"));
+  EXPECT_THAT(text, HasSubstr("pagepool_pool_frag_pages{pool_id=\"" + id + "\",ifindex=\"" +
+                              ifindex + "\",strategy=\"xarray\"} 0\n"));
   EXPECT_THAT(text, HasSubstr("pagepool_devices{state=\"bound\"} 1\n"));
   EXPECT_THAT(text, HasSubstr("pagepool_pools_created_total 1\n"));
   EXPECT_THAT(text, HasSubstr("pagepool_domain_mapped_pages{device_id=\"" + ifindex +

@@ -210,7 +210,8 @@ def run(args, port):
         print("methods:", methods)
         for name in ["CreateDevice", "GetDevice", "ListDevices", "UnbindDevice", "CreatePool",
                      "GetPool", "ListPools", "DestroyPool", "Allocate", "Recycle", "Return",
-                     "Traffic", "ListInflight", "GetDomain", "DumpPageTable", "WatchEvents"]:
+                     "Traffic", "ListInflight", "GetDomain", "DumpPageTable", "WatchEvents",
+                     "RefFrag"]:
             check(name in methods, f"describe shows {name}")
         traffic = svc.FindMethodByName("Traffic")
         check(traffic.input_type.full_name == "pagepool.v1.TrafficRequest", "Traffic's input type")
