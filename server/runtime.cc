@@ -543,7 +543,7 @@ absl::Status Runtime::ListInflight(uint64_t pool_id, InflightCursor* cursor, siz
 
 // ---- Ticks and shutdown ----
 
-void Runtime::FlushQueueTick() {
+void Runtime::ForEachDomain(absl::FunctionRef<void(dma::IommuDomain&)> fn) {
   DeviceList devs;
   {
     base::MutexLock l(&mu_);
@@ -551,22 +551,18 @@ void Runtime::FlushQueueTick() {
     devs = DevicesLocked();
   }
   for (auto& d : devs) {
-    dma::IommuDomain* domain = d->nic->device().domain();
-    if (domain != nullptr && domain->mode() == dma::IommuMode::kLazy) domain->FlushQueues();
+    if (dma::IommuDomain* domain = d->nic->device().domain()) fn(*domain);
   }
 }
 
+void Runtime::FlushQueueTick() {
+  ForEachDomain([](dma::IommuDomain& domain) {
+    if (domain.mode() == dma::IommuMode::kLazy) domain.FlushQueues();
+  });
+}
+
 void Runtime::TrimCachesTick() {
-  DeviceList devs;
-  {
-    base::MutexLock l(&mu_);
-    if (shut_down_) return;
-    devs = DevicesLocked();
-  }
-  for (auto& d : devs) {
-    dma::IommuDomain* domain = d->nic->device().domain();
-    if (domain != nullptr) domain->TrimIdleCaches();
-  }
+  ForEachDomain([](dma::IommuDomain& domain) { domain.TrimIdleCaches(); });
 }
 
 void Runtime::ReleaseRetryTick() {

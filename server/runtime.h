@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "base/mutex.h"
@@ -303,6 +304,9 @@ class Runtime {
   std::vector<internal::PoolRef> PoolsLocked(uint64_t device_id = 0) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   DeviceList DevicesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Calls fn on every device's domain (passthrough devices have none), outside mu_; nothing after
+  // Shutdown. For the ticks.
+  void ForEachDomain(absl::FunctionRef<void(dma::IommuDomain&)> fn);
   DeviceList Devices() const;
   size_t PoolCountLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
