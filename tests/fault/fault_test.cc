@@ -15,6 +15,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/daemon_fixture.h"
 #include "tests/support/daemon_harness.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -86,27 +87,16 @@ class StreamClient {
   std::vector<v1::PageHandle> held_;
 };
 
-class FaultTest : public ::testing::Test {
+class FaultTest : public testing::DaemonTest {
  protected:
-  void Start(server::DaemonOptions o = InProcessDaemon::DefaultOptions()) {
-    auto d = InProcessDaemon::Start(o);
-    ASSERT_TRUE(d.ok()) << d.status();
-    d_ = std::move(*d);
-  }
-  client::Client& c() { return d_->client(); }
-  uint64_t NewDevice() {
-    auto r = c().CreateDevice(v1::CreateDeviceRequest());
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->device().id() : 0;
-  }
-  uint64_t NewPool(uint64_t dev, v1::Strategy s = v1::STRATEGY_XARRAY, uint32_t index_limit = 0) {
+  void Start(server::DaemonOptions o = InProcessDaemon::DefaultOptions()) { StartDaemon(o); }
+  using DaemonTest::NewPool;
+  uint64_t NewPool(uint64_t dev, v1::Strategy s, uint32_t index_limit) {
     v1::CreatePoolRequest req;
     req.set_device_id(dev);
     req.set_strategy(s);
     req.set_dma_index_limit(index_limit);
-    auto r = c().CreatePool(req);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->pool().id() : 0;
+    return NewPool(req);
   }
   v1::DomainInfo Domain(uint64_t dev) { return c().GetDomain(dev)->domain(); }
   // The pool's inflight once it has not moved for 200 ms (the daemon finishing cut batches).
@@ -155,8 +145,6 @@ class FaultTest : public ::testing::Test {
       EXPECT_EQ(r.errors(), 0u) << r.error_message();
     }
   }
-
-  std::unique_ptr<InProcessDaemon> d_;
 };
 
 // The rule for a client that goes away mid-stream: its pages stay in flight (as the stack holds

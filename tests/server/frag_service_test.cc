@@ -16,6 +16,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "pool/page_pool.h"
+#include "tests/support/daemon_fixture.h"
 #include "tests/support/daemon_harness.h"
 
 namespace pagepool {
@@ -25,28 +26,17 @@ namespace v1 = ::pagepool::v1;
 using ::testing::HasSubstr;
 using testing::InProcessDaemon;
 
-class FragServiceTest : public ::testing::Test {
+class FragServiceTest : public testing::DaemonTest {
  protected:
-  void SetUp() override {
-    auto d = InProcessDaemon::Start(InProcessDaemon::DefaultOptions());
-    ASSERT_TRUE(d.ok()) << d.status();
-    d_ = std::move(*d);
-  }
-  client::Client& c() { return d_->client(); }
+  void SetUp() override { StartDaemon(); }
 
-  uint64_t NewDevice() {
-    auto r = c().CreateDevice(v1::CreateDeviceRequest());
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->device().id() : 0;
-  }
-  uint64_t NewPool(uint64_t device, v1::Strategy s = v1::STRATEGY_XARRAY, uint32_t order = 0) {
+  using DaemonTest::NewPool;
+  uint64_t NewPool(uint64_t device, v1::Strategy s, uint32_t order) {
     v1::CreatePoolRequest req;
     req.set_device_id(device);
     req.set_strategy(s);
     req.set_order(order);
-    auto r = c().CreatePool(req);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->pool().id() : 0;
+    return NewPool(req);
   }
   std::vector<v1::FragHandle> AllocFrags(uint64_t pool, uint32_t n, uint32_t size) {
     auto r = c().Allocate(pool, n, size);
@@ -83,8 +73,6 @@ class FragServiceTest : public ::testing::Test {
     }
     return out;
   }
-
-  std::unique_ptr<InProcessDaemon> d_;
 };
 
 TEST_F(FragServiceTest, FragmentsComeBackOneByOneAndThePageLeavesWithTheLast) {

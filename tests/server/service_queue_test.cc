@@ -15,6 +15,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/daemon_fixture.h"
 #include "tests/support/daemon_harness.h"
 #include "tests/support/loopback_http.h"
 
@@ -25,16 +26,13 @@ namespace v1 = ::pagepool::v1;
 using ::testing::HasSubstr;
 using testing::InProcessDaemon;
 
-class ServiceQueueTest : public ::testing::Test {
+class ServiceQueueTest : public testing::DaemonTest {
  protected:
   void SetUp() override {
     server::DaemonOptions o = InProcessDaemon::DefaultOptions();
     o.metrics_listen = "127.0.0.1:0";
-    auto d = InProcessDaemon::Start(o);
-    ASSERT_TRUE(d.ok()) << d.status();
-    d_ = std::move(*d);
+    StartDaemon(o);
   }
-  client::Client& c() { return d_->client(); }
 
   v1::Device NewDevice(v1::DmaCoherence coherence = v1::DMA_COHERENCE_UNSPECIFIED) {
     v1::CreateDeviceRequest req;
@@ -54,15 +52,6 @@ class ServiceQueueTest : public ::testing::Test {
     auto r = c().CreatePool(PoolRequest(device, xdp_rxq));
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? r->pool().id() : 0;
-  }
-  std::vector<v1::PageHandle> Alloc(uint64_t pool, uint32_t n) {
-    auto r = c().Allocate(pool, n);
-    EXPECT_TRUE(r.ok()) << r.status();
-    std::vector<v1::PageHandle> out;
-    if (r.ok()) {
-      for (const auto& p : r->pages()) out.push_back(p.handle());
-    }
-    return out;
   }
   absl::StatusOr<v1::ReturnResponse> ReturnPages(uint64_t pool,
                                                  const std::vector<v1::PageHandle>& pages) {
@@ -117,8 +106,6 @@ class ServiceQueueTest : public ::testing::Test {
     if (at == std::string::npos) return "";
     return page.substr(at, page.find('\n', at) - at);
   }
-
-  std::unique_ptr<InProcessDaemon> d_;
 };
 
 // ---- DMA coherence ----

@@ -17,6 +17,7 @@
 #include "client/health.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/daemon_fixture.h"
 #include "tests/support/daemon_harness.h"
 #include "tests/support/loopback_http.h"
 #include <arpa/inet.h>
@@ -31,49 +32,16 @@ namespace v1 = ::pagepool::v1;
 using ::testing::HasSubstr;
 using testing::InProcessDaemon;
 
-class ServiceTest : public ::testing::Test {
+class ServiceTest : public testing::DaemonTest {
  protected:
-  void SetUp() override { StartDaemon(InProcessDaemon::DefaultOptions()); }
+  void SetUp() override { StartDaemon(); }
 
-  void StartDaemon(server::DaemonOptions o) {
-    auto d = InProcessDaemon::Start(o);
-    ASSERT_TRUE(d.ok()) << d.status();
-    d_ = std::move(*d);
-  }
-  client::Client& c() { return d_->client(); }
-
-  uint64_t NewDevice(v1::IommuMode mode = v1::IOMMU_MODE_STRICT) {
-    v1::CreateDeviceRequest req;
-    req.set_iommu_mode(mode);
-    auto r = c().CreateDevice(req);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->device().id() : 0;
-  }
-  uint64_t NewPool(uint64_t device, v1::Strategy s = v1::STRATEGY_XARRAY) {
-    v1::CreatePoolRequest req;
-    req.set_device_id(device);
-    req.set_strategy(s);
-    auto r = c().CreatePool(req);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->pool().id() : 0;
-  }
-  std::vector<v1::PageHandle> Alloc(uint64_t pool, uint32_t n) {
-    auto r = c().Allocate(pool, n);
-    EXPECT_TRUE(r.ok()) << r.status();
-    std::vector<v1::PageHandle> out;
-    if (r.ok()) {
-      for (const auto& p : r->pages()) out.push_back(p.handle());
-    }
-    return out;
-  }
   absl::Status ReturnPages(uint64_t pool, const std::vector<v1::PageHandle>& pages) {
     v1::ReturnRequest req;
     req.set_pool_id(pool);
     for (const auto& h : pages) *req.add_pages() = h;
     return c().Return(req).status();
   }
-
-  std::unique_ptr<InProcessDaemon> d_;
 };
 
 TEST_F(ServiceTest, DeviceCalls) {
