@@ -92,10 +92,13 @@ int main(int argc, char** argv) {
   CLI::App app{"pagepoold: simulated NIC page pools over a modelled IOMMU, driven over gRPC"};
   AddFlags(app, o, malloc_arenas);
   CLI11_PARSE(app, argc, argv);
-  // Before any thread starts: an arena is bound to a thread at its first malloc.
-  if (malloc_arenas != 0 && mallopt(M_ARENA_MAX, int(malloc_arenas)) != 1) {
-    std::cerr << "pagepoold: mallopt(M_ARENA_MAX, " << malloc_arenas << ") failed" << std::endl;
-    return 1;
+  // Before any thread starts: an arena is bound to a thread at its first malloc. A malloc other
+  // than glibc's (a sanitizer's) refuses M_ARENA_MAX: it has its own per-thread caches, and the
+  // daemon runs on as it is; only an explicit request is told so.
+  if (malloc_arenas != 0 && mallopt(M_ARENA_MAX, int(malloc_arenas)) != 1 &&
+      app.count("--malloc-arenas") != 0) {
+    std::cerr << "pagepoold: --malloc-arenas " << malloc_arenas
+              << " ignored: this malloc does not take M_ARENA_MAX (a sanitizer's?)" << std::endl;
   }
   // CLI11 treats an empty environment variable as unset; an empty PAGEPOOLD_METRICS_LISTEN means
   // "no metrics endpoint", as an empty --metrics-listen does.
