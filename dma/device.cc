@@ -240,6 +240,11 @@ absl::Status Device::UnmapPage(DmaAddr addr, uint64_t size, DmaDirection dir) {
   return absl::OkStatus();
 }
 
+void Device::PrefetchUnmap(DmaAddr addr) {
+  Impl& d = *impl_;
+  if (d.bound.load(std::memory_order_relaxed)) d.checker.Prefetch(addr);
+}
+
 absl::Status Device::UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size, DmaDirection dir) {
   Impl& d = *impl_;
   if (addrs.empty()) return absl::OkStatus();

@@ -85,6 +85,12 @@ class Device {
   // any thread.
   absl::Status UnmapPage(DmaAddr addr, uint64_t size, DmaDirection dir);
 
+  // A hint before UnmapPage(addr, ...): starts loading what that unmap's checks will read (the
+  // checker's entry of the address), so a walk that unmaps many pages one call each can overlap
+  // their cache misses. Changes nothing; each page still pays its own UnmapPage. Does nothing on
+  // an unbound device. Context: any thread.
+  void PrefetchUnmap(DmaAddr addr);
+
   // UnmapPage for every address of `addrs` (all of one size and direction), with the same checks,
   // counting and effect per address as that many UnmapPage calls: each refused address is counted
   // by the checker as UnmapPage would count it (call_after_unbind once per address on an unbound

@@ -22,6 +22,29 @@
 namespace pagepool::dma {
 namespace {
 
+// Where an address lives: its shard and its slot in the shard's table. Like dma-debug's hash_fn
+// (dev_addr >> HASH_FN_SHIFT), neighbouring pages stay neighbours: the kNeighbours pages of an
+// aligned group share a shard and take consecutive positions in its table, so a walk that unmaps
+// a bulk allocation's pages (consecutive frames, or an IOVA range) reads the table sequentially
+// rather than at two random places per page. Groups are spread by a multiplicative hash.
+constexpr unsigned kNeighbourShift = 6;  // kNeighbours = 64 pages
+inline uint64_t GroupHash(DmaAddr addr) {
+  const uint64_t group =
+      (addr >> (kPageShift + kNeighbourShift)) ^ ((addr & (kPageSize - 1)) << 40);
+  return group * 0x9E3779B97F4A7C15ull;
+}
+struct AddrHash {
+  // abseil's Swiss table takes the position from bits 7 and up (H1) and a control tag from bits
+  // 0..6 (H2): the position is the group's hash with the page's index in the group below it.
+  size_t operator()(DmaAddr addr) const {
+    const uint64_t g = GroupHash(addr);
+    const uint64_t in_group = (addr >> kPageShift) & ((uint64_t{1} << kNeighbourShift) - 1);
+    const uint64_t position = ((g >> 20) << kNeighbourShift) | in_group;
+    const uint64_t tag = ((g >> 57) ^ (in_group * 0x2b)) & 0x7f;
+    return size_t((position << 7) | tag);
+  }
+};
+
 struct Entry {
   PhysAddr phys;
   uint64_t size;
@@ -32,7 +55,7 @@ struct Entry {
 
 struct alignas(64) Shard {
   base::Mutex mu;
-  absl::flat_hash_map<DmaAddr, Entry> entries ABSL_GUARDED_BY(mu);
+  absl::flat_hash_map<DmaAddr, Entry, AddrHash> entries ABSL_GUARDED_BY(mu);
   // FIFO of the addresses tombstoned last: a ring once it reaches kRecentUnmapsPerShard.
   std::vector<DmaAddr> recent ABSL_GUARDED_BY(mu);
   size_t recent_head ABSL_GUARDED_BY(mu) = 0;
@@ -74,9 +97,8 @@ std::string Describe(uint64_t size, DmaDirection dir) {
 
 struct MappingChecker::Impl {
   static unsigned ShardIndexFor(DmaAddr addr) {
-    // IOVAs and physical addresses are page-granular and often consecutive: mix the page number.
-    const uint64_t h = (addr >> kPageShift) * 0x9E3779B97F4A7C15ull;
-    return unsigned(h >> 60) & (kShards - 1);
+    // A group of neighbouring pages shares a shard (see AddrHash); groups are spread.
+    return unsigned(GroupHash(addr) >> 60) & (kShards - 1);
   }
   Shard& ShardFor(DmaAddr addr) { return shards[ShardIndexFor(addr)]; }
   // OnUnmap's check and bookkeeping for one address of shard `s`.
@@ -98,6 +120,8 @@ struct MappingChecker::Impl {
 static_assert((MappingChecker::kShards & (MappingChecker::kShards - 1)) == 0 &&
                   MappingChecker::kShards <= 16,
               "ShardFor takes the top 4 bits of the hash");
+
+unsigned MappingChecker::ShardOf(DmaAddr addr) { return Impl::ShardIndexFor(addr); }
 
 MappingChecker::MappingChecker() : impl_(std::make_unique<Impl>()) {}
 MappingChecker::~MappingChecker() = default;
@@ -208,6 +232,13 @@ absl::Status MappingChecker::OnUnmapBatch(absl::Span<const DmaAddr> addrs, uint6
   return first_error;
 }
 
+void MappingChecker::Prefetch(DmaAddr addr) {
+  Shard& s = impl_->ShardFor(addr);
+  base::MutexLock l(&s.mu);
+  s.entries.prefetch(addr);
+  if (s.recent.size() == kRecentUnmapsPerShard) s.entries.prefetch(s.recent[s.recent_head]);
+}
+
 absl::Status MappingChecker::OnSync(DmaAddr addr, uint64_t offset, uint64_t size,
                                     DmaDirection dir) {
   Shard& s = impl_->ShardFor(addr);
@@ -281,7 +312,7 @@ CheckerCounters MappingChecker::counters() const {
 void MappingChecker::ReleaseHistory() {
   for (Shard& s : impl_->shards) {
     base::MutexLock l(&s.mu);
-    absl::flat_hash_map<DmaAddr, Entry> entries;
+    absl::flat_hash_map<DmaAddr, Entry, AddrHash> entries;
     for (auto& [addr, e] : s.entries) {
       if (e.live > 0) entries.emplace(addr, Entry{e.phys, e.size, e.dir, e.live, 0});
     }

@@ -57,6 +57,11 @@ class MappingChecker {
   // takes shard locks one at a time.
   absl::Status OnUnmapBatch(absl::Span<const DmaAddr> addrs, uint64_t size, DmaDirection dir,
                             absl::Span<bool> ok);
+  // Starts loading into cache what OnUnmap(addr, ...) will read: the entry of `addr` and the
+  // tombstone the shard's recent-unmaps FIFO evicts next. A hint with no effect on the checker's
+  // state, so a walk that knows its next unmaps can overlap their cache misses with the unmaps
+  // before them. Context: any thread; takes the shard's lock briefly.
+  void Prefetch(DmaAddr addr);
   // Validates a sync of [addr + offset, +size) against a live mapping.
   absl::Status OnSync(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir);
   // Counts one DMA-API call on an unbound device.
@@ -77,6 +82,10 @@ class MappingChecker {
   uint64_t live_mappings() const;
   // True if `addr` has a live mapping. Context: any thread (for tests and debugging).
   bool IsLive(DmaAddr addr) const;
+
+  // The shard that keeps `addr` (its group of neighbouring pages'); tests use it to fill one
+  // shard's window of recent unmaps.
+  static unsigned ShardOf(DmaAddr addr);
 
   static constexpr unsigned kShards = 16;
   static constexpr unsigned kRecentUnmapsPerShard = 1024;

@@ -19,11 +19,8 @@ using ::testing::HasSubstr;
 
 bool AllZero(const CheckerCounters& c) { return c.Total() == 0; }
 
-// The checker's shard of an address (white box: mirrors MappingChecker::Impl::ShardIndexFor).
-unsigned ShardOf(DmaAddr addr) {
-  const uint64_t h = (addr >> kPageShift) * 0x9E3779B97F4A7C15ull;
-  return static_cast<unsigned>(h >> 60 & (MappingChecker::kShards - 1));
-}
+// The checker's shard of an address.
+unsigned ShardOf(DmaAddr addr) { return MappingChecker::ShardOf(addr); }
 
 TEST(MappingCheckerTest, MapUnmapCountsNothing) {
   MappingChecker c;
@@ -117,6 +114,40 @@ TEST(MappingCheckerTest, RepeatedlyUnmappedAddressKeepsItsTombstone) {
   const CheckerCounters c = checker.counters();
   EXPECT_EQ(c.double_unmap, 1u);
   EXPECT_EQ(c.unknown_unmap, 0u);
+}
+
+// Like dma-debug's hash_fn, neighbouring pages stay neighbours: an aligned group of 64 pages
+// shares a shard (so a walk over a bulk allocation's pages reads one table in order), and the
+// groups are spread over every shard.
+TEST(MappingCheckerTest, NeighbouringPagesShareAShardAndGroupsSpread) {
+  constexpr DmaAddr kGroupBytes = 64 * 4096;
+  std::set<unsigned> shards;
+  for (DmaAddr group = 0x40000000; group < 0x40000000 + 256 * kGroupBytes; group += kGroupBytes) {
+    const unsigned shard = ShardOf(group);
+    for (DmaAddr a = group; a < group + kGroupBytes; a += 4096) {
+      ASSERT_EQ(ShardOf(a), shard) << std::hex << a;
+    }
+    shards.insert(shard);
+  }
+  EXPECT_EQ(shards.size(), MappingChecker::kShards);
+}
+
+// Prefetch is a hint: it changes no mapping, no tombstone and no counter.
+TEST(MappingCheckerTest, PrefetchChangesNothing) {
+  MappingChecker c;
+  c.OnMap(0x1000, 0x1000, 4096, kBi);
+  c.OnMap(0x2000, 0x2000, 4096, kBi);
+  ASSERT_TRUE(c.OnUnmap(0x2000, 4096, kBi).ok());
+  for (DmaAddr a : {DmaAddr{0x1000}, DmaAddr{0x2000}, DmaAddr{0x3000}}) c.Prefetch(a);
+  EXPECT_EQ(c.counters().Total(), 0u);
+  EXPECT_EQ(c.live_mappings(), 1u);
+  EXPECT_TRUE(c.IsLive(0x1000));
+  EXPECT_FALSE(c.IsLive(0x2000));
+  EXPECT_TRUE(c.OnUnmap(0x1000, 4096, kBi).ok());
+  EXPECT_FALSE(c.OnUnmap(0x2000, 4096, kBi).ok());  // still a recent tombstone
+  EXPECT_FALSE(c.OnUnmap(0x3000, 4096, kBi).ok());  // still unknown
+  EXPECT_EQ(c.counters().double_unmap, 1u);
+  EXPECT_EQ(c.counters().unknown_unmap, 1u);
 }
 
 TEST(MappingCheckerTest, SizeMismatchKeepsMappingLive) {
