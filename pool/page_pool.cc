@@ -234,6 +234,17 @@ void PagePool::UnmapClaimed(dma::DmaAddr dma) {
   (void)device_->UnmapPage(dma, page_bytes(), params_.dma_dir);
 }
 
+void PagePool::UnmapClaimedPages(absl::Span<const dma::DmaAddr> claimed) {
+  constexpr size_t kUnmapAhead = 8;
+  for (size_t i = 0; i < std::min(kUnmapAhead, claimed.size()); ++i) {
+    device_->PrefetchUnmap(claimed[i]);
+  }
+  for (size_t i = 0; i < claimed.size(); ++i) {
+    if (i + kUnmapAhead < claimed.size()) device_->PrefetchUnmap(claimed[i + kUnmapAhead]);
+    UnmapClaimed(claimed[i]);
+  }
+}
+
 void PagePool::UnmapUntrackable(PageRecord* page) {
   UnmapClaimed(page->dma_addr.exchange(0, std::memory_order_relaxed));
   index_exhausted_.fetch_add(1, std::memory_order_relaxed);
@@ -801,18 +812,36 @@ uint64_t PagePool::ScrubTracked(DestroyResult* result) {
 }
 
 uint64_t PagePool::UnmapAllTracked() {
+  // xa_for_each + __page_pool_release_netmem_dma: claim each page, then one unmap per page. The
+  // walk goes a piece of the index at a time (each piece its own read section), so the claims
+  // and unmaps of a piece can be pipelined: the piece's page records are prefetched as the walk
+  // finds them, and each unmap prefetches the checker entry of an unmap a few pages later.
+  constexpr size_t kPiece = 64;
+  uint32_t ids[kPiece];
+  PageRecord* pages[kPiece];
+  dma::DmaAddr dmas[kPiece];
   uint64_t unmapped = 0;
-  // xa_for_each + __page_pool_release_netmem_dma: claim, then one unmap per page.
-  index_->ForEach([&](uint32_t id, PageRecord* page) {
-    // Read the address before the claim: a won claim proves the page was still tracked (mapped by
-    // us) when it was read. The walk never writes the record: its owner may be freeing it.
-    const dma::DmaAddr dma = page->dma_addr.load(std::memory_order_acquire);
-    if (index_->CompareExchange(id, page, nullptr)) {
-      UnmapClaimed(dma);
-      ++unmapped;
+  uint32_t next = 1;
+  do {
+    size_t n = 0;
+    next = index_->ForEachFrom(next, kPiece, [&](uint32_t id, PageRecord* page) {
+      __builtin_prefetch(page);
+      ids[n] = id;
+      pages[n] = page;
+      ++n;
+      return true;
+    });
+    // Read each address before its claim: a won claim proves the page was still tracked (mapped
+    // by us) when it was read, since no page joins the index of a destroyed pool again. The walk
+    // never writes a record: its owner may be freeing it.
+    for (size_t i = 0; i < n; ++i) dmas[i] = pages[i]->dma_addr.load(std::memory_order_acquire);
+    size_t claimed = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (index_->CompareExchange(ids[i], pages[i], nullptr)) dmas[claimed++] = dmas[i];
     }
-    return true;
-  });
+    UnmapClaimedPages(absl::MakeConstSpan(dmas, claimed));
+    unmapped += claimed;
+  } while (next != 0);
   return unmapped;  // dma_mapped is the index's count: each claim already took its page out
 }
 
@@ -842,7 +871,7 @@ uint64_t PagePool::UnmapInflightScanned(DestroyResult* result) {
   }
   // The claims are ours alone: unmap without the lock, so returns never wait behind an unmap
   // (nor behind the grace period an unmap may wait for).
-  for (dma::DmaAddr dma : claimed) UnmapClaimed(dma);
+  UnmapClaimedPages(claimed);
   dma_mapped_.fetch_sub(claimed.size(), std::memory_order_relaxed);
   return claimed.size();
 }
