@@ -130,13 +130,14 @@ std::string FormatPool(const v1::Pool& p) {
       "pool %d on device %d (ifindex %d, napi %d): order %d, %s%s, inflight %d (%d bytes), "
       "dma_mapped %d, detach_time %d\n"
       "  alloc:   fast %d, slow %d, slow_high_order %d, empty %d, refill %d, waive %d\n"
-      "  recycle: cached %d, cache_full %d, ring %d, ring_full %d, released_refcnt %d\n%s",
+      "  recycle: cached %d, cache_full %d, ring %d, ring_full %d, released_refcnt %d\n"
+      "  users %d, dma synced %d bytes\n%s",
       p.id(), p.device_id(), p.ifindex(), p.napi_id(), p.order(),
       EnumLabel(v1::Strategy_Name(p.strategy()), "STRATEGY_"), p.destroyed() ? ", destroyed" : "",
       p.inflight(), p.inflight_mem(), p.dma_mapped(), p.detach_time(), st.alloc_fast(),
       st.alloc_slow(), st.alloc_slow_high_order(), st.alloc_empty(), st.alloc_refill(),
       st.alloc_waive(), st.recycle_cached(), st.recycle_cache_full(), st.recycle_ring(),
-      st.recycle_ring_full(), st.recycle_released_refcnt(),
+      st.recycle_ring_full(), st.recycle_released_refcnt(), p.users(), p.dma_synced_bytes(),
       // Fragments, once the pool has had any.
       p.frag_pages() + p.frag_refs() + p.frag_put_refused() == 0
           ? std::string()

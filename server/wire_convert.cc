@@ -174,6 +174,8 @@ void FillPool(uint64_t device_id, const pool::PagePool& pool, v1::Pool* out,
   out->set_frag_pages(info.frag_pages);
   out->set_frag_refs(info.frag_refs);
   out->set_frag_put_refused(info.frag_put_refused + frags_refused);
+  out->set_users(info.users);
+  out->set_dma_synced_bytes(info.dma_synced_bytes);
 }
 
 void FillDestroyed(const pool::PoolDestroyed& d, v1::DestroyPoolResponse* out) {

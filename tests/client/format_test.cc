@@ -39,6 +39,8 @@ v1::Pool Pool1() {
   p.set_dma_mapped(64);
   p.mutable_stats()->set_alloc_slow(1);
   p.mutable_stats()->set_recycle_ring(5);
+  p.set_users(1);
+  p.set_dma_synced_bytes(96000);
   return p;
 }
 
@@ -139,7 +141,8 @@ TEST(FormatTest, PoolsText) {
             "pool 1 on device 1 (ifindex 1, napi 3): order 0, xarray, inflight 64 (262144 bytes), "
             "dma_mapped 64, detach_time 0\n"
             "  alloc:   fast 0, slow 1, slow_high_order 0, empty 0, refill 0, waive 0\n"
-            "  recycle: cached 0, cache_full 0, ring 5, ring_full 0, released_refcnt 0\n");
+            "  recycle: cached 0, cache_full 0, ring 5, ring_full 0, released_refcnt 0\n"
+            "  users 1, dma synced 96000 bytes\n");
   v1::CreatePoolResponse created;
   *created.mutable_pool() = Pool1();
   EXPECT_EQ(FormatResponse(created), FormatResponse(got));

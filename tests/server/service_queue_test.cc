@@ -157,6 +157,8 @@ TEST_F(ServiceQueueTest, DeviceCoherenceDecidesSyncsAndTheDestroysSyncGracePerio
               "pagepool_pool_dma_synced_bytes_total{pool_id=\"" + std::to_string(id) +
                   "\",ifindex=\"" + std::to_string(dev.id()) + "\",strategy=\"xarray\"} " +
                   std::to_string(k.need_sync ? 65 * 1500 : 0));
+    // GetPool says the same as /metrics.
+    EXPECT_EQ(GetPool(id).dma_synced_bytes(), k.need_sync ? 65u * 1500 : 0u);
     EXPECT_EQ(MetricLine(page, "pagepool_domain_sync_calls_total{device_id=\"" +
                                    std::to_string(dev.id()) + "\""),
               "pagepool_domain_sync_calls_total{device_id=\"" + std::to_string(dev.id()) +
@@ -201,6 +203,7 @@ TEST_F(ServiceQueueTest, RestartedQueuesOldPoolLivesUntilItsXdpRxqIsUnregistered
   std::vector<v1::PageHandle> held = Alloc(old, 20);
   ASSERT_EQ(held.size(), 20u);
   const uint64_t mapped = GetPool(old).dma_mapped();
+  EXPECT_EQ(GetPool(old).users(), 2u);  // the driver and the xdp_rxq
 
   grpc::ClientContext watch_ctx;
   auto events = Watch(&watch_ctx, /*existing=*/2);  // the device and the old pool
@@ -223,6 +226,8 @@ TEST_F(ServiceQueueTest, RestartedQueuesOldPoolLivesUntilItsXdpRxqIsUnregistered
   // The old pool: listed, live, its pages still mapped; its queue allocates no more.
   v1::Pool old_pool = GetPool(old);
   EXPECT_FALSE(old_pool.destroyed());
+  EXPECT_EQ(old_pool.users(), 1u);  // its xdp_rxq only
+  EXPECT_EQ(restarted->pool().users(), 2u);
   EXPECT_EQ(old_pool.dma_mapped(), mapped);
   auto alloc_old = c().Allocate(old, 1);
   EXPECT_EQ(alloc_old.status().code(), absl::StatusCode::kFailedPrecondition);
@@ -257,6 +262,7 @@ TEST_F(ServiceQueueTest, RestartedQueuesOldPoolLivesUntilItsXdpRxqIsUnregistered
   EXPECT_EQ(unreg->pages_unmapped(), 19u);
   old_pool = GetPool(old);
   EXPECT_TRUE(old_pool.destroyed());
+  EXPECT_EQ(old_pool.users(), 0u);
   EXPECT_EQ(old_pool.dma_mapped(), 0u);
   EXPECT_EQ(old_pool.unmapped_at_destroy(), 19u);
   EXPECT_EQ(XdpRxqUnreg(old).status().code(), absl::StatusCode::kFailedPrecondition);
