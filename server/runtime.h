@@ -298,6 +298,13 @@ class Runtime {
   // Lookups; UNAVAILABLE after Shutdown, NOT_FOUND naming the id.
   absl::StatusOr<std::shared_ptr<internal::DeviceEntry>> FindDevice(uint64_t id);
   absl::StatusOr<internal::PoolRef> FindPool(uint64_t id);
+  // Recycle's and Return's opening: pages or fragments given, within the page limit, the pool
+  // found, and every page and fragment one that may be given back (CheckGiveBack, which takes the
+  // fragments' references). `call` names the RPC in errors, `done` what it does ("recycled").
+  absl::StatusOr<internal::PoolRef> FindPoolToGiveBack(
+      uint64_t pool_id, const google::protobuf::RepeatedPtrField<v1::PageHandle>& pages,
+      const google::protobuf::RepeatedPtrField<v1::FragHandle>& frags, const char* call,
+      const char* done);
   // The pool of `pool_id` on any device; nullptr pool if none has it.
   internal::PoolRef FindPoolLocked(uint64_t pool_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Every device's live and detached pools (device_id 0: all devices), in pool id order.

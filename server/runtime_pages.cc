@@ -385,25 +385,33 @@ absl::Status Runtime::Allocate(uint64_t pool_id, uint32_t count, uint32_t frag_s
   return AllocateFrom(*found, count, frag_size, out);
 }
 
-absl::Status Runtime::Recycle(uint64_t pool_id, const RepeatedPtrField<v1::PageHandle>& pages,
-                              const RepeatedPtrField<v1::FragHandle>& frags, bool napi_local,
-                              v1::RecycleResponse* out) {
+absl::StatusOr<internal::PoolRef> Runtime::FindPoolToGiveBack(
+    uint64_t pool_id, const RepeatedPtrField<v1::PageHandle>& pages,
+    const RepeatedPtrField<v1::FragHandle>& frags, const char* call, const char* done) {
   if (pages.empty() && frags.empty()) {
-    return absl::InvalidArgumentError("Recycle: no pages or fragments given");
+    return absl::InvalidArgumentError(absl::StrCat(call, ": no pages or fragments given"));
   }
   const uint64_t n = uint64_t(pages.size()) + uint64_t(frags.size());
   if (absl::Status s =
-          CheckPageLimit(n, "Recycle", "", frags.empty() ? " pages" : " pages and fragments");
+          CheckPageLimit(n, call, "", frags.empty() ? " pages" : " pages and fragments");
       !s.ok()) {
     return s;
   }
   auto found = FindPool(pool_id);
-  if (!found.ok()) return base::Annotate(found.status(), "Recycle");
-  if (absl::Status s =
-          CheckGiveBack(*memory_, *found, pool_id, pages, frags, "Recycle", "recycled");
+  if (!found.ok()) return base::Annotate(found.status(), call);
+  if (absl::Status s = CheckGiveBack(*memory_, *found, pool_id, pages, frags, call, done);
       !s.ok()) {
     return s;
   }
+  return found;
+}
+
+absl::Status Runtime::Recycle(uint64_t pool_id, const RepeatedPtrField<v1::PageHandle>& pages,
+                              const RepeatedPtrField<v1::FragHandle>& frags, bool napi_local,
+                              v1::RecycleResponse* out) {
+  auto found = FindPoolToGiveBack(pool_id, pages, frags, "Recycle", "recycled");
+  if (!found.ok()) return found.status();
+  const uint64_t n = uint64_t(pages.size()) + uint64_t(frags.size());
   GiveBackTally t;
   if (!pages.empty()) RecycleBatch(*found->pool, pages, napi_local, &t);
   if (!frags.empty()) {
@@ -423,21 +431,9 @@ absl::Status Runtime::Recycle(uint64_t pool_id, const RepeatedPtrField<v1::PageH
 absl::Status Runtime::Return(uint64_t pool_id, const RepeatedPtrField<v1::PageHandle>& pages,
                              const RepeatedPtrField<v1::FragHandle>& frags,
                              v1::ReturnResponse* out) {
-  if (pages.empty() && frags.empty()) {
-    return absl::InvalidArgumentError("Return: no pages or fragments given");
-  }
+  auto found = FindPoolToGiveBack(pool_id, pages, frags, "Return", "returned");
+  if (!found.ok()) return found.status();
   const uint64_t n = uint64_t(pages.size()) + uint64_t(frags.size());
-  if (absl::Status s =
-          CheckPageLimit(n, "Return", "", frags.empty() ? " pages" : " pages and fragments");
-      !s.ok()) {
-    return s;
-  }
-  auto found = FindPool(pool_id);
-  if (!found.ok()) return base::Annotate(found.status(), "Return");
-  if (absl::Status s = CheckGiveBack(*memory_, *found, pool_id, pages, frags, "Return", "returned");
-      !s.ok()) {
-    return s;
-  }
   GiveBackTally t;
   if (!pages.empty()) ReturnBatch(*found->pool, pages, &t);
   if (!frags.empty()) {
