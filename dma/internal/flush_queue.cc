@@ -20,34 +20,45 @@ FlushQueue::FlushQueue(base::Clock* clock, unsigned size, uint64_t timeout_ns, F
 FlushQueue::~FlushQueue() {
   if (!timer_.joinable()) return;
   {
-    std::lock_guard<std::mutex> l(timer_mu_);
-    stop_.store(true, std::memory_order_release);
-    timer_armed_.store(true, std::memory_order_release);
+    base::MutexLock l(&timer_mu_);
+    stop_ = true;
   }
-  timer_cv_.notify_all();
+  timer_cv_.SignalAll();
   timer_.join();
 }
 
+void FlushQueue::ArmTimer() {
+  {
+    base::MutexLock l(&timer_mu_);
+    if (armed_) return;
+    armed_ = true;
+    armed_hint_.store(true, std::memory_order_seq_cst);
+  }
+  timer_cv_.Signal();
+}
+
 void FlushQueue::TimerLoop() {
-  constexpr auto kStep = std::chrono::milliseconds(1);
   for (;;) {
     {
-      std::unique_lock<std::mutex> l(timer_mu_);  // armed by the first Add
-      timer_cv_.wait(l, [this] {
-        return timer_armed_.load(std::memory_order_acquire) ||
-               stop_.load(std::memory_order_acquire);
-      });
+      base::MutexLock l(&timer_mu_);
+      while (!armed_ && !stop_) timer_cv_.Wait(&timer_mu_);  // armed by the first Add
+      // One timeout of real time; the destructor's signal ends it early.
+      const auto deadline =
+          std::chrono::steady_clock::now() + std::chrono::nanoseconds(timeout_ns_);
+      for (;;) {
+        if (stop_) return;
+        const auto now = std::chrono::steady_clock::now();
+        if (now >= deadline) break;
+        timer_cv_.WaitFor(&timer_mu_,
+                          static_cast<uint64_t>(std::chrono::nanoseconds(deadline - now).count()));
+      }
+      armed_ = false;
+      armed_hint_.store(false, std::memory_order_seq_cst);
     }
-    if (stop_.load(std::memory_order_acquire)) return;
-    // Sleep one timeout (real time), in steps so that the destructor need not wait for it.
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(timeout_ns_);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (stop_.load(std::memory_order_acquire)) return;
-      std::this_thread::sleep_for(kStep);
-    }
-    timer_armed_.store(false, std::memory_order_release);
-    // Entries queued meanwhile, or not yet expired by the (injected) clock: re-arm.
-    if (FlushExpired()) timer_armed_.store(true, std::memory_order_release);
+    // Entries queued meanwhile, or not yet expired by the (injected) clock: re-arm. An Add that saw
+    // the timer still armed queued its entry before the shard scan below takes its shard lock, so
+    // the scan sees it (and re-arms) or flushes it.
+    if (FlushExpired()) ArmTimer();
     on_timer_();
   }
 }
@@ -89,10 +100,9 @@ void FlushQueue::Add(FqEntry entry) {
     }
     s.entries.push_back(entry);
     if (s.entries.size() < size_ && now - s.oldest_ns < timeout_ns_) {
-      if (timer_.joinable() && !timer_armed_.load(std::memory_order_relaxed) &&
-          !timer_armed_.exchange(true, std::memory_order_acq_rel)) {
-        std::lock_guard<std::mutex> tl(timer_mu_);  // pairs with the timer's predicate check
-        timer_cv_.notify_one();
+      if (timer_.joinable() && !armed_hint_.load(std::memory_order_seq_cst)) {
+        // Lock order: a shard's mu, then timer_mu_ (the timer thread never holds both).
+        ArmTimer();
       }
       return;
     }

@@ -16,16 +16,15 @@
 #define PAGEPOOL_DMA_INTERNAL_FLUSH_QUEUE_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "base/clock.h"
+#include "base/condvar.h"
 #include "base/mutex.h"
 #include "dma/internal/pt_table.h"
 
@@ -49,7 +48,11 @@ class FlushQueue {
   // With a non-empty `on_timer`, starts the flush timer thread.
   FlushQueue(base::Clock* clock, unsigned size, uint64_t timeout_ns, FlushFn flush,
              IdleFn on_timer = IdleFn());
-  ~FlushQueue();  // stops the timer. REQUIRES: FlushAll() called (entries left are dropped)
+  // Stops the timer thread (waking it at once, wherever it sleeps) and joins it; a flush it has
+  // started finishes first. REQUIRES: FlushAll() called (entries left are dropped).
+  // Context: any thread but the timer thread, not holding an RCU read lock (the timer's flush may
+  // wait for a grace period).
+  ~FlushQueue();
 
   // Queues an entry on the calling thread's shard; flushes that shard if it is full or stale.
   // Context: any thread.
@@ -68,6 +71,7 @@ class FlushQueue {
   };
   static unsigned ShardOfThisThread();
   void TimerLoop();
+  void ArmTimer();
 
   base::Clock* const clock_;
   const unsigned size_;
@@ -75,12 +79,13 @@ class FlushQueue {
   const FlushFn flush_;
   std::unique_ptr<Shard[]> shards_;
   const IdleFn on_timer_;
-  std::atomic<bool> timer_armed_{false};
-  std::atomic<bool> stop_{false};
-  // The timer sleeps on a condition variable until armed (base/ has no condition variable; this
-  // mutex guards no data, only the sleep).
-  std::mutex timer_mu_;
-  std::condition_variable timer_cv_;
+  // Read without timer_mu_ by Add, so that an Add on an armed timer takes no second lock.
+  std::atomic<bool> armed_hint_{false};
+  // The timer thread sleeps on timer_cv_ until armed (or stopped), then for one timeout.
+  base::Mutex timer_mu_;
+  base::CondVar timer_cv_;
+  bool armed_ ABSL_GUARDED_BY(timer_mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(timer_mu_) = false;
   std::thread timer_;
 };
 
