@@ -137,13 +137,15 @@ bool IoPageTable::Reserve(PtTable* t, uint32_t n) {
   return false;
 }
 
+void IoPageTable::RunTestHook(std::function<void(PtTable*)> TestHooks::*hook, PtTable* t) {
+  if (hooks_->*hook) (hooks_->*hook)(t);
+}
+
 void IoPageTable::Drop(PtTable* t, uint32_t n, unsigned level, Path* path, IotlbGather* gather) {
   for (;;) {
     const uint32_t old = t->state.fetch_sub(n, std::memory_order_acq_rel);
     if (old != n || level == top_ || !free_empty_tables_) return;
-    if (__builtin_expect(hooks_ != nullptr, 0) && hooks_->after_count_drop) {
-      hooks_->after_count_drop(t);
-    }
+    if (__builtin_expect(hooks_ != nullptr, 0)) RunTestHook(&TestHooks::after_count_drop, t);
     uint32_t zero = 0;
     if (!t->state.compare_exchange_strong(zero, PtTable::kDying, std::memory_order_seq_cst,
                                           std::memory_order_relaxed)) {
@@ -151,9 +153,7 @@ void IoPageTable::Drop(PtTable* t, uint32_t n, unsigned level, Path* path, Iotlb
       counters_->tables.death_races_lost.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    if (__builtin_expect(hooks_ != nullptr, 0) && hooks_->after_death_cas) {
-      hooks_->after_death_cas(t);
-    }
+    if (__builtin_expect(hooks_ != nullptr, 0)) RunTestHook(&TestHooks::after_death_cas, t);
     if (on_dying_) {
       const uint64_t span = LevelSpan(level + 1);
       const uint64_t base = path->iova & ~(span - 1);

@@ -106,7 +106,9 @@ class IoPageTable {
   // Tests only: deterministic hooks in the death protocol (Drop). after_count_drop runs when an
   // unmap has dropped a table's count to 0, before its CAS 0 -> DYING; after_death_cas after the
   // CAS won, before the parent entry is cleared. Each gets the table. Set before use, not
-  // concurrently; nullptr (the default) costs one predictable branch.
+  // concurrently. Outside tests hooks_ is null: the only cost is one load and a not-taken branch at
+  // each of the two points, which only an unmap that empties a table reaches (never a map, a
+  // translate, or an unmap that leaves its tables in use); the calls are in a cold function.
   struct TestHooks {
     std::function<void(PtTable*)> after_count_drop;
     std::function<void(PtTable*)> after_death_cas;
@@ -263,14 +265,16 @@ class IoPageTable {
   void ReleaseBatch(PtTable* list);
   void SubmitPending();
   void DeleteSubtree(PtTable* t, unsigned level);
+  [[gnu::cold, gnu::noinline]] void RunTestHook(std::function<void(PtTable*)> TestHooks::*hook,
+                                                PtTable* t);
 
   const unsigned top_;    // level of the root
   const uint64_t limit_;  // 1 << address width
   const bool free_empty_tables_;
+  TestHooks* hooks_ = nullptr;  // tests only; read next to free_empty_tables_ on the death path
   DomainCounters* const counters_;
   PtTable* root_;
   std::function<void()> install_hook_;
-  TestHooks* hooks_ = nullptr;
   std::function<void(uint64_t, uint64_t)> on_dying_;
   // Marks t and every table under it DYING and reports its span to on_dying_ (before unlinking).
   void KillSubtree(PtTable* t, unsigned level, uint64_t base);
