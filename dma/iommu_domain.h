@@ -56,6 +56,13 @@ namespace internal {
 struct IommuDomainTestPeer;
 }  // namespace internal
 
+// True in debug builds (no NDEBUG) and sanitizer builds: the default of the domain's debug checks.
+#if !defined(NDEBUG) || defined(PAGEPOOL_ASAN) || defined(PAGEPOOL_TSAN)
+inline constexpr bool kDebugChecks = true;
+#else
+inline constexpr bool kDebugChecks = false;
+#endif
+
 struct DomainConfig {
   IommuMode mode = IommuMode::kStrict;
   bool free_empty_tables = true;
@@ -82,8 +89,9 @@ struct DomainConfig {
   bool caching_mode = false;
   // Device writes set the leaf's dirty bit (iommufd: set_dirty_tracking). On by default.
   bool dirty_tracking = true;
-  // Debug check: every released table is verified all zero (DomainStats::released_tables_not_zero).
-  bool debug_check_released_tables = false;
+  // Debug check: every released table is verified all zero (DomainStats::released_tables_not_zero
+  // counts the ones that were not). On by default in debug and sanitizer builds (kDebugChecks).
+  bool debug_check_released_tables = kDebugChecks;
   // Lazy mode: a timer flushes a queue whose oldest entry is older than fq_timeout_ns even if no
   // further unmap comes (the kernel's fq_timer). Off only for tests that drive FlushExpired by
   // hand.
