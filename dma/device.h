@@ -56,6 +56,8 @@ struct DeviceConfig {
   // The device's DMA coherence: decides need_sync() (dma_dev_need_sync). kCoherent devices skip
   // every sync; kNonCoherent and kSwiotlb ones sync.
   DmaCoherence coherence = DmaCoherence::kNonCoherent;
+  // Model the device's IOTLB and walk caches (DomainConfig::model_iotlb).
+  bool model_iotlb = false;
 };
 
 class Device {

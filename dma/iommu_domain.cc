@@ -600,6 +600,9 @@ DomainStats IommuDomain::stats() const {
   if (impl_->iotlb) {
     s.iotlb_hits = impl_->iotlb->hits();
     s.walk_cache_hits = impl_->iotlb->walk_hits();
+    impl_->iotlb->ForEachWalkEntry(
+        [&](const internal::Iotlb::WalkEntry&) { ++s.walk_cache_entries; });
+    s.model_iotlb = true;
   }
   s.walk_cache_stale_walks = Relaxed(c.other.walk_stale);
   s.walk_restarts = Relaxed(c.tables.walk_restarts);

@@ -95,6 +95,7 @@ struct DomainStats {
   uint64_t iotlb_inv_cost_ns = 0;  // commands * DomainConfig::inv_cmd_cost_ns (modelled, not slept)
   // Device translation caches (model_iotlb only).
   uint64_t iotlb_hits = 0;              // translations served by the IOTLB
+  uint64_t walk_cache_entries = 0;      // valid paging-structure cache entries now
   uint64_t walk_cache_hits = 0;         // walks started from a paging-structure cache entry
   uint64_t walk_cache_stale_walks = 0;  // VIOLATION: a walk through a table released since its fill
   // The hard paths of the table protocol.
@@ -113,6 +114,7 @@ struct DomainStats {
       0;                           // disjoint ranges beyond IotlbGather::kMaxRanges flushed early
   uint64_t walk_rcu_sections = 0;  // RCU read-side sections of dumps and dirty sweeps
   bool dirty_tracking = false;
+  bool model_iotlb = false;  // the device's translation caches are modelled
 };
 
 }  // namespace pagepool::dma
