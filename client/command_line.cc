@@ -71,6 +71,8 @@ void AddCreateDeviceOptions(CLI::App* cmd, CommandArgs* args) {
   cmd->add_option("--dma-coherence", a.dma_coherence,
                   "coherent (dma_dev_need_sync() false: no DMA syncs), non-coherent (default) or "
                   "swiotlb");
+  cmd->add_flag("--model-iotlb", a.model_iotlb,
+                "model the device's IOTLB and walk caches (GetDomain's walk-cache figures)");
 }
 
 void AddCreatePoolOptions(CLI::App* cmd, CommandArgs* args) {
@@ -140,6 +142,7 @@ void AddDumpPageTableOptions(CLI::App* cmd, CommandArgs* args) {
   cmd->add_option("--start", a.start, "first IOVA")->check(kUint64);
   cmd->add_option("--end", a.end, "end IOVA (0: end of space)")->check(kUint64);
   cmd->add_option("--limit", a.limit, "at most this many entries (0: all)")->check(kUint64);
+  cmd->add_flag("--walk-cache", a.walk_cache, "also show the device's walk-cache entries");
 }
 
 void AddWatchEventsOptions(CLI::App* cmd, CommandArgs* args) {

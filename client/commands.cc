@@ -116,6 +116,7 @@ int RunCreateDevice(CommandContext& ctx, const CreateDeviceArgs& args) {
     }
     req.set_dma_coherence(coherence);
   }
+  req.set_model_iotlb(args.model_iotlb);
   return Reply(ctx, ctx.client.CreateDevice(req));
 }
 
@@ -217,6 +218,7 @@ int RunDumpPageTable(CommandContext& ctx, const DumpPageTableArgs& args) {
   req.set_start(args.start);
   req.set_end(args.end);
   req.set_limit(args.limit);
+  req.set_walk_cache(args.walk_cache);
   return Reply(ctx, ctx.client.DumpPageTable(req));
 }
 

@@ -49,6 +49,7 @@ struct CreateDeviceArgs {
   uint32_t address_width = 48;
   uint32_t dma_mask_bits = 0;  // 0: the address width
   std::string dma_coherence;   // coherent, non-coherent, swiotlb; "": the daemon's default
+  bool model_iotlb = false;
 };
 
 struct CreatePoolArgs {
@@ -95,6 +96,7 @@ struct DumpPageTableArgs {
   uint64_t start = 0;
   uint64_t end = 0;
   uint64_t limit = 0;
+  bool walk_cache = false;
 };
 
 struct WatchEventsArgs {

@@ -258,6 +258,13 @@ std::string FormatResponse(const v1::DumpPageTableResponse& r) {
                                     e.accessed() ? " accessed" : ""));
   }
   absl::StrAppend(&text, r.entries_size(), " entries\n");
+  for (const v1::WalkCacheEntry& w : r.walk_cache()) {
+    absl::StrAppend(&text,
+                    absl::StrFormat("walk-cache level %d iova 0x%012x span 0x%x%s\n", w.level(),
+                                    w.iova(), w.span(), w.stale() ? " STALE" : ""));
+  }
+  if (r.walk_cache_size() != 0)
+    absl::StrAppend(&text, r.walk_cache_size(), " walk-cache entries\n");
   return text;
 }
 

@@ -91,9 +91,15 @@ struct Device::Impl {
 
   // Unmaps a mapping the checker has just accepted from the domain, releasing its IOVA range after
   // the invalidation (now in strict mode, at the flush in lazy mode). Passthrough: nothing to do.
-  absl::Status UnmapFromDomain(DmaAddr addr, uint64_t size) {
+  absl::Status UnmapFromDomain(DmaAddr addr, uint64_t size, IotlbGather* gather = nullptr) {
     if (domain == nullptr) return absl::OkStatus();
-    absl::Status st = domain->Unmap(addr, PagesOf(size) << kPageShift, /*release_iova=*/true);
+    absl::Status st;
+    if (gather != nullptr) {
+      st = domain->UnmapPages(addr, kPageSize, PagesOf(size), gather, /*release_iova=*/true)
+               .status();
+    } else {
+      st = domain->Unmap(addr, PagesOf(size) << kPageShift, /*release_iova=*/true);
+    }
     if (st.ok()) return st;
     return absl::InternalError(absl::StrCat(
         "unmap_page on device ", config.name, " (iova ", base::Hex(addr), ", ", size,
@@ -165,6 +171,7 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceConfig& confi
     dc.mode = config.mode;
     dc.free_empty_tables = config.free_empty_tables;
     dc.address_width = config.address_width;
+    dc.model_iotlb = config.model_iotlb;
     // iommu_dma_alloc_iova caps every IOVA at the device's DMA mask.
     dc.iova_limit_bits = dev->impl_->config.dma_mask_bits;
     auto domain = IommuDomain::Create(dc);
@@ -246,6 +253,18 @@ void Device::PrefetchUnmap(DmaAddr addr) {
 }
 
 absl::Status Device::UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size, DmaDirection dir) {
+  IotlbGather gather;
+  absl::Status st = UnmapPagesGather(addrs, size, dir, &gather);
+  IotlbSync(&gather);
+  return st;
+}
+
+void Device::IotlbSync(IotlbGather* gather) {
+  if (impl_->domain != nullptr) impl_->domain->IotlbSync(gather);
+}
+
+absl::Status Device::UnmapPagesGather(absl::Span<const DmaAddr> addrs, uint64_t size,
+                                      DmaDirection dir, IotlbGather* gather) {
   Impl& d = *impl_;
   if (addrs.empty()) return absl::OkStatus();
   auto refuse_all = [&] {
@@ -268,7 +287,7 @@ absl::Status Device::UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size, 
     }
     for (size_t i = 0; i < chunk.size(); ++i) {
       if (!ok[i]) continue;
-      if (absl::Status st = d.UnmapFromDomain(chunk[i], size); !st.ok()) {
+      if (absl::Status st = d.UnmapFromDomain(chunk[i], size, gather); !st.ok()) {
         if (first_error.ok()) first_error = std::move(st);
         continue;
       }

@@ -38,6 +38,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "dma/iotlb_gather.h"
 #include "dma/types.h"
 
 namespace pagepool::dma {
@@ -55,6 +56,8 @@ struct DeviceConfig {
   // The device's DMA coherence: decides need_sync() (dma_dev_need_sync). kCoherent devices skip
   // every sync; kNonCoherent and kSwiotlb ones sync.
   DmaCoherence coherence = DmaCoherence::kNonCoherent;
+  // Model the device's IOTLB and walk caches (DomainConfig::model_iotlb).
+  bool model_iotlb = false;
 };
 
 class Device {
@@ -100,7 +103,21 @@ class Device {
   // (MappingChecker::OnUnmapBatch). Returns OK when every address was unmapped, else the first
   // refusal's status.
   // Context: any thread.
+  // Strict mode goes through one IotlbGather: the invalidation commands for the whole batch are
+  // issued once at the end (one per disjoint range), before any IOVA of the batch is released.
   absl::Status UnmapPages(absl::Span<const DmaAddr> addrs, uint64_t size, DmaDirection dir);
+
+  // UnmapPages without the sync: accepted addresses are unmapped into `gather` (strict mode; lazy
+  // mode queues them as UnmapPages does and leaves the gather alone), so that a caller unmapping in
+  // several batches (a pool's destroy walk) invalidates once. Their IOVAs are released by
+  // IotlbSync. Checks and counting as UnmapPages.
+  // Context: any thread; the caller owns `gather` and must call IotlbSync(gather) before Unbind.
+  absl::Status UnmapPagesGather(absl::Span<const DmaAddr> addrs, uint64_t size, DmaDirection dir,
+                                IotlbGather* gather);
+  // Invalidates and releases what UnmapPagesGather gathered (IommuDomain::IotlbSync). Not a DMA-API
+  // call: never refused, never counted. Passthrough: nothing to do.
+  // Context: any thread owning `gather`.
+  void IotlbSync(IotlbGather* gather);
 
   // dma_sync_single_for_device / _for_cpu over [addr + offset, addr + offset + size) of a live
   // mapping. Counted and refused after Unbind or for an unknown address; INVALID_ARGUMENT (not

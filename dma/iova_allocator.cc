@@ -93,8 +93,12 @@ struct IovaAllocator::Impl {
   }
 
   // Takes the highest free size-aligned block of `order`: the top sub-block of the free block (of
-  // any order >= `order`) that ends highest. Returns false when none is free.
-  bool AllocSharedLocked(unsigned order, uint64_t* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  // any order >= `order`) that ends highest, and hands out its first `pages` pages (2^order, or
+  // fewer for a request of kRoundBelow pages or more, as the kernel does not round those); the
+  // rest of the block goes back to the free sets. Returns false when none is free.
+  // REQUIRES: 2^(order-1) < pages <= 2^order.
+  bool AllocSharedLocked(unsigned order, uint64_t pages, uint64_t* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     uint64_t candidates = nonempty & (~uint64_t{0} << order);
     if (candidates == 0) return false;
     unsigned best_order = 0;
@@ -119,22 +123,22 @@ struct IovaAllocator::Impl {
       InsertFreeLocked(pfn, o);
       pfn += uint64_t{1} << o;
     }
-    allocated.emplace(pfn, static_cast<uint8_t>(order));
-    handed_out_pages += uint64_t{1} << order;
+    // The unused tail [pfn + pages, pfn + 2^order): maximal aligned blocks, none of them the buddy
+    // of another or of a free block (their buddies overlap the range handed out).
+    const uint64_t end = pfn + (uint64_t{1} << order);
+    for (uint64_t p = pfn + pages; p < end;) {
+      const unsigned o = std::min<unsigned>(std::countr_zero(p), std::bit_width(end - p) - 1);
+      InsertFreeLocked(p, o);
+      p += uint64_t{1} << o;
+    }
+    allocated.emplace(pfn, pages);
+    handed_out_pages += pages;
     *out = pfn;
     return true;
   }
 
-  // Returns a block handed out by AllocSharedLocked, coalescing with free buddies. A block that was
-  // not handed out (or not with this order) is dropped and counted.
-  void FreeSharedLocked(uint64_t pfn, unsigned order) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    auto it = allocated.find(pfn);
-    if (it == allocated.end() || it->second != order) {
-      invalid_frees.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    allocated.erase(it);
-    handed_out_pages -= uint64_t{1} << order;
+  // Inserts the free block (pfn, order), coalescing with free buddies.
+  void InsertCoalescingLocked(uint64_t pfn, unsigned order) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     while (order + 1 < kNumOrders) {
       const uint64_t buddy = pfn ^ (uint64_t{1} << order);
       auto b = free_blocks[order].find(buddy);
@@ -146,11 +150,30 @@ struct IovaAllocator::Impl {
     InsertFreeLocked(pfn, order);
   }
 
+  // Returns a range of `pages` pages handed out by AllocSharedLocked, coalescing with free
+  // buddies. A range that was not handed out (or not with this size) is dropped and counted.
+  void FreeSharedLocked(uint64_t pfn, uint64_t pages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto it = allocated.find(pfn);
+    if (it == allocated.end() || it->second != pages) {
+      invalid_frees.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    allocated.erase(it);
+    handed_out_pages -= pages;
+    // pfn is aligned to the range's order: its aligned pieces, largest first.
+    const uint64_t end = pfn + pages;
+    for (uint64_t p = pfn; p < end;) {
+      const unsigned o = std::min<unsigned>(std::countr_zero(p), std::bit_width(end - p) - 1);
+      InsertCoalescingLocked(p, o);
+      p += uint64_t{1} << o;
+    }
+  }
+
   void FreeSharedMany(std::vector<std::unique_ptr<Magazine>>& mags, unsigned order) {
     if (mags.empty()) return;
     base::MutexLock l(&mu);
     for (const auto& mag : mags) {
-      for (unsigned i = 0; i < mag->size; ++i) FreeSharedLocked(mag->pfns[i], order);
+      for (unsigned i = 0; i < mag->size; ++i) FreeSharedLocked(mag->pfns[i], uint64_t{1} << order);
     }
   }
 
@@ -230,8 +253,8 @@ struct IovaAllocator::Impl {
   base::Mutex mu;
   std::array<absl::btree_set<uint64_t>, kNumOrders> free_blocks ABSL_GUARDED_BY(mu);
   uint64_t nonempty ABSL_GUARDED_BY(mu) = 0;  // bit o set iff free_blocks[o] is non-empty
-  // Blocks handed out by the shared allocator (those sitting in magazines included): pfn -> order.
-  absl::flat_hash_map<uint64_t, uint8_t> allocated ABSL_GUARDED_BY(mu);
+  // Ranges handed out by the shared allocator (those sitting in magazines included): pfn -> pages.
+  absl::flat_hash_map<uint64_t, uint64_t> allocated ABSL_GUARDED_BY(mu);
   uint64_t handed_out_pages ABSL_GUARDED_BY(mu) = 0;
 
   std::atomic<uint64_t> alloc_failures{0};
@@ -247,20 +270,25 @@ unsigned IovaAllocator::OrderOf(uint64_t pages) {
   return pages <= 1 ? 0 : static_cast<unsigned>(std::bit_width(pages - 1));
 }
 
+uint64_t IovaAllocator::RoundedPages(uint64_t pages) {
+  return pages < kRoundBelow ? std::bit_ceil(pages) : pages;
+}
+
 absl::StatusOr<uint64_t> IovaAllocator::Alloc(uint64_t pages) {
   if (pages == 0) return absl::InvalidArgumentError("IOVA alloc of 0 pages");
   const unsigned order = OrderOf(pages);
+  const uint64_t span = RoundedPages(pages);
   uint64_t pfn = 0;
   if (order < kCachedOrders && impl_->RcacheGet(order, &pfn)) return pfn;
   if (order < kNumOrders) {
     {
       base::MutexLock l(&impl_->mu);
-      if (impl_->AllocSharedLocked(order, &pfn)) return pfn;
+      if (impl_->AllocSharedLocked(order, span, &pfn)) return pfn;
     }
     // As alloc_iova_fast: give back every cached range and try once more.
     FlushCaches();
     base::MutexLock l(&impl_->mu);
-    if (impl_->AllocSharedLocked(order, &pfn)) return pfn;
+    if (impl_->AllocSharedLocked(order, span, &pfn)) return pfn;
   }
   impl_->alloc_failures.fetch_add(1, std::memory_order_relaxed);
   return absl::ResourceExhaustedError(
@@ -269,10 +297,11 @@ absl::StatusOr<uint64_t> IovaAllocator::Alloc(uint64_t pages) {
 }
 
 void IovaAllocator::Free(uint64_t pfn, uint64_t pages) {
-  const unsigned order = OrderOf(pages);
-  const uint64_t size = order < kNumOrders ? uint64_t{1} << order : 0;
-  if (pages == 0 || order >= kNumOrders || (pfn & (size - 1)) != 0 || pfn < impl_->start_pfn ||
-      pfn > impl_->limit_pfn || impl_->limit_pfn - pfn < size - 1) {
+  const unsigned order = pages == 0 ? 0 : OrderOf(pages);
+  const uint64_t align = order < kNumOrders ? uint64_t{1} << order : 0;
+  const uint64_t span = order < kNumOrders ? RoundedPages(pages) : 0;
+  if (pages == 0 || order >= kNumOrders || (pfn & (align - 1)) != 0 || pfn < impl_->start_pfn ||
+      pfn > impl_->limit_pfn || impl_->limit_pfn - pfn < span - 1) {
     impl_->invalid_frees.fetch_add(1, std::memory_order_relaxed);
     return;
   }
@@ -281,7 +310,7 @@ void IovaAllocator::Free(uint64_t pfn, uint64_t pages) {
     return;
   }
   base::MutexLock l(&impl_->mu);
-  impl_->FreeSharedLocked(pfn, order);
+  impl_->FreeSharedLocked(pfn, span);
 }
 
 void IovaAllocator::FlushCaches() {

@@ -1,7 +1,9 @@
 // File: dma/iova_allocator.h
 //
 // The IOVA allocator of one domain, shaped like the kernel's drivers/iommu/iova.c: size-aligned
-// ranges (a request of N pages is rounded up to a power of two and aligned to it), allocated
+// ranges (a range of N pages is aligned to the power of two at or above N; as in dma-iommu.c's
+// iommu_dma_alloc_iova, only requests under kRoundBelow = 32 pages are also rounded up to it, so
+// a larger one takes exactly N pages and the rest of its aligned block stays free), allocated
 // top-down from the limit, with per-thread magazine caches for small orders (orders 0-5, 127
 // entries a magazine, a loaded and a previous magazine per thread, and a shared depot) in front of
 // the shared range allocator.
@@ -57,8 +59,8 @@ class IovaAllocator {
   IovaAllocator(const IovaAllocator&) = delete;
   IovaAllocator& operator=(const IovaAllocator&) = delete;
 
-  // Returns the first page frame of a size-aligned range of at least `pages` pages.
-  // RESOURCE_EXHAUSTED when the space is full; INVALID_ARGUMENT for 0 pages.
+  // Returns the first page frame of a range of RoundedPages(pages) pages aligned to
+  // 2^OrderOf(pages). RESOURCE_EXHAUSTED when the space is full; INVALID_ARGUMENT for 0 pages.
   // Context: any thread.
   absl::StatusOr<uint64_t> Alloc(uint64_t pages);
 
@@ -71,9 +73,16 @@ class IovaAllocator {
 
   IovaStats stats() const;
 
-  // The order (log2 of the rounded page count) a request of `pages` pages uses. REQUIRES: pages >
-  // 0.
+  // The alignment order (log2 of the power of two at or above `pages`) of a request of `pages`
+  // pages. REQUIRES: pages > 0.
   static unsigned OrderOf(uint64_t pages);
+  // The pages a request of `pages` pages takes: rounded up to a power of two under kRoundBelow
+  // pages, exact from there on. REQUIRES: 0 < pages <= 2^63.
+  static uint64_t RoundedPages(uint64_t pages);
+
+  // Requests under this many pages are rounded up to a power of two (dma-iommu.c:
+  // 1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1)); the range caches serve only those (and 32 itself).
+  static constexpr uint64_t kRoundBelow = 32;
 
   // Orders below this are served by the per-thread magazine caches (the kernel's
   // IOVA_RANGE_CACHE_MAX_SIZE).

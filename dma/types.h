@@ -84,6 +84,37 @@ struct DomainStats {
   uint64_t iova_allocated_pages = 0;   // pages of IOVA space currently allocated
   uint64_t dirty_reports = 0;          // dirty leaves reported by sweeps
   uint64_t cached_table_pages = 0;     // zeroed tables kept for reuse (not linked, not pending)
+
+  // Invalidation commands (each counted once, whatever the model's cache holds): ranged leaf-only
+  // (VT-d IH=1), ranged non-leaf (also paging-structure caches; issued when tables were freed, over
+  // their whole span), domain-wide (a range above 2^inv_max_mask pages, and lazy-mode flushes).
+  uint64_t iotlb_inv_leaf = 0;
+  uint64_t iotlb_inv_nonleaf = 0;
+  uint64_t iotlb_inv_domain = 0;
+  uint64_t iotlb_inv_pages = 0;    // 4 KiB pages covered by the ranged commands (aligned ranges)
+  uint64_t iotlb_inv_cost_ns = 0;  // commands * DomainConfig::inv_cmd_cost_ns (modelled, not slept)
+  // Device translation caches (model_iotlb only).
+  uint64_t iotlb_hits = 0;              // translations served by the IOTLB
+  uint64_t walk_cache_entries = 0;      // valid paging-structure cache entries now
+  uint64_t walk_cache_hits = 0;         // walks started from a paging-structure cache entry
+  uint64_t walk_cache_stale_walks = 0;  // VIOLATION: a walk through a table released since its fill
+  // The hard paths of the table protocol.
+  uint64_t walk_restarts = 0;     // map walks restarted from the root after meeting a dying table
+  uint64_t failed_reserves = 0;   // reservations refused because the table was dying
+  uint64_t death_races_lost = 0;  // emptied tables kept alive by a reservation before CAS -> DYING
+  // Table memory as the kernel counts it.
+  uint64_t iommu_pages = 0;  // allocated and not yet released (NR_IOMMU_PAGES), root included
+  uint64_t iommu_bytes = 0;
+  uint64_t cached_table_bytes = 0;        // cached_table_pages * 4096 (not in iommu_pages)
+  uint64_t table_cache_trimmed = 0;       // cached tables given back by trims
+  uint64_t released_tables_not_zero = 0;  // VIOLATION (debug check): a released table held entries
+  // Gathers and lockless walks.
+  uint64_t gather_syncs = 0;  // IotlbSync calls that had something to do
+  uint64_t gather_early_flushes =
+      0;                           // disjoint ranges beyond IotlbGather::kMaxRanges flushed early
+  uint64_t walk_rcu_sections = 0;  // RCU read-side sections of dumps and dirty sweeps
+  bool dirty_tracking = false;
+  bool model_iotlb = false;  // the device's translation caches are modelled
 };
 
 }  // namespace pagepool::dma

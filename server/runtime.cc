@@ -234,6 +234,7 @@ absl::Status Runtime::CreateDevice(const v1::CreateDeviceRequest& req, v1::Devic
   spec.coherence = req.dma_coherence() == v1::DMA_COHERENCE_UNSPECIFIED
                        ? v1::DMA_COHERENCE_NON_COHERENT
                        : req.dma_coherence();
+  spec.model_iotlb = req.model_iotlb();
 
   base::MutexLock l(&mu_);
   if (shut_down_) return ShuttingDown("CreateDevice");
@@ -358,6 +359,16 @@ absl::Status Runtime::DumpPageTable(uint64_t device_id, uint64_t start, uint64_t
     FillPageTableEntry(e, &out->emplace_back());
     return limit == 0 || out->size() < limit;
   });
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::DumpWalkCache(uint64_t device_id, std::vector<v1::WalkCacheEntry>* out) {
+  auto dev = FindDevice(device_id);
+  if (!dev.ok()) return base::Annotate(dev.status(), "DumpPageTable");
+  dma::IommuDomain* dom = (*dev)->nic->device().domain();
+  if (dom == nullptr) return absl::OkStatus();  // passthrough (or unbound): no caches
+  dom->ForEachWalkCacheEntry(
+      [&](const dma::WalkCacheEntry& e) { FillWalkCacheEntry(e, &out->emplace_back()); });
   return absl::OkStatus();
 }
 

@@ -169,6 +169,9 @@ class Runtime {
   // Present leaves in [start, end) (end 0: whole space), at most `limit` (0: no limit).
   absl::Status DumpPageTable(uint64_t device_id, uint64_t start, uint64_t end, uint64_t limit,
                              std::vector<pagepool::v1::PageTableEntry>* out);
+  // Every valid walk-cache entry of the device (none unless it models its IOTLB, or in
+  // passthrough). Lockless, concurrent with maps, unmaps and device walks.
+  absl::Status DumpWalkCache(uint64_t device_id, std::vector<pagepool::v1::WalkCacheEntry>* out);
 
   // Pools. Context: any thread.
   // With req.replaces_pool_id, a queue restart (pool::Nic::RestartQueue): the new pool is created

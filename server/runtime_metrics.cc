@@ -141,6 +141,31 @@ void AppendDomainMetrics(MetricsText& m, const std::vector<DeviceRow>& rows) {
       {"domain_maps_total", "counter", "Page-table map operations.", &S::maps},
       {"domain_unmaps_total", "counter", "Page-table unmap operations.", &S::unmaps},
       {"domain_iotlb_flushes_total", "counter", "IOTLB invalidations issued.", &S::iotlb_flushes},
+      {"domain_iotlb_invalidated_pages_total", "counter",
+       "4 KiB pages covered by ranged IOTLB invalidation commands.", &S::iotlb_inv_pages},
+      {"domain_iommu_pages", "gauge",
+       "Page-table pages allocated and not yet released (NR_IOMMU_PAGES), root included.",
+       &S::iommu_pages},
+      {"domain_iotlb_hits_total", "counter",
+       "Device translations served by the modelled IOTLB (model_iotlb devices).", &S::iotlb_hits},
+      {"domain_walk_cache_entries", "gauge",
+       "Valid paging-structure (walk) cache entries (model_iotlb devices).",
+       &S::walk_cache_entries},
+      {"domain_walk_cache_hits_total", "counter",
+       "Device walks started from a walk-cache entry (model_iotlb devices).", &S::walk_cache_hits},
+      {"domain_walk_cache_stale_walks_total", "counter",
+       "Violations: device walks through a table freed since its walk-cache entry was filled.",
+       &S::walk_cache_stale_walks},
+      {"domain_walk_restarts_total", "counter",
+       "Map walks restarted from the root after meeting a table being freed.", &S::walk_restarts},
+      {"domain_failed_reserves_total", "counter",
+       "Table reservations refused because the table was being freed.", &S::failed_reserves},
+      {"domain_death_races_lost_total", "counter",
+       "Emptied tables kept alive by a reservation between the count drop and the death.",
+       &S::death_races_lost},
+      {"domain_released_tables_not_zero_total", "counter",
+       "Violations (debug and sanitizer builds): released page tables that still held an entry.",
+       &S::released_tables_not_zero},
   };
   for (const auto& f : families) {
     m.Family(f.name, f.type, f.help);
@@ -155,6 +180,25 @@ void AppendDomainMetrics(MetricsText& m, const std::vector<DeviceRow>& rows) {
   for (const DeviceRow& r : rows) {
     m.Sample("domain_sync_calls_total", {{"device_id", r.id}, {"iommu_mode", r.mode}},
              r.sync_calls);
+  }
+  m.Family("domain_iotlb_invalidations_total", "counter",
+           "IOTLB invalidation commands, by kind: leaf (ranged, leaf-only), nonleaf (ranged, also "
+           "the walk caches, over freed tables), domain (domain-wide).");
+  for (const DeviceRow& r : rows) {
+    const std::pair<const char*, uint64_t> kinds[] = {
+        {"leaf", r.s.iotlb_inv_leaf},
+        {"nonleaf", r.s.iotlb_inv_nonleaf},
+        {"domain", r.s.iotlb_inv_domain},
+    };
+    for (const auto& [kind, v] : kinds) {
+      m.Sample("domain_iotlb_invalidations_total", {{"device_id", r.id}, {"kind", kind}}, v);
+    }
+  }
+  m.Family("domain_dirty_tracking", "gauge",
+           "1 while device writes set the leaves' dirty bits (iommufd set_dirty_tracking).");
+  for (const DeviceRow& r : rows) {
+    m.Sample("domain_dirty_tracking", {{"device_id", r.id}, {"iommu_mode", r.mode}},
+             uint64_t{r.s.dirty_tracking ? 1u : 0u});
   }
   m.Family("domain_violations_total", "counter", "Mapping-checker violations, by kind.");
   for (const DeviceRow& r : rows) {

@@ -375,6 +375,7 @@ class DumpReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
         cursor_(req.start()),
         end_(req.end()),
         limit_(req.limit()),
+        walk_cache_(req.walk_cache()),
         per_message_(max_message_bytes == 0 ? kStreamBatch
                                             : std::clamp<size_t>(max_message_bytes / kMaxEntryBytes,
                                                                  1, kStreamBatch)) {
@@ -412,8 +413,24 @@ class DumpReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       }
       end_ = dom.address_width() >= 64 ? ~uint64_t{0} : uint64_t{1} << dom.address_width();
     }
-    if (entries_.empty()) {  // nothing (more) in the range: an empty stream ends at once
-      Done(absl::OkStatus());
+    resp_.Clear();
+    if (walk_cache_) {  // the first message carries the walk cache (bounded: 64 per level)
+      walk_cache_ = false;
+      std::vector<v1::WalkCacheEntry> walk;
+      if (absl::Status w = runtime_->DumpWalkCache(device_id_, &walk); !w.ok()) {
+        Done(w);
+        return;
+      }
+      for (v1::WalkCacheEntry& e : walk) *resp_.add_walk_cache() = std::move(e);
+    }
+    if (entries_.empty()) {  // nothing (more) in the range: the stream ends
+      if (resp_.walk_cache_size() == 0) {
+        Done(absl::OkStatus());
+        return;
+      }
+      walked_ = true;  // only the walk cache to send
+      Serialize(resp_, &out_);
+      StartWrite(&out_);
       return;
     }
     sent_ += entries_.size();
@@ -422,7 +439,6 @@ class DumpReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     walked_ = entries_.size() < want || (limit_ != 0 && sent_ >= limit_) || next <= last.iova() ||
               next >= end_;
     cursor_ = next;
-    resp_.Clear();
     for (v1::PageTableEntry& e : entries_) *resp_.add_entries() = std::move(e);
     Serialize(resp_, &out_);
     StartWrite(&out_);
@@ -439,6 +455,7 @@ class DumpReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   uint64_t cursor_;
   uint64_t end_;
   const uint64_t limit_;
+  bool walk_cache_;  // the walk cache is still to be sent (DumpPageTableRequest.walk_cache)
   const size_t per_message_;
   uint64_t sent_ = 0;
   bool walked_ = false;

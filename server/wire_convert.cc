@@ -44,6 +44,7 @@ pool::NicConfig ToNicConfig(const DeviceSpec& spec) {
   nc.device.address_width = spec.address_width;
   nc.device.dma_mask_bits = spec.dma_mask_bits;
   nc.device.coherence = ToDmaCoherence(spec.coherence);
+  nc.device.model_iotlb = spec.model_iotlb;
   nc.ifindex = static_cast<uint32_t>(spec.id);
   return nc;
 }
@@ -104,6 +105,21 @@ void FillDomain(const DeviceSpec& spec, const dma::Device& dev, v1::DomainInfo* 
   out->set_fq_pending(s.fq_pending);
   out->set_iova_allocated_pages(s.iova_allocated_pages);
   out->set_dirty_reports(s.dirty_reports);
+  out->set_iotlb_inv_leaf(s.iotlb_inv_leaf);
+  out->set_iotlb_inv_nonleaf(s.iotlb_inv_nonleaf);
+  out->set_iotlb_inv_domain(s.iotlb_inv_domain);
+  out->set_iotlb_inv_pages(s.iotlb_inv_pages);
+  out->set_model_iotlb(spec.model_iotlb);
+  out->set_iotlb_hits(s.iotlb_hits);
+  out->set_walk_cache_entries(s.walk_cache_entries);
+  out->set_walk_cache_hits(s.walk_cache_hits);
+  out->set_walk_cache_stale_walks(s.walk_cache_stale_walks);
+  out->set_walk_restarts(s.walk_restarts);
+  out->set_failed_reserves(s.failed_reserves);
+  out->set_death_races_lost(s.death_races_lost);
+  out->set_dirty_tracking(s.dirty_tracking);
+  out->set_iommu_pages(s.iommu_pages);
+  out->set_released_tables_not_zero(s.released_tables_not_zero);
   out->set_live_mappings(dev.live_mappings());
   out->set_map_calls(dev.map_calls());
   out->set_unmap_calls(dev.unmap_calls());
@@ -214,6 +230,13 @@ void FillPageTableEntry(const dma::PresentEntry& e, v1::PageTableEntry* out) {
   out->set_prot(e.prot);
   out->set_dirty(e.dirty);
   out->set_accessed(e.accessed);
+}
+
+void FillWalkCacheEntry(const dma::WalkCacheEntry& e, v1::WalkCacheEntry* out) {
+  out->set_level(e.level);
+  out->set_iova(e.iova);
+  out->set_span(e.span);
+  out->set_stale(e.stale);
 }
 
 }  // namespace pagepool::server

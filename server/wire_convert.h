@@ -29,6 +29,7 @@ struct DeviceSpec {
   uint32_t address_width = 48;
   uint32_t dma_mask_bits = 48;  // resolved: address_width when the request left it 0
   pagepool::v1::DmaCoherence coherence = pagepool::v1::DMA_COHERENCE_NON_COHERENT;
+  bool model_iotlb = false;
 };
 
 // UNSPECIFIED (already defaulted by the caller) and unknown values map to the default.
@@ -64,6 +65,7 @@ void FillPage(const pool::PoolPage& page, pagepool::v1::Page* out);
 // A fragment as a Page: the page's handle, the fragment's bus address, and `frag` set.
 void FillFrag(const pool::PoolFrag& frag, pagepool::v1::Page* out);
 void FillPageTableEntry(const dma::PresentEntry& entry, pagepool::v1::PageTableEntry* out);
+void FillWalkCacheEntry(const dma::WalkCacheEntry& entry, pagepool::v1::WalkCacheEntry* out);
 
 }  // namespace pagepool::server
 

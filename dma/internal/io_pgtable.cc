@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cstddef>
 #include <new>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "base/cpu_relax.h"
 #include "base/strings.h"
+#include "dma/internal/iotlb.h"
 
 namespace pagepool::dma::internal {
 namespace {
@@ -32,6 +34,8 @@ bool SetLeafFlags(std::atomic<uint64_t>& slot, uint64_t e, uint64_t flags) {
 
 }  // namespace
 
+thread_local const absl::FunctionRef<void(uint64_t, uint64_t)>* IoPageTable::dirty_fn_ = nullptr;
+
 IoPageTable::IoPageTable(unsigned levels, bool free_empty_tables, DomainCounters* counters)
     : top_(levels - 1),
       limit_(uint64_t{1} << (12 + kPtLevelBits * levels)),
@@ -48,6 +52,8 @@ IoPageTable::~IoPageTable() {
   base::MutexLock l(&cache_mu_);
   for (PtTable* t : cache_) delete t;
   cache_.clear();
+  for (PtTable* t : quarantine_) delete t;
+  quarantine_.clear();
 }
 
 void IoPageTable::DeleteSubtree(PtTable* t, unsigned level) {
@@ -82,6 +88,7 @@ PtTable* IoPageTable::AllocTable() {
   t->next = nullptr;
   t->owner = this;
   counters_->tables.tables_allocated.fetch_add(1, std::memory_order_relaxed);
+  counters_->tables.iommu_pages.fetch_add(1, std::memory_order_relaxed);
   return t;
 }
 
@@ -89,6 +96,7 @@ void IoPageTable::FreeUnpublished(PtTable* t) {
   // Never visible to anyone: no invalidation and no grace period needed (live-free case 1).
   counters_->tables.tables_freed.fetch_add(1, std::memory_order_relaxed);
   counters_->tables.tables_released.fetch_add(1, std::memory_order_relaxed);
+  counters_->tables.iommu_pages.fetch_sub(1, std::memory_order_relaxed);
   t->state.store(0, std::memory_order_relaxed);
   {
     base::MutexLock l(&cache_mu_);
@@ -110,34 +118,51 @@ void IoPageTable::OnLinked() {
   }
 }
 
-void IoPageTable::OnUnlinked(PtTable* t, IotlbGather* gather) {
+void IoPageTable::OnUnlinked(PtTable* t, unsigned level, uint64_t addr, IotlbGather* gather) {
   auto& c = counters_->tables;
   c.table_pages.fetch_sub(1, std::memory_order_relaxed);
   c.tables_freed.fetch_add(1, std::memory_order_relaxed);
   c.pending_free_pages.fetch_add(1, std::memory_order_relaxed);
-  gather->Add(t);
+  // t holds level-`level` entries: it translated the whole LevelSpan(level + 1) around addr, and
+  // the walk caches may hold pointers to it (or below it) for any address of that span.
+  const uint64_t span = LevelSpan(level + 1);
+  gather->Add(t, addr & ~(span - 1), span);
 }
 
 bool IoPageTable::Reserve(PtTable* t, uint32_t n) {
   const uint32_t old = t->state.fetch_add(n, std::memory_order_acq_rel);
   if ((old & PtTable::kDying) == 0) return true;
   t->state.fetch_sub(n, std::memory_order_relaxed);  // undo; the table is already dead
+  t->owner->counters_->tables.failed_reserves.fetch_add(1, std::memory_order_relaxed);
   return false;
+}
+
+void IoPageTable::RunTestHook(std::function<void(PtTable*)> TestHooks::*hook, PtTable* t) {
+  if (hooks_->*hook) (hooks_->*hook)(t);
 }
 
 void IoPageTable::Drop(PtTable* t, uint32_t n, unsigned level, Path* path, IotlbGather* gather) {
   for (;;) {
     const uint32_t old = t->state.fetch_sub(n, std::memory_order_acq_rel);
     if (old != n || level == top_ || !free_empty_tables_) return;
+    if (__builtin_expect(hooks_ != nullptr, 0)) RunTestHook(&TestHooks::after_count_drop, t);
     uint32_t zero = 0;
-    if (!t->state.compare_exchange_strong(zero, PtTable::kDying, std::memory_order_acq_rel,
+    if (!t->state.compare_exchange_strong(zero, PtTable::kDying, std::memory_order_seq_cst,
                                           std::memory_order_relaxed)) {
-      return;  // someone reserved a slot in between: the table lives on
+      // Someone reserved a slot in between: the table lives on.
+      counters_->tables.death_races_lost.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (__builtin_expect(hooks_ != nullptr, 0)) RunTestHook(&TestHooks::after_death_cas, t);
+    if (on_dying_) {
+      const uint64_t span = LevelSpan(level + 1);
+      const uint64_t base = path->iova & ~(span - 1);
+      on_dying_(base, base + span);
     }
     // We own the death of t: unlink it, then drop the parent's entry for it (cascade).
     PtTable* parent = path->table[level + 1];
     parent->pte[path->index[level + 1]].store(0, std::memory_order_release);
-    OnUnlinked(t, gather);
+    OnUnlinked(t, level, path->iova, gather);
     t = parent;
     n = 1;
     ++level;
@@ -160,7 +185,7 @@ void IoPageTable::WaitUnlinked(const Path& path, unsigned level, PtTable* dying)
 // ---- map ---------------------------------------------------------------------------------------
 
 absl::Status IoPageTable::Map(uint64_t iova, uint64_t phys, uint64_t size, uint64_t leaf_bits,
-                              IotlbGather* gather) {
+                              IotlbGather* gather, unsigned max_leaf) {
   base::rcu::ReadLock rl;
   uint64_t done = 0;
   while (done < size) {
@@ -168,7 +193,7 @@ absl::Status IoPageTable::Map(uint64_t iova, uint64_t phys, uint64_t size, uint6
     const uint64_t pa = phys + done;
     const uint64_t rem = size - done;
     unsigned leaf = 0;
-    for (unsigned l = 2; l >= 1; --l) {
+    for (unsigned l = std::min(2u, max_leaf); l >= 1; --l) {
       const uint64_t span = LevelSpan(l);
       if (((cur | pa) & (span - 1)) == 0 && rem >= span) {
         leaf = l;
@@ -204,7 +229,9 @@ absl::Status IoPageTable::MapLeaves(uint64_t iova, uint64_t phys, unsigned leaf,
 absl::StatusOr<PtTable*> IoPageTable::DescendAndReserve(uint64_t iova, unsigned leaf, uint32_t n,
                                                         Path* path, IotlbGather* gather) {
   path->table[top_] = root_;
-  for (;;) {  // one walk from the root; another only after meeting a dying table
+  path->iova = iova;
+  for (bool first = true;; first = false) {  // another walk only after meeting a dying table
+    if (!first) counters_->tables.walk_restarts.fetch_add(1, std::memory_order_relaxed);
     PtTable* t = root_;
     uint32_t held = 0;  // reservations we hold in t
     for (unsigned level = top_; level > leaf && t != nullptr; --level) {
@@ -317,10 +344,11 @@ absl::Status IoPageTable::InstallLeavesOverTables(PtTable* t, uint64_t iova, uin
   for (uint32_t j = 0; j < n; ++j) {
     std::atomic<uint64_t>& slot = t->pte[i0 + j];
     const uint64_t e = slot.load(std::memory_order_relaxed);
+    if (e != 0) KillSubtree(PteTable(e), leaf - 1, iova + j * span);
     slot.store((phys + j * span) | bits | kPtePresent, std::memory_order_release);
     if (e != 0) {
       // Live-free case 2: a block replaces an (empty) table; unlink and free it.
-      ClearSubtree(PteTable(e), leaf - 1, gather);
+      ClearSubtree(PteTable(e), leaf - 1, iova + j * span, gather);
       counters_->tables.block_over_table.fetch_add(1, std::memory_order_relaxed);
       ++replaced;
     }
@@ -340,21 +368,48 @@ bool IoPageTable::SubtreeHasLeaves(PtTable* t, unsigned level) const {
   return false;
 }
 
-uint64_t IoPageTable::ClearSubtree(PtTable* t, unsigned level, IotlbGather* gather) {
+uint64_t IoPageTable::ClearSubtree(PtTable* t, unsigned level, uint64_t base, IotlbGather* gather) {
   uint64_t pages = 0;
-  for (auto& slot : t->pte) {
+  const uint64_t span = LevelSpan(level);
+  for (unsigned i = 0; i < kPtEntries; ++i) {
+    std::atomic<uint64_t>& slot = t->pte[i];
     const uint64_t e = slot.load(std::memory_order_acquire);
     if (e == 0) continue;
-    slot.store(0, std::memory_order_release);
     if (PteIsTable(e) && level > 0) {
-      pages += ClearSubtree(PteTable(e), level - 1, gather);
+      slot.store(0, std::memory_order_release);
+      pages += ClearSubtree(PteTable(e), level - 1, base + i * span, gather);
     } else {
-      pages += LevelSpan(level) >> 12;
+      ClearLeaf(slot, e, base + i * span, span);
+      pages += span >> 12;
     }
   }
   t->state.store(PtTable::kDying, std::memory_order_release);
-  OnUnlinked(t, gather);
+  OnUnlinked(t, level, base, gather);
   return pages;
+}
+
+void IoPageTable::KillSubtree(PtTable* t, unsigned level, uint64_t base) {
+  t->state.fetch_or(PtTable::kDying, std::memory_order_seq_cst);
+  if (level > 0) {
+    const uint64_t span = LevelSpan(level);
+    for (unsigned i = 0; i < kPtEntries; ++i) {
+      const uint64_t e = t->pte[i].load(std::memory_order_acquire);
+      if (PteIsPresent(e) && PteIsTable(e)) KillSubtree(PteTable(e), level - 1, base + i * span);
+    }
+  }
+  if (on_dying_) on_dying_(base, base + LevelSpan(level + 1));
+}
+
+void IoPageTable::ClearLeaf(std::atomic<uint64_t>& slot, uint64_t e, uint64_t iova, uint64_t span) {
+  if (dirty_fn_ == nullptr) {
+    slot.store(0, std::memory_order_release);
+    return;
+  }
+  // iommu_unmap_read_dirty: a device write may set D until the entry is gone; the exchange takes
+  // the entry and its last D bit at once.
+  const uint64_t old = slot.exchange(0, std::memory_order_acq_rel);
+  (void)e;
+  if ((old & (kPtePresent | kPteDirty)) == (kPtePresent | kPteDirty)) (*dirty_fn_)(iova, span);
 }
 
 // ---- unmap -------------------------------------------------------------------------------------
@@ -369,7 +424,15 @@ IoPageTable::Leaf IoPageTable::LookupLeaf(uint64_t iova) const {
   }
 }
 
-absl::StatusOr<uint64_t> IoPageTable::Unmap(uint64_t iova, uint64_t size, IotlbGather* gather) {
+absl::StatusOr<uint64_t> IoPageTable::Unmap(
+    uint64_t iova, uint64_t size, IotlbGather* gather,
+    const absl::FunctionRef<void(uint64_t, uint64_t)>* dirty) {
+  struct DirtyScope {  // installs the dirty callback for this thread's unmap
+    explicit DirtyScope(const absl::FunctionRef<void(uint64_t, uint64_t)>* fn) { dirty_fn_ = fn; }
+    ~DirtyScope() { dirty_fn_ = nullptr; }
+  };
+  std::optional<DirtyScope> scope;
+  if (dirty != nullptr) scope.emplace(dirty);
   base::rcu::ReadLock rl;
   const uint64_t end = iova + size;
   if (size > kPageSize) {
@@ -386,6 +449,7 @@ absl::StatusOr<uint64_t> IoPageTable::Unmap(uint64_t iova, uint64_t size, IotlbG
   }
   Path path;
   path.table[top_] = root_;
+  path.iova = iova;
   bool cut = false;
   const uint64_t pages = UnmapLevel(root_, top_, 0, iova, end, &path, gather, &cut);
   if (cut) {
@@ -407,11 +471,21 @@ uint64_t IoPageTable::UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint
   uint64_t pages = 0;
   if (level == 0) {
     // 4 KiB leaves only, each entirely inside [start, end).
-    for (unsigned i = i0; i <= i1; ++i) {
-      std::atomic<uint64_t>& slot = t->pte[i];
-      if (slot.load(std::memory_order_relaxed) == 0) continue;
-      slot.store(0, std::memory_order_release);
-      ++removed;
+    if (dirty_fn_ == nullptr) {
+      for (unsigned i = i0; i <= i1; ++i) {
+        std::atomic<uint64_t>& slot = t->pte[i];
+        if (slot.load(std::memory_order_relaxed) == 0) continue;
+        slot.store(0, std::memory_order_release);
+        ++removed;
+      }
+    } else {
+      for (unsigned i = i0; i <= i1; ++i) {
+        std::atomic<uint64_t>& slot = t->pte[i];
+        const uint64_t e = slot.load(std::memory_order_relaxed);
+        if (e == 0) continue;
+        ClearLeaf(slot, e, base + uint64_t{i} * span, span);
+        ++removed;
+      }
     }
     if (removed != 0) Drop(t, removed, level, path, gather);
     return removed;
@@ -427,7 +501,7 @@ uint64_t IoPageTable::UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint
         *cut = true;
         break;
       }
-      slot.store(0, std::memory_order_release);
+      ClearLeaf(slot, e, es, span);
       ++removed;
       pages += span >> 12;
       continue;
@@ -435,14 +509,16 @@ uint64_t IoPageTable::UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint
     PtTable* child = PteTable(e);
     if (full) {
       // Live-free case 3: a block-sized unmap found a table; clear it and free it.
+      KillSubtree(child, level - 1, es);
       slot.store(0, std::memory_order_release);
       ++removed;
-      pages += ClearSubtree(child, level - 1, gather);
+      pages += ClearSubtree(child, level - 1, es, gather);
       counters_->tables.block_unmap_table.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     path->table[level - 1] = child;
     path->index[level] = i;
+    path->iova = es;
     pages += UnmapLevel(child, level - 1, es, std::max(start, es), std::min(end, es + span), path,
                         gather, cut);
     if (*cut) break;
@@ -454,16 +530,38 @@ uint64_t IoPageTable::UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint
 // ---- lockless walkers --------------------------------------------------------------------------
 
 absl::StatusOr<uint64_t> IoPageTable::Translate(uint64_t iova, bool write) {
+  uint64_t pte;
+  return Translate(iova, write, nullptr, true, &pte);
+}
+
+absl::StatusOr<uint64_t> IoPageTable::Translate(uint64_t iova, bool write, Iotlb* tlb,
+                                                bool track_dirty, uint64_t* pte_out) {
   base::rcu::ReadLock rl;
-  const uint64_t want = kPteAccessed | (write ? kPteDirty : 0);
+  const uint64_t want = kPteAccessed | (write && track_dirty ? kPteDirty : 0);
   const uint64_t need = write ? kPteWrite : kPteRead;
   for (;;) {  // one walk; another only if the leaf was unmapped or remapped under the A/D update
     PtTable* t = root_;
     unsigned level = top_;
+    const uint64_t gen = tlb != nullptr ? tlb->generation(iova) : 0;
+    Iotlb::WalkHit hit;
+    if (tlb != nullptr && tlb->LookupWalk(iova, top_, &hit)) {
+      // The device trusts its paging-structure cache. A table released since the fill is a walk of
+      // freed memory (only possible if an invalidation was missed): count it, walk it anyway.
+      if (hit.table->life.load(std::memory_order_acquire) != hit.life) {
+        counters_->other.walk_stale.fetch_add(1, std::memory_order_relaxed);
+      }
+      t = hit.table;
+      level = hit.level;
+    }
     std::atomic<uint64_t>* slot = &t->pte[LevelIndex(iova, level)];
     uint64_t e = slot->load(std::memory_order_acquire);
     while (PteIsPresent(e) && PteIsTable(e)) {
-      t = PteTable(e);
+      PtTable* child = PteTable(e);
+      // Never cache a DYING table: its killer has invalidated (or is invalidating) its span.
+      if (tlb != nullptr && (child->state.load(std::memory_order_seq_cst) & PtTable::kDying) == 0) {
+        tlb->FillWalk(iova, level, child, child->life.load(std::memory_order_relaxed), gen);
+      }
+      t = child;
       --level;
       slot = &t->pte[LevelIndex(iova, level)];
       e = slot->load(std::memory_order_acquire);
@@ -476,72 +574,103 @@ absl::StatusOr<uint64_t> IoPageTable::Translate(uint64_t iova, bool write) {
       return absl::PermissionDeniedError(absl::StrCat("DMA fault: ", write ? "write to" : "read of",
                                                       " iova ", base::Hex(iova), " not permitted"));
     }
-    if (SetLeafFlags(*slot, e, want)) return PteLeafAddr(e) + (iova & (LevelSpan(level) - 1));
-  }
-}
-
-void IoPageTable::ForEachLeaf(uint64_t start, uint64_t end,
-                              absl::FunctionRef<bool(const Leaf&)> fn) const {
-  end = std::min(end, limit_);
-  if (start >= end) return;
-  base::rcu::ReadLock rl;
-  WalkLeaves(root_, top_, 0, start, end, fn);
-}
-
-bool IoPageTable::WalkLeaves(PtTable* t, unsigned level, uint64_t base, uint64_t start,
-                             uint64_t end, absl::FunctionRef<bool(const Leaf&)> fn) const {
-  const uint64_t span = LevelSpan(level);
-  const unsigned i0 = LevelIndex(start, level);
-  const unsigned i1 = LevelIndex(end - 1, level);
-  for (unsigned i = i0; i <= i1; ++i) {
-    const uint64_t e = t->pte[i].load(std::memory_order_acquire);
-    if (!PteIsPresent(e)) continue;
-    const uint64_t es = base + uint64_t{i} * span;
-    if (PteIsTable(e)) {
-      if (!WalkLeaves(PteTable(e), level - 1, es, std::max(start, es), std::min(end, es + span),
-                      fn)) {
-        return false;
-      }
-      continue;
+    if (SetLeafFlags(*slot, e, want)) {
+      *pte_out = e | want;
+      return PteLeafAddr(e) + (iova & (LevelSpan(level) - 1));
     }
-    if (!fn(Leaf{es, e, level})) return false;
   }
-  return true;
 }
 
-uint64_t IoPageTable::SweepDirty(uint64_t start, uint64_t end,
-                                 absl::FunctionRef<void(uint64_t, uint64_t)> fn) {
-  end = std::min(end, limit_);
-  if (start >= end) return 0;
-  base::rcu::ReadLock rl;
-  return SweepLevel(root_, top_, 0, start, end, fn);
-}
+namespace {
 
-uint64_t IoPageTable::SweepLevel(PtTable* t, unsigned level, uint64_t base, uint64_t start,
-                                 uint64_t end, absl::FunctionRef<void(uint64_t, uint64_t)> fn) {
+// Visits present leaves of [start, end) under t, in order, until visit returns false or the budget
+// of present entries runs out; then *next is the first IOVA not visited. Returns false when
+// stopped.
+template <typename Visit>
+bool WalkTable(PtTable* t, unsigned level, uint64_t base, uint64_t start, uint64_t end,
+               uint32_t* budget, uint64_t* next, bool* stopped, Visit& visit) {
   const uint64_t span = LevelSpan(level);
   const unsigned i0 = LevelIndex(start, level);
   const unsigned i1 = LevelIndex(end - 1, level);
-  uint64_t reported = 0;
   for (unsigned i = i0; i <= i1; ++i) {
     std::atomic<uint64_t>& slot = t->pte[i];
     const uint64_t e = slot.load(std::memory_order_acquire);
     if (!PteIsPresent(e)) continue;
     const uint64_t es = base + uint64_t{i} * span;
+    if (*budget == 0) {
+      *next = std::max(start, es);
+      return false;
+    }
+    --*budget;
     if (PteIsTable(e)) {
-      reported +=
-          SweepLevel(PteTable(e), level - 1, es, std::max(start, es), std::min(end, es + span), fn);
+      if (!WalkTable(PteTable(e), level - 1, es, std::max(start, es), std::min(end, es + span),
+                     budget, next, stopped, visit)) {
+        return false;
+      }
       continue;
     }
-    if ((e & kPteDirty) == 0) continue;
-    // Test-and-clear: a device write landing now either sets D before this (reported now) or
-    // after (reported next sweep); never lost, never twice. A table entry has bit D clear.
-    const uint64_t old = slot.fetch_and(~kPteDirty, std::memory_order_acq_rel);
-    if ((old & (kPteDirty | kPtePresent | kPteTable)) == (kPteDirty | kPtePresent)) {
-      fn(es, span);
-      ++reported;
+    if (!visit(slot, e, es, level)) {
+      *stopped = true;
+      return false;
     }
   }
+  return true;
+}
+
+}  // namespace
+
+bool IoPageTable::WalkInSections(
+    uint64_t start, uint64_t end,
+    absl::FunctionRef<bool(std::atomic<uint64_t>&, uint64_t, uint64_t, unsigned)> visit) const {
+  end = std::min(end, limit_);
+  uint64_t cursor = start;
+  while (cursor < end) {
+    base::rcu::ReadLock rl;
+    counters_->other.walk_sections.fetch_add(1, std::memory_order_relaxed);
+    uint32_t budget = kWalkBatch;
+    uint64_t next = end;
+    bool stopped = false;
+    if (WalkTable(root_, top_, 0, cursor, end, &budget, &next, &stopped, visit)) return true;
+    if (stopped) return false;
+    cursor = next;  // the section's budget ran out: drop the read lock, walk again from there
+  }
+  return true;
+}
+
+void IoPageTable::ForEachLeaf(uint64_t start, uint64_t end,
+                              absl::FunctionRef<bool(const Leaf&)> fn) const {
+  WalkInSections(start, end,
+                 [&](std::atomic<uint64_t>&, uint64_t e, uint64_t iova, unsigned level) {
+                   return fn(Leaf{iova, e, level});
+                 });
+}
+
+uint64_t IoPageTable::SweepDirty(uint64_t start, uint64_t end,
+                                 absl::FunctionRef<void(uint64_t, uint64_t)> fn) {
+  return ReadDirty(start, end, /*clear=*/true, fn);
+}
+
+uint64_t IoPageTable::ReadDirty(uint64_t start, uint64_t end, bool clear,
+                                absl::FunctionRef<void(uint64_t, uint64_t)> fn) {
+  uint64_t reported = 0;
+  WalkInSections(start, end,
+                 [&](std::atomic<uint64_t>& slot, uint64_t e, uint64_t iova, unsigned level) {
+                   if ((e & kPteDirty) == 0) return true;
+                   if (!clear) {
+                     fn(iova, LevelSpan(level));
+                     ++reported;
+                     return true;
+                   }
+                   // Test-and-clear: a device write landing now either sets D before this (reported
+                   // now) or after (reported next sweep); never lost, never twice. A table entry
+                   // has bit D clear.
+                   const uint64_t old = slot.fetch_and(~kPteDirty, std::memory_order_acq_rel);
+                   if ((old & (kPteDirty | kPtePresent | kPteTable)) == (kPteDirty | kPtePresent)) {
+                     fn(iova, LevelSpan(level));
+                     ++reported;
+                   }
+                   return true;
+                 });
   return reported;
 }
 
@@ -589,50 +718,58 @@ void IoPageTable::RcuReleaseBatch(base::rcu::Head* head) {
   list->owner->ReleaseBatch(list);
 }
 
+void IoPageTable::ReleaseOne(PtTable* t, std::vector<PtTable*>* to_delete) {
+  t->life.fetch_add(1, std::memory_order_release);
+  if (check_zero_) {
+    for (const auto& slot : t->pte) {
+      if (slot.load(std::memory_order_relaxed) != 0) {
+        counters_->tables.released_not_zero.fetch_add(1, std::memory_order_relaxed);
+        break;
+      }
+    }
+  }
+  to_delete->push_back(t);
+}
+
 void IoPageTable::ReleaseBatch(PtTable* t) {
   // Tables come back in bursts (one call_rcu batch per grace period, and liburcu's call_rcu thread
-  // waits ~10 ms between batches), so the cache may grow to the number of tables still in flight:
-  // that memory was already in use, and keeping it saves the next burst of maps a malloc, a page
-  // fault and a 4 KiB clear per table. Beyond that (the load has dropped) the cache trims itself.
+  // waits ~10 ms between batches), so the cache may grow to the number of tables still in flight
+  // (up to kCacheBurstMax): that memory was already in use, and keeping it saves the next burst of
+  // maps a malloc, a page fault and a 4 KiB clear per table. Beyond that the cache trims itself.
   const int64_t in_flight = counters_->tables.pending_free_pages.load(std::memory_order_relaxed);
-  const size_t cap =
-      std::max<size_t>(kCacheMax, in_flight > 0 ? static_cast<size_t>(in_flight) : 0);
-  int64_t n = 0;
-  PtTable* excess = nullptr;
+  const size_t cap = std::min<size_t>(
+      kCacheBurstMax,
+      std::max<size_t>(kCacheMax, in_flight > 0 ? static_cast<size_t>(in_flight) : 0));
+  std::vector<PtTable*> released;
+  for (; t != nullptr; t = t->next) ReleaseOne(t, &released);
+  const int64_t n = static_cast<int64_t>(released.size());
+  std::vector<PtTable*> excess;
   {
     base::MutexLock l(&cache_mu_);
-    while (t != nullptr && cache_.size() < cap) {
-      PtTable* next = t->next;
-      t->next = nullptr;
-      cache_.push_back(t);  // all entries are zero already: an unlinked table is empty
-      t = next;
-      ++n;
+    for (PtTable* r : released) {
+      r->next = nullptr;
+      if (quarantine_on_) {
+        quarantine_.push_back(r);
+      } else if (cache_.size() < cap) {
+        cache_.push_back(r);  // all entries are zero already: an unlinked table is empty
+      } else {
+        excess.push_back(r);
+      }
     }
     while (cache_.size() > cap) {
-      PtTable* c = cache_.back();
+      excess.push_back(cache_.back());
       cache_.pop_back();
-      c->next = excess;
-      excess = c;
     }
     cache_low_ = std::min(cache_low_, cache_.size());
     cache_size_.store(cache_.size(), std::memory_order_relaxed);
   }
-  while (t != nullptr) {
-    PtTable* next = t->next;
-    delete t;
-    t = next;
-    ++n;
-  }
-  while (excess != nullptr) {
-    PtTable* next = excess->next;
-    delete excess;
-    excess = next;
-  }
+  for (PtTable* x : excess) delete x;
   counters_->tables.tables_released.fetch_add(n, std::memory_order_relaxed);
+  counters_->tables.iommu_pages.fetch_sub(n, std::memory_order_relaxed);
   counters_->tables.pending_free_pages.fetch_sub(n, std::memory_order_relaxed);
 }
 
-void IoPageTable::TrimCache(size_t keep) {
+size_t IoPageTable::TrimCache(size_t keep) {
   std::vector<PtTable*> excess;
   {
     base::MutexLock l(&cache_mu_);
@@ -644,6 +781,8 @@ void IoPageTable::TrimCache(size_t keep) {
     cache_size_.store(cache_.size(), std::memory_order_relaxed);
   }
   for (PtTable* t : excess) delete t;
+  counters_->tables.table_cache_trimmed.fetch_add(excess.size(), std::memory_order_relaxed);
+  return excess.size();
 }
 
 size_t IoPageTable::TrimIdle() {
@@ -667,6 +806,7 @@ size_t IoPageTable::TrimIdle() {
     delete excess;
     excess = next;
   }
+  counters_->tables.table_cache_trimmed.fetch_add(n, std::memory_order_relaxed);
   return n;
 }
 

@@ -45,8 +45,23 @@
 // waits for a grace period itself (synchronize_rcu) and releases the batch: back-pressure that
 // bounds the memory held by tables waiting to be freed. It never does so while it holds the RCU
 // read lock. Released tables are all zero and are kept for reuse instead of freeing: up to
-// kCacheMax, or as many as are still in flight while a burst of frees is coming back (see
-// ReleaseBatch); Quiesce trims, and TrimIdle gives back what a whole interval did not need.
+// kCacheMax, or as many as are still in flight while a burst of frees is coming back, never more
+// than kCacheBurstMax (see ReleaseBatch); TrimCache (called by Quiesce, by the lazy flush timer and
+// by IommuDomain::TrimTables) gives the excess back, and TrimIdle gives back what a whole interval
+// did not need. Accounting follows the kernel: a table counts in iommu_pages from its allocation
+// until it is really released (NR_IOMMU_PAGES drops in iommu_put_pages_list, not at unlink); the
+// zeroed cache is counted apart (cached_table_pages).
+//
+// Walk caches: Translate may start from a walk-cache hit (dma/internal/iotlb.h) and fills the cache
+// with every table entry it reads. Safe because an unmap that unlinks tables invalidates the walk
+// caches over the tables' whole span before ReleaseGather (IommuDomain does it), and the walk runs
+// under the RCU read lock. With quarantine_for_test the released tables are kept (never reused or
+// freed) so that a walk through a stale entry, the bug of a missing invalidation, reads valid
+// memory and is counted as a violation instead of crashing.
+//
+// Lockless walks (ForEachLeaf, ReadDirty) hold the RCU read lock for at most kWalkBatch entries at
+// a time, then drop it and walk again from the root at the next IOVA, so a walk over a large range
+// never holds back grace periods for long.
 //
 // Thread safety: everything but the destructor may be called concurrently. The caller guarantees
 // that Map/Unmap ranges in flight at the same time do not overlap.
@@ -72,6 +87,10 @@ class IommuDomain;
 }  // namespace pagepool::dma
 
 namespace pagepool::dma::internal {
+class Iotlb;
+}  // namespace pagepool::dma::internal
+
+namespace pagepool::dma::internal {
 
 class IoPageTable {
  public:
@@ -79,6 +98,21 @@ class IoPageTable {
   static constexpr size_t kCacheMax = 256;   // zeroed tables kept for reuse (1 MiB)
   // Unlinked tables in flight (16 MiB) above which an unmap waits for a grace period itself.
   static constexpr int64_t kPendingHighWater = 4096;
+  // The cache of zeroed tables may grow to the tables in flight during a burst, up to this (4 MiB).
+  static constexpr size_t kCacheBurstMax = 1024;
+  // Present entries a lockless walk visits per RCU read-side section.
+  static constexpr uint32_t kWalkBatch = 1024;
+
+  // Tests only: deterministic hooks in the death protocol (Drop). after_count_drop runs when an
+  // unmap has dropped a table's count to 0, before its CAS 0 -> DYING; after_death_cas after the
+  // CAS won, before the parent entry is cleared. Each gets the table. Set before use, not
+  // concurrently. Outside tests hooks_ is null: the only cost is one load and a not-taken branch at
+  // each of the two points, which only an unmap that empties a table reaches (never a map, a
+  // translate, or an unmap that leaves its tables in use); the calls are in a cold function.
+  struct TestHooks {
+    std::function<void(PtTable*)> after_count_drop;
+    std::function<void(PtTable*)> after_death_cas;
+  };
 
   // levels: 3, 4 or 5. The root is allocated here (and counted).
   IoPageTable(unsigned levels, bool free_empty_tables, DomainCounters* counters);
@@ -91,16 +125,26 @@ class IoPageTable {
   // are the R/W PTE bits. On failure nothing stays mapped. Tables unlinked on the way (a block over
   // an empty table, rollback) are added to `gather`, which the caller must invalidate and release.
   // REQUIRES: arguments validated by the caller (aligned, within the address width, size > 0).
+  // Leaves are no larger than level max_leaf (0: 4 KiB only, 1: up to 2 MiB, 2: up to 1 GiB).
   absl::Status Map(uint64_t iova, uint64_t phys, uint64_t size, uint64_t leaf_bits,
-                   IotlbGather* gather);
+                   IotlbGather* gather, unsigned max_leaf = 2);
 
   // Unmaps every leaf in [iova, iova + size); returns the number of 4 KiB pages unmapped (0 if
   // none). INVALID_ARGUMENT (nothing changed) if the range cuts a block leaf. Unlinked tables go to
-  // `gather`.
-  absl::StatusOr<uint64_t> Unmap(uint64_t iova, uint64_t size, IotlbGather* gather);
+  // `gather`. With `dirty`, each leaf is cleared atomically (exchange) and dirty(iova, size) is
+  // called for each one whose D bit was set (iommu_unmap_read_dirty): no dirty bit is lost at
+  // unmap.
+  absl::StatusOr<uint64_t> Unmap(
+      uint64_t iova, uint64_t size, IotlbGather* gather,
+      const absl::FunctionRef<void(uint64_t, uint64_t)>* dirty = nullptr);
 
   // Lockless walks. Context: any thread.
   absl::StatusOr<uint64_t> Translate(uint64_t iova, bool write);
+  // Translate as the device does it: starts from a walk-cache hit in `tlb` if any (counting a walk
+  // through a released table in walk_stale), fills `tlb`'s walk caches, sets A (and D for a write
+  // when track_dirty). *pte_out gets the leaf entry as written. tlb may be nullptr.
+  absl::StatusOr<uint64_t> Translate(uint64_t iova, bool write, Iotlb* tlb, bool track_dirty,
+                                     uint64_t* pte_out);
   struct Leaf {
     uint64_t iova;
     uint64_t pte;
@@ -110,6 +154,9 @@ class IoPageTable {
   void ForEachLeaf(uint64_t start, uint64_t end, absl::FunctionRef<bool(const Leaf&)> fn) const;
   // Test-and-clears D on each present leaf in [start, end); fn(iova, size) per dirty leaf.
   uint64_t SweepDirty(uint64_t start, uint64_t end, absl::FunctionRef<void(uint64_t, uint64_t)> fn);
+  // SweepDirty, or with clear == false only reads D (IOMMU_DIRTY_NO_CLEAR).
+  uint64_t ReadDirty(uint64_t start, uint64_t end, bool clear,
+                     absl::FunctionRef<void(uint64_t, uint64_t)> fn);
 
   // Hands invalidated tables to RCU (batched). Context: any thread; the IOTLB is already flushed.
   void ReleaseGather(IotlbGather* gather);
@@ -129,12 +176,29 @@ class IoPageTable {
   // Tests only: runs `hook` in Map after a new table is allocated and before it is installed
   // (to force the install race of live-free case 1 deterministically). Not thread-safe to set.
   void set_install_hook_for_test(std::function<void()> hook) { install_hook_ = std::move(hook); }
+  // Called with [start, end), the span of a table about to be unlinked, after the table is marked
+  // DYING and before the entry pointing to it is cleared: the domain invalidates the walk caches
+  // there, so that no paging-structure-cache entry can point to the old table once a new one may be
+  // linked in its place (Translate never caches a DYING table). Set before use.
+  void set_on_table_dying(std::function<void(uint64_t, uint64_t)> fn) { on_dying_ = std::move(fn); }
+  // Tests only: see TestHooks. `hooks` must outlive its use; nullptr removes them.
+  void set_hooks_for_test(TestHooks* hooks) { hooks_ = hooks; }
+  // Tests only: released tables are kept aside (not reused, freed by the destructor). Set before
+  // use.
+  void set_quarantine_for_test(bool on) { quarantine_on_ = on; }
+  // Debug check: every released table is verified all zero (violations in released_not_zero).
+  void set_check_released_zero(bool on) { check_zero_ = on; }
+
+  // Frees zeroed cached tables beyond `keep`; returns how many were freed. Context: any thread.
+  size_t TrimCache(size_t keep);
+  size_t cache_size() const { return cache_size_.load(std::memory_order_relaxed); }
 
   // False if the root table could not be allocated (the object is then unusable).
   bool ok() const { return root_ != nullptr; }
 
  private:
   struct Path {
+    uint64_t iova;  // an address under the deepest table of the path (for the span of a freed one)
     PtTable* table[kMaxLevels + 1];
     unsigned index[kMaxLevels + 1];  // index[l]: entry of table[l] leading to table[l - 1]
   };
@@ -142,7 +206,7 @@ class IoPageTable {
   PtTable* AllocTable();
   void FreeUnpublished(PtTable* t);
   void OnLinked();
-  void OnUnlinked(PtTable* t, IotlbGather* gather);
+  void OnUnlinked(PtTable* t, unsigned level, uint64_t addr, IotlbGather* gather);
   static bool Reserve(PtTable* t, uint32_t n);
   // Drops n from t's count; at 0 (and free_empty_tables) tries to kill and unlink it, cascading.
   void Drop(PtTable* t, uint32_t n, unsigned level, Path* path, IotlbGather* gather);
@@ -182,29 +246,42 @@ class IoPageTable {
   // leaf only partly inside the range.
   uint64_t UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint64_t start, uint64_t end,
                       Path* path, IotlbGather* gather, bool* cut);
+  // Clears one present leaf entry e at `slot`; with dirty_fn_ set, atomically and reporting D.
+  void ClearLeaf(std::atomic<uint64_t>& slot, uint64_t e, uint64_t iova, uint64_t span);
   bool SubtreeHasLeaves(PtTable* t, unsigned level) const;
   // Clears every entry under t (already unlinked by the caller), gathers t and its sub-tables.
   // Returns the 4 KiB pages of the leaves it cleared.
-  uint64_t ClearSubtree(PtTable* t, unsigned level, IotlbGather* gather);
+  uint64_t ClearSubtree(PtTable* t, unsigned level, uint64_t base, IotlbGather* gather);
   // The leaf covering iova (pte 0 if none).
   Leaf LookupLeaf(uint64_t iova) const;
-  bool WalkLeaves(PtTable* t, unsigned level, uint64_t base, uint64_t start, uint64_t end,
-                  absl::FunctionRef<bool(const Leaf&)> fn) const;
-  uint64_t SweepLevel(PtTable* t, unsigned level, uint64_t base, uint64_t start, uint64_t end,
-                      absl::FunctionRef<void(uint64_t, uint64_t)> fn);
+  // Visits present leaves of [start, end) in sections of kWalkBatch entries, each under its own RCU
+  // read lock; visit(slot, pte, iova, level) returns false to stop. Returns false if stopped.
+  bool WalkInSections(
+      uint64_t start, uint64_t end,
+      absl::FunctionRef<bool(std::atomic<uint64_t>&, uint64_t, uint64_t, unsigned)> visit) const;
+  void ReleaseOne(PtTable* t, std::vector<PtTable*>* to_delete);
 
   static void RcuReleaseBatch(base::rcu::Head* head);
   void ReleaseBatch(PtTable* list);
   void SubmitPending();
-  void TrimCache(size_t keep);  // down to `keep` tables
   void DeleteSubtree(PtTable* t, unsigned level);
+  [[gnu::cold, gnu::noinline]] void RunTestHook(std::function<void(PtTable*)> TestHooks::*hook,
+                                                PtTable* t);
 
   const unsigned top_;    // level of the root
   const uint64_t limit_;  // 1 << address width
   const bool free_empty_tables_;
+  TestHooks* hooks_ = nullptr;  // tests only; read next to free_empty_tables_ on the death path
   DomainCounters* const counters_;
   PtTable* root_;
   std::function<void()> install_hook_;
+  std::function<void(uint64_t, uint64_t)> on_dying_;
+  // Marks t and every table under it DYING and reports its span to on_dying_ (before unlinking).
+  void KillSubtree(PtTable* t, unsigned level, uint64_t base);
+  bool quarantine_on_ = false;
+  bool check_zero_ = false;
+  // Set for the duration of an Unmap with a dirty callback (iommu_unmap_read_dirty).
+  static thread_local const absl::FunctionRef<void(uint64_t, uint64_t)>* dirty_fn_;
 
   // Gathers handed over and waiting for the next call_rcu (Treiber stack, head carries list_len).
   alignas(64) std::atomic<PtTable*> rcu_pending_{nullptr};
@@ -214,6 +291,7 @@ class IoPageTable {
   // The fewest tables cache_ held since the last TrimIdle.
   size_t cache_low_ ABSL_GUARDED_BY(cache_mu_) = 0;
   std::atomic<size_t> cache_size_{0};  // hint only, read without the lock
+  std::vector<PtTable*> quarantine_ ABSL_GUARDED_BY(cache_mu_);
 };
 
 // Gives tests the page table behind an IommuDomain (nullptr in passthrough).

@@ -1,38 +1,55 @@
 #include "dma/internal/iotlb.h"
 
+#include <algorithm>
+
 #include "base/cpu_relax.h"
 #include "dma/internal/pt_table.h"
 
 namespace pagepool::dma::internal {
+namespace {
 
-bool Iotlb::Lookup(uint64_t iova, uint64_t* phys) const {
-  const uint64_t pfn = iova >> 12;
-  const Entry& e = entries_[IndexOf(pfn)];
-  const uint32_t s1 = e.seq.load(std::memory_order_acquire);
+constexpr uint32_t kLeafRead = 1u << 0;
+constexpr uint32_t kLeafWrite = 1u << 1;
+constexpr uint32_t kLeafDirty = 1u << 2;
+constexpr uint32_t kLeafNotPresent = 1u << 3;
+
+uint64_t Tag(uint64_t key) { return (key << 1) | 1; }
+
+// Reads a seqlocked entry; false if it is being written or does not hold `tag`.
+bool ReadEntry(const std::atomic<uint32_t>& seq, const std::atomic<uint64_t>& tag_slot,
+               const std::atomic<uint64_t>& val_slot, const std::atomic<uint32_t>& aux_slot,
+               uint64_t tag, uint64_t* val, uint32_t* aux) {
+  const uint32_t s1 = seq.load(std::memory_order_acquire);
   if ((s1 & 1) != 0) return false;
-  const uint64_t tag = e.tag.load(std::memory_order_relaxed);
-  const uint64_t pa = e.phys.load(std::memory_order_relaxed);
+  const uint64_t t = tag_slot.load(std::memory_order_relaxed);
+  *val = val_slot.load(std::memory_order_relaxed);
+  *aux = aux_slot.load(std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_acquire);
-  if (e.seq.load(std::memory_order_relaxed) != s1 || tag != ((pfn << 1) | 1)) return false;
-  *phys = pa + (iova & 0xfff);
-  hits_.fetch_add(1, std::memory_order_relaxed);
-  return true;
+  return seq.load(std::memory_order_relaxed) == s1 && t == tag;
 }
 
-void Iotlb::Fill(uint64_t iova, uint64_t phys, uint64_t generation) {
-  const uint64_t pfn = iova >> 12;
-  Entry& e = entries_[IndexOf(pfn)];
+}  // namespace
+
+bool Iotlb::WriteEntry(Entry& e, uint64_t tag, uint64_t val, uint32_t aux, unsigned region,
+                       uint64_t generation) {
   uint32_t s = e.seq.load(std::memory_order_relaxed);
   if ((s & 1) != 0 || !e.seq.compare_exchange_strong(s, s + 1, std::memory_order_acq_rel,
                                                      std::memory_order_relaxed)) {
-    return;  // someone else is writing this entry: skip the fill
+    return false;  // someone else is writing this entry: skip the fill
   }
   std::atomic_thread_fence(std::memory_order_release);
-  if (generation_.load(std::memory_order_acquire) == generation) {
-    e.tag.store((pfn << 1) | 1, std::memory_order_relaxed);
-    e.phys.store(phys & ~uint64_t{0xfff}, std::memory_order_relaxed);
+  // The caller has set the valid bit already (seq_cst); an invalidation bumps the generation
+  // (seq_cst) before reading the bits: either it sees our bit, or we see its generation.
+  const bool ok = gen_[region].v.load(std::memory_order_seq_cst) +
+                      global_gen_.v.load(std::memory_order_seq_cst) ==
+                  generation;
+  if (ok) {
+    e.tag.store(tag, std::memory_order_relaxed);
+    e.val.store(val, std::memory_order_relaxed);
+    e.aux.store(aux, std::memory_order_relaxed);
   }
   e.seq.store(s + 2, std::memory_order_release);
+  return ok;
 }
 
 template <typename Match>
@@ -48,29 +65,183 @@ void Iotlb::ClearEntry(Entry& e, Match match) {
       continue;
     }
     std::atomic_thread_fence(std::memory_order_release);
-    if (match(e.tag.load(std::memory_order_relaxed))) e.tag.store(0, std::memory_order_relaxed);
+    const uint64_t tag = e.tag.load(std::memory_order_relaxed);
+    if ((tag & 1) != 0 && match(tag >> 1)) e.tag.store(0, std::memory_order_relaxed);
     e.seq.store(s + 2, std::memory_order_release);
     return;
   }
 }
 
-void Iotlb::InvalidateRange(uint64_t iova, uint64_t size) {
-  generation_.fetch_add(1, std::memory_order_acq_rel);
-  const uint64_t first = iova >> 12;
-  const uint64_t pages = size >> 12;
-  auto in_range = [&](uint64_t tag) {
-    return (tag & 1) != 0 && (tag >> 1) >= first && (tag >> 1) - first < pages;
-  };
-  if (pages >= kEntries) {
-    for (Entry& e : entries_) ClearEntry(e, in_range);
+// ---- IOTLB -------------------------------------------------------------------------------------
+
+bool Iotlb::Lookup(uint64_t iova, bool write, LeafHit* hit) const {
+  const uint64_t pfn = iova >> 12;
+  const Entry& e = entries_[pfn % kEntries];
+  uint64_t pa;
+  uint32_t flags;
+  if (!ReadEntry(e.seq, e.tag, e.val, e.aux, Tag(pfn), &pa, &flags)) return false;
+  hit->not_present = (flags & kLeafNotPresent) != 0;
+  const uint32_t need = write ? (kLeafWrite | kLeafDirty) : kLeafRead;
+  if (!hit->not_present && (flags & need) != need) return false;
+  hit->phys = pa + (iova & 0xfff);
+  hit->dirty_known = (flags & kLeafDirty) != 0;
+  hits_.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+void Iotlb::Fill(uint64_t iova, uint64_t phys, bool readable, bool writable, bool dirty,
+                 uint64_t generation) {
+  const uint64_t pfn = iova >> 12;
+  const unsigned i = pfn % kEntries;
+  leaf_valid_.w[i / 64].fetch_or(uint64_t{1} << (i % 64), std::memory_order_seq_cst);
+  const uint32_t flags =
+      (readable ? kLeafRead : 0) | (writable ? kLeafWrite : 0) | (dirty ? kLeafDirty : 0);
+  WriteEntry(entries_[i], Tag(pfn), phys & ~uint64_t{0xfff}, flags, RegionOf(iova), generation);
+}
+
+void Iotlb::FillNotPresent(uint64_t iova, uint64_t generation) {
+  const uint64_t pfn = iova >> 12;
+  const unsigned i = pfn % kEntries;
+  leaf_valid_.w[i / 64].fetch_or(uint64_t{1} << (i % 64), std::memory_order_seq_cst);
+  WriteEntry(entries_[i], Tag(pfn), 0, kLeafNotPresent, RegionOf(iova), generation);
+}
+
+// ---- walk caches -------------------------------------------------------------------------------
+
+bool Iotlb::LookupWalk(uint64_t iova, unsigned top, WalkHit* hit) const {
+  for (unsigned level = 1; level <= top && level < kWalkLevels; ++level) {
+    if (walk_valid_[level].load(std::memory_order_relaxed) == 0) continue;
+    const uint64_t key = iova >> LevelShift(level);
+    const Entry& e = walk_[level][key % kWalkEntries];
+    uint64_t table;
+    uint32_t life;
+    if (!ReadEntry(e.seq, e.tag, e.val, e.aux, Tag(key), &table, &life)) continue;
+    hit->table = reinterpret_cast<PtTable*>(table);
+    hit->level = level - 1;
+    hit->life = life;
+    walk_hits_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
+void Iotlb::FillWalk(uint64_t iova, unsigned level, PtTable* table, uint32_t life,
+                     uint64_t generation) {
+  if (level == 0 || level >= kWalkLevels) return;
+  const uint64_t key = iova >> LevelShift(level);
+  const unsigned i = key % kWalkEntries;
+  walk_valid_[level].fetch_or(uint64_t{1} << i, std::memory_order_seq_cst);
+  WriteEntry(walk_[level][i], Tag(key), reinterpret_cast<uint64_t>(table), life, RegionOf(iova),
+             generation);
+}
+
+void Iotlb::ForEachWalkEntry(absl::FunctionRef<void(const WalkEntry&)> fn) const {
+  for (unsigned level = 1; level < kWalkLevels; ++level) {
+    uint64_t valid = walk_valid_[level].load(std::memory_order_acquire);
+    while (valid != 0) {
+      const unsigned i = static_cast<unsigned>(__builtin_ctzll(valid));
+      valid &= valid - 1;
+      const Entry& e = walk_[level][i];
+      const uint32_t s1 = e.seq.load(std::memory_order_acquire);
+      const uint64_t tag = e.tag.load(std::memory_order_relaxed);
+      const uint64_t table = e.val.load(std::memory_order_relaxed);
+      const uint32_t life = e.aux.load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if ((s1 & 1) != 0 || e.seq.load(std::memory_order_relaxed) != s1 || (tag & 1) == 0) {
+        continue;
+      }
+      fn(WalkEntry{level, (tag >> 1) << LevelShift(level), LevelSpan(level),
+                   reinterpret_cast<const PtTable*>(table), life});
+    }
+  }
+}
+
+// ---- invalidation ------------------------------------------------------------------------------
+
+void Iotlb::BumpGenerations(uint64_t start, uint64_t end) {
+  const uint64_t first = start >> 21;
+  const uint64_t last = (end - 1) >> 21;
+  if (last - first + 1 >= kRegions / 8) {
+    global_gen_.v.fetch_add(1, std::memory_order_seq_cst);
     return;
   }
-  for (uint64_t p = first; p < first + pages; ++p) ClearEntry(entries_[IndexOf(p)], in_range);
+  for (uint64_t r = first; r <= last; ++r) {
+    gen_[r % kRegions].v.fetch_add(1, std::memory_order_seq_cst);
+  }
+}
+
+void Iotlb::InvalidateLeaves(uint64_t start, uint64_t end) {
+  const uint64_t first = start >> 12;
+  const uint64_t pages = (end - start) >> 12;
+  auto in_range = [&](uint64_t pfn) { return pfn >= first && pfn - first < pages; };
+  if (pages >= kEntries) {
+    for (unsigned w = 0; w < kEntries / 64; ++w) {
+      uint64_t bits = leaf_valid_.w[w].load(std::memory_order_seq_cst);
+      while (bits != 0) {
+        const unsigned b = static_cast<unsigned>(__builtin_ctzll(bits));
+        bits &= bits - 1;
+        ClearEntry(entries_[w * 64 + b], in_range);
+      }
+    }
+    return;
+  }
+  for (uint64_t p = first; p < first + pages; ++p) {
+    const unsigned i = p % kEntries;
+    if ((leaf_valid_.w[i / 64].load(std::memory_order_seq_cst) & (uint64_t{1} << (i % 64))) == 0) {
+      continue;
+    }
+    ClearEntry(entries_[i], in_range);
+  }
+}
+
+void Iotlb::InvalidateWalks(uint64_t start, uint64_t end) {
+  for (unsigned level = 1; level < kWalkLevels; ++level) {
+    uint64_t valid = walk_valid_[level].load(std::memory_order_seq_cst);
+    if (valid == 0) continue;
+    const unsigned shift = LevelShift(level);
+    const uint64_t kfirst = start >> shift;
+    const uint64_t klast = (end - 1) >> shift;
+    auto overlaps = [&](uint64_t key) { return key >= kfirst && key <= klast; };
+    while (valid != 0) {
+      const unsigned i = static_cast<unsigned>(__builtin_ctzll(valid));
+      valid &= valid - 1;
+      ClearEntry(walk_[level][i], overlaps);
+    }
+  }
+}
+
+void Iotlb::InvalidateRange(uint64_t start, uint64_t end, bool leaf_only) {
+  if (end <= start) return;
+  BumpGenerations(start, end);
+  InvalidateLeaves(start, end);
+  if (!leaf_only) InvalidateWalks(start, end);
+}
+
+void Iotlb::InvalidateWalkRange(uint64_t start, uint64_t end) {
+  if (end <= start) return;
+  BumpGenerations(start, end);
+  InvalidateWalks(start, end);
 }
 
 void Iotlb::InvalidateAll() {
-  generation_.fetch_add(1, std::memory_order_acq_rel);
-  for (Entry& e : entries_) ClearEntry(e, [](uint64_t) { return true; });
+  global_gen_.v.fetch_add(1, std::memory_order_seq_cst);
+  auto all = [](uint64_t) { return true; };
+  for (unsigned w = 0; w < kEntries / 64; ++w) {
+    uint64_t bits = leaf_valid_.w[w].load(std::memory_order_seq_cst);
+    while (bits != 0) {
+      const unsigned b = static_cast<unsigned>(__builtin_ctzll(bits));
+      bits &= bits - 1;
+      ClearEntry(entries_[w * 64 + b], all);
+    }
+  }
+  for (unsigned level = 1; level < kWalkLevels; ++level) {
+    uint64_t valid = walk_valid_[level].load(std::memory_order_seq_cst);
+    while (valid != 0) {
+      const unsigned i = static_cast<unsigned>(__builtin_ctzll(valid));
+      valid &= valid - 1;
+      ClearEntry(walk_[level][i], all);
+    }
+  }
 }
 
 }  // namespace pagepool::dma::internal

@@ -1,17 +1,35 @@
 // File: dma/internal/iotlb.h
 //
-// An optional model of the IOTLB (DomainConfig::model_iotlb): a small direct-mapped cache of 4 KiB
-// read translations that Translate consults before walking the page table. It makes the cost of
-// lazy invalidation visible: after an unmap in lazy mode, a device read of the old IOVA can still
-// hit the cached translation (a stale DMA) until the flush queue's invalidation; strict mode
-// invalidates the range before Unmap returns.
+// The device's translation caches (DomainConfig::model_iotlb): an IOTLB of 4 KiB leaf translations
+// and per-level paging-structure ("walk") caches of table entries, both filled by Translate, and
+// the invalidation commands that empty them.
 //
-// Only reads are cached; writes always walk (so the dirty bit is set exactly as without the model).
+// IOTLB: direct-mapped, kEntries entries, keyed by page frame. An entry remembers the leaf's
+// permissions and whether the leaf's dirty bit was already set when it was filled: a write that
+// hits an entry with dirty_known does not walk (as hardware does not set D again), so clearing D in
+// the page table without invalidating the IOTLB loses the next write's dirty bit (see
+// IommuDomain::ReadAndClearDirty), and after a lazy unmap a writable translation stays usable until
+// the flush queue's invalidation.
 //
-// Each entry is a seqlock (seq odd while being written). Invalidation bumps a generation first and
-// then clears entries, waiting for any fill in progress on them; a fill records the generation
-// before its page walk and gives up if it changed, so a walk that raced with an unmap can never
-// install a translation that outlives the invalidation.
+// Walk caches: for each level L >= 1, kWalkEntries entries keyed by iova >> LevelShift(L); an entry
+// holds the table pointer read from a level-L table entry (so a hit lets the walk start in the
+// level L - 1 table) and that table's `life` stamp at fill time. A walk through an entry whose
+// table has been released since (its `life` changed) is a walk of freed memory: the model counts it
+// as a violation (DomainStats::walk_cache_stale_walks) instead of crashing; see io_pgtable.h for
+// how the tables are kept readable for that check.
+//
+// Invalidation (counted by the caller, see IommuDomain):
+//   * InvalidateRange(start, end, leaf_only): drops the IOTLB entries of pages in [start, end);
+//   unless
+//     leaf_only (VT-d IH=1, ARM's leaf TLBI), also every walk-cache entry whose span intersects it.
+//   * InvalidateAll(): everything (a domain-selective invalidation).
+//
+// Races between fills and invalidations: each entry is a seqlock (seq odd while written). Fills
+// read a fill generation of the IOVA's region (kRegions counters, by 2 MiB region, hashed) before
+// their page walk and give up if it changed by the time they write the entry; an invalidation bumps
+// the generation of every region it covers before clearing entries, waiting for a fill in progress.
+// So a walk that raced with an unmap can never install an entry that outlives the invalidation. A
+// bitmap of valid entries lets an invalidation skip empty slots without touching them.
 //
 // Thread safety: every method may be called concurrently from any thread.
 #ifndef PAGEPOOL_DMA_INTERNAL_IOTLB_H_
@@ -20,43 +38,112 @@
 #include <atomic>
 #include <cstdint>
 
+#include "absl/functional/function_ref.h"
+
 namespace pagepool::dma::internal {
+
+struct PtTable;
 
 class Iotlb {
  public:
   static constexpr unsigned kEntries = 512;
+  static constexpr unsigned kWalkEntries = 64;  // per level
+  static constexpr unsigned kWalkLevels = 5;    // levels 1..4 used (index by level)
+  static constexpr unsigned kRegions = 64;
+
+  // A leaf translation.
+  struct LeafHit {
+    uint64_t phys;     // the translated address
+    bool dirty_known;  // the leaf's D bit was set when the entry was filled
+    bool not_present;  // a cached fault (caching mode): the device faults without walking
+  };
+  // A walk-cache hit: continue the walk in `table`, a table at `level` (holding level-`level`
+  // entries), whose life stamp was `life` at fill time.
+  struct WalkHit {
+    PtTable* table;
+    unsigned level;
+    uint32_t life;
+  };
+  // One valid walk-cache entry, for dumps.
+  struct WalkEntry {
+    unsigned level;  // the level of the table entry cached (the table pointed to is level - 1)
+    uint64_t iova;   // first IOVA of the entry's span
+    uint64_t span;   // LevelSpan(level)
+    const PtTable* table;
+    uint32_t life;
+  };
 
   Iotlb() = default;
   Iotlb(const Iotlb&) = delete;
   Iotlb& operator=(const Iotlb&) = delete;
 
-  // On a hit stores the translation of iova in *phys.
-  bool Lookup(uint64_t iova, uint64_t* phys) const;
-  // The generation to hand to Fill; read it before the page walk.
-  uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
-  // Caches iova's page -> phys's page unless an invalidation happened since `generation`.
-  void Fill(uint64_t iova, uint64_t phys, uint64_t generation);
-  // Drops every cached page of [iova, iova + size).
-  void InvalidateRange(uint64_t iova, uint64_t size);
-  // Drops everything (a domain-wide invalidation).
+  // The fill generation for iova; read it before the page walk whose result is filled.
+  uint64_t generation(uint64_t iova) const {
+    return gen_[RegionOf(iova)].v.load(std::memory_order_acquire) +
+           global_gen_.v.load(std::memory_order_acquire);
+  }
+
+  // IOTLB lookup: a hit needs read permission (a read) or write permission and dirty_known (a
+  // write; without dirty_known the device walks to set D).
+  bool Lookup(uint64_t iova, bool write, LeafHit* hit) const;
+  // Caches iova's page unless an invalidation of its region happened since `generation`.
+  void Fill(uint64_t iova, uint64_t phys, bool readable, bool writable, bool dirty,
+            uint64_t generation);
+
+  // Caches "iova is not mapped" (VT-d caching mode may cache not-present entries).
+  void FillNotPresent(uint64_t iova, uint64_t generation);
+
+  // The lowest-level walk-cache hit for iova among levels 1..top (false if none).
+  bool LookupWalk(uint64_t iova, unsigned top, WalkHit* hit) const;
+  // Caches the level-`level` entry covering iova, which points to `table` (stamp `life`).
+  void FillWalk(uint64_t iova, unsigned level, PtTable* table, uint32_t life, uint64_t generation);
+
+  void InvalidateRange(uint64_t start, uint64_t end, bool leaf_only);
+  // Only the walk-cache entries intersecting [start, end) (a table about to be unlinked; the leaf
+  // translations under it are the unmap's own invalidation's business, lazily in lazy mode).
+  void InvalidateWalkRange(uint64_t start, uint64_t end);
   void InvalidateAll();
 
+  // Calls fn for every valid walk-cache entry (a snapshot; entries may change meanwhile).
+  void ForEachWalkEntry(absl::FunctionRef<void(const WalkEntry&)> fn) const;
+
   uint64_t hits() const { return hits_.load(std::memory_order_relaxed); }
+  uint64_t walk_hits() const { return walk_hits_.load(std::memory_order_relaxed); }
 
  private:
   struct Entry {
     std::atomic<uint32_t> seq{0};
-    std::atomic<uint64_t> tag{0};   // (page frame << 1) | 1 when valid
-    std::atomic<uint64_t> phys{0};  // physical page address
+    std::atomic<uint32_t> aux{0};  // leaf: flag bits; walk: the table's life stamp
+    std::atomic<uint64_t> tag{0};  // (key << 1) | 1 when valid
+    std::atomic<uint64_t> val{0};  // leaf: physical page; walk: the table pointer
   };
-  static unsigned IndexOf(uint64_t pfn) { return static_cast<unsigned>(pfn % kEntries); }
-  // Waits for the entry to be free, takes it, clears it if `match` says so, releases it.
+  struct alignas(64) Gen {
+    std::atomic<uint64_t> v{0};
+  };
+  struct Bitmap {
+    std::atomic<uint64_t> w[kEntries / 64];
+  };
+  static unsigned RegionOf(uint64_t iova) { return static_cast<unsigned>(iova >> 21) % kRegions; }
+  void BumpGenerations(uint64_t start, uint64_t end);
+  // Writes an entry (seqlock) if the region's generation is still `generation`.
+  // The generation is a region's counter plus the global one (bumped alone by invalidations too
+  // large to bump region by region); both only grow, so the sum changes when either does.
+  bool WriteEntry(Entry& e, uint64_t tag, uint64_t val, uint32_t aux, unsigned region,
+                  uint64_t generation);
+  // Clears e if `match(tag)`, waiting for a writer in progress.
   template <typename Match>
-  void ClearEntry(Entry& e, Match match);
+  static void ClearEntry(Entry& e, Match match);
+  void InvalidateLeaves(uint64_t start, uint64_t end);
+  void InvalidateWalks(uint64_t start, uint64_t end);
 
   Entry entries_[kEntries];
-  alignas(64) std::atomic<uint64_t> generation_{0};
+  Entry walk_[kWalkLevels][kWalkEntries];
+  Bitmap leaf_valid_{};
+  std::atomic<uint64_t> walk_valid_[kWalkLevels]{};
+  Gen gen_[kRegions];
+  Gen global_gen_;
   mutable std::atomic<uint64_t> hits_{0};
+  mutable std::atomic<uint64_t> walk_hits_{0};
 };
 
 }  // namespace pagepool::dma::internal

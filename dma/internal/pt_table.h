@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "base/rcu.h"
+#include "dma/internal/table_list.h"
 
 namespace pagepool::dma::internal {
 
@@ -55,7 +56,10 @@ struct alignas(64) PtTable {
   std::atomic<uint64_t> pte[kPtEntries];
 
   std::atomic<uint32_t> state;
-  uint32_t list_len;    // as the head of a pending-RCU list: its length
+  uint32_t list_len;  // as the head of a pending-RCU list: its length
+  // Bumped each time the table is released: a walk-cache entry that recorded another value points
+  // to memory freed since (see dma/internal/iotlb.h).
+  std::atomic<uint32_t> life;
   PtTable* next;        // gather / pending / cache link
   IoPageTable* owner;   // the page table that allocated it (for the RCU callback)
   base::rcu::Head rcu;  // one per batch: only the head of a batch uses it
@@ -73,29 +77,25 @@ inline uint64_t MakeTablePte(PtTable* t) {
 }
 inline uint64_t PteLeafAddr(uint64_t pte) { return pte & kPteLeafAddrMask; }
 
-// The kernel's iommu_iotlb_gather freelist: tables unlinked by one operation, waiting for the IOTLB
-// invalidation and then an RCU grace period. Linked through PtTable::next.
-struct IotlbGather {
-  PtTable* head = nullptr;
-  PtTable* tail = nullptr;
-  uint32_t count = 0;
+inline void IotlbGather::Add(PtTable* t, uint64_t span_base, uint64_t span) {
+  t->next = head;
+  head = t;
+  if (tail == nullptr) tail = t;
+  ++count;
+  if (span_base < freed_start) freed_start = span_base;
+  if (span_base + span > freed_end) freed_end = span_base + span;
+}
 
-  void Add(PtTable* t) {
-    t->next = head;
-    head = t;
-    if (tail == nullptr) tail = t;
-    ++count;
-  }
-  void Splice(IotlbGather* other) {
-    if (other->head == nullptr) return;
-    other->tail->next = head;
-    head = other->head;
-    if (tail == nullptr) tail = other->tail;
-    count += other->count;
-    *other = IotlbGather();
-  }
-  bool empty() const { return head == nullptr; }
-};
+inline void IotlbGather::Splice(IotlbGather* other) {
+  if (other->head == nullptr) return;
+  other->tail->next = head;
+  head = other->head;
+  if (tail == nullptr) tail = other->tail;
+  count += other->count;
+  if (other->freed_start < freed_start) freed_start = other->freed_start;
+  if (other->freed_end > freed_end) freed_end = other->freed_end;
+  *other = IotlbGather();
+}
 
 // Per-domain counters (DomainStats). Relaxed atomics, grouped so the ones every map/unmap touches
 // share a line of their own, away from the table-lifetime counters and from the PTE arrays.
@@ -117,12 +117,31 @@ struct DomainCounters {
     std::atomic<uint64_t> install_races_lost{0};
     std::atomic<uint64_t> block_over_table{0};
     std::atomic<uint64_t> block_unmap_table{0};
+    std::atomic<int64_t> iommu_pages{0};  // allocated and not yet released (NR_IOMMU_PAGES)
+    std::atomic<uint64_t> table_cache_trimmed{0};
+    std::atomic<uint64_t> released_not_zero{0};
+    std::atomic<uint64_t> walk_restarts{0};
+    std::atomic<uint64_t> failed_reserves{0};
+    std::atomic<uint64_t> death_races_lost{0};
   } tables;
   struct alignas(64) Other {
     std::atomic<int64_t> fq_pending{0};
     std::atomic<uint64_t> dirty_reports{0};
     std::atomic<uint64_t> faults{0};
+    std::atomic<uint64_t> walk_stale{0};
+    std::atomic<uint64_t> walk_sections{0};
+    std::atomic<uint64_t> gather_syncs{0};
+    std::atomic<uint64_t> gather_early_flushes{0};
   } other;
+  // Invalidation commands, per thread slot (every strict unmap issues one).
+  struct alignas(64) Inv {
+    std::atomic<uint64_t> leaf{0};
+    std::atomic<uint64_t> nonleaf{0};
+    std::atomic<uint64_t> domain{0};
+    std::atomic<uint64_t> pages{0};
+  };
+  static constexpr unsigned kInvSlots = 16;
+  Inv inv[kInvSlots];
 };
 
 }  // namespace pagepool::dma::internal

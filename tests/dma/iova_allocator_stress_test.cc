@@ -46,8 +46,7 @@ TEST(IovaAllocatorConcurrencyTest, ManyThreadsNoOverlap) {
           const uint64_t pages = (rng() % 16 == 0) ? 1 + rng() % 200 : 1 + rng() % 4;
           auto r = a.Alloc(pages);
           if (!r.ok()) continue;
-          const uint64_t size = uint64_t{1} << IovaAllocator::OrderOf(pages);
-          claim(*r, size);
+          claim(*r, IovaAllocator::RoundedPages(pages));  // exact from 32 pages on
           mine.emplace_back(*r, pages);
         } else {
           const size_t k = rng() % mine.size();

@@ -259,36 +259,87 @@ TEST(IovaAllocatorTest, BadFreesAreDroppedAndCounted) {
   EXPECT_EQ(*next, 256u);
 }
 
+// As dma-iommu.c's iommu_dma_alloc_iova: a request under 32 pages takes the power of two above it;
+// from 32 pages on it takes exactly what it asked for, aligned to that power of two, and the rest
+// of the aligned block stays free for others.
+TEST(IovaAllocatorTest, RoundsOnlyRequestsUnder32PagesLikeTheKernel) {
+  EXPECT_EQ(IovaAllocator::RoundedPages(1), 1u);
+  EXPECT_EQ(IovaAllocator::RoundedPages(5), 8u);
+  EXPECT_EQ(IovaAllocator::RoundedPages(31), 32u);
+  EXPECT_EQ(IovaAllocator::RoundedPages(32), 32u);
+  EXPECT_EQ(IovaAllocator::RoundedPages(33), 33u);
+  EXPECT_EQ(IovaAllocator::RoundedPages(100), 100u);
+
+  const uint64_t limit = (uint64_t{1} << 20) - 1;
+  IovaAllocator a(1, limit);
+  auto small = a.Alloc(5);  // rounded: 8 pages
+  ASSERT_TRUE(small.ok());
+  EXPECT_EQ(*small % 8, 0u);
+  EXPECT_EQ(a.stats().allocated_pages, 8u);
+  a.Free(*small, 5);
+  a.FlushCaches();
+  ASSERT_EQ(a.stats().allocated_pages, 0u);
+
+  auto big = a.Alloc(33);  // not rounded: 33 pages at the top 64-aligned block
+  ASSERT_TRUE(big.ok());
+  EXPECT_EQ(*big, limit + 1 - 64);
+  EXPECT_EQ(a.stats().allocated_pages, 33u);
+  // The block's tail [big + 33, big + 64) is free: the highest free 16 pages are its top.
+  auto tail16 = a.Alloc(16);
+  ASSERT_TRUE(tail16.ok());
+  EXPECT_EQ(*tail16, *big + 48);
+  auto tail1 = a.Alloc(1);
+  ASSERT_TRUE(tail1.ok());
+  EXPECT_EQ(*tail1, limit + 1 - 64 + 47);  // the highest free page, in the tail too
+  EXPECT_EQ(a.stats().allocated_pages, 33u + 16u + 1u);
+
+  // Freed with another size than it was allocated with: dropped and counted.
+  const uint64_t bad_before = a.stats().invalid_frees;
+  a.Free(*big, 64);
+  EXPECT_EQ(a.stats().invalid_frees, bad_before + 1);
+
+  // Freed right, everything coalesces: the whole top block is one free range again.
+  a.Free(*big, 33);
+  a.Free(*tail16, 16);
+  a.Free(*tail1, 1);
+  a.FlushCaches();
+  EXPECT_EQ(a.stats().allocated_pages, 0u);
+  auto again = a.Alloc(64);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, limit + 1 - 64);
+}
+
 TEST(IovaAllocatorTest, RandomizedAgainstModel) {
-  // Random alloc/free of mixed sizes; live ranges never overlap, and after freeing everything the
-  // space coalesces back.
+  // Random alloc/free of mixed sizes (rounded under 32 pages, exact above); live ranges never
+  // overlap, and after freeing everything the space coalesces back.
   const uint64_t limit = (uint64_t{1} << 16) - 1;
   IovaAllocator a(1, limit);
   std::mt19937_64 rng(42);
-  std::map<uint64_t, uint64_t> live;  // pfn -> rounded size
+  std::map<uint64_t, uint64_t> live;  // pfn -> pages requested
   uint64_t live_pages = 0;
   for (int i = 0; i < 200000; ++i) {
     if (live.empty() || rng() % 100 < 55) {
       const uint64_t pages = 1 + rng() % ((rng() % 8 == 0) ? 600 : 40);
       auto r = a.Alloc(pages);
       if (!r.ok()) continue;
-      const uint64_t size = uint64_t{1} << IovaAllocator::OrderOf(pages);
-      ASSERT_EQ(*r % size, 0u);
+      const uint64_t align = uint64_t{1} << IovaAllocator::OrderOf(pages);
+      const uint64_t size = pages < 32 ? align : pages;  // what the range takes
+      ASSERT_EQ(*r % align, 0u);
       auto next = live.lower_bound(*r);
       if (next != live.end()) {
         ASSERT_GE(next->first, *r + size) << "overlap";
       }
       if (next != live.begin()) {
         auto p = std::prev(next);
-        ASSERT_LE(p->first + p->second, *r) << "overlap";
+        ASSERT_LE(p->first + IovaAllocator::RoundedPages(p->second), *r) << "overlap";
       }
-      live.emplace(*r, size);
+      live.emplace(*r, pages);
       live_pages += size;
     } else {
       auto it = live.begin();
       std::advance(it, rng() % std::min<size_t>(live.size(), 8));
       a.Free(it->first, it->second);
-      live_pages -= it->second;
+      live_pages -= IovaAllocator::RoundedPages(it->second);
       live.erase(it);
     }
     if (i % 10000 == 0) {

@@ -118,6 +118,18 @@ TEST(MetricsTextTest, RuntimeAndRpcFamiliesArePresentAndWellFormed) {
                         "domain_maps_total",
                         "domain_unmaps_total",
                         "domain_iotlb_flushes_total",
+                        "domain_iotlb_invalidations_total",
+                        "domain_iotlb_invalidated_pages_total",
+                        "domain_iommu_pages",
+                        "domain_iotlb_hits_total",
+                        "domain_walk_cache_entries",
+                        "domain_walk_cache_hits_total",
+                        "domain_walk_cache_stale_walks_total",
+                        "domain_walk_restarts_total",
+                        "domain_failed_reserves_total",
+                        "domain_death_races_lost_total",
+                        "domain_released_tables_not_zero_total",
+                        "domain_dirty_tracking",
                         "domain_violations_total",
                         "rpc_finished_total",
                         "traffic_batches_total",
@@ -139,6 +151,22 @@ TEST(MetricsTextTest, RuntimeAndRpcFamiliesArePresentAndWellFormed) {
                               "\",iommu_mode=\"IOMMU_MODE_STRICT\"} 64\n"));
   EXPECT_THAT(text, HasSubstr("pagepool_domain_violations_total{device_id=\"" + ifindex +
                               "\",kind=\"double_unmap\"} 0\n"));
+  // The invalidation and table figures are GetDomain's.
+  v1::DomainInfo dom;
+  ASSERT_TRUE((*rt)->GetDomain(dev.id(), &dom).ok());
+  EXPECT_THAT(text, HasSubstr("pagepool_domain_iotlb_invalidations_total{device_id=\"" + ifindex +
+                              "\",kind=\"leaf\"} " + std::to_string(dom.iotlb_inv_leaf()) + "\n"));
+  EXPECT_THAT(text,
+              HasSubstr("pagepool_domain_iotlb_invalidations_total{device_id=\"" + ifindex +
+                        "\",kind=\"domain\"} " + std::to_string(dom.iotlb_inv_domain()) + "\n"));
+  EXPECT_THAT(text, HasSubstr("pagepool_domain_iommu_pages{device_id=\"" + ifindex +
+                              "\",iommu_mode=\"IOMMU_MODE_STRICT\"} " +
+                              std::to_string(dom.iommu_pages()) + "\n"));
+  EXPECT_GT(dom.iommu_pages(), 0u);
+  EXPECT_THAT(text, HasSubstr("pagepool_domain_dirty_tracking{device_id=\"" + ifindex +
+                              "\",iommu_mode=\"IOMMU_MODE_STRICT\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("pagepool_domain_walk_cache_stale_walks_total{device_id=\"" +
+                              ifindex + "\",iommu_mode=\"IOMMU_MODE_STRICT\"} 0\n"));
   EXPECT_THAT(text, HasSubstr("pagepool_rpc_finished_total{method=\"Allocate\",code=\"OK\"} 1\n"));
   EXPECT_THAT(text,
               HasSubstr("pagepool_rpc_finished_total{method=\"GetPool\",code=\"NOT_FOUND\"} 1\n"));

@@ -87,6 +87,67 @@ TEST_F(ServiceTest, DeviceCalls) {
   EXPECT_EQ(dom->domain().live_mappings(), 0u);
 }
 
+// GetDomain carries the invalidation model's figures and the table protocol's counters; a device
+// created with model_iotlb says so. DumpPageTable with walk_cache sends the walk cache beside the
+// leaves: empty here, since no RPC makes a device walk its table (tests/server/wire_convert_test
+// checks non-empty caches).
+TEST_F(ServiceTest, GetDomainShowsInvalidationsTablesAndWalkCache) {
+  v1::CreateDeviceRequest req;
+  req.set_model_iotlb(true);
+  const uint64_t dev = NewDevice(req);
+  const uint64_t plain = NewDevice();
+  const uint64_t pool = NewPool(dev);
+  auto held = Alloc(pool, 8);
+  ASSERT_EQ(held.size(), 8u);
+
+  auto before = c().GetDomain(dev);
+  ASSERT_TRUE(before.ok()) << before.status();
+  const v1::DomainInfo b = before->domain();
+  EXPECT_TRUE(b.model_iotlb());
+  EXPECT_TRUE(b.dirty_tracking());
+  EXPECT_GT(b.table_pages(), 0u);
+  EXPECT_GE(b.iommu_pages(), b.table_pages());  // linked tables count until released
+  EXPECT_GT(b.mapped_pages(), 0u);
+
+  v1::DumpPageTableRequest dump;
+  dump.set_device_id(dev);
+  dump.set_walk_cache(true);
+  auto dumped = c().DumpPageTable(dump);
+  ASSERT_TRUE(dumped.ok()) << dumped.status();
+  EXPECT_EQ(uint64_t(dumped->entries_size()), b.mapped_pages());
+  EXPECT_EQ(uint64_t(dumped->walk_cache_size()), b.walk_cache_entries());
+  dump.set_start(uint64_t{1} << 47);  // a range with no leaves: the walk cache alone, then the end
+  dump.set_end(uint64_t{1} << 47 | 4096);
+  dumped = c().DumpPageTable(dump);
+  ASSERT_TRUE(dumped.ok()) << dumped.status();
+  EXPECT_EQ(dumped->entries_size(), 0);
+
+  ASSERT_TRUE(ReturnPages(pool, held).ok());
+  ASSERT_TRUE(c().DestroyPool(pool).ok());
+  auto after = c().GetDomain(dev);
+  ASSERT_TRUE(after.ok()) << after.status();
+  const v1::DomainInfo& a = after->domain();
+  const uint64_t unmaps = a.unmaps() - b.unmaps();
+  ASSERT_GT(unmaps, 0u);
+  const uint64_t commands = (a.iotlb_inv_leaf() - b.iotlb_inv_leaf()) +
+                            (a.iotlb_inv_nonleaf() - b.iotlb_inv_nonleaf()) +
+                            (a.iotlb_inv_domain() - b.iotlb_inv_domain());
+  EXPECT_GE(commands, 1u);  // strict mode: every unmap is invalidated before it returns
+  EXPECT_LE(commands, 2 * unmaps);
+  // Each ranged leaf-only command covers at least one page.
+  EXPECT_GE(a.iotlb_inv_pages() - b.iotlb_inv_pages(), a.iotlb_inv_leaf() - b.iotlb_inv_leaf());
+  EXPECT_GT(a.tables_freed(), b.tables_freed());  // the pool's tables emptied and were freed
+  EXPECT_GE(a.iommu_pages(), a.table_pages());
+  EXPECT_EQ(a.walk_cache_stale_walks(), 0u);
+  EXPECT_EQ(a.released_tables_not_zero(), 0u);
+
+  auto p = c().GetDomain(plain);
+  ASSERT_TRUE(p.ok());
+  EXPECT_FALSE(p->domain().model_iotlb());
+  EXPECT_EQ(p->domain().walk_cache_entries(), 0u);
+  EXPECT_EQ(p->domain().iotlb_hits(), 0u);
+}
+
 TEST_F(ServiceTest, PoolAndPageCalls) {
   uint64_t dev = NewDevice();
   v1::CreatePoolRequest req;

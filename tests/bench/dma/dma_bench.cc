@@ -3,16 +3,19 @@
 //   BM_Map4K / BM_Unmap4K          one 4 KiB page per iteration, consecutive IOVAs
 //   BM_Map256x4K / BM_Unmap256x4K  one call covering 256 4 KiB leaves (phys not 2 MiB aligned)
 //   BM_Translate                   lockless device translation of a mapped page
-// Arguments: free_empty_tables (0/1), mode (0 strict, 1 lazy). Map/unmap 4K also run on 1 and 2
-// threads (each thread in its own 1 GiB, sharing the upper tables). *_RwlockReader rows wrap each
-// op in a per-domain std::shared_mutex read lock (seed 000's design, reader side only) for
-// comparison.
+// Arguments: free_empty_tables (0/1), mode (0 strict, 1 lazy). Environment:
+// PAGEPOOL_BENCH_MODEL_IOTLB=1 models the device's IOTLB and walk caches (every unmap then also
+// invalidates them; strict unmaps issue their invalidation as a gather sync would). Map/unmap 4K
+// also run on 1 and 2 threads (each thread in its own 1 GiB, sharing the upper tables).
+// *_RwlockReader rows wrap each op in a per-domain std::shared_mutex read lock (seed 000's design,
+// reader side only) for comparison.
 //
 // Timed loops only contain the measured operation; the set-up of the other half (mapping a window
 // before unmapping it, unmapping a window after mapping it) is done with the timer paused, once
 // per window of kWindow operations, and every table that empties on the way is freed (freeing on)
 // inside the timed unmaps, like the anchors' "generic pt" figures plus freeing.
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <shared_mutex>
@@ -46,6 +49,9 @@ IommuDomain* DomainFor(const benchmark::State& state) {
     DomainConfig c;
     c.free_empty_tables = state.range(0) != 0;
     c.mode = state.range(1) == 0 ? IommuMode::kStrict : IommuMode::kLazy;
+    // PAGEPOOL_BENCH_MODEL_IOTLB=1: the device's IOTLB and walk caches modelled (issue 11).
+    const char* model = std::getenv("PAGEPOOL_BENCH_MODEL_IOTLB");
+    c.model_iotlb = model != nullptr && model[0] == '1';
     d = std::move(IommuDomain::Create(c)).value();
   }
   return d.get();

@@ -110,6 +110,11 @@ int main(int argc, char** argv) {
   const Options o = Parse(argc, argv);
   const uint64_t pairs = static_cast<uint64_t>(o.space_tib * static_cast<double>(kTiB)) / kStride;
   DomainConfig config;
+  {
+    // PAGEPOOL_BENCH_MODEL_IOTLB=1: the device's IOTLB and walk caches modelled (issue 11).
+    const char* model = std::getenv("PAGEPOOL_BENCH_MODEL_IOTLB");
+    config.model_iotlb = model != nullptr && model[0] == '1';
+  }
   config.mode = o.mode;
   config.free_empty_tables = o.free_tables;
   config.address_width = 48;
