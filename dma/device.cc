@@ -172,6 +172,7 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceConfig& confi
     dc.free_empty_tables = config.free_empty_tables;
     dc.address_width = config.address_width;
     dc.model_iotlb = config.model_iotlb;
+    dc.fq_timer = config.fq_timer;
     // iommu_dma_alloc_iova caps every IOVA at the device's DMA mask.
     dc.iova_limit_bits = dev->impl_->config.dma_mask_bits;
     auto domain = IommuDomain::Create(dc);

@@ -58,6 +58,10 @@ struct DeviceConfig {
   DmaCoherence coherence = DmaCoherence::kNonCoherent;
   // Model the device's IOTLB and walk caches (DomainConfig::model_iotlb).
   bool model_iotlb = false;
+  // Lazy mode: the domain's own flush timer thread (DomainConfig::fq_timer). A program that calls
+  // IommuDomain::FlushExpired itself every fq_timeout for all its domains (pagepoold's one 10 ms
+  // tick) turns it off, so that it runs one timer rather than one thread per device.
+  bool fq_timer = true;
 };
 
 class Device {

@@ -276,7 +276,9 @@ class Runtime {
 
   // The lazy-mode flush-queue timer (the kernel's fq_timer, 10 ms): every IOMMU_MODE_LAZY domain
   // invalidates its IOTLB and releases the IOVAs and page tables its queued unmaps hold, so an idle
-  // device does not keep them pending until its queue fills. Context: the daemon's timer.
+  // device does not keep them pending until its queue fills. The daemon's domains have no timer
+  // thread of their own (DeviceConfig::fq_timer off): this tick is the only one. Context: the
+  // daemon's timer.
   void FlushQueueTick();
 
   // The 1 s cache trim: every domain gives back the cached zeroed tables that no map needed in the

@@ -45,6 +45,7 @@ pool::NicConfig ToNicConfig(const DeviceSpec& spec) {
   nc.device.dma_mask_bits = spec.dma_mask_bits;
   nc.device.coherence = ToDmaCoherence(spec.coherence);
   nc.device.model_iotlb = spec.model_iotlb;
+  nc.device.fq_timer = false;  // the daemon's FlushQueueTick is every lazy domain's fq_timer
   nc.ifindex = static_cast<uint32_t>(spec.id);
   return nc;
 }

@@ -6,6 +6,7 @@
 #include "server/runtime.h"
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <string>
@@ -169,6 +170,33 @@ size_t ListAll(Runtime& rt, uint64_t pool, Runtime::InflightCursor* cursor,
 
 // A pool with more than three chunks of pages in flight: the walk lists every tracked page exactly
 // once, in increasing index-id order, a chunk (at most kInflightChunk records) per call.
+// A lazy device's queued unmaps wait for the daemon's one flush tick: its domain runs no timer
+// thread of its own (one thread per device otherwise), and the tick releases them.
+TEST_F(RuntimeTest, LazyDomainsAreFlushedByTheDaemonsTickAlone) {
+  v1::CreateDeviceRequest dreq;
+  dreq.set_iommu_mode(v1::IOMMU_MODE_LAZY);
+  v1::Device dev;
+  ASSERT_TRUE(rt_->CreateDevice(dreq, &dev).ok());
+  const uint64_t pool = NewPool(dev.id());
+  const Handles pages = Alloc(pool, 8);
+  ASSERT_TRUE(ReturnAll(pool, pages).ok());
+  v1::DestroyPoolResponse destroyed;
+  ASSERT_TRUE(rt_->DestroyPool(pool, &destroyed).ok());
+  auto domain = [&] {
+    v1::DomainInfo d;
+    EXPECT_TRUE(rt_->GetDomain(dev.id(), &d).ok());
+    return d;
+  };
+  ASSERT_GT(domain().fq_pending(), 0u);
+  // Five times the kernel's 10 ms timeout: a timer of the domain's own would have flushed.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_GT(domain().fq_pending(), 0u);
+  rt_->FlushQueueTick();
+  EXPECT_EQ(domain().fq_pending(), 0u);
+  EXPECT_EQ(domain().iova_allocated_pages(), 0u);
+  EXPECT_EQ(domain().violations().total(), 0u);
+}
+
 TEST_F(RuntimeTest, ListInflightInChunksListsEveryPageOnceInOrder) {
   uint64_t pool = NewPool(NewDevice());
   Handles held;
