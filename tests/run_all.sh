@@ -4,7 +4,7 @@
 #   2. asan: the whole program under AddressSanitizer + UndefinedBehaviorSanitizer (clang): every
 #      test of every layer, the gRPC service, end-to-end and fault tests included (the pagepoold and
 #      ppctl they run are the sanitized ones); then each libFuzzer target for FUZZ_SECONDS (default
-#      45) from the corpus in tests/fuzz/corpus.
+#      20) from the corpus in tests/fuzz/corpus.
 #   3. tsan: ThreadSanitizer (clang): the concurrency tests of every layer, server/'s runtime with
 #      many threads, its Asio ticks and a shutdown under the calls included, and the unit tests
 #      that make no gRPC call (RELIABILITY.md: why the gRPC path is left out).
@@ -61,7 +61,7 @@ for stage in "${stages[@]}"; do
       ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
         sanitizer_stage asan address 'unit|concurrency|service|e2e' 'soak' -DPAGEPOOL_BUILD_FUZZERS=ON
-      ASAN_OPTIONS=detect_leaks=1 bash tests/fuzz/run_fuzzers.sh build-asan "${FUZZ_SECONDS:-45}"
+      ASAN_OPTIONS=detect_leaks=1 bash tests/fuzz/run_fuzzers.sh build-asan "${FUZZ_SECONDS:-20}"
       unset LSAN_OPTIONS
       ;;
     tsan)
