@@ -170,19 +170,24 @@ void Iotlb::BumpGenerations(uint64_t start, uint64_t end) {
   }
 }
 
+template <typename Match>
+void Iotlb::ClearValidLeaves(Match match) {
+  for (unsigned w = 0; w < kEntries / 64; ++w) {
+    uint64_t bits = leaf_valid_.w[w].load(std::memory_order_seq_cst);
+    while (bits != 0) {
+      const unsigned b = static_cast<unsigned>(__builtin_ctzll(bits));
+      bits &= bits - 1;
+      ClearEntry(entries_[w * 64 + b], match);
+    }
+  }
+}
+
 void Iotlb::InvalidateLeaves(uint64_t start, uint64_t end) {
   const uint64_t first = start >> 12;
   const uint64_t pages = (end - start) >> 12;
   auto in_range = [&](uint64_t pfn) { return pfn >= first && pfn - first < pages; };
   if (pages >= kEntries) {
-    for (unsigned w = 0; w < kEntries / 64; ++w) {
-      uint64_t bits = leaf_valid_.w[w].load(std::memory_order_seq_cst);
-      while (bits != 0) {
-        const unsigned b = static_cast<unsigned>(__builtin_ctzll(bits));
-        bits &= bits - 1;
-        ClearEntry(entries_[w * 64 + b], in_range);
-      }
-    }
+    ClearValidLeaves(in_range);
     return;
   }
   for (uint64_t p = first; p < first + pages; ++p) {
@@ -226,14 +231,7 @@ void Iotlb::InvalidateWalkRange(uint64_t start, uint64_t end) {
 void Iotlb::InvalidateAll() {
   global_gen_.v.fetch_add(1, std::memory_order_seq_cst);
   auto all = [](uint64_t) { return true; };
-  for (unsigned w = 0; w < kEntries / 64; ++w) {
-    uint64_t bits = leaf_valid_.w[w].load(std::memory_order_seq_cst);
-    while (bits != 0) {
-      const unsigned b = static_cast<unsigned>(__builtin_ctzll(bits));
-      bits &= bits - 1;
-      ClearEntry(entries_[w * 64 + b], all);
-    }
-  }
+  ClearValidLeaves(all);
   for (unsigned level = 1; level < kWalkLevels; ++level) {
     uint64_t valid = walk_valid_[level].load(std::memory_order_seq_cst);
     while (valid != 0) {

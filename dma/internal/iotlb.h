@@ -133,6 +133,9 @@ class Iotlb {
   // Clears e if `match(tag)`, waiting for a writer in progress.
   template <typename Match>
   static void ClearEntry(Entry& e, Match match);
+  // ClearEntry(match) on every valid leaf entry.
+  template <typename Match>
+  void ClearValidLeaves(Match match);
   void InvalidateLeaves(uint64_t start, uint64_t end);
   void InvalidateWalks(uint64_t start, uint64_t end);
 
