@@ -11,6 +11,10 @@
 # PROMETHEUS_IMAGE, BUILD_JOBS (ninja jobs in the build stage, default 2), SOURCE_REV: build the
 # sources of this git revision (git archive, read-only) instead of the working tree, with deploy/
 # from the working tree, e.g. SOURCE_REV=HEAD while the working tree is mid-change.
+# PAGEPOOLD_PREBUILT=BUILD_DIR: no compile in the image; pagepoold and ppctl come from a Release
+# build tree of this Debian 12 host instead (BUILD_DIR/server/pagepoold, BUILD_DIR/client/ppctl,
+# stripped into the context's deploy/.prebuilt/; the Containerfile's `prebuilt` target). CI's
+# deploy stage does this with the binaries its release stage built and tested.
 # The first pagepoold build compiles the project inside the container (see deploy/README.md for
 # the measured time); later builds reuse the layers, and after a source change ccache (in a cache
 # mount) recompiles only what it touches.
@@ -54,6 +58,26 @@ if [ -n "${SOURCE_REV:-}" ]; then
     | tar -x -C "$context"
   mkdir -p "$context/deploy"
   cp -r "$here/Containerfile" "$here/bin" "$context/deploy/"
+fi
+if [ -n "${PAGEPOOLD_PREBUILT:-}" ]; then
+  prebuilt="$(cd "$PAGEPOOLD_PREBUILT" 2>/dev/null && pwd)" \
+    || { echo "build-images: PAGEPOOLD_PREBUILT=$PAGEPOOLD_PREBUILT is not a directory" >&2; exit 2; }
+  for b in server/pagepoold client/ppctl; do
+    [ -x "$prebuilt/$b" ] || { echo "build-images: $prebuilt/$b is missing: build it first (cmake --build $PAGEPOOLD_PREBUILT --target pagepoold ppctl)" >&2; exit 2; }
+  done
+  type="$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$prebuilt/CMakeCache.txt" 2>/dev/null)"
+  sanitize="$(sed -n 's/^PAGEPOOL_SANITIZE:[A-Z]*=//p' "$prebuilt/CMakeCache.txt" 2>/dev/null)"
+  if [ "$type" != Release ] || [ -n "$sanitize" ]; then
+    echo "build-images: $prebuilt is not a Release build without sanitizers (CMAKE_BUILD_TYPE '$type', PAGEPOOL_SANITIZE '$sanitize')" >&2
+    exit 2
+  fi
+  mkdir -p "$context/deploy/.prebuilt"
+  install -s -m 0755 "$prebuilt/server/pagepoold" "$prebuilt/client/ppctl" "$context/deploy/.prebuilt/"
+  log "binaries: $prebuilt (prebuilt target, no compile in the image)"
+  build "$PAGEPOOLD_IMAGE" "$logs/build-pagepoold.log" --target prebuilt \
+    -f "$context/deploy/Containerfile" "$context"
+  build "$PROMETHEUS_IMAGE" "$logs/build-prometheus.log" "$here/prometheus"
+  exit 0
 fi
 # uPlot for ppctl report, from npm on this host (client/report/package-lock.json): the build
 # stage then needs neither npm nor the registry's certificate chain, which only the host trusts.

@@ -6,7 +6,9 @@
 #   bash tests/deploy/container_loadtest.sh       last line: "container_loadtest: N passed, M failed"
 #
 # Warm (images cached) it takes about a minute; the very first run builds the base image and compiles
-# pagepoold inside the build stage (see deploy/README.md for measured times).
+# pagepoold inside the build stage (see deploy/README.md for measured times), unless
+# PAGEPOOLD_PREBUILT=BUILD_DIR names a Release build whose binaries the image takes instead
+# (deploy/build-images.sh; tests/run_all.sh's deploy stage passes build/).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
