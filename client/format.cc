@@ -100,7 +100,21 @@ std::string FormatDomain(const v1::DomainInfo& d) {
       d.unmaps(), d.iova_allocated_pages(), d.map_calls(), d.unmap_calls(), d.sync_calls(),
       d.iotlb_flushes(), d.iotlb_flushed_entries(), d.fq_pending(), d.faults(), v.total(),
       v.double_unmap(), v.unknown_unmap(), v.size_mismatch(), v.direction_mismatch(),
-      v.live_at_unbind(), v.call_after_unbind(), v.sync_unknown());
+      v.live_at_unbind(), v.call_after_unbind(), v.sync_unknown()) +
+         absl::StrFormat(
+             "  invalidate:  leaf %d, nonleaf %d, domain-wide %d (%d pages); dirty tracking %s\n"
+             "  tables:      iommu pages %d, cached %d; walk restarts %d, failed reserves %d, "
+             "death races lost %d, released not zero %d\n",
+             d.iotlb_inv_leaf(), d.iotlb_inv_nonleaf(), d.iotlb_inv_domain(), d.iotlb_inv_pages(),
+             d.dirty_tracking() ? "on" : "off", d.iommu_pages(), d.cached_table_pages(),
+             d.walk_restarts(), d.failed_reserves(), d.death_races_lost(),
+             d.released_tables_not_zero()) +
+         (d.model_iotlb()
+              ? absl::StrFormat("  iotlb model: %d hits; walk cache %d entries, %d hits, "
+                                "%d stale walks\n",
+                                d.iotlb_hits(), d.walk_cache_entries(), d.walk_cache_hits(),
+                                d.walk_cache_stale_walks())
+              : std::string());
 }
 
 std::string FormatDevice(const v1::Device& d) {

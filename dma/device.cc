@@ -248,6 +248,30 @@ absl::Status Device::UnmapPage(DmaAddr addr, uint64_t size, DmaDirection dir) {
   return absl::OkStatus();
 }
 
+absl::Status Device::DmaWrite(DmaAddr addr, uint64_t size) {
+  Impl& d = *impl_;
+  if (size == 0 || addr > ~uint64_t{0} - size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DMA write by device ", d.config.name, ": invalid range (addr ",
+                     base::Hex(addr), ", size ", size, "): size must be > 0 and not wrap"));
+  }
+  Impl::CallGuard guard(d);
+  if (!guard.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("DMA write by device ", d.config.name, ": the device is unbound"));
+  }
+  if (d.domain == nullptr) return absl::OkStatus();
+  const DmaAddr last = (addr + size - 1) & ~(kPageSize - 1);
+  for (DmaAddr page = addr & ~(kPageSize - 1);; page += kPageSize) {
+    absl::StatusOr<PhysAddr> pa = d.domain->Translate(page, /*write=*/true);
+    if (!pa.ok()) {
+      return base::Annotate(pa.status(), absl::StrCat("DMA write by device ", d.config.name));
+    }
+    if (page == last) break;
+  }
+  return absl::OkStatus();
+}
+
 void Device::PrefetchUnmap(DmaAddr addr) {
   Impl& d = *impl_;
   if (d.bound.load(std::memory_order_relaxed)) d.checker.Prefetch(addr);
@@ -365,5 +389,7 @@ DomainStats Device::domain_stats() const {
   }
   return impl_->domain->stats();
 }
+
+bool Device::model_iotlb() const { return impl_->domain != nullptr && impl_->config.model_iotlb; }
 
 }  // namespace pagepool::dma

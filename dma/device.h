@@ -131,6 +131,16 @@ class Device {
   absl::Status SyncForDevice(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir);
   absl::Status SyncForCpu(DmaAddr addr, uint64_t offset, uint64_t size, DmaDirection dir);
 
+  // The device's own DMA write into [addr, addr + size) (a packet received into a buffer the
+  // driver posted): one translation per 4 KiB page through the domain, as the device's IOMMU does
+  // it (IommuDomain::Translate with write: the IOTLB and walk caches when modelled, the leaf's
+  // accessed and dirty bits set). Not a DMA-API call, so never counted by the checker. In
+  // passthrough nothing is translated. NOT_FOUND for a page without a writable mapping (a DMA fault,
+  // counted by the domain), FAILED_PRECONDITION on an unbound device (a device without its driver
+  // does no DMA), INVALID_ARGUMENT for size 0 or a range that wraps.
+  // Context: any thread; Unbind waits for it as for a DMA-API call.
+  absl::Status DmaWrite(DmaAddr addr, uint64_t size);
+
   // Driver unbind. Counts every mapping still live (live_at_unbind), unmaps them, flushes the IOTLB
   // and marks the device unbound. A second Unbind is FAILED_PRECONDITION (and counted).
   // Context: any thread; callers should have destroyed their pools first.
@@ -144,6 +154,8 @@ class Device {
   bool need_sync() const;
   // The device's domain; nullptr in passthrough.
   IommuDomain* domain() const;
+  // DeviceConfig::model_iotlb: the device's translation caches are modelled (false in passthrough).
+  bool model_iotlb() const;
   CheckerCounters violations() const;
   // Live mappings right now, as the checker knows them.
   uint64_t live_mappings() const;

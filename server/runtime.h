@@ -333,6 +333,8 @@ class Runtime {
   absl::Status RestartQueue(const pagepool::v1::CreatePoolRequest& req, internal::DeviceEntry& d,
                             const pool::PagePoolParams& params, pagepool::v1::Pool* out,
                             pagepool::v1::DestroyPoolResponse* replaced);
+  // A model_iotlb device's DMA write of a received packet into [addr, addr + len).
+  static void DeviceReceives(const internal::PoolRef& ref, dma::DmaAddr addr, uint64_t len);
   // Allocate on a pool already found (Allocate, Traffic); fragments when frag_size is not 0.
   absl::Status AllocateFrom(const internal::PoolRef& ref, uint32_t count, uint32_t frag_size,
                             google::protobuf::RepeatedPtrField<pagepool::v1::Page>* out);

@@ -310,6 +310,15 @@ absl::Status Runtime::CheckHeld(const TrafficCache& cache, uint32_t count) {
       cache.max_held_, " (--max-held-per-stream): give pages back first, or use more streams"));
 }
 
+// A device that models its translation caches receives a packet into every buffer it is given:
+// its DMA write walks the IOMMU (IOTLB, walk caches, accessed and dirty bits) as hardware does.
+// Called in the pool's NAPI context, so no destroy can unmap the buffer meanwhile. A fault is
+// counted by the domain (GetDomain.faults) and does not fail the allocation.
+void Runtime::DeviceReceives(const PoolRef& ref, dma::DmaAddr addr, uint64_t len) {
+  if (addr == 0 || len == 0) return;  // a pool that does not DMA-map: the driver maps on its own
+  (void)ref.device->nic->device().DmaWrite(addr, len);
+}
+
 absl::Status Runtime::AllocateFrom(const PoolRef& ref, uint32_t count, uint32_t frag_size,
                                    RepeatedPtrField<v1::Page>* out) {
   pool::NicPool& p = *ref.pool;
@@ -337,6 +346,9 @@ absl::Status Runtime::AllocateFrom(const PoolRef& ref, uint32_t count, uint32_t 
           break;
         }
         frags.push_back(*f);
+      }
+      if (s.ok() && ref.device->spec.model_iotlb) {
+        for (const pool::PoolFrag& f : frags) DeviceReceives(ref, f.dma_addr, f.handle.size);
       }
       if (!s.ok()) {
         // All or nothing: the fragments this call took go back, as a driver would (direct).
@@ -367,6 +379,12 @@ absl::Status Runtime::AllocateFrom(const PoolRef& ref, uint32_t count, uint32_t 
           " xdp_rxq registration(s)"));
     }
     s = p.pool().AllocateBulk(count, &pages);
+    if (s.ok() && ref.device->spec.model_iotlb) {
+      const pool::PagePoolParams& params = p.pool().params();
+      const uint64_t len =
+          params.max_len != 0 ? params.max_len : p.pool().page_bytes() - params.offset;
+      for (const pool::PoolPage& pg : pages) DeviceReceives(ref, pg.dma_addr + params.offset, len);
+    }
   }
   if (!s.ok()) {
     return base::Annotate(s, absl::StrCat("Allocate ", count, " pages from pool ", p.id()));

@@ -11,6 +11,7 @@ namespace pagepool::client {
 namespace {
 
 namespace v1 = ::pagepool::v1;
+using ::testing::EndsWith;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
@@ -284,7 +285,23 @@ TEST(FormatTest, DomainsText) {
   EXPECT_THAT(text, HasSubstr("  violations:  3 (double_unmap 1, unknown_unmap 0, size_mismatch 0, "
                               "direction_mismatch 0, live_at_unbind 0, call_after_unbind 2, "
                               "sync_unknown 0)\n"));
-  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 5);
+  EXPECT_THAT(text, HasSubstr("  invalidate:  leaf 0, nonleaf 0, domain-wide 0 (0 pages); "
+                              "dirty tracking off\n"));
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 7);  // no iotlb model line
+
+  d.set_model_iotlb(true);
+  d.set_iotlb_hits(16);
+  d.set_walk_cache_entries(3);
+  d.set_walk_cache_hits(5);
+  d.set_iotlb_inv_nonleaf(2);
+  d.set_iommu_pages(4);
+  d.set_dirty_tracking(true);
+  const std::string modelled = FormatDomain(d);
+  EXPECT_THAT(modelled, HasSubstr("  invalidate:  leaf 0, nonleaf 2, domain-wide 0 (0 pages); "
+                                  "dirty tracking on\n"
+                                  "  tables:      iommu pages 4, cached 0;"));
+  EXPECT_THAT(modelled,
+              EndsWith("  iotlb model: 16 hits; walk cache 3 entries, 5 hits, 0 stale walks\n"));
 }
 
 TEST(FormatTest, DomainsJson) {

@@ -568,5 +568,46 @@ TEST(DeviceTest, OnlyACoherentDeviceNeedsNoSync) {
   EXPECT_NE(refused.status().message().find("coherence"), std::string::npos) << refused.status();
 }
 
+// The device's own DMA write translates every 4 KiB page of its range through the domain: a
+// mapped, writable range passes and leaves its pages dirty for a dirty-tracking reader; a page
+// without a writable mapping is a fault the domain counts. The checker counts nothing, since a
+// device's DMA is not a DMA-API call. Passthrough translates nothing.
+TEST_P(DeviceModeTest, DmaWriteTranslatesEveryPageOfItsRange) {
+  auto dev = MakeDevice(GetParam());
+  ASSERT_NE(dev, nullptr);
+  const bool pt = GetParam() == IommuMode::kPassthrough;
+  if (!pt) ASSERT_TRUE(dev->domain()->SetDirtyTracking(true).ok());
+  auto addr = dev->MapPage(0x200000, 2 * kPageSize, kFrom);
+  ASSERT_TRUE(addr.ok()) << addr.status();
+  auto ro = dev->MapPage(0x400000, kPageSize, kTo);
+  ASSERT_TRUE(ro.ok()) << ro.status();
+
+  EXPECT_TRUE(dev->DmaWrite(*addr + 100, 2 * kPageSize - 100).ok());
+  EXPECT_EQ(dev->DmaWrite(*addr, 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(dev->DmaWrite(~uint64_t{0} - 10, 100).code(), absl::StatusCode::kInvalidArgument);
+  if (pt) {
+    EXPECT_TRUE(dev->DmaWrite(*addr, 3 * kPageSize).ok());
+  } else {
+    std::vector<uint64_t> bitmap;
+    ASSERT_TRUE(dev->domain()->ReadAndClearDirty(*addr, 2 * kPageSize, kPageSize, 0, &bitmap).ok());
+    ASSERT_EQ(bitmap.size(), 1u);
+    EXPECT_EQ(bitmap[0], 0b11u);  // both pages written
+    const uint64_t faults = dev->domain()->faults();
+    // One page past the mapping, and a mapping the device may only read.
+    absl::Status past = dev->DmaWrite(*addr, 3 * kPageSize);
+    EXPECT_EQ(past.code(), absl::StatusCode::kNotFound) << past;
+    EXPECT_THAT(std::string(past.message()), HasSubstr("DMA write by device eth0"));
+    EXPECT_FALSE(dev->DmaWrite(*ro, 16).ok());
+    EXPECT_EQ(dev->domain()->faults(), faults + 2);
+  }
+  EXPECT_EQ(dev->violations().Total(), 0u);
+
+  ASSERT_TRUE(dev->UnmapPage(*addr, 2 * kPageSize, kFrom).ok());
+  ASSERT_TRUE(dev->UnmapPage(*ro, kPageSize, kTo).ok());
+  ASSERT_TRUE(dev->Unbind().ok());
+  EXPECT_EQ(dev->DmaWrite(*addr, 16).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(dev->violations().Total(), 0u);  // not a DMA-API call: nothing counted after unbind
+}
+
 }  // namespace
 }  // namespace pagepool::dma

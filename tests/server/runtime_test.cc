@@ -197,6 +197,46 @@ TEST_F(RuntimeTest, LazyDomainsAreFlushedByTheDaemonsTickAlone) {
   EXPECT_EQ(domain().violations().total(), 0u);
 }
 
+// A device that models its translation caches receives a packet into every buffer it is handed:
+// its DMA write walks the page table (filling the walk caches) the first time and hits its IOTLB
+// when the pool hands the same, still-mapped page out again. Other devices translate nothing.
+TEST_F(RuntimeTest, AModelIotlbDeviceWritesEveryBufferItIsGiven) {
+  v1::CreateDeviceRequest dreq;
+  dreq.set_model_iotlb(true);
+  v1::Device dev;
+  ASSERT_TRUE(rt_->CreateDevice(dreq, &dev).ok());
+  const uint64_t plain = NewDevice();
+  auto domain = [&](uint64_t id) {
+    v1::DomainInfo d;
+    EXPECT_TRUE(rt_->GetDomain(id, &d).ok());
+    return d;
+  };
+  for (uint64_t id : {dev.id(), plain}) {
+    const uint64_t pool = NewPool(id);
+    const Handles first = Alloc(pool, 16);
+    ASSERT_EQ(first.size(), 16);
+    const v1::DomainInfo filled = domain(id);
+    v1::RecycleResponse rec;
+    ASSERT_TRUE(rt_->Recycle(pool, first, /*napi_local=*/true, &rec).ok());
+    const Handles again = Alloc(pool, 16);  // the same pages, from the pool's cache
+    ASSERT_EQ(again.size(), 16);
+    const v1::DomainInfo hit = domain(id);
+    if (id == dev.id()) {
+      EXPECT_GT(filled.walk_cache_entries(), 0u);
+      EXPECT_GE(hit.iotlb_hits() - filled.iotlb_hits(), 16u);
+    } else {
+      EXPECT_EQ(hit.walk_cache_entries(), 0u);
+      EXPECT_EQ(hit.iotlb_hits(), 0u);
+    }
+    EXPECT_EQ(hit.faults(), 0u);
+    ASSERT_TRUE(ReturnAll(pool, again).ok());
+    v1::DestroyPoolResponse destroyed;
+    ASSERT_TRUE(rt_->DestroyPool(pool, &destroyed).ok());
+    EXPECT_EQ(domain(id).walk_cache_stale_walks(), 0u);
+    EXPECT_EQ(domain(id).violations().total(), 0u);
+  }
+}
+
 TEST_F(RuntimeTest, ListInflightInChunksListsEveryPageOnceInOrder) {
   uint64_t pool = NewPool(NewDevice());
   Handles held;

@@ -88,9 +88,8 @@ TEST_F(ServiceTest, DeviceCalls) {
 }
 
 // GetDomain carries the invalidation model's figures and the table protocol's counters; a device
-// created with model_iotlb says so. DumpPageTable with walk_cache sends the walk cache beside the
-// leaves: empty here, since no RPC makes a device walk its table (tests/server/wire_convert_test
-// checks non-empty caches).
+// created with model_iotlb says so, and its DMA writes into the allocated pages fill its walk
+// caches. DumpPageTable with walk_cache sends the walk cache beside the leaves.
 TEST_F(ServiceTest, GetDomainShowsInvalidationsTablesAndWalkCache) {
   v1::CreateDeviceRequest req;
   req.set_model_iotlb(true);
@@ -108,6 +107,8 @@ TEST_F(ServiceTest, GetDomainShowsInvalidationsTablesAndWalkCache) {
   EXPECT_GT(b.table_pages(), 0u);
   EXPECT_GE(b.iommu_pages(), b.table_pages());  // linked tables count until released
   EXPECT_GT(b.mapped_pages(), 0u);
+  EXPECT_GT(b.walk_cache_entries(), 0u);  // the device wrote into the 8 pages
+  EXPECT_EQ(b.faults(), 0u);
 
   v1::DumpPageTableRequest dump;
   dump.set_device_id(dev);
@@ -116,6 +117,7 @@ TEST_F(ServiceTest, GetDomainShowsInvalidationsTablesAndWalkCache) {
   ASSERT_TRUE(dumped.ok()) << dumped.status();
   EXPECT_EQ(uint64_t(dumped->entries_size()), b.mapped_pages());
   EXPECT_EQ(uint64_t(dumped->walk_cache_size()), b.walk_cache_entries());
+  for (const v1::WalkCacheEntry& e : dumped->walk_cache()) EXPECT_FALSE(e.stale());
   dump.set_start(uint64_t{1} << 47);  // a range with no leaves: the walk cache alone, then the end
   dump.set_end(uint64_t{1} << 47 | 4096);
   dumped = c().DumpPageTable(dump);
