@@ -3,11 +3,13 @@
 #   1. release (gcc): every test but the soak (ctest), benchmarks built but not run.
 #   2. asan: the whole program under AddressSanitizer + UndefinedBehaviorSanitizer (clang): every
 #      test of every layer, the gRPC service, end-to-end and fault tests included (the pagepoold and
-#      ppctl they run are the sanitized ones); then each libFuzzer target for FUZZ_SECONDS (default
-#      20) from the corpus in tests/fuzz/corpus.
+#      ppctl they run are the sanitized ones), but Chromium's drawing of the report page (label
+#      browser); then each libFuzzer target for FUZZ_SECONDS (default 20) from the corpus in
+#      tests/fuzz/corpus.
 #   3. tsan: ThreadSanitizer (clang): the concurrency tests of every layer, server/'s runtime with
 #      many threads, its Asio ticks and a shutdown under the calls included, and the unit tests
-#      that make no gRPC call (RELIABILITY.md: why the gRPC path is left out).
+#      that make no gRPC call and start a thread (label nothreads: those that start none; and
+#      RELIABILITY.md: why the gRPC path is left out).
 #   4. soak: pagepoold under mixed traffic for 120 s: RSS growth (under 10% in this short run),
 #      violations, leaks, a clean SIGTERM (the 10-minute soak: tests/soak/CMakeLists.txt).
 #   5. deploy: Kubernetes manifests validated offline, a short containerized load test (podman:
@@ -66,13 +68,14 @@ for stage in "${stages[@]}"; do
       export LSAN_OPTIONS=suppressions=$PWD/tests/sanitizers/lsan.supp:print_suppressions=0
       ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-        sanitizer_stage asan address 'unit|concurrency|service|e2e' 'soak' -DPAGEPOOL_BUILD_FUZZERS=ON
+        sanitizer_stage asan address 'unit|concurrency|service|e2e' 'soak|browser' \
+          -DPAGEPOOL_BUILD_FUZZERS=ON
       ASAN_OPTIONS=detect_leaks=1 bash tests/fuzz/run_fuzzers.sh build-asan "${FUZZ_SECONDS:-20}"
       unset LSAN_OPTIONS
       ;;
     tsan)
       TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-        sanitizer_stage tsan thread 'unit|concurrency' 'soak'
+        sanitizer_stage tsan thread 'unit|concurrency' 'soak|nothreads'
       ;;
     soak)
       [ -f build/CMakeCache.txt ] || { configure build -DCMAKE_BUILD_TYPE=Release; }

@@ -1,6 +1,7 @@
 #include "dma/internal/iotlb.h"
 
 #include <algorithm>
+#include <thread>
 
 #include "base/cpu_relax.h"
 #include "dma/internal/pt_table.h"
@@ -30,16 +31,19 @@ bool ReadEntry(const std::atomic<uint32_t>& seq, const std::atomic<uint64_t>& ta
 
 }  // namespace
 
-bool Iotlb::WriteEntry(Entry& e, uint64_t tag, uint64_t val, uint32_t aux, unsigned region,
-                       uint64_t generation) {
+bool Iotlb::WriteEntry(Entry& e, std::atomic<uint64_t>& valid, uint64_t bit, uint64_t tag,
+                       uint64_t val, uint32_t aux, unsigned region, uint64_t generation) {
   uint32_t s = e.seq.load(std::memory_order_relaxed);
   if ((s & 1) != 0 || !e.seq.compare_exchange_strong(s, s + 1, std::memory_order_acq_rel,
                                                      std::memory_order_relaxed)) {
     return false;  // someone else is writing this entry: skip the fill
   }
   std::atomic_thread_fence(std::memory_order_release);
-  // The caller has set the valid bit already (seq_cst); an invalidation bumps the generation
-  // (seq_cst) before reading the bits: either it sees our bit, or we see its generation.
+  // The valid bit first (seq_cst), then the generation: an invalidation bumps the generation
+  // (seq_cst) before reading the bits, so either it sees our bit, or we see its generation. The
+  // bit changes only under the entry's seqlock (here and in ClearEntry), so an invalidation that
+  // clears it for an empty entry cannot clear it under a fill that then writes.
+  valid.fetch_or(bit, std::memory_order_seq_cst);
   const bool ok = gen_[region].v.load(std::memory_order_seq_cst) +
                       global_gen_.v.load(std::memory_order_seq_cst) ==
                   generation;
@@ -47,17 +51,25 @@ bool Iotlb::WriteEntry(Entry& e, uint64_t tag, uint64_t val, uint32_t aux, unsig
     e.tag.store(tag, std::memory_order_relaxed);
     e.val.store(val, std::memory_order_relaxed);
     e.aux.store(aux, std::memory_order_relaxed);
+  } else if ((e.tag.load(std::memory_order_relaxed) & 1) == 0) {
+    valid.fetch_and(~bit, std::memory_order_relaxed);  // nothing cached here
   }
   e.seq.store(s + 2, std::memory_order_release);
   return ok;
 }
 
 template <typename Match>
-void Iotlb::ClearEntry(Entry& e, Match match) {
-  for (;;) {
+void Iotlb::ClearEntry(Entry& e, std::atomic<uint64_t>& valid, uint64_t bit, Match match) {
+  for (unsigned spins = 0;; ++spins) {
     uint32_t s = e.seq.load(std::memory_order_relaxed);
     if ((s & 1) != 0) {
-      base::CpuRelax();
+      // A fill is writing the entry. It holds the seqlock for a few stores, unless its thread was
+      // preempted: after a while let the writer run (more threads than CPUs).
+      if (spins < 64) {
+        base::CpuRelax();
+      } else {
+        std::this_thread::yield();
+      }
       continue;
     }
     if (!e.seq.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,
@@ -65,8 +77,13 @@ void Iotlb::ClearEntry(Entry& e, Match match) {
       continue;
     }
     std::atomic_thread_fence(std::memory_order_release);
-    const uint64_t tag = e.tag.load(std::memory_order_relaxed);
-    if ((tag & 1) != 0 && match(tag >> 1)) e.tag.store(0, std::memory_order_relaxed);
+    uint64_t tag = e.tag.load(std::memory_order_relaxed);
+    if ((tag & 1) != 0 && match(tag >> 1)) {
+      e.tag.store(0, std::memory_order_relaxed);
+      tag = 0;
+    }
+    // An empty entry needs no bit: invalidations skip it until a fill sets the bit again.
+    if ((tag & 1) == 0) valid.fetch_and(~bit, std::memory_order_relaxed);
     e.seq.store(s + 2, std::memory_order_release);
     return;
   }
@@ -93,17 +110,17 @@ void Iotlb::Fill(uint64_t iova, uint64_t phys, bool readable, bool writable, boo
                  uint64_t generation) {
   const uint64_t pfn = iova >> 12;
   const unsigned i = pfn % kEntries;
-  leaf_valid_.w[i / 64].fetch_or(uint64_t{1} << (i % 64), std::memory_order_seq_cst);
   const uint32_t flags =
       (readable ? kLeafRead : 0) | (writable ? kLeafWrite : 0) | (dirty ? kLeafDirty : 0);
-  WriteEntry(entries_[i], Tag(pfn), phys & ~uint64_t{0xfff}, flags, RegionOf(iova), generation);
+  WriteEntry(entries_[i], leaf_valid_.w[i / 64], uint64_t{1} << (i % 64), Tag(pfn),
+             phys & ~uint64_t{0xfff}, flags, RegionOf(iova), generation);
 }
 
 void Iotlb::FillNotPresent(uint64_t iova, uint64_t generation) {
   const uint64_t pfn = iova >> 12;
   const unsigned i = pfn % kEntries;
-  leaf_valid_.w[i / 64].fetch_or(uint64_t{1} << (i % 64), std::memory_order_seq_cst);
-  WriteEntry(entries_[i], Tag(pfn), 0, kLeafNotPresent, RegionOf(iova), generation);
+  WriteEntry(entries_[i], leaf_valid_.w[i / 64], uint64_t{1} << (i % 64), Tag(pfn), 0,
+             kLeafNotPresent, RegionOf(iova), generation);
 }
 
 // ---- walk caches -------------------------------------------------------------------------------
@@ -130,9 +147,8 @@ void Iotlb::FillWalk(uint64_t iova, unsigned level, PtTable* table, uint32_t lif
   if (level == 0 || level >= kWalkLevels) return;
   const uint64_t key = iova >> LevelShift(level);
   const unsigned i = key % kWalkEntries;
-  walk_valid_[level].fetch_or(uint64_t{1} << i, std::memory_order_seq_cst);
-  WriteEntry(walk_[level][i], Tag(key), reinterpret_cast<uint64_t>(table), life, RegionOf(iova),
-             generation);
+  WriteEntry(walk_[level][i], walk_valid_[level], uint64_t{1} << i, Tag(key),
+             reinterpret_cast<uint64_t>(table), life, RegionOf(iova), generation);
 }
 
 void Iotlb::ForEachWalkEntry(absl::FunctionRef<void(const WalkEntry&)> fn) const {
@@ -177,7 +193,7 @@ void Iotlb::ClearValidLeaves(Match match) {
     while (bits != 0) {
       const unsigned b = static_cast<unsigned>(__builtin_ctzll(bits));
       bits &= bits - 1;
-      ClearEntry(entries_[w * 64 + b], match);
+      ClearEntry(entries_[w * 64 + b], leaf_valid_.w[w], uint64_t{1} << b, match);
     }
   }
 }
@@ -190,12 +206,23 @@ void Iotlb::InvalidateLeaves(uint64_t start, uint64_t end) {
     ClearValidLeaves(in_range);
     return;
   }
-  for (uint64_t p = first; p < first + pages; ++p) {
-    const unsigned i = p % kEntries;
-    if ((leaf_valid_.w[i / 64].load(std::memory_order_seq_cst) & (uint64_t{1} << (i % 64))) == 0) {
-      continue;
+  // The range's slots, from first's on (wrapping), one bitmap word at a time: a word's bits are
+  // read once for up to 64 pages, still after the generation bump (see WriteEntry).
+  static_assert(kEntries % 64 == 0);
+  unsigned slot = static_cast<unsigned>(first % kEntries);
+  for (uint64_t left = pages; left != 0;) {
+    const unsigned bit = slot % 64;
+    const unsigned n = static_cast<unsigned>(std::min<uint64_t>(left, 64 - bit));
+    const uint64_t mask = (n == 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1) << bit;
+    uint64_t bits = leaf_valid_.w[slot / 64].load(std::memory_order_seq_cst) & mask;
+    while (bits != 0) {
+      const unsigned b = static_cast<unsigned>(__builtin_ctzll(bits));
+      bits &= bits - 1;
+      ClearEntry(entries_[slot - bit + b], leaf_valid_.w[slot / 64], uint64_t{1} << b,
+                 in_range);
     }
-    ClearEntry(entries_[i], in_range);
+    left -= n;
+    slot = (slot + n) % kEntries;
   }
 }
 
@@ -210,7 +237,7 @@ void Iotlb::InvalidateWalks(uint64_t start, uint64_t end) {
     while (valid != 0) {
       const unsigned i = static_cast<unsigned>(__builtin_ctzll(valid));
       valid &= valid - 1;
-      ClearEntry(walk_[level][i], overlaps);
+      ClearEntry(walk_[level][i], walk_valid_[level], uint64_t{1} << i, overlaps);
     }
   }
 }
@@ -237,7 +264,7 @@ void Iotlb::InvalidateAll() {
     while (valid != 0) {
       const unsigned i = static_cast<unsigned>(__builtin_ctzll(valid));
       valid &= valid - 1;
-      ClearEntry(walk_[level][i], all);
+      ClearEntry(walk_[level][i], walk_valid_[level], uint64_t{1} << i, all);
     }
   }
 }

@@ -29,7 +29,8 @@
 // their page walk and give up if it changed by the time they write the entry; an invalidation bumps
 // the generation of every region it covers before clearing entries, waiting for a fill in progress.
 // So a walk that raced with an unmap can never install an entry that outlives the invalidation. A
-// bitmap of valid entries lets an invalidation skip empty slots without touching them.
+// bitmap of valid entries lets an invalidation skip empty slots without touching them: a slot's bit
+// is set by a fill and cleared by the invalidation that empties it, both under the slot's seqlock.
 //
 // Thread safety: every method may be called concurrently from any thread.
 #ifndef PAGEPOOL_DMA_INTERNAL_IOTLB_H_
@@ -125,14 +126,16 @@ class Iotlb {
   };
   static unsigned RegionOf(uint64_t iova) { return static_cast<unsigned>(iova >> 21) % kRegions; }
   void BumpGenerations(uint64_t start, uint64_t end);
-  // Writes an entry (seqlock) if the region's generation is still `generation`.
+  // Writes an entry (seqlock) if the region's generation is still `generation`, setting its bit
+  // `bit` in `valid` first.
   // The generation is a region's counter plus the global one (bumped alone by invalidations too
   // large to bump region by region); both only grow, so the sum changes when either does.
-  bool WriteEntry(Entry& e, uint64_t tag, uint64_t val, uint32_t aux, unsigned region,
-                  uint64_t generation);
-  // Clears e if `match(tag)`, waiting for a writer in progress.
+  bool WriteEntry(Entry& e, std::atomic<uint64_t>& valid, uint64_t bit, uint64_t tag,
+                  uint64_t val, uint32_t aux, unsigned region, uint64_t generation);
+  // Clears e if `match(tag)`, waiting for a writer in progress, and its bit in `valid` when e is
+  // (now) empty.
   template <typename Match>
-  static void ClearEntry(Entry& e, Match match);
+  static void ClearEntry(Entry& e, std::atomic<uint64_t>& valid, uint64_t bit, Match match);
   // ClearEntry(match) on every valid leaf entry.
   template <typename Match>
   void ClearValidLeaves(Match match);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dma/internal/io_pgtable.h"
+#include "dma/internal/iotlb.h"
 #include "dma/iommu_domain.h"
 #include "dma/iotlb_gather.h"
 #include "gtest/gtest.h"
@@ -385,6 +386,35 @@ TEST(IommuLazyTest, TimeoutFlushesALoneEntryWithoutAnotherAdd) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   EXPECT_EQ(d->stats().fq_pending, 0u);  // the timer flushed it; no other unmap came
+}
+
+// A ranged leaf invalidation drops the IOTLB entries of exactly the pages in its range, wherever
+// the range's slots start in a bitmap word and when they wrap past the last slot: pages 500..539
+// fill slots 500..511 and 0..27; invalidating 505..529 keeps 500..504 and 530..539.
+TEST(IotlbInvalidation, RangedLeafInvalidationDropsExactlyItsPages) {
+  internal::Iotlb tlb;
+  constexpr uint64_t kBase = uint64_t{1} << 40;  // slot of page p: p % 512, kBase's is 0
+  static_assert(internal::Iotlb::kEntries == 512);
+  auto iova = [](uint64_t page) { return kBase + page * 4096; };
+  for (uint64_t p = 500; p < 540; ++p) {
+    tlb.Fill(iova(p), p * 4096, true, true, true, tlb.generation(iova(p)));
+  }
+  internal::Iotlb::LeafHit hit;
+  for (uint64_t p = 500; p < 540; ++p) ASSERT_TRUE(tlb.Lookup(iova(p), false, &hit)) << p;
+  tlb.InvalidateRange(iova(505), iova(530), /*leaf_only=*/true);
+  for (uint64_t p = 500; p < 540; ++p) {
+    EXPECT_EQ(tlb.Lookup(iova(p), false, &hit), p < 505 || p >= 530) << p;
+  }
+  // A range whose slots hold other pages' entries leaves those (same slot, another page).
+  tlb.InvalidateRange(iova(500 + 512), iova(505 + 512), true);
+  for (uint64_t p = 500; p < 505; ++p) EXPECT_TRUE(tlb.Lookup(iova(p), false, &hit)) << p;
+  // One page, then a whole word's worth starting mid-word.
+  tlb.InvalidateRange(iova(530), iova(531), true);
+  EXPECT_FALSE(tlb.Lookup(iova(530), false, &hit));
+  EXPECT_TRUE(tlb.Lookup(iova(531), false, &hit));
+  tlb.InvalidateRange(iova(470), iova(534), true);
+  for (uint64_t p = 500; p < 534; ++p) EXPECT_FALSE(tlb.Lookup(iova(p), false, &hit)) << p;
+  for (uint64_t p = 534; p < 540; ++p) EXPECT_TRUE(tlb.Lookup(iova(p), false, &hit)) << p;
 }
 
 }  // namespace

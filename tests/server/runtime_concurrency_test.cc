@@ -131,12 +131,15 @@ class RuntimeConcurrencyTest : public ::testing::Test {
     auto rt = Runtime::Create(RuntimeOptions{uint64_t{256} << 20, 64, 256, 4096});
     ASSERT_TRUE(rt.ok()) << rt.status();
     rt_ = std::move(*rt);
-    // One device per IOMMU mode, freeing emptied tables, each with a pool per strategy.
+    // One device per IOMMU mode, freeing emptied tables, each with a pool per strategy. Each
+    // models its translation caches, so every allocation also walks the page table as the device's
+    // DMA write, against the unmaps, frees and invalidations of the other threads.
     for (v1::IommuMode mode :
          {v1::IOMMU_MODE_STRICT, v1::IOMMU_MODE_LAZY, v1::IOMMU_MODE_PASSTHROUGH}) {
       v1::CreateDeviceRequest req;
       req.set_iommu_mode(mode);
       req.set_free_empty_tables(true);
+      req.set_model_iotlb(true);
       v1::Device d;
       ASSERT_TRUE(rt_->CreateDevice(req, &d).ok());
       devices_.push_back(d.id());
@@ -263,6 +266,7 @@ class RuntimeConcurrencyTest : public ::testing::Test {
           if (rng() % 4 != 0) break;
           v1::CreateDeviceRequest req;
           req.set_iommu_mode(v1::IommuMode(1 + rng() % 3));
+          req.set_model_iotlb(rng() % 2 == 0);
           v1::Device d;
           absl::Status s = rt_->CreateDevice(req, &d);
           check(s);
@@ -343,6 +347,12 @@ TEST_F(RuntimeConcurrencyTest, ManyThreadsAndTheTicksLoseNothing) {
     EXPECT_EQ(d.live_mappings(), 0u) << "device " << id;
     EXPECT_EQ(d.mapped_pages(), 0u) << "device " << id;
     EXPECT_EQ(d.iova_allocated_pages(), 0u) << "device " << id;
+    // The devices' DMA writes found every buffer mapped and never walked a freed table.
+    EXPECT_EQ(d.faults(), 0u) << "device " << id;
+    EXPECT_EQ(d.walk_cache_stale_walks(), 0u) << "device " << id;
+    if (d.iommu_mode() != v1::IOMMU_MODE_PASSTHROUGH) {
+      EXPECT_GT(d.iotlb_hits() + d.walk_cache_hits(), 0u) << "device " << id;
+    }
   }
   EXPECT_EQ(Sample(*rt_, "memory_frames_free"), frames_free_at_start_);
   ShutdownReport rep = rt_->Shutdown();
