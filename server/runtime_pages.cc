@@ -383,7 +383,9 @@ absl::Status Runtime::AllocateFrom(const PoolRef& ref, uint32_t count, uint32_t 
       const pool::PagePoolParams& params = p.pool().params();
       const uint64_t len =
           params.max_len != 0 ? params.max_len : p.pool().page_bytes() - params.offset;
-      for (const pool::PoolPage& pg : pages) DeviceReceives(ref, pg.dma_addr + params.offset, len);
+      for (const pool::PoolPage& pg : pages) {
+        if (pg.dma_addr != 0) DeviceReceives(ref, pg.dma_addr + params.offset, len);
+      }
     }
   }
   if (!s.ok()) {

@@ -235,6 +235,24 @@ TEST_F(RuntimeTest, AModelIotlbDeviceWritesEveryBufferItIsGiven) {
     EXPECT_EQ(domain(id).walk_cache_stale_walks(), 0u);
     EXPECT_EQ(domain(id).violations().total(), 0u);
   }
+  // A pool that does not DMA-map (its buffers have no IOVA) with a headroom offset: the device
+  // translates nothing for it, and nothing faults.
+  v1::CreatePoolRequest preq;
+  preq.set_device_id(dev.id());
+  preq.mutable_flags()->set_dma_map(false);
+  preq.mutable_flags()->set_offset(256);
+  preq.mutable_flags()->set_max_len(2048);
+  v1::Pool unmapped;
+  absl::Status created = rt_->CreatePool(preq, &unmapped);
+  ASSERT_TRUE(created.ok()) << created;
+  const v1::DomainInfo before = domain(dev.id());
+  const Handles pages = Alloc(unmapped.id(), 8);
+  ASSERT_EQ(pages.size(), 8);
+  const v1::DomainInfo after = domain(dev.id());
+  EXPECT_EQ(after.faults(), 0u);
+  EXPECT_EQ(after.iotlb_hits(), before.iotlb_hits());
+  EXPECT_EQ(after.walk_cache_hits(), before.walk_cache_hits());
+  ASSERT_TRUE(ReturnAll(unmapped.id(), pages).ok());
 }
 
 TEST_F(RuntimeTest, ListInflightInChunksListsEveryPageOnceInOrder) {
