@@ -135,9 +135,10 @@ class Device {
   // driver posted): one translation per 4 KiB page through the domain, as the device's IOMMU does
   // it (IommuDomain::Translate with write: the IOTLB and walk caches when modelled, the leaf's
   // accessed and dirty bits set). Not a DMA-API call, so never counted by the checker. In
-  // passthrough nothing is translated. NOT_FOUND for a page without a writable mapping (a DMA fault,
-  // counted by the domain), FAILED_PRECONDITION on an unbound device (a device without its driver
-  // does no DMA), INVALID_ARGUMENT for size 0 or a range that wraps.
+  // passthrough nothing is translated. NOT_FOUND for a page without a mapping, PERMISSION_DENIED
+  // for one the device may only read (DMA faults, counted by the domain), FAILED_PRECONDITION on an
+  // unbound device (a device without its driver does no DMA), INVALID_ARGUMENT for size 0 or a
+  // range that wraps.
   // Context: any thread; Unbind waits for it as for a DMA-API call.
   absl::Status DmaWrite(DmaAddr addr, uint64_t size);
 
