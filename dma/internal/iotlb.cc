@@ -186,15 +186,23 @@ void Iotlb::BumpGenerations(uint64_t start, uint64_t end) {
   }
 }
 
+// The valid entries among `count` slots from `slot` on (wrapping), one bitmap word at a time: a
+// word's bits are read once for up to 64 slots, still after the generation bump (see WriteEntry).
 template <typename Match>
-void Iotlb::ClearValidLeaves(Match match) {
-  for (unsigned w = 0; w < kEntries / 64; ++w) {
-    uint64_t bits = leaf_valid_.w[w].load(std::memory_order_seq_cst);
+void Iotlb::ClearValidLeaves(unsigned slot, unsigned count, Match match) {
+  static_assert(kEntries % 64 == 0);
+  for (unsigned left = count; left != 0;) {
+    const unsigned bit = slot % 64;
+    const unsigned n = std::min(left, 64 - bit);
+    const uint64_t mask = (n == 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1) << bit;
+    uint64_t bits = leaf_valid_.w[slot / 64].load(std::memory_order_seq_cst) & mask;
     while (bits != 0) {
       const unsigned b = static_cast<unsigned>(__builtin_ctzll(bits));
       bits &= bits - 1;
-      ClearEntry(entries_[w * 64 + b], leaf_valid_.w[w], uint64_t{1} << b, match);
+      ClearEntry(entries_[slot - bit + b], leaf_valid_.w[slot / 64], uint64_t{1} << b, match);
     }
+    left -= n;
+    slot = (slot + n) % kEntries;
   }
 }
 
@@ -202,28 +210,9 @@ void Iotlb::InvalidateLeaves(uint64_t start, uint64_t end) {
   const uint64_t first = start >> 12;
   const uint64_t pages = (end - start) >> 12;
   auto in_range = [&](uint64_t pfn) { return pfn >= first && pfn - first < pages; };
-  if (pages >= kEntries) {
-    ClearValidLeaves(in_range);
-    return;
-  }
-  // The range's slots, from first's on (wrapping), one bitmap word at a time: a word's bits are
-  // read once for up to 64 pages, still after the generation bump (see WriteEntry).
-  static_assert(kEntries % 64 == 0);
-  unsigned slot = static_cast<unsigned>(first % kEntries);
-  for (uint64_t left = pages; left != 0;) {
-    const unsigned bit = slot % 64;
-    const unsigned n = static_cast<unsigned>(std::min<uint64_t>(left, 64 - bit));
-    const uint64_t mask = (n == 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1) << bit;
-    uint64_t bits = leaf_valid_.w[slot / 64].load(std::memory_order_seq_cst) & mask;
-    while (bits != 0) {
-      const unsigned b = static_cast<unsigned>(__builtin_ctzll(bits));
-      bits &= bits - 1;
-      ClearEntry(entries_[slot - bit + b], leaf_valid_.w[slot / 64], uint64_t{1} << b,
-                 in_range);
-    }
-    left -= n;
-    slot = (slot + n) % kEntries;
-  }
+  // A range of kEntries pages or more covers every slot.
+  ClearValidLeaves(static_cast<unsigned>(first % kEntries),
+                   static_cast<unsigned>(std::min<uint64_t>(pages, kEntries)), in_range);
 }
 
 void Iotlb::InvalidateWalks(uint64_t start, uint64_t end) {
@@ -258,7 +247,7 @@ void Iotlb::InvalidateWalkRange(uint64_t start, uint64_t end) {
 void Iotlb::InvalidateAll() {
   global_gen_.v.fetch_add(1, std::memory_order_seq_cst);
   auto all = [](uint64_t) { return true; };
-  ClearValidLeaves(all);
+  ClearValidLeaves(0, kEntries, all);
   for (unsigned level = 1; level < kWalkLevels; ++level) {
     uint64_t valid = walk_valid_[level].load(std::memory_order_seq_cst);
     while (valid != 0) {

@@ -136,9 +136,9 @@ class Iotlb {
   // (now) empty.
   template <typename Match>
   static void ClearEntry(Entry& e, std::atomic<uint64_t>& valid, uint64_t bit, Match match);
-  // ClearEntry(match) on every valid leaf entry.
+  // ClearEntry(match) on every valid leaf entry among `count` slots from `slot` on (wrapping).
   template <typename Match>
-  void ClearValidLeaves(Match match);
+  void ClearValidLeaves(unsigned slot, unsigned count, Match match);
   void InvalidateLeaves(uint64_t start, uint64_t end);
   void InvalidateWalks(uint64_t start, uint64_t end);
 
