@@ -129,6 +129,8 @@ std::string FormatDevice(const v1::Device& d) {
                     EnumLabel(v1::DmaCoherence_Name(d.dma_coherence()), "DMA_COHERENCE_"),
                     d.dma_need_sync() ? "" : " (no dma sync)");
   }
+  // A device whose translation caches are modelled says so (get-domain shows the figures).
+  if (d.domain().model_iotlb()) absl::StrAppend(&mask, ", iotlb modelled");
   return absl::StrFormat(
       "device %d \"%s\" (ifindex %d): %s, iommu %s, %d-bit%s, pools [%s], mapped %d pages, "
       "page tables %d, violations %d\n",

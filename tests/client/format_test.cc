@@ -95,6 +95,12 @@ TEST(FormatTest, DevicesText) {
   EXPECT_EQ(FormatResponse(created),
             "device 1 \"eth0\" (ifindex 1): bound, iommu strict, 48-bit, pools [], mapped 0 "
             "pages, page tables 1, violations 0\n");
+  // A device created with model_iotlb says so after its address width.
+  v1::Device modelled = Eth0();
+  modelled.mutable_domain()->set_model_iotlb(true);
+  EXPECT_EQ(FormatDevice(modelled),
+            "device 1 \"eth0\" (ifindex 1): bound, iommu strict, 48-bit, iotlb modelled, pools [], "
+            "mapped 0 pages, page tables 1, violations 0\n");
 
   v1::ListDevicesResponse list;
   EXPECT_EQ(FormatResponse(list), "no devices\n");
