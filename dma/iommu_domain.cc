@@ -201,11 +201,7 @@ absl::StatusOr<std::unique_ptr<IommuDomain>> IommuDomain::Create(const DomainCon
   if (config.model_iotlb) impl.iotlb = std::make_unique<internal::Iotlb>();
   impl.dirty_tracking.store(config.dirty_tracking, std::memory_order_relaxed);
   impl.pt->set_quarantine_for_test(config.skip_free_widening_for_test);
-  if (impl.iotlb && !config.skip_free_widening_for_test) {
-    internal::Iotlb* tlb = impl.iotlb.get();
-    impl.pt->set_on_table_dying(
-        [tlb](uint64_t start, uint64_t end) { tlb->InvalidateWalkRange(start, end); });
-  }
+  if (impl.iotlb && !config.skip_free_widening_for_test) impl.pt->set_walk_caches(impl.iotlb.get());
   impl.pt->set_check_released_zero(config.debug_check_released_tables);
   if (config.mode == IommuMode::kLazy) {
     // By default the flush queue reads the tick: its 10 ms deadline needs no better, and every

@@ -154,10 +154,10 @@ void IoPageTable::Drop(PtTable* t, uint32_t n, unsigned level, Path* path, Iotlb
       return;
     }
     if (__builtin_expect(hooks_ != nullptr, 0)) RunTestHook(&TestHooks::after_death_cas, t);
-    if (on_dying_) {
+    if (dying_tlb_ != nullptr) {
       const uint64_t span = LevelSpan(level + 1);
       const uint64_t base = path->iova & ~(span - 1);
-      on_dying_(base, base + span);
+      dying_tlb_->InvalidateWalkRange(base, base + span);
     }
     // We own the death of t: unlink it, then drop the parent's entry for it (cascade).
     PtTable* parent = path->table[level + 1];
@@ -397,7 +397,7 @@ void IoPageTable::KillSubtree(PtTable* t, unsigned level, uint64_t base) {
       if (PteIsPresent(e) && PteIsTable(e)) KillSubtree(PteTable(e), level - 1, base + i * span);
     }
   }
-  if (on_dying_) on_dying_(base, base + LevelSpan(level + 1));
+  if (dying_tlb_ != nullptr) dying_tlb_->InvalidateWalkRange(base, base + LevelSpan(level + 1));
 }
 
 void IoPageTable::ClearLeaf(std::atomic<uint64_t>& slot, uint64_t e, uint64_t iova, uint64_t span) {

@@ -176,11 +176,12 @@ class IoPageTable {
   // Tests only: runs `hook` in Map after a new table is allocated and before it is installed
   // (to force the install race of live-free case 1 deterministically). Not thread-safe to set.
   void set_install_hook_for_test(std::function<void()> hook) { install_hook_ = std::move(hook); }
-  // Called with [start, end), the span of a table about to be unlinked, after the table is marked
-  // DYING and before the entry pointing to it is cleared: the domain invalidates the walk caches
-  // there, so that no paging-structure-cache entry can point to the old table once a new one may be
-  // linked in its place (Translate never caches a DYING table). Set before use.
-  void set_on_table_dying(std::function<void(uint64_t, uint64_t)> fn) { on_dying_ = std::move(fn); }
+  // The walk caches to invalidate over [start, end), the span of a table about to be unlinked,
+  // after the table is marked DYING and before the entry pointing to it is cleared
+  // (Iotlb::InvalidateWalkRange), so that no paging-structure-cache entry can point to the old
+  // table once a new one may be linked in its place (Translate never caches a DYING table).
+  // nullptr: none. Set before use.
+  void set_walk_caches(Iotlb* tlb) { dying_tlb_ = tlb; }
   // Tests only: see TestHooks. `hooks` must outlive its use; nullptr removes them.
   void set_hooks_for_test(TestHooks* hooks) { hooks_ = hooks; }
   // Tests only: released tables are kept aside (not reused, freed by the destructor). Set before
@@ -275,8 +276,9 @@ class IoPageTable {
   DomainCounters* const counters_;
   PtTable* root_;
   std::function<void()> install_hook_;
-  std::function<void(uint64_t, uint64_t)> on_dying_;
-  // Marks t and every table under it DYING and reports its span to on_dying_ (before unlinking).
+  Iotlb* dying_tlb_ = nullptr;  // see set_walk_caches
+  // Marks t and every table under it DYING and invalidates its span in dying_tlb_'s walk caches
+  // (before unlinking).
   void KillSubtree(PtTable* t, unsigned level, uint64_t base);
   bool quarantine_on_ = false;
   bool check_zero_ = false;

@@ -174,9 +174,7 @@ void Iotlb::ForEachWalkEntry(absl::FunctionRef<void(const WalkEntry&)> fn) const
 
 // ---- invalidation ------------------------------------------------------------------------------
 
-void Iotlb::BumpGenerations(uint64_t start, uint64_t end) {
-  const uint64_t first = start >> 21;
-  const uint64_t last = (end - 1) >> 21;
+void Iotlb::BumpGenerationsSlow(uint64_t first, uint64_t last) {
   if (last - first + 1 >= kRegions / 8) {
     global_gen_.v.fetch_add(1, std::memory_order_seq_cst);
     return;
@@ -206,7 +204,7 @@ void Iotlb::ClearValidLeaves(unsigned slot, unsigned count, Match match) {
   }
 }
 
-void Iotlb::InvalidateLeaves(uint64_t start, uint64_t end) {
+void Iotlb::ClearLeaves(uint64_t start, uint64_t end) {
   const uint64_t first = start >> 12;
   const uint64_t pages = (end - start) >> 12;
   auto in_range = [&](uint64_t pfn) { return pfn >= first && pfn - first < pages; };
@@ -215,7 +213,7 @@ void Iotlb::InvalidateLeaves(uint64_t start, uint64_t end) {
                    static_cast<unsigned>(std::min<uint64_t>(pages, kEntries)), in_range);
 }
 
-void Iotlb::InvalidateWalks(uint64_t start, uint64_t end) {
+void Iotlb::ClearWalks(uint64_t start, uint64_t end) {
   for (unsigned level = 1; level < kWalkLevels; ++level) {
     uint64_t valid = walk_valid_[level].load(std::memory_order_seq_cst);
     if (valid == 0) continue;
@@ -231,17 +229,9 @@ void Iotlb::InvalidateWalks(uint64_t start, uint64_t end) {
   }
 }
 
-void Iotlb::InvalidateRange(uint64_t start, uint64_t end, bool leaf_only) {
-  if (end <= start) return;
-  BumpGenerations(start, end);
-  InvalidateLeaves(start, end);
-  if (!leaf_only) InvalidateWalks(start, end);
-}
-
-void Iotlb::InvalidateWalkRange(uint64_t start, uint64_t end) {
-  if (end <= start) return;
-  BumpGenerations(start, end);
-  InvalidateWalks(start, end);
+void Iotlb::ClearRange(uint64_t start, uint64_t end, bool leaves, bool walks) {
+  if (leaves) ClearLeaves(start, end);
+  if (walks) ClearWalks(start, end);
 }
 
 void Iotlb::InvalidateAll() {

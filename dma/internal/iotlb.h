@@ -99,6 +99,7 @@ class Iotlb {
   // Caches the level-`level` entry covering iova, which points to `table` (stamp `life`).
   void FillWalk(uint64_t iova, unsigned level, PtTable* table, uint32_t life, uint64_t generation);
 
+  // Inline (below): on every strict unmap's path.
   void InvalidateRange(uint64_t start, uint64_t end, bool leaf_only);
   // Only the walk-cache entries intersecting [start, end) (a table about to be unlinked; the leaf
   // translations under it are the unmap's own invalidation's business, lazily in lazy mode).
@@ -125,13 +126,16 @@ class Iotlb {
     std::atomic<uint64_t> w[kEntries / 64];
   };
   static unsigned RegionOf(uint64_t iova) { return static_cast<unsigned>(iova >> 21) % kRegions; }
+  // Bumps the fill generation of every region [start, end) touches (inline for the common case of
+  // one region; BumpGenerationsSlow for more).
   void BumpGenerations(uint64_t start, uint64_t end);
+  void BumpGenerationsSlow(uint64_t first_region, uint64_t last_region);
   // Writes an entry (seqlock) if the region's generation is still `generation`, setting its bit
   // `bit` in `valid` first.
   // The generation is a region's counter plus the global one (bumped alone by invalidations too
   // large to bump region by region); both only grow, so the sum changes when either does.
-  bool WriteEntry(Entry& e, std::atomic<uint64_t>& valid, uint64_t bit, uint64_t tag,
-                  uint64_t val, uint32_t aux, unsigned region, uint64_t generation);
+  bool WriteEntry(Entry& e, std::atomic<uint64_t>& valid, uint64_t bit, uint64_t tag, uint64_t val,
+                  uint32_t aux, unsigned region, uint64_t generation);
   // Clears e if `match(tag)`, waiting for a writer in progress, and its bit in `valid` when e is
   // (now) empty.
   template <typename Match>
@@ -139,8 +143,17 @@ class Iotlb {
   // ClearEntry(match) on every valid leaf entry among `count` slots from `slot` on (wrapping).
   template <typename Match>
   void ClearValidLeaves(unsigned slot, unsigned count, Match match);
-  void InvalidateLeaves(uint64_t start, uint64_t end);
-  void InvalidateWalks(uint64_t start, uint64_t end);
+  // Whether a leaf entry of a page in [start, end) may be valid: exact within one bitmap word, any
+  // valid leaf at all for a range across words. Read after the generation bump.
+  bool AnyValidLeaf(uint64_t start, uint64_t end) const;
+  // Whether any walk-cache entry is valid. Read after the generation bump.
+  bool AnyValidWalk() const;
+  // The clearing, out of line so that an invalidation that finds nothing to clear (the common
+  // case) is a leaf function: the leaf entries of pages in [start, end), the walk-cache entries
+  // whose span intersects it, or either.
+  void ClearLeaves(uint64_t start, uint64_t end);
+  void ClearWalks(uint64_t start, uint64_t end);
+  [[gnu::noinline]] void ClearRange(uint64_t start, uint64_t end, bool leaves, bool walks);
 
   Entry entries_[kEntries];
   Entry walk_[kWalkLevels][kWalkEntries];
@@ -151,6 +164,57 @@ class Iotlb {
   mutable std::atomic<uint64_t> hits_{0};
   mutable std::atomic<uint64_t> walk_hits_{0};
 };
+
+inline void Iotlb::BumpGenerations(uint64_t start, uint64_t end) {
+  const uint64_t first = start >> 21;
+  const uint64_t last = (end - 1) >> 21;
+  if (first == last) {  // the common case: a range inside one 2 MiB region
+    gen_[first % kRegions].v.fetch_add(1, std::memory_order_seq_cst);
+    return;
+  }
+  BumpGenerationsSlow(first, last);
+}
+
+inline bool Iotlb::AnyValidLeaf(uint64_t start, uint64_t end) const {
+  const uint64_t first = start >> 12;
+  const uint64_t pages = (end - start) >> 12;
+  if (pages == 0) return false;  // less than a page
+  const unsigned bit = static_cast<unsigned>(first % 64);
+  if (pages <= 64 - bit) {
+    // Within one bitmap word: exactly those slots.
+    const uint64_t mask = (~uint64_t{0} >> (64 - pages)) << bit;  // 1 <= pages <= 64
+    return (leaf_valid_.w[(first % kEntries) / 64].load(std::memory_order_seq_cst) & mask) != 0;
+  }
+  // Across words: every word, a superset of the slots (ClearLeaves then checks each slot).
+  static_assert(kEntries / 64 == 8);
+  const auto& w = leaf_valid_.w;
+  constexpr auto o = std::memory_order_seq_cst;
+  return ((w[0].load(o) | w[1].load(o) | w[2].load(o) | w[3].load(o)) |
+          (w[4].load(o) | w[5].load(o) | w[6].load(o) | w[7].load(o))) != 0;
+}
+
+inline bool Iotlb::AnyValidWalk() const {
+  static_assert(kWalkLevels == 5);
+  constexpr auto o = std::memory_order_seq_cst;
+  return (walk_valid_[1].load(o) | walk_valid_[2].load(o) | walk_valid_[3].load(o) |
+          walk_valid_[4].load(o)) != 0;
+}
+
+inline void Iotlb::InvalidateRange(uint64_t start, uint64_t end, bool leaf_only) {
+  if (end <= start) return;
+  BumpGenerations(start, end);
+  // Then the valid bits (see WriteEntry). Most invalidations find none set among their slots: the
+  // clearing, out of line, runs only when one is.
+  const bool leaves = AnyValidLeaf(start, end);
+  const bool walks = !leaf_only && AnyValidWalk();
+  if (leaves || walks) ClearRange(start, end, leaves, walks);
+}
+
+inline void Iotlb::InvalidateWalkRange(uint64_t start, uint64_t end) {
+  if (end <= start) return;
+  BumpGenerations(start, end);
+  if (AnyValidWalk()) ClearWalks(start, end);
+}
 
 }  // namespace pagepool::dma::internal
 

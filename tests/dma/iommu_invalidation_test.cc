@@ -417,5 +417,33 @@ TEST(IotlbInvalidation, RangedLeafInvalidationDropsExactlyItsPages) {
   for (uint64_t p = 534; p < 540; ++p) EXPECT_TRUE(tlb.Lookup(iova(p), false, &hit)) << p;
 }
 
+// An invalidation reads the valid bits of its slots first and clears only when one is set: at a
+// word's last slot, across a word boundary, and next to a valid neighbour.
+TEST(IotlbInvalidation, ValidBitFilterMissesNoEntry) {
+  internal::Iotlb tlb;
+  constexpr uint64_t kBase = uint64_t{1} << 40;
+  auto iova = [](uint64_t page) { return kBase + page * 4096; };
+  auto fill = [&](uint64_t p) {
+    tlb.Fill(iova(p), p * 4096, true, true, true, tlb.generation(iova(p)));
+  };
+  internal::Iotlb::LeafHit hit;
+  for (uint64_t p : {62, 63, 64, 66, 130}) fill(p);
+  tlb.InvalidateRange(iova(61), iova(62), true);  // an empty slot beside valid ones
+  for (uint64_t p : {62, 63, 64, 66, 130}) EXPECT_TRUE(tlb.Lookup(iova(p), false, &hit)) << p;
+  tlb.InvalidateRange(iova(63), iova(64), true);  // a word's last slot
+  EXPECT_FALSE(tlb.Lookup(iova(63), false, &hit));
+  EXPECT_TRUE(tlb.Lookup(iova(62), false, &hit));
+  EXPECT_TRUE(tlb.Lookup(iova(64), false, &hit));
+  tlb.InvalidateRange(iova(60), iova(68), true);  // across the boundary of words 0 and 1
+  for (uint64_t p : {62, 64, 66}) EXPECT_FALSE(tlb.Lookup(iova(p), false, &hit)) << p;
+  EXPECT_TRUE(tlb.Lookup(iova(130), false, &hit));  // outside the range, in another word
+  tlb.InvalidateRange(iova(129), iova(131), true);
+  EXPECT_FALSE(tlb.Lookup(iova(130), false, &hit));
+  // Nothing valid any more: a domain-sized range finds every bit clear and changes nothing.
+  tlb.InvalidateRange(iova(0), iova(1 << 20), false);
+  fill(7);
+  EXPECT_TRUE(tlb.Lookup(iova(7), false, &hit));
+}
+
 }  // namespace
 }  // namespace pagepool::dma
