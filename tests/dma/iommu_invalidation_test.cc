@@ -1,6 +1,7 @@
 // Tests of the device's walk caches and the invalidation model (issue 11): widening to the freed
 // span, leaf-only vs non-leaf commands, the domain-wide threshold, gathers, caching mode, the
 // iommufd dirty API, the table-protocol hooks, accounting and the lazy flush timer.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -225,6 +226,40 @@ TEST(IommuDirtyTest, TrackingSwitchAndUnmapReadDirty) {
   EXPECT_EQ(*n, 4 * k4K);
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_EQ(seen[0], kBase + 2 * k4K);
+}
+
+// An unmap that covers whole leaf tables clears them as blocks (ClearSubtree), with or without a
+// dirty-bit reader: the reader still gets every written page, and without one every leaf is gone.
+TEST(IommuDirtyTest, BlockUnmapOfLeafTablesReadsDirtyBitsOrClearsFast) {
+  constexpr uint64_t k2M = uint64_t{2} << 20;
+  constexpr uint64_t base = kBase;  // 2 MiB aligned
+  static_assert(base % k2M == 0);
+  for (bool reader : {true, false}) {
+    DomainConfig c;
+    c.dirty_tracking = true;
+    auto d = MakeDomain(c);
+    // 4 MiB of 4 KiB pages (phys not 2 MiB aligned): two leaf tables under 2 MiB entries.
+    ASSERT_TRUE(d->Map(base, kPhys + k4K, 2 * k2M, kRW).ok());
+    for (uint64_t page : {0, 7, 511, 512, 1023}) {
+      ASSERT_TRUE(d->Translate(base + page * k4K, true).ok());
+    }
+    if (reader) {
+      std::vector<DmaAddr> seen;
+      absl::StatusOr<uint64_t> n =
+          d->UnmapReadDirty(base, 2 * k2M, [&](DmaAddr a, uint64_t) { seen.push_back(a); });
+      ASSERT_TRUE(n.ok()) << n.status();
+      EXPECT_EQ(*n, 2 * k2M);
+      std::sort(seen.begin(), seen.end());
+      EXPECT_EQ(seen, (std::vector<DmaAddr>{base, base + 7 * k4K, base + 511 * k4K,
+                                            base + 512 * k4K, base + 1023 * k4K}));
+    } else {
+      ASSERT_TRUE(d->Unmap(base, 2 * k2M).ok());
+    }
+    for (uint64_t page : {0, 1, 511, 512, 1023}) {
+      EXPECT_FALSE(d->Translate(base + page * k4K, false).ok()) << page;
+    }
+    EXPECT_EQ(d->stats().mapped_pages, 0u);
+  }
 }
 
 TEST(IommuDirtyTest, LazyUnmapLeavesAStaleWritableTranslationUntilTheFlush) {
