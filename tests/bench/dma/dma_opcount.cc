@@ -11,16 +11,19 @@
 //
 // and divide the instructions of MeasuredOp (inclusive) by the calls it prints. It also prints the
 // wall time per measured call (the clock is read once per window, outside the calls); under
-// callgrind that figure means nothing. Arguments: map or
-// unmap, pages per call (1 or 256), free_empty_tables (0/1), windows (each of 8192 pages, i.e. 16
-// leaf tables; the first window is a warm-up and is not measured). Strict mode; the environment
-// variable PAGEPOOL_BENCH_MODEL_IOTLB=1 models the device's caches, as in dma_bench.
+// callgrind that figure means nothing.
+//
+// Arguments: map or unmap, pages per call (1 or 256), free_empty_tables (0/1), windows (each of
+// 8192 pages, i.e. 16 leaf tables; the first window is a warm-up and is not measured). Strict
+// mode; the environment variable PAGEPOOL_BENCH_MODEL_IOTLB=1 models the device's caches, as in
+// dma_bench.
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "dma/iommu_domain.h"
