@@ -16,6 +16,19 @@ namespace {
 
 constexpr uint64_t kLeafFlagMask = kPteAccessed | kPteDirty;
 
+// Clears the 4 KiB leaves in slots [i0, i1] of leaf table t, one store each, and returns how many
+// there were. Only for a domain without a dirty-bit reader (ClearLeaf reads the bit otherwise).
+uint32_t ClearLeafSlots(PtTable* t, unsigned i0, unsigned i1) {
+  uint32_t cleared = 0;
+  for (unsigned i = i0; i <= i1; ++i) {
+    std::atomic<uint64_t>& slot = t->pte[i];
+    if (slot.load(std::memory_order_relaxed) == 0) continue;
+    slot.store(0, std::memory_order_release);
+    ++cleared;
+  }
+  return cleared;
+}
+
 // Sets `flags` (A, and D for a write) in the present leaf `slot`, last read as `e`: a CAS that
 // only succeeds on the unchanged entry (a blind fetch_or could write A/D bits into an entry that an
 // unmap just cleared). False if the entry changed other than in A/D (unmapped or remapped).
@@ -373,12 +386,8 @@ uint64_t IoPageTable::ClearSubtree(PtTable* t, unsigned level, uint64_t base, Io
   const uint64_t span = LevelSpan(level);
   if (level == 0 && dirty_fn_ == nullptr) {
     // A leaf table with no dirty-bit reader: each entry is a 4 KiB leaf, cleared with one store
-    // (UnmapLevel's loop). The dirty-bit read, when there is a reader, is ClearLeaf's.
-    for (auto& slot : t->pte) {
-      if (slot.load(std::memory_order_relaxed) == 0) continue;
-      slot.store(0, std::memory_order_release);
-      ++pages;
-    }
+    // (ClearLeafSlots, as in UnmapLevel). With a reader, ClearLeaf reads each dirty bit.
+    pages = ClearLeafSlots(t, 0, kPtEntries - 1);
     t->state.store(PtTable::kDying, std::memory_order_release);
     OnUnlinked(t, level, base, gather);
     return pages;
@@ -484,12 +493,7 @@ uint64_t IoPageTable::UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint
   if (level == 0) {
     // 4 KiB leaves only, each entirely inside [start, end).
     if (dirty_fn_ == nullptr) {
-      for (unsigned i = i0; i <= i1; ++i) {
-        std::atomic<uint64_t>& slot = t->pte[i];
-        if (slot.load(std::memory_order_relaxed) == 0) continue;
-        slot.store(0, std::memory_order_release);
-        ++removed;
-      }
+      removed = ClearLeafSlots(t, i0, i1);
     } else {
       for (unsigned i = i0; i <= i1; ++i) {
         std::atomic<uint64_t>& slot = t->pte[i];

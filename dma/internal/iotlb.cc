@@ -238,14 +238,7 @@ void Iotlb::InvalidateAll() {
   global_gen_.v.fetch_add(1, std::memory_order_seq_cst);
   auto all = [](uint64_t) { return true; };
   ClearValidLeaves(0, kEntries, all);
-  for (unsigned level = 1; level < kWalkLevels; ++level) {
-    uint64_t valid = walk_valid_[level].load(std::memory_order_seq_cst);
-    while (valid != 0) {
-      const unsigned i = static_cast<unsigned>(__builtin_ctzll(valid));
-      valid &= valid - 1;
-      ClearEntry(walk_[level][i], walk_valid_[level], uint64_t{1} << i, all);
-    }
-  }
+  ClearWalks(0, ~uint64_t{0});  // every walk-cache entry's span intersects the whole space
 }
 
 }  // namespace pagepool::dma::internal
