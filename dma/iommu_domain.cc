@@ -5,6 +5,8 @@
 #include <memory>
 #include <vector>
 
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
 #include "absl/strings/str_cat.h"
 #include "base/strings.h"
 #include "base/thread_slot.h"
@@ -138,7 +140,19 @@ struct IommuDomain::Impl {
     return absl::OkStatus();
   }
 
+  // Every map and unmap starts here, so the common case is a few compares inline and the message
+  // is built out of line.
   absl::Status CheckRange(const char* op, DmaAddr iova, uint64_t size) const {
+    if (ABSL_PREDICT_TRUE(config.mode != IommuMode::kPassthrough && size != 0 &&
+                          ((iova | size) & (kPageSize - 1)) == 0 && iova < limit &&
+                          size <= limit - iova)) {
+      return absl::OkStatus();
+    }
+    return RangeError(op, iova, size);
+  }
+
+  ABSL_ATTRIBUTE_NOINLINE absl::Status RangeError(const char* op, DmaAddr iova,
+                                                  uint64_t size) const {
     if (config.mode == IommuMode::kPassthrough) {
       return absl::FailedPreconditionError(
           absl::StrCat(op, ": passthrough domain has no page table (iova ", base::Hex(iova), ")"));
@@ -152,12 +166,9 @@ struct IommuDomain::Impl {
       return absl::InvalidArgumentError(
           absl::StrCat(op, ": iova ", base::Hex(iova), " is not 4 KiB aligned"));
     }
-    if (iova >= limit || size > limit - iova) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": [", base::Hex(iova), ", +",
-                                                     base::Hex(size), ") is beyond the ",
-                                                     config.address_width, "-bit address width"));
-    }
-    return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(op, ": [", base::Hex(iova), ", +",
+                                                   base::Hex(size), ") is beyond the ",
+                                                   config.address_width, "-bit address width"));
   }
 };
 
@@ -217,30 +228,9 @@ absl::StatusOr<std::unique_ptr<IommuDomain>> IommuDomain::Create(const DomainCon
   return d;
 }
 
-absl::Status IommuDomain::Map(DmaAddr iova, PhysAddr phys, uint64_t size, uint32_t prot) {
-  return MapPagesImpl(iova, phys, size, prot, 2);
-}
-
-absl::Status IommuDomain::MapPages(DmaAddr iova, PhysAddr phys, uint64_t pgsize, uint64_t pgcount,
-                                   uint32_t prot, uint64_t* mapped) {
-  if (mapped != nullptr) *mapped = 0;
-  unsigned level = 0;
-  if (impl_->config.mode != IommuMode::kPassthrough) {
-    if (absl::Status s = impl_->CheckPgsize("MapPages", iova, pgsize, pgcount, &level); !s.ok()) {
-      return s;
-    }
-    if ((phys & (pgsize - 1)) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("MapPages: phys ", base::Hex(phys), " is not aligned to pgsize ", pgsize));
-    }
-  }
-  absl::Status s = MapPagesImpl(iova, phys, pgsize * pgcount, prot, level);
-  if (s.ok() && mapped != nullptr) *mapped = pgsize * pgcount;
-  return s;
-}
-
-absl::Status IommuDomain::MapPagesImpl(DmaAddr iova, PhysAddr phys, uint64_t size, uint32_t prot,
-                                       unsigned max_leaf) {
+// Inlined into Map and MapPages: a 4 KiB map is a few hundred instructions, a call is 10 of them.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline absl::Status IommuDomain::MapPagesImpl(
+    DmaAddr iova, PhysAddr phys, uint64_t size, uint32_t prot, unsigned max_leaf) {
   Impl& impl = *impl_;
   if (absl::Status s = impl.CheckRange("Map", iova, size); !s.ok()) return s;
   if ((phys & (kPageSize - 1)) != 0 || phys >= internal::kPhysLimit ||
@@ -271,6 +261,28 @@ absl::Status IommuDomain::MapPagesImpl(DmaAddr iova, PhysAddr phys, uint64_t siz
                                            std::memory_order_relaxed);
   if (impl.config.caching_mode && !impl.config.skip_sync_map_for_test) IotlbSyncMap(iova, size);
   return absl::OkStatus();
+}
+
+absl::Status IommuDomain::Map(DmaAddr iova, PhysAddr phys, uint64_t size, uint32_t prot) {
+  return MapPagesImpl(iova, phys, size, prot, 2);
+}
+
+absl::Status IommuDomain::MapPages(DmaAddr iova, PhysAddr phys, uint64_t pgsize, uint64_t pgcount,
+                                   uint32_t prot, uint64_t* mapped) {
+  if (mapped != nullptr) *mapped = 0;
+  unsigned level = 0;
+  if (impl_->config.mode != IommuMode::kPassthrough) {
+    if (absl::Status s = impl_->CheckPgsize("MapPages", iova, pgsize, pgcount, &level); !s.ok()) {
+      return s;
+    }
+    if ((phys & (pgsize - 1)) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("MapPages: phys ", base::Hex(phys), " is not aligned to pgsize ", pgsize));
+    }
+  }
+  absl::Status s = MapPagesImpl(iova, phys, pgsize * pgcount, prot, level);
+  if (s.ok() && mapped != nullptr) *mapped = pgsize * pgcount;
+  return s;
 }
 
 void IommuDomain::IotlbSyncMap(DmaAddr iova, uint64_t size) {

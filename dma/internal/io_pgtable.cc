@@ -20,10 +20,11 @@ constexpr uint64_t kLeafFlagMask = kPteAccessed | kPteDirty;
 // there were. Only for a domain without a dirty-bit reader (ClearLeaf reads the bit otherwise).
 uint32_t ClearLeafSlots(PtTable* t, unsigned i0, unsigned i1) {
   uint32_t cleared = 0;
-  for (unsigned i = i0; i <= i1; ++i) {
-    std::atomic<uint64_t>& slot = t->pte[i];
-    if (slot.load(std::memory_order_relaxed) == 0) continue;
-    slot.store(0, std::memory_order_release);
+  std::atomic<uint64_t>* const last = &t->pte[i1];
+#pragma GCC unroll 4
+  for (std::atomic<uint64_t>* slot = &t->pte[i0]; slot <= last; ++slot) {
+    if (slot->load(std::memory_order_relaxed) == 0) continue;
+    slot->store(0, std::memory_order_release);
     ++cleared;
   }
   return cleared;
@@ -154,10 +155,17 @@ void IoPageTable::RunTestHook(std::function<void(PtTable*)> TestHooks::*hook, Pt
   if (hooks_->*hook) (hooks_->*hook)(t);
 }
 
-void IoPageTable::Drop(PtTable* t, uint32_t n, unsigned level, Path* path, IotlbGather* gather) {
+// Every unmap ends with a Drop; almost always the table keeps entries, so the count drop is inline
+// and the death path (the test hooks, the walk-cache invalidation, the cascade) is out of line.
+inline void IoPageTable::Drop(PtTable* t, uint32_t n, unsigned level, Path* path,
+                              IotlbGather* gather) {
+  const uint32_t old = t->state.fetch_sub(n, std::memory_order_acq_rel);
+  if (old != n || level == top_ || !free_empty_tables_) return;
+  KillEmpty(t, level, path, gather);
+}
+
+void IoPageTable::KillEmpty(PtTable* t, unsigned level, Path* path, IotlbGather* gather) {
   for (;;) {
-    const uint32_t old = t->state.fetch_sub(n, std::memory_order_acq_rel);
-    if (old != n || level == top_ || !free_empty_tables_) return;
     if (__builtin_expect(hooks_ != nullptr, 0)) RunTestHook(&TestHooks::after_count_drop, t);
     uint32_t zero = 0;
     if (!t->state.compare_exchange_strong(zero, PtTable::kDying, std::memory_order_seq_cst,
@@ -177,8 +185,9 @@ void IoPageTable::Drop(PtTable* t, uint32_t n, unsigned level, Path* path, Iotlb
     parent->pte[path->index[level + 1]].store(0, std::memory_order_release);
     OnUnlinked(t, level, path->iova, gather);
     t = parent;
-    n = 1;
     ++level;
+    const uint32_t old = t->state.fetch_sub(1, std::memory_order_acq_rel);
+    if (old != 1 || level == top_ || !free_empty_tables_) return;
   }
 }
 
@@ -206,11 +215,13 @@ absl::Status IoPageTable::Map(uint64_t iova, uint64_t phys, uint64_t size, uint6
     const uint64_t pa = phys + done;
     const uint64_t rem = size - done;
     unsigned leaf = 0;
-    for (unsigned l = std::min(2u, max_leaf); l >= 1; --l) {
-      const uint64_t span = LevelSpan(l);
-      if (((cur | pa) & (span - 1)) == 0 && rem >= span) {
-        leaf = l;
-        break;
+    if (rem >= LevelSpan(1)) {  // a block may fit (never for a run under 2 MiB, the common case)
+      for (unsigned l = std::min(2u, max_leaf); l >= 1; --l) {
+        const uint64_t span = LevelSpan(l);
+        if (((cur | pa) & (span - 1)) == 0 && rem >= span) {
+          leaf = l;
+          break;
+        }
       }
     }
     const uint64_t span = LevelSpan(leaf);
@@ -233,10 +244,23 @@ absl::Status IoPageTable::Map(uint64_t iova, uint64_t phys, uint64_t size, uint6
 absl::Status IoPageTable::MapLeaves(uint64_t iova, uint64_t phys, unsigned leaf, uint32_t n,
                                     uint64_t bits, IotlbGather* gather) {
   Path path;
-  absl::StatusOr<PtTable*> t = DescendAndReserve(iova, leaf, n, &path, gather);
-  if (!t.ok()) return t.status();
-  if (InstallLeavesFast(*t, iova, phys, leaf, n, bits)) return absl::OkStatus();
-  return InstallLeavesOverTables(*t, iova, phys, leaf, n, bits, &path, gather);
+  path.table[top_] = root_;
+  path.iova = iova;
+  // The common case: the tables down to `leaf` exist, so the walk only reads them and reserves
+  // the n entries in the last. Anything else (an entry to link, a block on the way, a dying
+  // table) goes through DescendAndReserve; this walk has changed nothing by then.
+  PtTable* t = DescendToTable(iova, leaf, &path);
+  if (t != nullptr && !ReserveOrWait(t, n, path, leaf)) {
+    t = nullptr;  // dying, and unlinked by now: walk again, as DescendAndReserve would
+    counters_->tables.walk_restarts.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (t == nullptr) {
+    absl::StatusOr<PtTable*> r = DescendAndReserve(iova, leaf, n, &path, gather);
+    if (!r.ok()) return r.status();
+    t = *r;
+  }
+  if (InstallLeavesFast(t, iova, phys, leaf, n, bits)) return absl::OkStatus();
+  return InstallLeavesOverTables(t, iova, phys, leaf, n, bits, &path, gather);
 }
 
 absl::StatusOr<PtTable*> IoPageTable::DescendAndReserve(uint64_t iova, unsigned leaf, uint32_t n,
@@ -324,17 +348,21 @@ bool IoPageTable::LinkNewTable(PtTable* t, unsigned i, PtTable* nt, uint32_t wan
 
 bool IoPageTable::InstallLeavesFast(PtTable* t, uint64_t iova, uint64_t phys, unsigned leaf,
                                     uint32_t n, uint64_t bits) {
-  const unsigned i0 = LevelIndex(iova, leaf);
+  std::atomic<uint64_t>* const first = &t->pte[LevelIndex(iova, leaf)];
+  std::atomic<uint64_t>* const end = first + n;
   const uint64_t span = LevelSpan(leaf);
-  uint32_t j = 0;
-  for (; j < n; ++j) {
-    std::atomic<uint64_t>& slot = t->pte[i0 + j];
-    if (slot.load(std::memory_order_relaxed) != 0) break;
-    slot.store((phys + j * span) | bits | kPtePresent, std::memory_order_release);
+  // phys is span-aligned and phys + n * span <= kPhysLimit, so adding span steps the address
+  // field alone.
+  uint64_t pte = phys | bits | kPtePresent;
+  std::atomic<uint64_t>* slot = first;
+#pragma GCC unroll 4
+  for (; slot != end; ++slot, pte += span) {
+    if (slot->load(std::memory_order_relaxed) != 0) break;
+    slot->store(pte, std::memory_order_release);
   }
-  if (j == n) return true;
+  if (slot == end) return true;
   // Something is there: take back what we wrote; the caller does it the careful way.
-  for (uint32_t k = 0; k < j; ++k) t->pte[i0 + k].store(0, std::memory_order_release);
+  for (std::atomic<uint64_t>* s = first; s != slot; ++s) s->store(0, std::memory_order_release);
   return false;
 }
 
@@ -456,6 +484,20 @@ absl::StatusOr<uint64_t> IoPageTable::Unmap(
   if (dirty != nullptr) scope.emplace(dirty);
   base::rcu::ReadLock rl;
   const uint64_t end = iova + size;
+  UnmapWalk w{iova, end, gather, false, {}};
+  w.path.table[top_] = root_;
+  w.path.iova = iova;
+  if (size < LevelSpan(1) && ((iova ^ (end - 1)) >> LevelShift(1)) == 0) {
+    // The common case: the range lies in one leaf table and is smaller than it (a 2 MiB range
+    // over a leaf table frees the table, live-free case 3). If tables lead all the way down to
+    // it, no block can be cut and UnmapLevel would only descend: walk down without recursion and
+    // clear the leaves as its level 0 does. Anything else (a block or nothing on the way) takes
+    // the general walk below; this one has changed nothing.
+    if (PtTable* t = DescendToTable(iova, 0, &w.path)) {
+      return UnmapLeaves(t, iova & ~(LevelSpan(1) - 1), LevelIndex(iova, 0), LevelIndex(end - 1, 0),
+                         &w);
+    }
+  }
   if (size > kPageSize) {
     // A block can only be cut at either end of the range; check both before touching anything.
     for (uint64_t a : {iova, end - 1}) {
@@ -468,12 +510,8 @@ absl::StatusOr<uint64_t> IoPageTable::Unmap(
       }
     }
   }
-  Path path;
-  path.table[top_] = root_;
-  path.iova = iova;
-  bool cut = false;
-  const uint64_t pages = UnmapLevel(root_, top_, 0, iova, end, &path, gather, &cut);
-  if (cut) {
+  const uint64_t pages = UnmapLevel(root_, top_, 0, &w);
+  if (w.cut) {
     // Only reachable for a single-page unmap inside a block: nothing was changed.
     const Leaf l = LookupLeaf(iova);
     return absl::InvalidArgumentError(
@@ -483,29 +521,48 @@ absl::StatusOr<uint64_t> IoPageTable::Unmap(
   return pages;
 }
 
-uint64_t IoPageTable::UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint64_t start,
-                                 uint64_t end, Path* path, IotlbGather* gather, bool* cut) {
+uint32_t IoPageTable::UnmapLeaves(PtTable* t, uint64_t base, unsigned i0, unsigned i1,
+                                  UnmapWalk* w) {
+  // 4 KiB leaves only, each entirely inside the range.
+  uint32_t removed = 0;
+  if (dirty_fn_ == nullptr) {
+    removed = ClearLeafSlots(t, i0, i1);
+  } else {
+    for (unsigned i = i0; i <= i1; ++i) {
+      std::atomic<uint64_t>& slot = t->pte[i];
+      const uint64_t e = slot.load(std::memory_order_relaxed);
+      if (e == 0) continue;
+      ClearLeaf(slot, e, base + uint64_t{i} * kPageSize, kPageSize);
+      ++removed;
+    }
+  }
+  if (removed != 0) Drop(t, removed, 0, &w->path, w->gather);
+  return removed;
+}
+
+PtTable* IoPageTable::DescendToTable(uint64_t iova, unsigned leaf, Path* path) const {
+  PtTable* t = root_;
+  for (unsigned level = top_; level > leaf; --level) {
+    const unsigned i = LevelIndex(iova, level);
+    const uint64_t e = t->pte[i].load(std::memory_order_acquire);
+    if (!PteIsTable(e)) return nullptr;  // nothing mapped here, or a block
+    path->index[level] = i;
+    t = PteTable(e);
+    path->table[level - 1] = t;
+  }
+  return t;
+}
+
+uint64_t IoPageTable::UnmapLevel(PtTable* t, unsigned level, uint64_t base, UnmapWalk* w) {
   const uint64_t span = LevelSpan(level);
+  // The range clipped to t's span [base, base + 512 * span).
+  const uint64_t start = std::max(w->start, base);
+  const uint64_t end = std::min(w->end, base + kPtEntries * span);
   const unsigned i0 = LevelIndex(start, level);
   const unsigned i1 = LevelIndex(end - 1, level);
   uint32_t removed = 0;
   uint64_t pages = 0;
-  if (level == 0) {
-    // 4 KiB leaves only, each entirely inside [start, end).
-    if (dirty_fn_ == nullptr) {
-      removed = ClearLeafSlots(t, i0, i1);
-    } else {
-      for (unsigned i = i0; i <= i1; ++i) {
-        std::atomic<uint64_t>& slot = t->pte[i];
-        const uint64_t e = slot.load(std::memory_order_relaxed);
-        if (e == 0) continue;
-        ClearLeaf(slot, e, base + uint64_t{i} * span, span);
-        ++removed;
-      }
-    }
-    if (removed != 0) Drop(t, removed, level, path, gather);
-    return removed;
-  }
+  if (level == 0) return UnmapLeaves(t, base, i0, i1, w);
   for (unsigned i = i0; i <= i1; ++i) {
     std::atomic<uint64_t>& slot = t->pte[i];
     const uint64_t e = slot.load(std::memory_order_acquire);
@@ -514,7 +571,7 @@ uint64_t IoPageTable::UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint
     const bool full = start <= es && es + span <= end;
     if (!PteIsTable(e)) {
       if (!full) {
-        *cut = true;
+        w->cut = true;
         break;
       }
       ClearLeaf(slot, e, es, span);
@@ -528,18 +585,17 @@ uint64_t IoPageTable::UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint
       KillSubtree(child, level - 1, es);
       slot.store(0, std::memory_order_release);
       ++removed;
-      pages += ClearSubtree(child, level - 1, es, gather);
+      pages += ClearSubtree(child, level - 1, es, w->gather);
       counters_->tables.block_unmap_table.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
-    path->table[level - 1] = child;
-    path->index[level] = i;
-    path->iova = es;
-    pages += UnmapLevel(child, level - 1, es, std::max(start, es), std::min(end, es + span), path,
-                        gather, cut);
-    if (*cut) break;
+    w->path.table[level - 1] = child;
+    w->path.index[level] = i;
+    w->path.iova = es;
+    pages += UnmapLevel(child, level - 1, es, w);
+    if (w->cut) break;
   }
-  if (removed != 0) Drop(t, removed, level, path, gather);
+  if (removed != 0) Drop(t, removed, level, &w->path, w->gather);
   return pages;
 }
 

@@ -211,6 +211,8 @@ class IoPageTable {
   static bool Reserve(PtTable* t, uint32_t n);
   // Drops n from t's count; at 0 (and free_empty_tables) tries to kill and unlink it, cascading.
   void Drop(PtTable* t, uint32_t n, unsigned level, Path* path, IotlbGather* gather);
+  // Drop's death path: t's count just reached 0; kill and unlink it, then drop its parent's entry.
+  [[gnu::noinline]] void KillEmpty(PtTable* t, unsigned level, Path* path, IotlbGather* gather);
   static void WaitUnlinked(const Path& path, unsigned level, PtTable* dying);
 
   // Reserves n entries in t (at `level`) unless t is dying; then waits until its killer has
@@ -243,10 +245,24 @@ class IoPageTable {
   // (live-free case 2) into `gather`. REQUIRES: n reservations held in t.
   absl::Status InstallLeavesOverTables(PtTable* t, uint64_t iova, uint64_t phys, unsigned leaf,
                                        uint32_t n, uint64_t bits, Path* path, IotlbGather* gather);
-  // Unmaps [start, end) within t (which maps [base, base + 512 * span)). Sets *cut and stops at a
-  // leaf only partly inside the range.
-  uint64_t UnmapLevel(PtTable* t, unsigned level, uint64_t base, uint64_t start, uint64_t end,
-                      Path* path, IotlbGather* gather, bool* cut);
+  // One unmap's walk: the range, whether it stopped at a cut block, where unlinked tables go, and
+  // the path to the table being cleared.
+  struct UnmapWalk {
+    uint64_t start;
+    uint64_t end;
+    IotlbGather* gather;
+    bool cut = false;
+    Path path;
+  };
+  // Unmaps the part of [w->start, w->end) within t (which maps [base, base + 512 * span)). Sets
+  // w->cut and stops at a leaf only partly inside the range.
+  uint64_t UnmapLevel(PtTable* t, unsigned level, uint64_t base, UnmapWalk* w);
+  // Clears the present 4 KiB leaves in slots [i0, i1] of leaf table t (mapping from base), then
+  // drops their count. Returns how many there were.
+  uint32_t UnmapLeaves(PtTable* t, uint64_t base, unsigned i0, unsigned i1, UnmapWalk* w);
+  // The table at level `leaf` covering iova if only table entries lead to it (recorded in *path),
+  // else nullptr (an empty entry or a block on the way). Reads only.
+  PtTable* DescendToTable(uint64_t iova, unsigned leaf, Path* path) const;
   // Clears one present leaf entry e at `slot`; with dirty_fn_ set, atomically and reporting D.
   void ClearLeaf(std::atomic<uint64_t>& slot, uint64_t e, uint64_t iova, uint64_t span);
   bool SubtreeHasLeaves(PtTable* t, unsigned level) const;
