@@ -17,6 +17,10 @@
 //   * Removing entries drops the count; whoever drops it to 0 tries CAS 0 -> DYING. Only the winner
 //     unlinks the table: it clears the parent PTE, gathers the table and drops the parent's count,
 //     cascading upward (the root never dies). Only with free_empty_tables.
+//   * The common case walks down without recursion, reading table entries only (DescendToTable):
+//     when tables lead to the leaf table, map reserves there as above and unmap clears its leaves;
+//     anything else (an entry to link, a block, a dying table) takes the general walk, with nothing
+//     changed by the first.
 //
 // Why a dying table can never swallow a neighbour's new mapping: reserving (count+1 unless DYING)
 // and dying (0 -> DYING) are atomic operations on the same word, so they are totally ordered. If
