@@ -484,7 +484,7 @@ absl::StatusOr<uint64_t> IoPageTable::Unmap(
   if (dirty != nullptr) scope.emplace(dirty);
   base::rcu::ReadLock rl;
   const uint64_t end = iova + size;
-  UnmapWalk w{iova, end, gather, false, {}};
+  UnmapWalk w(iova, end, gather);
   w.path.table[top_] = root_;
   w.path.iova = iova;
   if (size < LevelSpan(1) && ((iova ^ (end - 1)) >> LevelShift(1)) == 0) {

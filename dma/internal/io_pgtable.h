@@ -252,6 +252,9 @@ class IoPageTable {
   // One unmap's walk: the range, whether it stopped at a cut block, where unlinked tables go, and
   // the path to the table being cleared.
   struct UnmapWalk {
+    // path is left uninitialised: the walk writes each entry before anything reads it (zeroing it
+    // was a `rep stos` that cost a 4 KiB unmap about a sixth of its time).
+    UnmapWalk(uint64_t s, uint64_t e, IotlbGather* g) : start(s), end(e), gather(g) {}
     uint64_t start;
     uint64_t end;
     IotlbGather* gather;
