@@ -412,10 +412,8 @@ bool IoPageTable::SubtreeHasLeaves(PtTable* t, unsigned level) const {
 uint64_t IoPageTable::ClearSubtree(PtTable* t, unsigned level, uint64_t base, IotlbGather* gather) {
   uint64_t pages = 0;
   const uint64_t span = LevelSpan(level);
-  if (level == 0 && dirty_fn_ == nullptr) {
-    // A leaf table with no dirty-bit reader: each entry is a 4 KiB leaf, cleared with one store
-    // (ClearLeafSlots, as in UnmapLevel). With a reader, ClearLeaf reads each dirty bit.
-    pages = ClearLeafSlots(t, 0, kPtEntries - 1);
+  if (level == 0) {
+    pages = ClearLeaves(t, base, 0, kPtEntries - 1);  // as an unmap clears a leaf table's slots
     t->state.store(PtTable::kDying, std::memory_order_release);
     OnUnlinked(t, level, base, gather);
     return pages;
@@ -521,21 +519,24 @@ absl::StatusOr<uint64_t> IoPageTable::Unmap(
   return pages;
 }
 
+uint32_t IoPageTable::ClearLeaves(PtTable* t, uint64_t base, unsigned i0, unsigned i1) {
+  // One store per present leaf with no dirty-bit reader; with one, ClearLeaf reads each D bit.
+  if (dirty_fn_ == nullptr) return ClearLeafSlots(t, i0, i1);
+  uint32_t removed = 0;
+  for (unsigned i = i0; i <= i1; ++i) {
+    std::atomic<uint64_t>& slot = t->pte[i];
+    const uint64_t e = slot.load(std::memory_order_relaxed);
+    if (e == 0) continue;
+    ClearLeaf(slot, e, base + uint64_t{i} * kPageSize, kPageSize);
+    ++removed;
+  }
+  return removed;
+}
+
 uint32_t IoPageTable::UnmapLeaves(PtTable* t, uint64_t base, unsigned i0, unsigned i1,
                                   UnmapWalk* w) {
   // 4 KiB leaves only, each entirely inside the range.
-  uint32_t removed = 0;
-  if (dirty_fn_ == nullptr) {
-    removed = ClearLeafSlots(t, i0, i1);
-  } else {
-    for (unsigned i = i0; i <= i1; ++i) {
-      std::atomic<uint64_t>& slot = t->pte[i];
-      const uint64_t e = slot.load(std::memory_order_relaxed);
-      if (e == 0) continue;
-      ClearLeaf(slot, e, base + uint64_t{i} * kPageSize, kPageSize);
-      ++removed;
-    }
-  }
+  const uint32_t removed = ClearLeaves(t, base, i0, i1);
   if (removed != 0) Drop(t, removed, 0, &w->path, w->gather);
   return removed;
 }

@@ -264,8 +264,10 @@ class IoPageTable {
   // Unmaps the part of [w->start, w->end) within t (which maps [base, base + 512 * span)). Sets
   // w->cut and stops at a leaf only partly inside the range.
   uint64_t UnmapLevel(PtTable* t, unsigned level, uint64_t base, UnmapWalk* w);
-  // Clears the present 4 KiB leaves in slots [i0, i1] of leaf table t (mapping from base), then
-  // drops their count. Returns how many there were.
+  // Clears the present 4 KiB leaves in slots [i0, i1] of leaf table t (mapping from base) and
+  // returns how many there were (no count change).
+  uint32_t ClearLeaves(PtTable* t, uint64_t base, unsigned i0, unsigned i1);
+  // ClearLeaves, then drops their count from t.
   uint32_t UnmapLeaves(PtTable* t, uint64_t base, unsigned i0, unsigned i1, UnmapWalk* w);
   // The table at level `leaf` covering iova if only table entries lead to it (recorded in *path),
   // else nullptr (an empty entry or a block on the way). Reads only.
